@@ -1,0 +1,3 @@
+from kerabl.cli import main
+
+main()
