@@ -1,0 +1,614 @@
+"""The H results file (HDF5): write as a sweep goes, resume, read, export, shard and merge.
+
+- `HResultsWriter`: appends one (class, layer) pair at a time to `PATH.partial`, resumes an
+  interrupted run, renames to `PATH` when its shard is done; refuses a different config.
+- `HResults.open(path)`: read-only view; the (C, L, K) arrays in memory, `units(...)` lazily.
+- `export_csv(results_path, csv_path)`: one row per class x layer x cell.
+- `parse_shard("2/8")`: a `--shard` value as (i, n).
+- `merge(paths, out)`: joins shard files into one complete file, refusing inconsistent ones.
+
+Layout (C classes, L layers, K = n * m cells, P = max images per class, U_l units of layer l).
+File attributes: `kind` = "kerabl.h-results", `schema` = 1, `config` (JSON), `versions`
+(JSON), `shard` ("i/n" or ""), `complete` (bool). Datasets: `classes`, `class_index`,
+`layers`, `grid_shape`, `n_units`; (C, L, K) float64 `probe`, `probe_heldout`, `deficit`,
+`srs_tau`, `srs_rho`, `cell_selectivity`, `cell_magnitude` (NaN until done) and int64
+`cell_count` (-1); `done` (C, L); `others` (C, max_others); `image_rows`, `rank_before`
+(C, P); `rank_after` (C, L, K, P) int32; group `units/<layer>/` with `selectivity`,
+`magnitude` (C, U_l) float32, `membership` (C, U_l), `sel_edges` (C, n + 1),
+`mag_edges` (C, n, m + 1). Every padded or unwritten entry is -1 or NaN.
+
+No TensorFlow here: figures read results with TensorFlow blocked.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from kerabl.errors import KerablError
+
+KIND = "kerabl.h-results"
+SCHEMA = 1
+CELL_FLOATS = ("probe", "probe_heldout", "deficit", "srs_tau", "srs_rho",
+               "cell_selectivity", "cell_magnitude")
+CELL_ARRAYS = CELL_FLOATS + ("cell_count",)
+UNIT_ARRAYS = ("selectivity", "magnitude", "membership", "sel_edges", "mag_edges")
+CLASS_ARRAYS = ("image_rows", "rank_before", "others")
+_STR = h5py.string_dtype("utf-8")
+_VERSION_PACKAGES = ("numpy", "h5py", "scikit-learn", "scipy", "kerabl", "tensorflow", "keras")
+
+
+def library_versions() -> dict:
+    """Versions of Python and the libraries behind a run, read without importing them.
+
+    Example:
+        library_versions()["numpy"]   # e.g. "2.1.3"; None when not installed
+    """
+    versions: dict = {"python": platform.python_version()}
+    for name in _VERSION_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """A `--shard` value "i/n" (0-based, i < n) as the pair (i, n).
+
+    Example:
+        parse_shard("2/8")   # (2, 8)
+        parse_shard("8/8")   # KerablError
+    """
+    parts = str(text).strip().split("/")
+    try:
+        i, n = (int(p) for p in parts)
+    except ValueError:
+        i, n = -1, 0
+    if len(parts) != 2 or not 0 <= i < n:
+        raise KerablError(f"shard {text!r} is not 'i/n' with 0 <= i < n; "
+                          "use e.g. --shard 0/8 ... --shard 7/8")
+    return i, n
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def _json_config(config: dict) -> dict:
+    """The config as it reads back from the file (tuples become lists)."""
+    try:
+        return json.loads(json.dumps(config))
+    except (TypeError, ValueError) as exc:
+        raise KerablError(f"the run's config cannot be stored as JSON ({exc}); "
+                          "pass plain numbers, strings, lists and dicts") from exc
+
+
+def _config_differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """'key: old -> new' for each top-level key whose value differs."""
+    keys = sorted((set(old) | set(new)) - set(ignore))
+    missing = "<absent>"
+    return [f"{k}: {json.dumps(old.get(k, missing))} -> {json.dumps(new.get(k, missing))}"
+            for k in keys if old.get(k, missing) != new.get(k, missing)]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Everything that fixes a results file's layout (and must agree to resume or merge)."""
+
+    config: dict
+    classes: tuple[str, ...]
+    class_index: tuple[int, ...]
+    layers: tuple[str, ...]
+    n_units: tuple[int, ...]
+    grid_shape: tuple[int, int]
+    max_images: int
+    max_others: int
+    shard: str
+
+    @property
+    def n_cells(self) -> int:
+        return self.grid_shape[0] * self.grid_shape[1]
+
+    def as_dict(self) -> dict:
+        return {"classes": list(self.classes), "class_index": list(self.class_index),
+                "layers": list(self.layers), "n_units": list(self.n_units),
+                "grid_shape": list(self.grid_shape), "max_images": self.max_images,
+                "max_others": self.max_others, "shard": self.shard}
+
+    def differences(self, other: "_Layout", ignore_shard: bool = False) -> list[str]:
+        ignore = ("shard",) if ignore_shard else ()
+        found = _config_differences(self.config, other.config, ignore)
+        found += [f"({d})" for d in _config_differences(self.as_dict(), other.as_dict(), ignore)]
+        return found
+
+    @classmethod
+    def read(cls, f: h5py.File) -> "_Layout":
+        return cls(config=json.loads(f.attrs["config"]),
+                   classes=tuple(s.decode() if isinstance(s, bytes) else s for s in f["classes"][()]),
+                   class_index=tuple(int(v) for v in f["class_index"][()]),
+                   layers=tuple(s.decode() if isinstance(s, bytes) else s for s in f["layers"][()]),
+                   n_units=tuple(int(v) for v in f["n_units"][()]),
+                   grid_shape=tuple(int(v) for v in f["grid_shape"][()]),
+                   max_images=int(f["image_rows"].shape[1]), max_others=int(f["others"].shape[1]),
+                   shard=str(f.attrs["shard"]))
+
+
+def _membership_dtype(n_cells: int):
+    return np.int16 if n_cells < np.iinfo(np.int16).max else np.int32
+
+
+def _create(path: Path, layout: _Layout) -> None:
+    """Write an empty results file (every entry NaN / -1, nothing done)."""
+    c, n_l, k, p = len(layout.classes), len(layout.layers), layout.n_cells, layout.max_images
+    n, m = layout.grid_shape
+    with h5py.File(path, "w") as f:
+        f.attrs.update(kind=KIND, schema=SCHEMA, config=json.dumps(layout.config),
+                       versions=json.dumps(library_versions()), shard=layout.shard, complete=False)
+        f.create_dataset("classes", data=np.array(layout.classes, dtype=object), dtype=_STR)
+        f.create_dataset("class_index", data=np.array(layout.class_index, dtype=np.int64))
+        f.create_dataset("layers", data=np.array(layout.layers, dtype=object), dtype=_STR)
+        f.create_dataset("grid_shape", data=np.array(layout.grid_shape, dtype=np.int64))
+        f.create_dataset("n_units", data=np.array(layout.n_units, dtype=np.int64))
+        for name in CELL_FLOATS:
+            f.create_dataset(name, data=np.full((c, n_l, k), np.nan))
+        f.create_dataset("cell_count", data=np.full((c, n_l, k), -1, dtype=np.int64))
+        f.create_dataset("done", data=np.zeros((c, n_l), dtype=bool))
+        f.create_dataset("others", data=np.full((c, layout.max_others), -1, dtype=np.int64))
+        f.create_dataset("image_rows", data=np.full((c, p), -1, dtype=np.int64))
+        f.create_dataset("rank_before", data=np.full((c, p), -1, dtype=np.int64))
+        f.create_dataset("rank_after", shape=(c, n_l, k, p), dtype=np.int32, fillvalue=-1,
+                         chunks=(1, 1, k, max(p, 1)), compression="gzip")
+        for layer, u in zip(layout.layers, layout.n_units):
+            g = f.create_group(f"units/{layer}")
+            row = (1, min(u, 1 << 18))
+            for name in ("selectivity", "magnitude"):
+                g.create_dataset(name, shape=(c, u), dtype=np.float32, fillvalue=np.nan,
+                                 chunks=row, compression="gzip")
+            g.create_dataset("membership", shape=(c, u), dtype=_membership_dtype(k),
+                             fillvalue=-1, chunks=row, compression="gzip")
+            g.create_dataset("sel_edges", data=np.full((c, n + 1), np.nan))
+            g.create_dataset("mag_edges", data=np.full((c, n, m + 1), np.nan))
+
+
+def _check_kind(f: h5py.File, path: Path) -> None:
+    if f.attrs.get("kind") != KIND:
+        raise KerablError(f"{path} is not a kerabl results file (kind={f.attrs.get('kind')!r}); "
+                          "pass a file written by `kerabl ablate`")
+    if int(f.attrs.get("schema", -1)) != SCHEMA:
+        raise KerablError(f"{path} has results schema {f.attrs.get('schema')}, this kerabl reads "
+                          f"{SCHEMA}; rerun with this version or use the kerabl that wrote it")
+
+
+def _shard_pairs(n_classes: int, n_layers: int, shard: tuple[int, int] | None) -> list[tuple[int, int]]:
+    i, n = shard if shard is not None else (0, 1)
+    return [(ci, li) for ci in range(n_classes) for li in range(n_layers)
+            if (ci * n_layers + li) % n == i]
+
+
+def _padded(values, length: int, name: str, dtype) -> np.ndarray:
+    arr = np.asarray(values, dtype=dtype).ravel()
+    if arr.size > length:
+        raise KerablError(f"{name} has {arr.size} entries, more than the file's {length}; "
+                          "raise max_images / max_others when creating the writer")
+    out = np.full(length, -1, dtype=dtype)
+    out[:arr.size] = arr
+    return out
+
+
+def _cell_vector(values, k: int, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    if arr.size != k:
+        raise KerablError(f"{name} has {arr.size} values for a grid of {k} cells; pass one per cell")
+    return arr
+
+
+class HResultsWriter:
+    """Append an H sweep's results pair by pair; resume; rename when the shard is done.
+
+    Example:
+        w = HResultsWriter("out/h.h5", config=cfg, classes=names, class_index=idx,
+                           layers=["conv_1"], n_units=[1000], grid_shape=(4, 4),
+                           max_images=50, max_others=10)
+        for ci, li in w.pairs(): ...; w.write_pair(ci, li, ...)
+        w.finish()   # Path("out/h.h5")
+
+    Args:
+        path: the final file; the run writes `PATH.partial` until its pairs are all done.
+        config: the run's full configuration (JSON-serialisable); a different config
+            for an existing file or partial file is refused, naming each differing key.
+        classes, class_index: class names and their model output indices (study order).
+        layers, n_units: target layer names and their unit counts.
+        grid_shape: (n, m) of the grid.
+        max_images: most target-class images of a class (P).
+        max_others: most "other" classes of a class.
+        shard: (i, n) to write only pairs k = ci * L + li with k % n == i, or None for all.
+
+    Attributes:
+        complete: True when `path` already holds this run, finished (nothing to do).
+    """
+
+    def __init__(self, path, *, config: dict, classes, class_index, layers, n_units, grid_shape,
+                 max_images: int, max_others: int, shard: tuple[int, int] | None = None):
+        self.path = Path(path)
+        self.partial_path = _partial(self.path)
+        self.shard = shard
+        layers = tuple(str(x) for x in layers)
+        bad = [x for x in layers if "/" in x or not x]
+        if bad:
+            raise KerablError(f"layer names {bad} cannot name HDF5 groups; rename the layers")
+        self.layout = _Layout(
+            config=_json_config(config), classes=tuple(str(x) for x in classes),
+            class_index=tuple(int(x) for x in class_index), layers=layers,
+            n_units=tuple(int(x) for x in n_units), grid_shape=tuple(int(x) for x in grid_shape),
+            max_images=int(max_images), max_others=int(max_others),
+            shard=f"{shard[0]}/{shard[1]}" if shard is not None else "")
+        if len(self.layout.classes) != len(self.layout.class_index):
+            raise KerablError(f"{len(self.layout.classes)} class names but "
+                              f"{len(self.layout.class_index)} class indices; pass one per class")
+        if len(layers) != len(self.layout.n_units):
+            raise KerablError(f"{len(layers)} layers but {len(self.layout.n_units)} unit counts; "
+                              "pass one per layer")
+        self.complete = False
+        if self.path.exists():
+            self._check_existing(self.path)
+            self.complete = True
+        elif self.partial_path.exists():
+            self._check_existing(self.partial_path)
+        else:
+            self.partial_path.parent.mkdir(parents=True, exist_ok=True)
+            _create(self.partial_path, self.layout)
+
+    def _check_existing(self, path: Path) -> None:
+        with h5py.File(path, "r") as f:
+            _check_kind(f, path)
+            differences = _Layout.read(f).differences(self.layout)
+        if differences:
+            raise KerablError(f"{path} was written by a different run ({'; '.join(differences)}); "
+                              f"delete {path} or use another --out")
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """(class position, layer position) pairs of this writer's shard, in order."""
+        return _shard_pairs(len(self.layout.classes), len(self.layout.layers), self.shard)
+
+    def _open(self, mode: str = "r+") -> h5py.File:
+        if self.complete:
+            raise KerablError(f"{self.path} is finished; delete it or use another --out to rerun")
+        return h5py.File(self.partial_path, mode)
+
+    def is_done(self, ci: int, li: int) -> bool:
+        """Whether pair (ci, li) is stored."""
+        if self.complete:
+            return True
+        with self._open("r") as f:
+            return bool(f["done"][ci, li])
+
+    def write_class(self, ci: int, *, image_rows, rank_before, others) -> None:
+        """Store class `ci`'s image rows, ranks before ablation and other classes (-1 padded)."""
+        rows = np.asarray(image_rows).ravel()
+        before = np.asarray(rank_before).ravel()
+        if rows.size != before.size:
+            raise KerablError(f"{rows.size} image rows but {before.size} ranks for class {ci}; "
+                              "pass one rank per image")
+        with self._open() as f:
+            f["image_rows"][ci] = _padded(rows, self.layout.max_images, "image_rows", np.int64)
+            f["rank_before"][ci] = _padded(before, self.layout.max_images, "rank_before", np.int64)
+            f["others"][ci] = _padded(others, self.layout.max_others, "others", np.int64)
+
+    def write_pair(self, ci: int, li: int, *, selectivity, magnitude, grid, rank_after, deficit,
+                   probe, probe_heldout, srs_tau, srs_rho) -> None:
+        """Store pair (ci, li): unit coordinates, the grid, per-cell scores; mark it done.
+
+        Args:
+            selectivity, magnitude: (U_l,) unit coordinates.
+            grid: the `kerabl.grid.Grid` of these units.
+            rank_after: (K, n_images) rank of the true class with each cell ablated.
+            deficit, probe, probe_heldout, srs_tau, srs_rho: (K,) per-cell values.
+        """
+        k, u = self.layout.n_cells, self.layout.n_units[li]
+        sel = np.asarray(selectivity, dtype=np.float64).ravel()
+        mag = np.asarray(magnitude, dtype=np.float64).ravel()
+        if sel.size != u or mag.size != u or grid.membership.size != u:
+            raise KerablError(f"layer {self.layout.layers[li]} has {u} units but selectivity, "
+                              f"magnitude, membership have {sel.size}, {mag.size}, "
+                              f"{grid.membership.size}; pass this layer's units")
+        if tuple(grid.shape) != self.layout.grid_shape:
+            raise KerablError(f"grid {tuple(grid.shape)} differs from the file's "
+                              f"{self.layout.grid_shape}; use one grid shape per run")
+        after = np.asarray(rank_after)
+        if after.ndim != 2 or after.shape[0] != k or after.shape[1] > self.layout.max_images:
+            raise KerablError(f"rank_after has shape {after.shape}; pass (cells={k}, images <= "
+                              f"{self.layout.max_images})")
+        padded_after = np.full((k, self.layout.max_images), -1, dtype=np.int32)
+        padded_after[:, :after.shape[1]] = after
+        counts = np.array([c.size for c in grid.cells], dtype=np.int64)
+        values = {name: _cell_vector(v, k, name) for name, v in (
+            ("probe", probe), ("probe_heldout", probe_heldout), ("deficit", deficit),
+            ("srs_tau", srs_tau), ("srs_rho", srs_rho))}
+        values["cell_selectivity"] = np.array([sel[c].mean() if c.size else np.nan for c in grid.cells])
+        values["cell_magnitude"] = np.array([mag[c].mean() if c.size else np.nan for c in grid.cells])
+        with self._open() as f:
+            for name, v in values.items():
+                f[name][ci, li] = v
+            f["cell_count"][ci, li] = counts
+            f["rank_after"][ci, li] = padded_after
+            g = f[f"units/{self.layout.layers[li]}"]
+            g["selectivity"][ci] = sel.astype(np.float32)
+            g["magnitude"][ci] = mag.astype(np.float32)
+            g["membership"][ci] = grid.membership.astype(g["membership"].dtype)
+            g["sel_edges"][ci] = grid.sel_edges
+            g["mag_edges"][ci] = grid.mag_edges
+            f["done"][ci, li] = True
+            f.flush()
+
+    def finish(self) -> Path | None:
+        """Mark the file complete and rename it to `path` when every pair of the shard is done.
+
+        Returns:
+            The final path, or None while pairs are missing.
+        """
+        if self.complete:
+            return self.path
+        with self._open() as f:
+            done = f["done"][()]
+            if not all(done[ci, li] for ci, li in self.pairs()):
+                return None
+            f.attrs["complete"] = True
+        os.replace(self.partial_path, self.path)
+        self.complete = True
+        return self.path
+
+
+class HResults:
+    """A finished H results file, read-only: (C, L, K) arrays in memory, units on demand.
+
+    Example:
+        res = HResults.open("out/h.h5")
+        res.deficit[0, 2].reshape(res.grid_shape)   # class 0, layer 2, as an n x m grid
+        res.units(0, "conv_3")["membership"]
+
+    Attributes:
+        config, versions: the run's configuration and library versions.
+        classes, class_index, layers, grid_shape, n_units, shard, complete.
+        probe, probe_heldout, deficit, srs_tau, srs_rho, cell_selectivity, cell_magnitude,
+        cell_count: (C, L, K); done: (C, L); rank_before, image_rows: (C, P);
+        rank_after: (C, L, K, P); others: (C, max_others).
+    """
+
+    def __init__(self, path: Path, f: h5py.File):
+        layout = _Layout.read(f)
+        self.path = path
+        self.config = layout.config
+        self.versions = json.loads(f.attrs["versions"])
+        self.shard = layout.shard
+        self.complete = bool(f.attrs["complete"])
+        self.classes = list(layout.classes)
+        self.class_index = np.asarray(layout.class_index, dtype=np.int64)
+        self.layers = list(layout.layers)
+        self.grid_shape = layout.grid_shape
+        self.n_units = np.asarray(layout.n_units, dtype=np.int64)
+        for name in CELL_ARRAYS + CLASS_ARRAYS + ("done", "rank_after"):
+            setattr(self, name, f[name][()])
+
+    @classmethod
+    def open(cls, path, allow_partial: bool = False) -> "HResults":
+        """Read a results file; `allow_partial=True` also reads `PATH.partial` of a run in progress.
+
+        Example:
+            res = HResults.open("out/h.h5")
+            res.done.all()   # True
+        """
+        path = Path(path)
+        if not path.exists() and allow_partial and _partial(path).exists():
+            path = _partial(path)
+        if not path.exists():
+            hint = (f"; {_partial(path).name} exists: the run has not finished, rerun it to resume"
+                    if _partial(path).exists() else "; run `kerabl ablate` to write it")
+            raise KerablError(f"no results file at {path}{hint}")
+        with h5py.File(path, "r") as f:
+            _check_kind(f, path)
+            if not bool(f.attrs["complete"]) and not allow_partial:
+                done = f["done"][()]
+                raise KerablError(f"{path} is incomplete ({int(done.sum())} of {done.size} pairs "
+                                  "done); rerun to finish it or open with allow_partial=True")
+            return cls(path, f)
+
+    def units(self, ci: int, layer) -> dict:
+        """Per-unit data of class position `ci` at `layer` (name or position).
+
+        Returns:
+            {"selectivity", "magnitude", "membership", "sel_edges", "mag_edges"} arrays.
+        """
+        name = self.layers[layer] if isinstance(layer, (int, np.integer)) else str(layer)
+        if name not in self.layers:
+            raise KerablError(f"layer {name!r} is not in {self.path} (layers: {self.layers})")
+        with h5py.File(self.path, "r") as f:
+            g = f[f"units/{name}"]
+            return {key: g[key][ci] for key in UNIT_ARRAYS}
+
+
+CSV_COLUMNS = ("class", "class_index", "layer", "cell", "sel_bin", "mag_bin", "n_units",
+               "cell_selectivity", "cell_magnitude", "probe", "probe_heldout", "deficit",
+               "srs_tau", "srs_rho")
+
+
+def export_csv(results_path, csv_path) -> Path:
+    """Write a results file as CSV, one row per class x layer x cell (class-major order).
+
+    Example:
+        export_csv("out/h.h5", "out/h.csv")
+        # class,class_index,layer,cell,sel_bin,mag_bin,n_units,...
+
+    Columns:
+        class: class name; class_index: the model's output index of the class;
+        layer: target layer name; cell: cell id sel_bin * m + mag_bin;
+        sel_bin: selectivity strip (0 = lowest); mag_bin: magnitude cell within the strip
+        (0 = lowest); n_units: units in the cell (-1 if the pair was not run);
+        cell_selectivity, cell_magnitude: mean coordinates of the cell's units;
+        probe: paper probe score exp(-mean training log loss of hard labels);
+        probe_heldout: cross-validated balanced accuracy of a standardised logistic regression;
+        deficit: mean rank deficit of the target-class images with the cell ablated;
+        srs_tau, srs_rho: Kendall tau / Spearman rho between the cell's image RDM and the
+        class template RDM. Missing values are empty fields.
+
+    Returns:
+        The CSV path (written under a temporary name, then renamed).
+    """
+    res = HResults.open(results_path)
+    csv_path = Path(csv_path)
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    m = res.grid_shape[1]
+
+    def fmt(v) -> str:
+        return "" if np.isnan(v) else repr(float(v))
+
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_COLUMNS)
+        for ci, name in enumerate(res.classes):
+            for li, layer in enumerate(res.layers):
+                for k in range(res.cell_count.shape[2]):
+                    writer.writerow([name, int(res.class_index[ci]), layer, k, k // m, k % m,
+                                     int(res.cell_count[ci, li, k])]
+                                    + [fmt(getattr(res, col)[ci, li, k]) for col in CSV_COLUMNS[7:]])
+    os.replace(tmp, csv_path)
+    return csv_path
+
+
+def _pair_values(f: h5py.File, layout: _Layout, ci: int, li: int) -> dict:
+    """Every stored number of pair (ci, li)."""
+    g = f[f"units/{layout.layers[li]}"]
+    values = {name: f[name][ci, li] for name in CELL_ARRAYS + ("rank_after",)}
+    values.update({f"units/{name}": g[name][ci] for name in UNIT_ARRAYS})
+    return values
+
+
+def _differing(a: dict, b: dict) -> list[str]:
+    return [k for k in a if not np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f")]
+
+
+def _read_shards(paths: list[Path]) -> list[tuple[Path, h5py.File, _Layout]]:
+    opened = []
+    for p in paths:
+        if not p.exists():
+            raise KerablError(f"shard file {p} does not exist; pass the files the shards wrote")
+        f = h5py.File(p, "r")
+        try:
+            _check_kind(f, p)
+        except KerablError:
+            f.close()
+            for _, g, _ in opened:
+                g.close()
+            raise
+        opened.append((p, f, _Layout.read(f)))
+    return opened
+
+
+def _check_same_run(shards: list[tuple[Path, h5py.File, _Layout]]) -> None:
+    p0, _, first = shards[0]
+    for p, _, layout in shards[1:]:
+        differences = first.differences(layout, ignore_shard=True)
+        if differences:
+            raise KerablError(f"{p0} and {p} come from different runs ({'; '.join(differences)}); "
+                              "merge only shards of one run")
+
+
+def _missing_pairs_message(missing: list[tuple[int, int]], layout: _Layout,
+                           shards: list[tuple[Path, h5py.File, _Layout]]) -> str:
+    n_layers = len(layout.layers)
+    owners: dict[str, list[str]] = {}
+    for ci, li in missing:
+        owner = [str(p) for p, _, s in shards if s.shard and
+                 (ci * n_layers + li) % parse_shard(s.shard)[1] == parse_shard(s.shard)[0]]
+        key = ", ".join(owner) if owner else "a shard not given"
+        owners.setdefault(key, []).append(f"({layout.classes[ci]}, {layout.layers[li]})")
+    detail = "; ".join(f"{key}: {len(v)} e.g. {' '.join(v[:3])}" for key, v in owners.items())
+    return (f"{len(missing)} of {len(layout.classes) * n_layers} pairs are done in no shard "
+            f"({detail}); finish those shards (rerun them to resume) and merge again")
+
+
+def merge(paths, out) -> Path:
+    """Join shard files of one run into one complete results file.
+
+    Example:
+        merge(["out/h.0.h5", "out/h.1.h5"], "out/h.h5")   # Path("out/h.h5")
+
+    Refuses (KerablError naming the files and the key) when configs differ (the shard is
+    ignored), classes or layers differ, a pair is done in two shards with different
+    numbers, a class's images differ between shards, or pairs are done in no shard.
+    The merged file has `shard` "" and is written under a temporary name, then renamed.
+    """
+    paths = [Path(p) for p in paths]
+    out = Path(out)
+    if not paths:
+        raise KerablError("no shard files to merge; pass the files the shards wrote")
+    tmp = out.with_name(out.name + ".tmp")
+    shards = _read_shards(paths)
+    try:
+        _check_same_run(shards)
+        layout = shards[0][2]
+        merged = _Layout(**{**layout.__dict__, "shard": ""})
+        owner = _pair_owners(shards, merged)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _create(tmp, merged)
+        with h5py.File(tmp, "r+") as g:
+            _copy_pairs(shards, owner, merged, g)
+            g.attrs["complete"] = True
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        for _, f, _ in shards:
+            f.close()
+    os.replace(tmp, out)
+    return out
+
+
+def _pair_owners(shards, layout: _Layout) -> dict[tuple[int, int], int]:
+    """Which shard supplies each pair; refuses conflicts and missing pairs."""
+    owner: dict[tuple[int, int], int] = {}
+    missing = []
+    for ci, li in _shard_pairs(len(layout.classes), len(layout.layers), None):
+        holders = [s for s, (_, f, _) in enumerate(shards) if f["done"][ci, li]]
+        if not holders:
+            missing.append((ci, li))
+            continue
+        owner[(ci, li)] = holders[0]
+        first = _pair_values(shards[holders[0]][1], layout, ci, li)
+        for s in holders[1:]:
+            bad = _differing(first, _pair_values(shards[s][1], layout, ci, li))
+            if bad:
+                raise KerablError(f"pair ({layout.classes[ci]}, {layout.layers[li]}) differs between "
+                                  f"{shards[holders[0]][0]} and {shards[s][0]} in {', '.join(bad)}; "
+                                  "rerun one of the shards")
+    if missing:
+        raise KerablError(_missing_pairs_message(missing, layout, shards))
+    return owner
+
+
+def _copy_pairs(shards, owner: dict[tuple[int, int], int], layout: _Layout, g: h5py.File) -> None:
+    for (ci, li), s in owner.items():
+        for key, value in _pair_values(shards[s][1], layout, ci, li).items():
+            if key.startswith("units/"):
+                g[f"units/{layout.layers[li]}/{key[len('units/'):]}"][ci] = value
+            else:
+                g[key][ci, li] = value
+        g["done"][ci, li] = True
+    for ci in range(len(layout.classes)):
+        sources = sorted({s for (c, _), s in owner.items() if c == ci})
+        rows = [{name: shards[s][1][name][ci] for name in CLASS_ARRAYS} for s in sources]
+        for s, other in zip(sources[1:], rows[1:]):
+            bad = _differing(rows[0], other)
+            if bad:
+                raise KerablError(f"class {layout.classes[ci]} has different {', '.join(bad)} in "
+                                  f"{shards[sources[0]][0]} and {shards[s][0]}; rerun one shard")
+        for name in CLASS_ARRAYS:
+            g[name][ci] = rows[0][name]
