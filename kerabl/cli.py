@@ -4,7 +4,10 @@ Bad input raises `KerablError`, printed as one line with exit status 2."""
 
 from __future__ import annotations
 
-import sys
+import functools
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -13,33 +16,333 @@ from kerabl.errors import KerablError
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Unit-ablation studies of image CNNs (Hayne et al. 2022; Zhou et al. 2018).\n\n"
-         "Stages: activations -> grid -> probe -> ablate (H study); units (Z study); "
-         "figures, export, merge; reproduce chains them; bench measures speed.")
+         "Stages: activations -> study (grid, probes, cell ablation: the H study); units (the Z "
+         "study); figures, export, merge; reproduce chains them; bench measures speed.")
 
 
-def _todo(stage: str) -> None:
-    typer.echo(f"kerabl {stage}: not implemented yet")
-    raise typer.Exit(1)
+class Model(str, Enum):
+    alexnet = "alexnet"
+    vgg16 = "vgg16"
+    mobilenet_v2 = "mobilenet_v2"
+    resnet101 = "resnet101"
+    demo = "demo"
 
 
-@app.command()
-def reproduce() -> None:
-    """Run the whole study (demo model by default) and write results and figures."""
-    _todo("reproduce")
+class Unit(str, Enum):
+    element = "element"
+    channel = "channel"
+
+
+class Engine(str, Enum):
+    fast = "fast"
+    paper = "paper"
+
+
+def command(fn):
+    """Register a stage: a `KerablError` becomes one line on stderr and exit status 2."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KerablError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+    return app.command()(run)
+
+
+ModelOpt = Annotated[Model, typer.Option(help="Network of the model zoo.")]
+WeightsOpt = Annotated[str, typer.Option(
+    help="'default' (shipped demo weights; Keras's ImageNet weights for keras.applications), "
+         "'random' (seeded random weights), or a weights file path.")]
+AlphaOpt = Annotated[float, typer.Option(help="MobileNetV2 width multiplier.")]
+ImagesOpt = Annotated[Optional[Path], typer.Option(
+    help="ImageNet images: the paper's layout (folder with images/, the ground-truth file, "
+         "meta_clsloc.mat, 50_classes.json) or synset folders (val/n01440764/*.JPEG). "
+         "Default: the digits test split (demo model only).")]
+ClassesOpt = Annotated[Optional[str], typer.Option(
+    help="Study classes: hayne50, hayne8, or comma-separated names/WNIDs. "
+         "Default: hayne50 for alexnet, hayne8 for the other ImageNet networks.")]
+LayersOpt = Annotated[Optional[str], typer.Option(
+    help="Comma-separated target layers (default: the model's default targets).")]
+UnitOpt = Annotated[Unit, typer.Option(help="element: every activation; channel: spatial mean.")]
+PreprocessOpt = Annotated[Optional[str], typer.Option(
+    help="paper, heuritech, vgg16, resnet101, mobilenet_v2 or none (default: the model's own).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of every random choice (recorded in results).")]
+ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
+
+
+def _network(model: Model, weights: str, alpha: float, seed: int, preprocess: Optional[str]):
+    import dataclasses
+
+    from kerabl.models import load_network
+
+    chosen = None if weights == "random" else weights
+    if chosen not in (None, "default"):
+        chosen = Path(weights)
+    net = load_network(model.value, chosen, alpha=alpha, seed=seed)
+    if chosen is None:
+        typer.echo(f"note: {model.value} uses random weights ({net.weights_id}); "
+                   "results test the pipeline, not the science", err=True)
+    return dataclasses.replace(net, preprocess=preprocess) if preprocess else net
+
+
+def _imageset(model: Model, images: Optional[Path], classes: Optional[str]):
+    from kerabl import data
+
+    if images is None:
+        if model is not Model.demo:
+            raise KerablError(f"--images is required for {model.value}: pass the ImageNet "
+                              "validation folder (paper layout or synset folders)")
+        if classes:
+            raise KerablError("--classes applies to ImageNet images; the demo uses all 10 digits")
+        return data.digits_imageset()
+    if not images.exists():
+        raise KerablError(f"image folder {images} does not exist: pass an existing folder")
+    chosen = classes or ("hayne50" if model is Model.alexnet else "hayne8")
+    paper_layout = (images / "images").is_dir() or any(images.glob("ILSVRC2012_val_*"))
+    if paper_layout:
+        listed = chosen if chosen in ("hayne50", "hayne8") else chosen.split(",")
+        return data.paper_imageset(images, classes=listed)
+    listed = None if classes is None else classes.split(",")
+    return data.synset_imageset(images, classes=listed)
+
+
+def _layers(text: Optional[str]):
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+@command
+def activations(
+    out: Annotated[Path, typer.Option(help="Activation cache file (HDF5).")] = Path("activations.h5"),
+    model: ModelOpt = Model.demo, weights: WeightsOpt = "default", alpha: AlphaOpt = 0.35,
+    images: ImagesOpt = None, classes: ClassesOpt = None, layers: LayersOpt = None,
+    unit: UnitOpt = Unit.element, preprocess: PreprocessOpt = None, seed: SeedOpt = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    dtype: Annotated[str, typer.Option(help="Storage dtype: float32 or float16.")] = "float32",
+    progress: ProgressOpt = True,
+) -> None:
+    """Record target-layer activations of every image into a self-describing HDF5 cache."""
+    from kerabl.activations import record_activations
+
+    net = _network(model, weights, alpha, seed, preprocess)
+    imageset = _imageset(model, images, classes)
+    cache = record_activations(net, imageset, _layers(layers) or list(net.targets), out,
+                               unit=unit.value, preprocess=net.preprocess, batch_size=batch_size,
+                               dtype=dtype, progress=progress)
+    typer.echo(f"activations: {cache.path}")
+
+
+def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, legacy_bounds: bool,
+                  probe_fits: int, probe_max_units: int, heldout_folds: int, srs: bool,
+                  engine: Engine):
+    from kerabl.study import HConfig
+
+    try:
+        shape = tuple(int(v) for v in grid.lower().split("x"))
+    except ValueError:
+        raise KerablError(f"--grid must look like 4x4, got {grid!r}") from None
+    if others != "all" and not (others.startswith("random-") and others[7:].isdigit()):
+        raise KerablError(f"--others must be 'all' or 'random-K' (e.g. random-10), got {others!r}")
+    return HConfig(grid=shape, unit=unit.value, others=others, seed=seed, clip=clip,
+                   legacy_bounds=legacy_bounds, probe_fits=probe_fits,
+                   probe_max_units=probe_max_units, heldout_folds=heldout_folds, srs=srs,
+                   engine=engine.value)
+
+
+GridOpt = Annotated[str, typer.Option(help="Grid shape: selectivity strips x magnitude cells.")]
+OthersOpt = Annotated[str, typer.Option(help="Other classes per target: random-10 (seeded) or all.")]
+ClipOpt = Annotated[bool, typer.Option(help="Clip negative rank deficits to 0 (the authors' choice).")]
+LegacyOpt = Annotated[bool, typer.Option(
+    help="The authors' inclusive grid bounds (a boundary unit can fall in two cells).")]
+FitsOpt = Annotated[int, typer.Option(help="Probe fits per cell (the authors: 200).")]
+MaxUnitsOpt = Annotated[int, typer.Option(help="Units per probe fit (the authors: 100).")]
+FoldsOpt = Annotated[int, typer.Option(help="Folds of the held-out probe metric.")]
+SrsOpt = Annotated[bool, typer.Option(help="Compute the representational-similarity scores.")]
+EngineOpt = Annotated[Engine, typer.Option(
+    help="fast: cached activations, tail only; paper: Lambda mask rebuilt per cell, full forward.")]
+ShardOpt = Annotated[Optional[str], typer.Option(
+    help="Run shard i of n (0-based, e.g. 3/8); join the shard files with `kerabl merge`.")]
+
+
+@command
+def study(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("kerabl-out"),
+    model: ModelOpt = Model.demo, weights: WeightsOpt = "default", alpha: AlphaOpt = 0.35,
+    images: ImagesOpt = None, classes: ClassesOpt = None, layers: LayersOpt = None,
+    unit: UnitOpt = Unit.element, preprocess: PreprocessOpt = None, seed: SeedOpt = 0,
+    grid: GridOpt = "4x4", others: OthersOpt = "random-10", clip: ClipOpt = True,
+    legacy_bounds: LegacyOpt = False, probe_fits: FitsOpt = 200, probe_max_units: MaxUnitsOpt = 100,
+    heldout_folds: FoldsOpt = 5, srs: SrsOpt = True, engine: EngineOpt = Engine.fast,
+    shard: ShardOpt = None, progress: ProgressOpt = True,
+) -> None:
+    """The H study: grid, probes and cell ablation for every class x layer (resumable)."""
+    path = _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed,
+                      grid, others, clip, legacy_bounds, probe_fits, probe_max_units,
+                      heldout_folds, srs, engine, shard, progress)
+    typer.echo(f"results: {path}")
+
+
+def _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed, grid,
+               others, clip, legacy_bounds, probe_fits, probe_max_units, heldout_folds, srs,
+               engine, shard, progress):
+    from kerabl.results import parse_shard
+    from kerabl.study import run_h_study
+
+    config = _study_config(grid, unit, others, seed, clip, legacy_bounds, probe_fits,
+                           probe_max_units, heldout_folds, srs, engine)
+    shard_ = parse_shard(shard) if shard else None
+    net = _network(model, weights, alpha, seed, preprocess)
+    imageset = _imageset(model, images, classes)
+    return run_h_study(net, imageset, out, layers=_layers(layers), config=config, shard=shard_,
+                       progress=progress, log=typer.echo)
+
+
+@command
+def figures(
+    results: Annotated[Path, typer.Argument(help="H results file (h_results.h5) or Z results "
+                                                 "(z_results.h5).")],
+    out: Annotated[Path, typer.Option(help="Folder for the PNG and PDF files.")] = Path("figures"),
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Class of Fig 1.")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Layer of Fig 1.")] = None,
+) -> None:
+    """Render the figures of a stored results file (never recomputes, loads no model)."""
+    paths = _render(results, out, class_name, layer)
+    typer.echo(f"{len(paths)} files in {out}")
+
+
+def _render(results: Path, out: Path, class_name=None, layer=None) -> list:
+    import h5py
+
+    if not results.is_file():
+        raise KerablError(f"results file {results} does not exist: run `kerabl study` or "
+                          "`kerabl reproduce` first")
+    try:
+        with h5py.File(results, "r") as f:
+            kind = f.attrs.get("kind", "")
+    except OSError:
+        raise KerablError(f"{results} is not an HDF5 results file") from None
+    if kind == "kerabl.z-results":
+        from kerabl.figures_z import render_z_figures
+        return render_z_figures(results, out)
+    from kerabl.figures import render_h_figures
+    return render_h_figures(results, out, class_name=class_name, layer=layer)
+
+
+@command
+def export(
+    results: Annotated[Path, typer.Argument(help="Results file (H or Z).")],
+    out: Annotated[Path, typer.Option(help="CSV file to write.")] = Path("results.csv"),
+) -> None:
+    """Write a results file as CSV (H: one row per class x layer x cell; Z: per layer x unit)."""
+    import h5py
+
+    from kerabl.results import HResults, export_csv
+
+    if not results.is_file():
+        raise KerablError(f"results file {results} does not exist")
+    with h5py.File(results, "r") as f:
+        kind = f.attrs.get("kind", "")
+    if kind == "kerabl.z-results":
+        from kerabl.units import export_units_csv
+        export_units_csv(results, out)
+    else:
+        HResults.open(results)  # validates the file with a one-line error
+        export_csv(results, out)
+    typer.echo(f"csv: {out}")
+
+
+@command
+def merge(
+    shards: Annotated[list[Path], typer.Argument(help="Shard results files.")],
+    out: Annotated[Path, typer.Option(help="Merged results file.")] = Path("h_results.h5"),
+) -> None:
+    """Join shard results (from `--shard i/n`) into one file; refuses inconsistent shards."""
+    from kerabl.results import merge as merge_results
+
+    typer.echo(f"merged: {merge_results(shards, out)}")
+
+
+@command
+def units(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("kerabl-out"),
+    model: ModelOpt = Model.demo, weights: WeightsOpt = "default", alpha: AlphaOpt = 0.35,
+    images: ImagesOpt = None, classes: ClassesOpt = None, layers: LayersOpt = None,
+    preprocess: PreprocessOpt = None, seed: SeedOpt = 0,
+    greedy_layer: Annotated[Optional[str], typer.Option(
+        help="Layer of the greedy vs random-order ablation (default: the last conv target).")] = None,
+    greedy_steps: Annotated[int, typer.Option(help="Units ablated greedily per class.")] = 10,
+    greedy_seeds: Annotated[int, typer.Option(help="Random orders to compare with.")] = 5,
+    progress: ProgressOpt = True,
+) -> None:
+    """The Z study: single-unit ablation, unit attributes, greedy and random-direction baselines."""
+    path = _run_units(out, model, weights, alpha, images, classes, layers, preprocess, seed,
+                      greedy_layer, greedy_steps, greedy_seeds, progress)
+    typer.echo(f"results: {path}")
+
+
+def _run_units(out, model, weights, alpha, images, classes, layers, preprocess, seed,
+               greedy_layer, greedy_steps, greedy_seeds, progress):
+    from kerabl.units import run_z_study
+
+    net = _network(model, weights, alpha, seed, preprocess)
+    imageset = _imageset(model, images, classes)
+    chosen = _layers(layers) or list(net.targets)
+    return run_z_study(net, imageset, chosen, Path(out) / "z_results.h5", seed=seed,
+                       greedy_layer=greedy_layer, greedy_steps=greedy_steps,
+                       greedy_seeds=greedy_seeds, progress=progress)
+
+
+@command
+def reproduce(
+    out: Annotated[Path, typer.Option(help="Output folder for results and figures.")] = Path("kerabl-out"),
+    model: ModelOpt = Model.demo, weights: WeightsOpt = "default", alpha: AlphaOpt = 0.35,
+    images: ImagesOpt = None, classes: ClassesOpt = None, layers: LayersOpt = None,
+    unit: UnitOpt = Unit.element, preprocess: PreprocessOpt = None, seed: SeedOpt = 0,
+    grid: GridOpt = "4x4", others: OthersOpt = "random-10", clip: ClipOpt = True,
+    legacy_bounds: LegacyOpt = False, probe_fits: FitsOpt = 200, probe_max_units: MaxUnitsOpt = 100,
+    heldout_folds: FoldsOpt = 5, srs: SrsOpt = True, engine: EngineOpt = Engine.fast,
+    z: Annotated[bool, typer.Option(help="Also run the Z study (single units).")] = True,
+    progress: ProgressOpt = True,
+) -> None:
+    """The whole study: H sweep, its statistics and figures, and the Z study.
+
+    With no arguments: the demo model on the digits test split, written to ./kerabl-out.
+    The paper's AlexNet: --model alexnet --weights alexnet_weights.h5 --images DIR.
+    """
+    import json
+    import time
+
+    from kerabl.results import HResults
+    from kerabl.stats import summary
+
+    start = time.perf_counter()
+    path = _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed,
+                      grid, others, clip, legacy_bounds, probe_fits, probe_max_units,
+                      heldout_folds, srs, engine, None, progress)
+    headline = summary(HResults.open(path))
+    (Path(out) / "h_summary.json").write_text(json.dumps(headline, indent=2) + "\n")
+    files = _render(path, Path(out) / "figures")
+    if z:
+        z_path = _run_units(out, model, weights, alpha, images, classes, layers, preprocess, seed,
+                            None, 10, 5, progress)
+        files += _render(z_path, Path(out) / "figures")
+    typer.echo(json.dumps(headline, indent=2))
+    typer.echo(f"results: {path}")
+    typer.echo(f"figures: {Path(out) / 'figures'} ({len(files)} files)")
+    typer.echo(f"wall time: {time.perf_counter() - start:.1f} s")
+
+
+@command
+def bench(
+    out: Annotated[Path, typer.Option(help="JSON file for the table.")] = Path("bench.json"),
+    quick: Annotated[bool, typer.Option(help="Demo cases only.")] = False,
+) -> None:
+    """Measure the fast engine against the authors' procedure and the machine's matmul floor."""
+    from kerabl.bench import run_bench
+
+    run_bench(out, quick=quick)
 
 
 def main() -> None:
-    """Entry point of the `kerabl` console script: KerablError becomes one line and exit 2."""
-    try:
-        app(standalone_mode=False)
-    except KerablError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    except typer.Exit as ex:
-        sys.exit(ex.exit_code)
-    except Exception as err:  # click's usage errors
-        import click
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+    """Entry point of the `kerabl` console script and `python -m kerabl`."""
+    app()

@@ -1,0 +1,245 @@
+"""The H study end to end: activations -> coordinates and grid -> probes -> cell ablation -> results.
+
+- `HConfig`: every protocol choice of DESIGN section 2, defaults = the authors' choices (with their
+  grid-boundary bug fixed; `legacy_bounds=True` keeps it).
+- `run_h_study(network, imageset, out_dir, ...)`: the sweep over class x layer pairs. It appends to
+  the results file as it goes, resumes where an interrupted run stopped, computes nothing when the
+  results are complete, and runs one deterministic shard of the pairs when asked (`shard=(i, n)`).
+
+Example:
+    net = load_network("demo")
+    path = run_h_study(net, digits_imageset(), "out")   # out/h_results.h5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from kerabl.errors import KerablError
+
+UNITS = ("element", "channel")
+ENGINE_NAMES = ("fast", "paper")
+
+
+@dataclass(frozen=True)
+class HConfig:
+    """Protocol options of the H study (DESIGN section 2); defaults are the authors' choices.
+
+    Example:
+        HConfig(grid=(4, 4), others="all", probe_fits=50)
+    """
+
+    grid: tuple[int, int] = (4, 4)
+    unit: str = "element"
+    others: str = "random-10"
+    seed: int = 0
+    clip: bool = True
+    legacy_bounds: bool = False
+    probe_fits: int = 200
+    probe_max_units: int = 100
+    heldout_folds: int = 5
+    srs: bool = True
+    engine: str = "fast"
+
+    def __post_init__(self):
+        if self.unit not in UNITS:
+            raise KerablError(f"unknown unit kind {self.unit!r}: use one of {', '.join(UNITS)}")
+        if self.engine not in ENGINE_NAMES:
+            raise KerablError(f"unknown engine {self.engine!r}: use fast or paper")
+        if len(self.grid) != 2 or min(self.grid) < 1:
+            raise KerablError(f"grid must be two positive integers, got {self.grid}")
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+
+def cell_seed(seed: int, *keys: int) -> int:
+    """A seed for one (class, layer, cell) derived from the run's seed, independent of run order."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+def results_name(shard: tuple[int, int] | None) -> str:
+    return "h_results.h5" if shard is None else f"h_results.shard-{shard[0]}-of-{shard[1]}.h5"
+
+
+def _progress(enabled: bool):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
+                    transient=False)
+
+
+def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = None,
+                config: HConfig = HConfig(), cache_path=None,
+                shard: tuple[int, int] | None = None, progress: bool = True,
+                log: Callable[[str], None] = print) -> Path | None:
+    """Run (or resume, or skip when finished) the H study and return the results file.
+
+    Example:
+        net = load_network("demo")
+        run_h_study(net, digits_imageset(), "out", config=HConfig(probe_fits=200))
+
+    Args:
+        network: a `kerabl.models.Network`.
+        imageset: a `kerabl.data.ImageSet`; its classes are the study's classes, in order.
+        out_dir: folder for `activations.h5` and `h_results.h5` (or the shard's results file).
+        layers: target layers (default: the network's default targets).
+        config: protocol options.
+        cache_path: activation cache (default `out_dir/activations.h5`).
+        shard: `(i, n)` to run only pairs k = class * n_layers + layer with k % n == i.
+
+    Returns:
+        The finished results file, or None for a shard whose file is written but not renamed
+        because it does not cover every pair (it is renamed when its own pairs are done).
+    """
+    from kerabl.activations import record_activations
+    from kerabl.results import HResultsWriter
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layers = list(layers or network.targets)
+    unknown = [name for name in layers if name not in {l.name for l in network.model.layers}]
+    if unknown:
+        raise KerablError(f"unknown layer {unknown[0]!r} for model {network.name}: "
+                          f"choose from {', '.join(network.targets)}")
+    cache_path = Path(cache_path or out_dir / "activations.h5")
+    preprocess = network.preprocess
+
+    writer_args = _writer_args(network, imageset, layers, config)
+    writer = HResultsWriter(out_dir / results_name(shard), shard=shard, **writer_args)
+    if writer.complete:
+        log(f"results are complete, nothing to compute: {out_dir / results_name(shard)}")
+        return out_dir / results_name(shard)
+
+    cache = record_activations(network, imageset, layers, cache_path, unit=config.unit,
+                               preprocess=preprocess, progress=progress)
+    todo = [(ci, li) for ci, li in writer.pairs() if not writer.is_done(ci, li)]
+    sweep = _Sweep(network, imageset, layers, config, cache)
+    with _progress(progress) as bar:
+        task = bar.add_task("H study: class x layer", total=len(todo))
+        for ci in sorted({ci for ci, _ in todo}):
+            state = sweep.start_class(ci)
+            writer.write_class(ci, image_rows=state["target_rows"],
+                               rank_before=state["rank_before"], others=state["others"])
+            for li in [li for c, li in todo if c == ci]:
+                writer.write_pair(ci, li, **sweep.pair(state, li))
+                bar.advance(task)
+    return writer.finish()
+
+
+def _writer_args(network, imageset, layers, config: HConfig) -> dict:
+    from kerabl.masking import n_units
+
+    counts = [len(imageset.rows_of(c)) for c in imageset.classes]
+    n_others = len(imageset.classes) - 1
+    if config.others.startswith("random-"):
+        n_others = min(n_others, int(config.others.split("-", 1)[1]))
+    run_config = {
+        "study": "H", "model": network.name, "weights_id": network.weights_id,
+        "dataset": imageset.name, "preprocess": network.preprocess, "layers": list(layers),
+        "classes": list(imageset.class_names), **config.as_dict()}
+    return dict(config=run_config, classes=list(imageset.class_names),
+                class_index=np.asarray(imageset.classes, dtype=np.int64), layers=list(layers),
+                n_units=[n_units(network.model, name, config.unit) for name in layers],
+                grid_shape=tuple(config.grid), max_images=max(counts), max_others=n_others)
+
+
+class _Sweep:
+    """Per-class state and per-pair computation of the H sweep (one engine per layer, reused)."""
+
+    def __init__(self, network, imageset, layers, config: HConfig, cache):
+        from kerabl.ablation import ENGINES
+
+        self.network, self.imageset, self.layers, self.config = network, imageset, layers, config
+        self.cache = cache
+        self._engine = ENGINES[config.engine]
+        self._ablators: dict[str, object] = {}
+
+    def _ablator(self, layer):
+        if layer not in self._ablators:
+            self._ablators[layer] = self._engine(self.network.model, layer)
+        return self._ablators[layer]
+
+    def start_class(self, ci: int) -> dict:
+        from kerabl.ablation import true_class_rank
+        from kerabl.grid import choose_others
+
+        imageset, net = self.imageset, self.network
+        n_classes = len(imageset.classes)
+        target_rows = imageset.rows_of(imageset.classes[ci])
+        others = choose_others(n_classes, ci, self.config.others, self.config.seed)
+        other_rows = np.concatenate([imageset.rows_of(imageset.classes[o]) for o in others])
+        images = imageset.load(net.input_size, net.preprocess, rows=target_rows)
+        labels = np.asarray(imageset.labels)[target_rows]
+        scores = np.concatenate([net.model.predict_on_batch(images[i:i + 64])
+                                 for i in range(0, len(images), 64)])
+        return dict(ci=ci, target_rows=target_rows, other_rows=other_rows, others=others,
+                    images=images, labels=labels, rank_before=true_class_rank(scores, labels))
+
+    def pair(self, state: dict, li: int) -> dict:
+        from kerabl.ablation import cell_masks, mean_rank_deficit
+        from kerabl.grid import coordinates, equal_count_grid
+
+        config, layer = self.config, self.layers[li]
+        target_rows, other_rows = state["target_rows"], state["other_rows"]
+        acts = self.cache.read(layer, rows=np.concatenate([target_rows, other_rows]))
+        n_target = len(target_rows)
+        selectivity, magnitude = coordinates(acts[:n_target].mean(0, dtype=np.float64),
+                                             acts[n_target:].mean(0, dtype=np.float64))
+        grid = equal_count_grid(selectivity, magnitude, tuple(config.grid),
+                                legacy_bounds=config.legacy_bounds)
+        scores = self._probe_scores(acts, n_target, grid.cells, state["ci"], li)
+
+        ablator = self._ablator(layer)
+        if self._can_use_cache(ablator, layer):
+            ablator.set_activations(acts[:n_target])
+        else:
+            ablator.set_images(state["images"])
+        masks = cell_masks(ablator.shape, grid.cells, config.unit)
+        rank_after = ablator.ranks(masks, state["labels"])
+        deficit = mean_rank_deficit(state["rank_before"], rank_after, clip=config.clip)
+        return dict(selectivity=selectivity, magnitude=magnitude, grid=grid,
+                    rank_after=rank_after, deficit=deficit, **scores)
+
+    def _can_use_cache(self, ablator, layer) -> bool:
+        """Cached activations feed the tail only when they are the exact layer output."""
+        from kerabl.masking import is_cut_point
+
+        return (self.config.engine == "fast" and self.config.unit == "element"
+                and np.dtype(self.cache.attrs.get("dtype", "float32")) == np.float32
+                and is_cut_point(self.network.model, layer))
+
+    def _probe_scores(self, acts, n_target, cells, ci, li) -> dict:
+        from kerabl.probes import heldout_probe_score, paper_probe_score, rsa_scores
+
+        config = self.config
+        y = np.r_[np.ones(n_target, dtype=np.int64), np.zeros(len(acts) - n_target, dtype=np.int64)]
+        out = {name: np.full(len(cells), np.nan)
+               for name in ("probe", "probe_heldout", "srs_tau", "srs_rho")}
+        for k, units in enumerate(cells):
+            if len(units) == 0:
+                continue
+            x = acts[:, units]
+            seed = cell_seed(config.seed, ci, li, k)
+            out["probe"][k] = paper_probe_score(x, y, n_fits=config.probe_fits,
+                                                max_units=config.probe_max_units, seed=seed)
+            out["probe_heldout"][k] = heldout_probe_score(
+                x, y, folds=config.heldout_folds, max_units=config.probe_max_units, seed=seed)
+            if config.srs:
+                out["srs_tau"][k], out["srs_rho"][k] = rsa_scores(x, y)
+        return out
+
+
+def describe(config: dict) -> str:
+    """One line naming the run, for logs."""
+    return json.dumps({k: config[k] for k in ("model", "dataset", "unit", "grid", "others")
+                       if k in config})
