@@ -550,7 +550,7 @@ def ablated(
     values = {
         t: unit_mask(tuple(lay.mask.shape), units_by_layer[t], unit) for t, lay in layers.items()
     }
-    previous = {t: keras.ops.convert_to_numpy(lay.mask) for t, lay in layers.items()}
+    previous = {t: np.array(lay.mask.numpy()) for t, lay in layers.items()}
     try:
         for t, lay in layers.items():
             lay.mask.assign(values[t])
