@@ -240,6 +240,33 @@ def test_tail_inside_residual_block_of_tiny_model():
                                   model.predict_on_batch(x))
 
 
+def test_model_input_used_after_a_layer_is_an_extra_tail_input():
+    inputs = keras.Input((3,), name="x")
+    a = keras.layers.Dense(3, name="a")(inputs)
+    cat = keras.layers.Concatenate(name="cat")([inputs, a])
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(cat))
+    assert cut_points(model) == ["cat", "out"]
+    assert tail_extras(model, "a") == ["x"]
+    x = np.random.default_rng(0).normal(size=(2, 3)).astype("float32")
+    np.testing.assert_array_equal(
+        tail_model(model, "a").predict_on_batch(head_model(model, "a").predict_on_batch(x)),
+        model.predict_on_batch(x))
+
+
+def test_masked_model_shares_layers_and_takes_sequential():
+    model = dense_model()
+    masked = masked_model(model, ["hidden"])
+    assert masked.get_layer("hidden") is model.get_layer("hidden")
+    seq = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d1"),
+                            keras.layers.Dense(2, name="d2")])
+    masked_seq = masked_model(seq, ["d1"])
+    assert [layer.name for layer in masked_seq.layers[1:]] == ["d1", "d1_mask", "d2"]
+    np.testing.assert_array_equal(masked_seq.predict_on_batch(X_DENSE),
+                                  seq.predict_on_batch(X_DENSE))
+    with pytest.raises(KerablError, match="already has"):
+        masked_model(masked, ["hidden"])
+
+
 # ----------------------------------------------------------------------------- zoo models
 
 
