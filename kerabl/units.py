@@ -722,7 +722,7 @@ def _create_partial(partial: Path, config: dict[str, Any], data: _StudyData,
         f.create_dataset("classes", data=data.classes)
         f.create_dataset("class_names", data=np.array(data.class_names, dtype=object),
                          dtype=h5py.string_dtype())
-        if max(images.shape[1:3]) <= THUMBNAIL_MAX:
+        if images.ndim == 4 and max(images.shape[1:3]) <= THUMBNAIL_MAX:
             f.create_dataset("thumbnails", data=_thumbnails(images), compression="gzip")
 
 

@@ -1,0 +1,325 @@
+"""Tests of kerabl.units: literal accuracies on a hand-set tiny network, attributes against direct
+numpy, tail engine == full engine, identity rotation == unit ablation, greedy order, no retrace,
+and the resumable results file."""
+
+import subprocess
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from kerabl import units
+from kerabl.errors import KerablError
+from kerabl.models import Network, demo_model, randomize_weights
+
+# Class c images switch on hidden unit c; output c reads hidden unit c, output 0 has a bias of
+# 0.1, so a zeroed unit sends its class to class 0. The second class-1 image is too weak and is
+# misclassified as 0 from the start.
+X = np.array([[2, 0, 0], [2, 0, 0], [0, 2, 0], [0, 0.05, 0], [0, 0, 2], [0, 0, 2]], "float32")
+Y = np.array([0, 0, 1, 1, 2, 2])
+CLASSES = [0, 1, 2]
+
+
+def tiny_model() -> keras.Model:
+    """Input(3) -> hidden Dense(3, relu, identity) -> hidden_2 Dense(3, relu, identity) -> out."""
+    inputs = keras.Input((3,))
+    layers = [keras.layers.Dense(3, activation="relu", name="hidden"),
+              keras.layers.Dense(3, activation="relu", name="hidden_2"),
+              keras.layers.Dense(3, activation="softmax", name="out")]
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    eye = np.eye(3, dtype="float32")
+    for layer, bias in zip(layers, ([0, 0, 0], [0, 0, 0], [0.1, 0, 0])):
+        layer.set_weights([eye, np.array(bias, "float32")])
+    return keras.Model(inputs, x, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> keras.Model:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def demo_random():
+    """The demo architecture with random weights and 40 random images (4 per class)."""
+    model = randomize_weights(demo_model(), seed=3)
+    rng = np.random.default_rng(0)
+    images = rng.random((40, 32, 32, 3), dtype=np.float32)
+    labels = np.repeat(np.arange(10), 4)
+    return model, images, labels
+
+
+@pytest.mark.parametrize("engine", ["tail", "full"])
+@pytest.mark.parametrize("batch_size", [1, 4, 64])
+def test_unit_feeding_one_class_hurts_only_that_class(tiny, engine, batch_size):
+    r = units.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", engine=engine,
+                                   batch_size=batch_size)
+    np.testing.assert_allclose(r["base_class_acc"], [1, 0.5, 1])
+    assert r["base_acc"] == pytest.approx(5 / 6)
+    np.testing.assert_allclose(r["class_acc"], [[1, 0.5, 1], [1, 0, 1], [1, 0.5, 0]])
+    np.testing.assert_allclose(r["class_drop"], [[0, 0, 0], [0, 0.5, 0], [0, 0, 1]])
+    np.testing.assert_allclose(r["overall_drop"], [0, 1 / 6, 2 / 6])
+    np.testing.assert_allclose(r["max_class_drop"], [0, 0.5, 1])
+    np.testing.assert_array_equal(r["argmax_class"], [0, 1, 2])
+
+
+def test_units_subset_and_bad_input(tiny):
+    r = units.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", units=[2])
+    np.testing.assert_allclose(r["max_class_drop"], [1.0])
+    with pytest.raises(KerablError, match="units must lie"):
+        units.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", units=[3])
+    with pytest.raises(KerablError, match="no layer 'nope'"):
+        units.single_unit_ablation(tiny, X, Y, CLASSES, "nope")
+    with pytest.raises(KerablError, match="engine"):
+        units.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", engine="fast")
+    with pytest.raises(KerablError, match="classes \\[7\\] have no images"):
+        units.single_unit_ablation(tiny, X, Y, [0, 7], "hidden")
+
+
+def test_selectivity_and_class_correlation_match_direct_numpy():
+    rng = np.random.default_rng(1)
+    acts = rng.random((30, 2, 2, 4))
+    labels = np.arange(30) % 3
+    probs = rng.random((30, 3))
+    mean_acts = acts.mean(axis=(1, 2))
+    corr = units.class_correlation(acts, probs)
+    for u in range(4):
+        for c in range(3):
+            assert corr[u, c] == pytest.approx(np.corrcoef(mean_acts[:, u], probs[:, c])[0, 1])
+    si = units.selectivity_index(acts, labels, [0, 1, 2])
+    for u in range(4):
+        means = np.array([mean_acts[labels == c, u].mean() for c in range(3)])
+        top = means.max()
+        rest = (means.sum() - top) / 2
+        assert si[u] == pytest.approx((top - rest) / (top + rest))
+
+
+def test_selectivity_literal_and_dead_units():
+    acts = np.array([[3.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # unit 1 never fires
+    si = units.selectivity_index(acts, np.array([0, 1, 2]), [0, 1, 2])
+    assert si[0] == pytest.approx((3 - 1) / (3 + 1))
+    assert np.isnan(si[1])
+    assert np.isnan(units.class_correlation(acts, np.eye(3))[1]).all()
+
+
+def test_top_activating_literal():
+    acts = np.zeros((4, 2, 2, 2), "float32")
+    acts[2, 0, 0, 0] = 4.0          # unit 0: image 2 first, then image 1
+    acts[1, 1, 1, 0] = 1.0
+    acts[3, :, :, 1] = 1.0          # unit 1: image 3 first; ties among 0, 1, 2 -> lowest index
+    idx, maps = units.top_activating(acts, k=2)
+    np.testing.assert_array_equal(idx, [[2, 1], [3, 0]])
+    assert maps.shape == (2, 2, 2, 2)
+    np.testing.assert_array_equal(maps[0, 0], [[4, 0], [0, 0]])
+    np.testing.assert_array_equal(maps[1, 0], np.ones((2, 2)))
+
+
+def test_l1_norms_by_hand():
+    inputs = keras.Input((4, 4, 2))
+    conv = keras.layers.Conv2D(3, 2, name="conv")
+    x = keras.layers.Activation("relu", name="relu")(conv(inputs))
+    dense = keras.layers.Dense(2, name="dense")
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(x)))
+    kernel = np.arange(2 * 2 * 2 * 3, dtype="float32").reshape(2, 2, 2, 3) - 10
+    conv.set_weights([kernel, np.full(3, 100.0, "float32")])   # biases do not count
+    w = np.array([[1.0, -2.0]] * 27, "float32")
+    dense.set_weights([w, np.zeros(2, "float32")])
+    expected = [sum(abs(kernel[..., c]).ravel()) for c in range(3)]
+    np.testing.assert_allclose(units.l1_norms(model, "conv"), expected)
+    np.testing.assert_allclose(units.l1_norms(model, "relu"), expected)  # walks back to conv
+    np.testing.assert_allclose(units.l1_norms(model, "dense"), [27.0, 54.0])
+
+
+def test_l1_norms_of_concatenation():
+    inputs = keras.Input((3,))
+    a = keras.layers.Dense(1, name="a")
+    b = keras.layers.Dense(2, name="b")
+    model = keras.Model(inputs, keras.layers.Concatenate(name="cat")([a(inputs), b(inputs)]))
+    a.set_weights([np.array([[1], [-1], [2]], "float32"), np.zeros(1, "float32")])
+    b.set_weights([np.array([[1, 0], [0, 3], [0, -1]], "float32"), np.zeros(2, "float32")])
+    np.testing.assert_allclose(units.l1_norms(model, "cat"), [4, 1, 4])
+
+
+def test_greedy_picks_the_most_harmful_unit_first_and_breaks_ties_low(tiny):
+    curve, order = units.greedy_ablation(tiny, X, Y, 1, "hidden", steps=3, return_order=True)
+    np.testing.assert_allclose(curve, [0.5, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(order, [1, 0, 2])
+    curve = units.greedy_ablation(tiny, X, Y, 2, "hidden", steps=1, candidates=[0, 1])
+    np.testing.assert_allclose(curve, [1.0, 1.0])
+    with pytest.raises(KerablError, match="steps"):
+        units.greedy_ablation(tiny, X, Y, 1, "hidden", steps=4)
+
+
+def test_random_order_curves(tiny):
+    curves = units.random_order_ablation(tiny, X, Y, 2, "hidden", steps=3, seeds=(0, 1, 2))
+    assert curves.shape == (3, 4)
+    np.testing.assert_allclose(curves[:, 0], 1.0)
+    np.testing.assert_allclose(curves[:, 3], 0.0)   # every unit ablated
+    for seed, row in zip((0, 1, 2), curves):
+        first = np.random.default_rng(seed).permutation(3)[0]
+        assert row[1] == (0.0 if first == 2 else 1.0)
+
+
+def test_tail_engine_equals_full_engine_on_demo_shape(demo_random):
+    model, images, labels = demo_random
+    for layer, subset in (("conv_2", [0, 5, 17, 63]), ("dense_1", [1, 2, 100])):
+        tail = units.single_unit_ablation(model, images, labels, range(10), layer, units=subset)
+        full = units.single_unit_ablation(model, images, labels, range(10), layer, units=subset,
+                                          engine="full", batch_size=40)
+        for key in ("class_acc", "overall_drop", "base_class_acc"):
+            np.testing.assert_array_equal(tail[key], full[key])
+
+
+def test_identity_rotation_reproduces_unit_ablation(demo_random, tiny):
+    model, images, labels = demo_random
+    unit = units.single_unit_ablation(model, images, labels, range(10), "conv_5")
+    ident = units.random_direction_ablation(model, images, labels, range(10), "conv_5",
+                                            rotation=np.eye(64))
+    for key in ("class_acc", "overall_drop", "max_class_drop", "argmax_class"):
+        np.testing.assert_array_equal(ident[key], unit[key])
+    assert unit["max_class_drop"].max() > 0      # the comparison is not between zeros
+    rand = units.random_direction_ablation(tiny, X, Y, CLASSES, "hidden", seed=4)
+    q = rand["rotation"]
+    np.testing.assert_allclose(q.T @ q, np.eye(3), atol=1e-12)
+    np.testing.assert_array_equal(q, units.random_rotation(3, seed=4))
+    with pytest.raises(KerablError, match="orthogonal"):
+        units.random_direction_ablation(tiny, X, Y, CLASSES, "hidden", rotation=np.ones((3, 3)))
+
+
+def test_projection_by_hand(tiny):
+    # Direction 0 = (e0 + e1)/sqrt(2) turns a class-1 image (0, 2, 0) into (-1, 1, 0), ReLU'd by
+    # hidden_2 to (0, 1, 0): still class 1. Direction 1 = (e1 - e0)/sqrt(2) turns it into (1, 1, 0),
+    # which the output bias gives to class 0; class-0 images (2, 0, 0) -> (1, 1, 0) stay class 0.
+    s = np.sqrt(0.5)
+    rotation = np.array([[s, -s, 0], [s, s, 0], [0, 0, 1]])
+    r = units.random_direction_ablation(tiny, X, Y, CLASSES, "hidden", rotation=rotation)
+    np.testing.assert_allclose(r["class_acc"], [[1, 0.5, 1], [1, 0, 1], [1, 0.5, 0]])
+
+
+def test_no_retrace_across_units(demo_random):
+    model, images, labels = demo_random
+    eng = units._engine(model, images, "conv_4", "tail", batch_size=50)
+    units._unit_drops(eng, labels, range(10), None, False, "")
+    units._direction_drops(eng, labels, range(10), 0, None, False, "")
+    units._greedy(eng, labels, 3, 2, None)
+    assert eng.masked_fn.experimental_get_tracing_count() == 1
+    assert eng.projected_fn.experimental_get_tracing_count() == 1
+
+
+def test_attribute_drop_correlations():
+    from scipy import stats
+
+    rng = np.random.default_rng(2)
+    attr = rng.random(20)
+    overall = attr + 0.1 * rng.random(20)
+    top = rng.random(20)
+    attr_nan = attr.copy()
+    attr_nan[3] = np.nan
+    c = units.attribute_drop_correlations({"a": attr, "b": attr_nan}, overall, top)
+    assert c["a"]["overall_drop"]["spearman_r"] == pytest.approx(stats.spearmanr(attr, overall)[0])
+    assert c["a"]["max_class_drop"]["pearson_r"] == pytest.approx(stats.pearsonr(attr, top)[0])
+    assert c["b"]["overall_drop"]["n"] == 19
+    with pytest.raises(KerablError, match="one value per unit"):
+        units.attribute_drop_correlations({"a": attr[:3]}, overall, top)
+
+
+# ----------------------------------------------------------------------------- the study file
+
+class TinySet:
+    """Stand-in image set: the six tiny images, repeated."""
+
+    name = "tiny-set"
+    labels = np.tile(Y, 2)
+    classes = np.array(CLASSES)
+    class_names = ["zero", "one", "two"]
+
+    def load(self, size, preprocess):
+        return np.tile(X, (2, 1))
+
+
+def tiny_network() -> Network:
+    return Network(name="tiny", model=tiny_model(), weights_id="hand-set",
+                   targets=("hidden", "hidden_2"), input_size=(1, 1), preprocess="none", n_classes=3)
+
+
+def study(path, **kwargs):
+    kwargs = {"greedy_steps": 2, "greedy_seeds": 3, "top_k": 2, "progress": False, **kwargs}
+    return units.run_z_study(tiny_network(), TinySet(), None, path, **kwargs)
+
+
+def file_arrays(path) -> dict:
+    with h5py.File(path, "r") as f:
+        out = {}
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def test_run_z_study_contents_and_reader(tmp_path):
+    path = study(tmp_path / "z.h5")
+    z = units.ZResults.open(path)
+    assert z.layers == ["hidden", "hidden_2"] and z.class_names == ["zero", "one", "two"]
+    d = z.layer("hidden")
+    np.testing.assert_allclose(d["max_class_drop"], [0, 0.5, 1])
+    np.testing.assert_allclose(d["l1"], [1, 1, 1])
+    assert d["top_images"].shape == (3, 2) and d["rand_max_class_drop"].shape == (3,)
+    assert z.greedy["layer"] == "hidden_2"   # no spatial layer: the last one
+    np.testing.assert_allclose(z.greedy["curves"][1], [0.5, 0.0, 0.0])
+    assert z.greedy["random"].shape == (3, 3, 3)
+    assert z.config["seed"] == 0 and "numpy" in z.versions
+    assert z.correlations("hidden")["l1"]["overall_drop"]["n"] == 3
+    csv_path = units.export_units_csv(path, tmp_path / "u.csv")
+    rows = csv_path.read_text().splitlines()
+    assert rows[0].split(",") == list(units.CSV_COLUMNS) and len(rows) == 1 + 6
+    name, unit, overall, top, cls, cls_name = rows[3].split(",")[:6]
+    assert (name, unit, cls, cls_name) == ("hidden", "2", "2", "two")
+    assert float(overall) == pytest.approx(4 / 12) and float(top) == 1.0
+
+
+def test_interrupted_study_resumes_and_equals_uninterrupted(tmp_path, monkeypatch):
+    whole = study(tmp_path / "whole.h5")
+    real = units._layer_results
+    calls = []
+
+    def failing(model, eng, data, probs, layer, *args):
+        calls.append(layer)
+        if layer == "hidden_2":
+            raise KeyboardInterrupt
+        return real(model, eng, data, probs, layer, *args)
+
+    monkeypatch.setattr(units, "_layer_results", failing)
+    with pytest.raises(KeyboardInterrupt):
+        study(tmp_path / "resumed.h5")
+    assert not (tmp_path / "resumed.h5").exists() and (tmp_path / "resumed.h5.partial").exists()
+    with pytest.raises(KerablError, match="has not finished"):
+        units.ZResults.open(tmp_path / "resumed.h5")
+    monkeypatch.setattr(units, "_layer_results", lambda *a: (calls.append(a[4]), real(*a))[1])
+    study(tmp_path / "resumed.h5")
+    assert calls == ["hidden", "hidden_2", "hidden_2"]   # hidden was not recomputed
+    a, b = file_arrays(whole), file_arrays(tmp_path / "resumed.h5")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_rerun_computes_nothing_and_mismatch_names_the_key(tmp_path, monkeypatch):
+    path = study(tmp_path / "z.h5")
+    monkeypatch.setattr(units, "_layer_results", lambda *a: pytest.fail("recomputed"))
+    monkeypatch.setattr(units, "_greedy_results", lambda *a: pytest.fail("recomputed"))
+    assert study(tmp_path / "z.h5") == path
+    with pytest.raises(KerablError, match="seed=0"):
+        study(tmp_path / "z.h5", seed=1)
+    with pytest.raises(KerablError, match="greedy_steps"):
+        study(tmp_path / "z.h5", greedy_steps=1)
+
+
+def test_reader_imports_no_tensorflow(tmp_path):
+    path = study(tmp_path / "z.h5")
+    code = ("import sys; from kerabl.units import ZResults; z = ZResults.open(sys.argv[1]); "
+            "z.layer('hidden'); import kerabl.figures_z; "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
