@@ -678,6 +678,7 @@ def _study_config(network, data: _StudyData, layers: Sequence[str], seed: int, g
             "imageset": getattr(data.imageset, "name", type(data.imageset).__name__),
             "labels": _digest(data.labels), "n_images": int(len(data.labels)),
             "classes": data.classes.tolist(), "unit": "channel", "seed": int(seed),
+            "input_size": list(network.input_size), "preprocess": network.preprocess,
             "greedy_layer": greedy_layer, "greedy_steps": int(greedy_steps),
             "greedy_seeds": list(range(int(greedy_seeds))), "top_k": int(top_k)}
 
@@ -703,7 +704,13 @@ def _default_greedy_layer(model, layers: Sequence[str]) -> str:
     return (spatial or list(layers))[-1]
 
 
-def _thumbnails(images: np.ndarray) -> np.ndarray:
+def display_images(images: np.ndarray) -> np.ndarray:
+    """Network inputs scaled per image to 0..255 uint8 for display (thumbnails, figures).
+
+    Example:
+        display_images(np.array([[[[-1.0, 0, 1]]]]))   # array([[[[  0, 128, 255]]]], dtype=uint8)
+    """
+    images = np.asarray(images, dtype=np.float64)
     lo = images.min(axis=(1, 2, 3), keepdims=True)
     hi = images.max(axis=(1, 2, 3), keepdims=True)
     scaled = (images - lo) / np.where(hi > lo, hi - lo, 1.0)
@@ -723,7 +730,7 @@ def _create_partial(partial: Path, config: dict[str, Any], data: _StudyData,
         f.create_dataset("class_names", data=np.array(data.class_names, dtype=object),
                          dtype=h5py.string_dtype())
         if images.ndim == 4 and max(images.shape[1:3]) <= THUMBNAIL_MAX:
-            f.create_dataset("thumbnails", data=_thumbnails(images), compression="gzip")
+            f.create_dataset("thumbnails", data=display_images(images), compression="gzip")
 
 
 def _done_groups(partial: Path) -> set[str]:
