@@ -486,12 +486,17 @@ def _one_line(error: Exception) -> str:
 
 
 def _check_keras3_shapes(model: keras.Model, path: Path) -> None:
-    """A Keras 3 `.weights.h5` loads silently when it has extra layers: compare shapes first."""
+    """A Keras 3 `.weights.h5` loads silently when it has extra layers: compare shapes first.
+
+    Only the model's arrays (under "layers") count; a file saved from a compiled model also
+    holds optimizer state, which loading ignores.
+    """
     shapes: list[tuple[int, ...]] = []
     with h5py.File(path, "r") as f:
         if "layers" not in f:
             return
-        f.visititems(lambda _, o: shapes.append(o.shape) if isinstance(o, h5py.Dataset) else None)
+        f["layers"].visititems(
+            lambda _, o: shapes.append(o.shape) if isinstance(o, h5py.Dataset) else None)
     wanted = sorted(tuple(v.shape) for v in model.weights)
     if sorted(shapes) != wanted:
         raise KerablError(f"{path} does not fit the {model.name} architecture: it holds "
