@@ -8,7 +8,8 @@
 - `build_top_images(z, layer, n_units, images)`: the top-activating images of the units with the
   largest max class drop, the activation map overlaid.
 - `build_regulariser_curves(curves)`: max class drop curves of several networks side by side.
-- `render_z_figures(z_path, out_dir)`: all of them, written as files.
+- `render_z_figures(z_path, out_dir)`: all of them, written as files; `save_figure(fig, stem)`;
+  `figure_script(name, build)`: the command line of the scripts/fig_z_*.py scripts.
 
 Every builder returns a matplotlib `Figure` (no pyplot state) whose plotted data are the stored
 arrays, so tests can read them back.
@@ -17,8 +18,9 @@ arrays, so tests can read them back.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -204,6 +206,10 @@ def build_regulariser_curves(curves: Mapping[str, Mapping[str, np.ndarray]],
     return fig
 
 
+def _default_layer(z: ZResults) -> str:
+    return z.greedy["layer"] if z.greedy["layer"] in z.layers else z.layers[-1]
+
+
 def render_z_figures(z_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                      imageset=None, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Write every Z figure of a results file into `out_dir`.
@@ -221,7 +227,7 @@ def render_z_figures(z_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     z = ZResults.open(z_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    layer = z.greedy["layer"] if z.greedy["layer"] in z.layers else z.layers[-1]
+    layer = _default_layer(z)
     figures = {"z_drop_curves": build_drop_curves(z),
                "z_attributes": build_attribute_scatter(z, layer),
                "z_greedy": build_greedy_curves(z)}
@@ -229,11 +235,42 @@ def render_z_figures(z_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                                                          z.config["preprocess"])
     if images is not None or z.thumbnails is not None:
         figures["z_top_images"] = build_top_images(z, layer, images=images)
-    paths = []
-    for name, fig in figures.items():
-        for fmt in formats:
-            path = out / f"{name}.{fmt}"
-            fig.savefig(path, dpi=120)
-            paths.append(path)
+    return [path for name, fig in figures.items() for path in save_figure(fig, out / name, formats)]
+
+
+def save_figure(fig: Figure, stem: str | os.PathLike, formats: Sequence[str] = ("png", "pdf")
+                ) -> list[Path]:
+    """Write `fig` as `<stem>.<format>` for each format; return the paths.
+
+    Example:
+        save_figure(build_greedy_curves(z), "figures/z_greedy", ("png",))
+    """
+    paths = [Path(f"{stem}.{fmt}") for fmt in formats]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
     return paths
+
+
+def figure_script(name: str, build: Callable[[ZResults, str | None], Figure]) -> None:
+    """Command line of a scripts/fig_z_*.py script: read a results file, write one figure.
+
+    Example:
+        figure_script("z_greedy", lambda z, layer: build_greedy_curves(z))
+    """
+    import typer
+
+    def main(z_path: Path, out_dir: Path = Path("figures"),
+             layer: str = typer.Option(None, help="layer (default: the greedy layer)"),
+             formats: str = "png,pdf") -> None:
+        z = ZResults.open(z_path)
+        fig = build(z, layer or _default_layer(z))
+        for path in save_figure(fig, out_dir / name, [f for f in formats.split(",") if f]):
+            print(path)
+
+    try:
+        typer.run(main)
+    except KerablError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
