@@ -1,12 +1,30 @@
 """Image sets and preprocessing.
 
+- `ImageSet`: images (files or an in-memory array), their labels as model output indices, the
+  study's classes in study order; `batches(...)`, `load(...)`, `rows_of(...)`, `subset(...)`.
+- `paper_imageset(folder, classes="hayne50")`: the Hayne et al. layout (`images/`,
+  ground truth, `meta_clsloc.mat`, `50_classes.json`).
+- `synset_imageset(folder, classes=None)`: one sub-folder of images per WNID (`n01440764/*.JPEG`).
+- `digits_imageset(seed)`: the demo model's held-out digits, already preprocessed.
+- `load_image(path)`: one file as uint8 RGB.
+- `preprocess_images(images, size, preprocess)`: resize and normalise as a network expects;
+  `PREPROCESS` names the recipes.
 - `digits_split(seed)`: scikit-learn's digits as 32 x 32 x 3 images, the split the demo model
   was trained with (train_demo.py and the studies both call it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
 import numpy as np
+
+from kerabl.errors import KerablError
 
 DIGITS_SIZE = 32
 DIGITS_TEST_FRACTION = 0.25
@@ -40,3 +58,455 @@ def digits_split(seed: int = DIGITS_SEED, test_fraction: float = DIGITS_TEST_FRA
         stratify=digits.target)
     return (digits_images(x_train), y_train.astype(np.int64),
             digits_images(x_test), y_test.astype(np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding and preprocessing
+
+PREPROCESS = ("paper", "heuritech", "vgg16", "resnet101", "mobilenet_v2", "none")
+HEURITECH_RESIZE = 256
+HEURITECH_MEAN_RGB = (123.68, 116.779, 103.939)
+_KERAS_APPLICATION = {"vgg16": "vgg16", "resnet101": "resnet", "mobilenet_v2": "mobilenet_v2"}
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode one image file as uint8 RGB, (H, W, 3); greyscale, CMYK and palette become RGB.
+
+    Example:
+        image = load_image("images/ILSVRC2012_val_00000011.JPEG")
+        image.shape, image.dtype  # ((256, 341, 3), dtype('uint8'))
+
+    Raises:
+        KerablError: the file is missing, unreadable or not a decodable image.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise KerablError(f"cannot read image {path}: {err}; replace or remove the file") from None
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a uint8 RGB image to `size` = (h, w), as float32."""
+    from PIL import Image
+
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image.astype(np.float32)
+    resized = Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def _centre_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The central `size` = (h, w) window, offsets (H - h) // 2 as convnets-keras crops."""
+    h, w = size
+    top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+    return image[top:top + h, left:left + w]
+
+
+def _preprocess_one(image: np.ndarray, size: tuple[int, int], preprocess: str) -> np.ndarray:
+    """One uint8 RGB image -> float32 (h, w, 3) network input (no keras-application step)."""
+    if preprocess == "paper":
+        return _resize(image, size)[..., ::-1]
+    if preprocess == "heuritech":
+        if min(size) > HEURITECH_RESIZE:
+            raise KerablError(f"heuritech preprocessing crops from {HEURITECH_RESIZE} px: size "
+                              f"{size} is larger; use 'paper' or a size of at most 256")
+        square = _resize(image, (HEURITECH_RESIZE, HEURITECH_RESIZE))
+        return _centre_crop(square, size) - np.asarray(HEURITECH_MEAN_RGB, dtype=np.float32)
+    return _resize(image, size)
+
+
+def _check_preprocess(preprocess: str) -> None:
+    if preprocess not in PREPROCESS:
+        raise KerablError(f"unknown preprocessing {preprocess!r}: choose one of "
+                          f"{', '.join(PREPROCESS)}")
+
+
+def preprocess_images(images: np.ndarray | Sequence[np.ndarray], size: Sequence[int],
+                      preprocess: str) -> np.ndarray:
+    """Resize and normalise images as a network expects: float32 (N, h, w, 3).
+
+    Example:
+        batch = preprocess_images([load_image(p) for p in paths], (227, 227), "paper")
+        batch.shape  # (len(paths), 227, 227, 3), BGR, values 0..255
+
+    Recipes (`PREPROCESS`); every resize is Pillow's bilinear resize to `size` = (h, w), no
+    aspect-ratio keeping:
+
+    - "paper": the authors' AlexNet code (`cv2.imread` then `cv2.resize`): direct resize,
+      values 0..255 as float, channel order BGR, no crop, no mean subtraction. Pillow's
+      bilinear filter widens its support when shrinking (antialiasing) and cv2's does not, so
+      values can differ slightly from the authors' pixels.
+    - "heuritech": the convnets-keras `preprocess_image_batch` recipe: resize to 256 x 256,
+      subtract the RGB mean [123.68, 116.779, 103.939], centre crop `size` (227 x 227:
+      rows and columns 14..240), channel order RGB (its default `color_mode="rgb"`).
+    - "vgg16", "resnet101", "mobilenet_v2": direct resize, then that `keras.applications`
+      module's `preprocess_input` (caffe BGR mean subtraction; caffe; scale to [-1, 1]).
+    - "none": the images are already network inputs (in-memory sets): only checked and stacked.
+
+    Args:
+        images: uint8 RGB images, a (N, H, W, 3) array or a list of (H_i, W_i, 3) arrays
+            (float arrays for "none").
+        size: (h, w) of the network input.
+        preprocess: one of `PREPROCESS`.
+
+    Raises:
+        KerablError: unknown recipe, or images that are not (H, W, 3) / do not match `size`
+            for "none".
+    """
+    _check_preprocess(preprocess)
+    size = (int(size[0]), int(size[1]))
+    images = list(images)
+    for image in images:
+        if np.ndim(image) != 3 or np.shape(image)[-1] != 3:
+            raise KerablError(f"images must be (H, W, 3) RGB arrays, got shape {np.shape(image)}; "
+                              "decode files with load_image")
+    if preprocess == "none":
+        batch = np.asarray(images, dtype=np.float32).reshape(len(images), *size, 3) \
+            if all(np.shape(i)[:2] == size for i in images) else None
+        if batch is None:
+            raise KerablError(f"preprocess 'none' needs images of size {size}: resize them first "
+                              "or choose a resizing recipe")
+        return batch
+    batch = np.stack([_preprocess_one(np.asarray(i, dtype=np.uint8), size, preprocess)
+                      for i in images]) if images else np.zeros((0, *size, 3), np.float32)
+    if preprocess in _KERAS_APPLICATION:
+        import importlib
+
+        module = importlib.import_module(f"keras.applications.{_KERAS_APPLICATION[preprocess]}")
+        batch = np.asarray(module.preprocess_input(batch), dtype=np.float32)
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image sets
+
+@dataclass
+class ImageSet:
+    """Images with their true classes, in the order a study reads them.
+
+    Example:
+        images = paper_imageset("imagenet-val-hayne50", classes="hayne8")
+        for batch in images.batches((227, 227), "paper", batch_size=32): ...
+        schooner_rows = images.rows_of(images.classes[0])
+
+    Attributes:
+        name: identifies the data for cache fingerprints.
+        labels: (N,) int64, the model output index of each image's true class.
+        classes: output indices of the study's classes, in study order.
+        class_names: names of `classes`, same order.
+        paths: image files (decoded on demand), or None for in-memory images.
+        images: (N, h, w, 3) float32 network inputs for in-memory sets, else None.
+    """
+
+    name: str
+    labels: np.ndarray
+    classes: list[int]
+    class_names: list[str]
+    paths: list[Path] | None = None
+    images: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.classes = [int(c) for c in self.classes]
+        self.class_names = [str(n) for n in self.class_names]
+        if (self.paths is None) == (self.images is None):
+            raise KerablError(f"image set {self.name!r} needs exactly one of paths or images")
+        n = len(self.paths) if self.paths is not None else len(self.images)
+        if n != len(self.labels):
+            raise KerablError(f"image set {self.name!r} has {n} images but {len(self.labels)} "
+                              "labels: give one label per image")
+        if len(self.classes) != len(self.class_names):
+            raise KerablError(f"image set {self.name!r}: {len(self.classes)} classes but "
+                              f"{len(self.class_names)} class names")
+        if self.paths is not None:
+            self.paths = [Path(p) for p in self.paths]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _rows(self, rows: Sequence[int] | np.ndarray | None) -> np.ndarray:
+        if rows is None:
+            return np.arange(len(self), dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise KerablError(f"row indices must lie in 0..{len(self) - 1} for image set "
+                              f"{self.name!r}")
+        return rows
+
+    def batches(self, size: Sequence[int], preprocess: str, batch_size: int = 32,
+                rows: Sequence[int] | np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Float32 NHWC batches of network inputs, in row order; each file is decoded once.
+
+        Example:
+            for batch in images.batches((227, 227), "paper", batch_size=16): ...
+            first = next(images.batches((32, 32), "none", rows=[4, 2]))   # rows 4 then 2
+
+        Args:
+            size: (h, w) network input size.
+            preprocess: one of `PREPROCESS` ("none" for in-memory sets).
+            batch_size: images per batch (the last batch may be smaller).
+            rows: indices of the images to give, in that order (default: all).
+        """
+        _check_preprocess(preprocess)
+        if batch_size < 1:
+            raise KerablError(f"batch_size must be at least 1, got {batch_size}")
+        if self.images is not None and preprocess != "none":
+            raise KerablError(f"image set {self.name!r} holds preprocessed images: use "
+                              f"preprocess 'none', not {preprocess!r}")
+        rows = self._rows(rows)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            if self.images is not None:
+                yield preprocess_images(self.images[chunk], size, "none")
+            else:
+                yield preprocess_images([load_image(self.paths[r]) for r in chunk], size,
+                                        preprocess)
+
+    def load(self, size: Sequence[int], preprocess: str,
+             rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """All (or the given) rows as one float32 (N, h, w, 3) array.
+
+        Example:
+            x = images.load((227, 227), "paper", rows=images.rows_of(images.classes[0]))
+        """
+        rows = self._rows(rows)
+        parts = list(self.batches(size, preprocess, batch_size=64, rows=rows))
+        return np.concatenate(parts) if parts else np.zeros((0, *size, 3), np.float32)
+
+    def rows_of(self, class_index: int) -> np.ndarray:
+        """Row indices of the images of one class (given as its model output index).
+
+        Example:
+            rows = images.rows_of(images.classes[0])   # 50 rows for a paper class
+        """
+        if int(class_index) not in self.classes:
+            raise KerablError(f"class {class_index} is not in image set {self.name!r}: choose "
+                              f"one of {self.classes}")
+        return np.flatnonzero(self.labels == int(class_index))
+
+    def subset(self, classes: Sequence[int]) -> ImageSet:
+        """The images of some classes (output indices), in the given class order.
+
+        Example:
+            first8 = images.subset(images.classes[:8])
+        """
+        classes = [int(c) for c in classes]
+        names = dict(zip(self.classes, self.class_names))
+        missing = [c for c in classes if c not in names]
+        if missing:
+            raise KerablError(f"classes {missing} are not in image set {self.name!r}: choose "
+                              f"from {self.classes}")
+        rows = np.concatenate([self.rows_of(c) for c in classes]) if classes else np.zeros(0, int)
+        return replace(
+            self, name=f"{self.name}:subset-{_digest(classes)}", labels=self.labels[rows],
+            classes=classes, class_names=[names[c] for c in classes],
+            paths=None if self.paths is None else [self.paths[r] for r in rows],
+            images=None if self.images is None else self.images[rows])
+
+
+def _digest(items: Sequence) -> str:
+    """A short stable digest of a sequence of values."""
+    return hashlib.sha1("\n".join(map(str, items)).encode()).hexdigest()[:12]
+
+
+def _from_classes(name: str, folder: Path, class_ids: list[int], class_names: list[str],
+                  files_per_class: list[list[Path]]) -> ImageSet:
+    """An ImageSet from files grouped by class (study order), named with a digest of both."""
+    paths = [p for files in files_per_class for p in files]
+    labels = np.repeat(np.asarray(class_ids, dtype=np.int64), [len(f) for f in files_per_class])
+    digest = _digest([*class_ids, *(p.name for p in paths)])
+    return ImageSet(name=f"{name}:{folder.resolve()}:{digest}", labels=labels,
+                    classes=class_ids, class_names=class_names, paths=paths)
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's layout
+
+PAPER_GROUND_TRUTH = "ILSVRC2014_clsloc_validation_ground_truth.txt"
+PAPER_META = "meta_clsloc.mat"
+PAPER_CLASS_LIST = "50_classes.json"
+HAYNE8 = ("schooner", "brain_coral", "junco_bird", "snail", "grey_whale", "siberian_husky",
+          "electric_fan", "bookcase")
+_PAPER_FILE = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG$", re.IGNORECASE)
+
+
+def _required_file(path: Path, what: str, option: str) -> Path:
+    if not path.is_file():
+        raise KerablError(f"{what} not found at {path}: put it there or pass {option}=")
+    return path
+
+
+def _read_ground_truth(path: Path) -> np.ndarray:
+    """ILSVRC2014_ID of each validation image (index 0 = image 1)."""
+    try:
+        return np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except ValueError as err:
+        raise KerablError(f"{path} is not one integer ILSVRC2014_ID per line ({err}): give the "
+                          "devkit's validation ground truth") from None
+
+
+def _read_class_list(path: Path) -> list[tuple[str, str]]:
+    """(name, WNID) pairs of a class-list JSON object, in file order."""
+    try:
+        listed = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise KerablError(f"cannot read class list {path} ({err}): give a JSON object "
+                          "name -> WNID") from None
+    if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
+        raise KerablError(f"class list {path} must be a JSON object name -> WNID")
+    return list(listed.items())
+
+
+def _chosen_classes(classes: str | Sequence[str] | Path, root: Path) -> list[tuple[str, str]]:
+    """(name, WNID) of the requested classes in study order."""
+    if isinstance(classes, Path):
+        return _read_class_list(classes)
+    if isinstance(classes, str) and classes not in ("hayne50", "hayne8"):
+        raise KerablError(f"classes={classes!r}: use 'hayne50', 'hayne8', a list of WNIDs or "
+                          "names, or the path of a class-list JSON")
+    listed = _read_class_list(_required_file(root / PAPER_CLASS_LIST, "class list",
+                                             "classes"))
+    if classes == "hayne50":
+        return listed
+    if classes == "hayne8":
+        return listed[:len(HAYNE8)]
+    return _named_classes(classes, listed)
+
+
+def _named_classes(requested: Sequence[str], listed: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each requested WNID or class-list name as (name, WNID); unknown WNIDs get ImageNet names."""
+    from kerabl import imagenet
+
+    by_name = dict(listed)
+    by_wnid = {wnid: name for name, wnid in listed}
+    chosen = []
+    for item in requested:
+        item = str(item).strip()
+        if item in by_name:
+            chosen.append((item, by_name[item]))
+        elif item in by_wnid:
+            chosen.append((by_wnid[item], item))
+        else:
+            chosen.append((imagenet.class_names()[imagenet.index_of(item)], item))
+    return chosen
+
+
+def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
+                   meta: str | Path | None = None,
+                   classes: str | Sequence[str] | Path = "hayne50") -> ImageSet:
+    """The Hayne et al. image set: ILSVRC2012 validation images of the study's classes.
+
+    Example:
+        images = paper_imageset("../shared/data/imagenet-val-hayne50")            # 50 x 50
+        first8 = paper_imageset("../shared/data/imagenet-val-hayne50", classes="hayne8")
+
+    `folder` is the dataset root (holding `images/`) or the image folder itself; the other
+    files default to the dataset root (the image folder's parent in the second case):
+    `ILSVRC2014_clsloc_validation_ground_truth.txt` (line i = ILSVRC2014_ID of
+    `ILSVRC2012_val_<i>.JPEG`), `meta_clsloc.mat` (ILSVRC2014_ID -> WNID) and
+    `50_classes.json` (name -> WNID, file order = study order). Labels are Keras output
+    indices (sorted WNIDs). Rows are grouped by class in study order, by file name within one.
+
+    Args:
+        folder: dataset root or image folder.
+        ground_truth: the ground-truth file, if not in the dataset root.
+        meta: `meta_clsloc.mat`, if not in the dataset root.
+        classes: "hayne50" (all 50 listed classes), "hayne8" (the first 8 in file order),
+            a list of WNIDs or class-list names, or the Path of a class-list JSON.
+
+    Raises:
+        KerablError: a missing folder or file (named), an image number beyond the ground
+            truth, or a requested class without images.
+    """
+    from kerabl import imagenet
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KerablError(f"image folder {folder} does not exist: pass the dataset root or "
+                          "its images/ folder")
+    has_images = (folder / "images").is_dir()
+    image_dir, root = (folder / "images", folder) if has_images else (folder, folder.parent)
+    gt_path = _required_file(Path(ground_truth or root / PAPER_GROUND_TRUTH), "ground truth",
+                             "ground_truth")
+    meta_path = _required_file(Path(meta or root / PAPER_META), "meta_clsloc.mat", "meta")
+    chosen = _chosen_classes(classes, root)
+    id_to_wnid = {i: wnid for i, (wnid, _) in imagenet.read_meta_clsloc(meta_path).items()}
+    truth = _read_ground_truth(gt_path)
+
+    wanted = {wnid: k for k, (_, wnid) in enumerate(chosen)}
+    files_per_class: list[list[Path]] = [[] for _ in chosen]
+    for path in sorted(image_dir.iterdir()):
+        match = _PAPER_FILE.match(path.name)
+        if not match:
+            continue
+        number = int(match.group(1))
+        if not 1 <= number <= len(truth):
+            raise KerablError(f"{path.name}: image number {number} is beyond the {len(truth)} "
+                              f"lines of {gt_path}; check the ground-truth file")
+        k = wanted.get(id_to_wnid.get(int(truth[number - 1])))
+        if k is not None:
+            files_per_class[k].append(path)
+    empty = [f"{name} ({wnid})" for (name, wnid), f in zip(chosen, files_per_class) if not f]
+    if empty:
+        raise KerablError(f"no images of class {', '.join(empty)} in {image_dir}: check the "
+                          "folder and the class list")
+    return _from_classes(f"imagenet-paper:{classes if isinstance(classes, str) else 'list'}",
+                         image_dir, [imagenet.index_of(w) for _, w in chosen],
+                         [name for name, _ in chosen], files_per_class)
+
+
+def synset_imageset(folder: str | Path, classes: Sequence[str] | None = None) -> ImageSet:
+    """Images in one sub-folder per class WNID (`val/n01440764/*.JPEG`, the common layout).
+
+    Example:
+        images = synset_imageset("val", classes=["n04147183", "n01917289"])
+        images.class_names  # ['schooner', 'brain_coral']
+
+    Args:
+        folder: the folder holding the WNID sub-folders.
+        classes: WNIDs in study order, or None for every WNID sub-folder (sorted).
+
+    Raises:
+        KerablError: missing folder, unknown WNID, or a class folder without images.
+    """
+    from kerabl import imagenet
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KerablError(f"image folder {folder} does not exist: pass the folder of WNID "
+                          "sub-folders")
+    if classes is None:
+        classes = sorted(p.name for p in folder.iterdir()
+                         if p.is_dir() and re.fullmatch(r"n\d{8}", p.name))
+        if not classes:
+            raise KerablError(f"{folder} has no WNID sub-folders (like n01440764/): check the "
+                              "layout")
+    classes = [str(c).strip() for c in classes]
+    files_per_class = []
+    for wnid in classes:
+        sub = folder / wnid
+        files = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+            if sub.is_dir() else []
+        if not files:
+            raise KerablError(f"no images of class {wnid} in {sub}: check the folder")
+        files_per_class.append(files)
+    ids = [imagenet.index_of(w) for w in classes]
+    return _from_classes("imagenet-synsets", folder, ids,
+                         [imagenet.class_names()[i] for i in ids], files_per_class)
+
+
+def digits_imageset(seed: int = DIGITS_SEED) -> ImageSet:
+    """The demo model's held-out test digits (450 images, 10 classes), preprocess "none".
+
+    Example:
+        digits = digits_imageset()
+        digits.load((32, 32), "none").shape  # (450, 32, 32, 3)
+    """
+    _, _, x_test, y_test = digits_split(seed)
+    return ImageSet(name=f"digits-test:seed{seed}", labels=y_test, classes=list(range(10)),
+                    class_names=[str(d) for d in range(10)], images=x_test)
