@@ -1,0 +1,75 @@
+"""Probe scores: batched solver against the sklearn loop, held-out score, RSA against scipy."""
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+
+from kerabl.errors import KerablError
+from kerabl.probes import (fit_logistic_batched, heldout_probe_score, image_rdm, paper_probe_score,
+                           rsa_scores, template_rdm)
+
+
+def problem(seed, n=120, units=30, signal=0.4):
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) < n // 4).astype(int)
+    return rng.normal(size=(n, units)) + signal * y[:, None] * rng.normal(size=units), y
+
+
+def test_paper_score_equals_direct_sklearn_loop():
+    X, y = problem(0)
+    rng = np.random.default_rng(5)
+    losses = []
+    for _ in range(4):
+        cols = rng.choice(X.shape[1], size=10, replace=False)
+        pred = LogisticRegression(random_state=0).fit(X[:, cols], y).predict(X[:, cols])
+        losses.append(log_loss(y, pred.astype(float), labels=[0, 1]))
+    expected = np.exp(-np.mean(losses))
+    assert paper_probe_score(X, y, n_fits=4, max_units=10, seed=5, solver="sklearn") == expected
+    assert paper_probe_score(X, y, n_fits=4, max_units=10, seed=5) == pytest.approx(expected, abs=1e-12)
+    assert expected < 1.0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_batched_equals_sklearn(seed):
+    X, y = problem(seed, units=40)
+    kw = dict(n_fits=8, max_units=12, seed=seed)
+    assert paper_probe_score(X, y, solver="batched", **kw) == pytest.approx(
+        paper_probe_score(X, y, solver="sklearn", **kw), abs=1e-12)
+
+
+def test_batched_optimum_matches_sklearn_coefficients():
+    X, y = problem(9, units=6)
+    Xb = np.concatenate([X, np.ones((len(y), 1))], axis=1)[None]
+    w = fit_logistic_batched(Xb, y)[0]
+    ref = LogisticRegression(random_state=0, tol=1e-10, max_iter=10000).fit(X, y)
+    np.testing.assert_allclose(w, np.r_[ref.coef_[0], ref.intercept_], atol=1e-5)
+
+
+def test_heldout_score():
+    X, y = problem(0, n=80, units=10, signal=0.0)
+    noise = heldout_probe_score(X, y, seed=0)
+    assert 0.2 < noise < 0.8
+    Xs = X + 6.0 * y[:, None]
+    assert heldout_probe_score(Xs, y) == 1.0
+    with pytest.raises(KerablError, match="both labels"):
+        heldout_probe_score(X, np.zeros(80))
+
+
+def test_rdms_by_hand():
+    np.testing.assert_allclose(image_rdm([[1, 2, 3], [3, 2, 1], [5, 5, 5]]),
+                               [[0, 2, 1], [2, 0, 1], [1, 1, 0]])
+    assert template_rdm([1, 1, 0]).tolist() == [[0, 0, 1], [0, 0, 1], [1, 1, 0]]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rsa_against_scipy(seed):
+    X, y = problem(seed, n=90, units=8, signal=1.0)
+    X[3] = 0.0                                     # a zero-variance row
+    iu = np.triu_indices(len(y), k=1)
+    a, b = image_rdm(X)[iu], template_rdm(y)[iu]
+    tau, rho = rsa_scores(X, y)
+    assert tau == pytest.approx(stats.kendalltau(a, b)[0], abs=1e-12)
+    assert rho == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
+    assert tau > 0                                 # target images are closer to each other
