@@ -8,7 +8,7 @@
 - `digits_imageset(seed)`: the demo model's held-out digits, already preprocessed.
 - `load_image(path)`: one file as uint8 RGB.
 - `preprocess_images(images, size, preprocess)`: resize and normalise as a network expects;
-  `PREPROCESS` names the recipes.
+  `PREPROCESS` names the recipes, `check_preprocess(name)` validates one.
 - `digits_split(seed)`: scikit-learn's digits as 32 x 32 x 3 images, the split the demo model
   was trained with (train_demo.py and the studies both call it).
 """
@@ -120,7 +120,13 @@ def _preprocess_one(image: np.ndarray, size: tuple[int, int], preprocess: str) -
     return _resize(image, size)
 
 
-def _check_preprocess(preprocess: str) -> None:
+def check_preprocess(preprocess: str) -> None:
+    """Raise KerablError unless `preprocess` names a recipe of `PREPROCESS`.
+
+    Example:
+        check_preprocess("paper")      # fine
+        check_preprocess("imagenet")   # KerablError listing the recipes
+    """
     if preprocess not in PREPROCESS:
         raise KerablError(f"unknown preprocessing {preprocess!r}: choose one of "
                           f"{', '.join(PREPROCESS)}")
@@ -158,7 +164,7 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], size: Sequence[
         KerablError: unknown recipe, or images that are not (H, W, 3) / do not match `size`
             for "none".
     """
-    _check_preprocess(preprocess)
+    check_preprocess(preprocess)
     size = (int(size[0]), int(size[1]))
     images = list(images)
     for image in images:
@@ -252,7 +258,7 @@ class ImageSet:
             batch_size: images per batch (the last batch may be smaller).
             rows: indices of the images to give, in that order (default: all).
         """
-        _check_preprocess(preprocess)
+        check_preprocess(preprocess)
         if batch_size < 1:
             raise KerablError(f"batch_size must be at least 1, got {batch_size}")
         if self.images is not None and preprocess != "none":
