@@ -493,6 +493,7 @@ def synset_imageset(folder: str | Path, classes: Sequence[str] | None = None) ->
             raise KerablError(f"{folder} has no WNID sub-folders (like n01440764/): check the "
                               "layout")
     classes = [str(c).strip() for c in classes]
+    ids = [imagenet.index_of(w) for w in classes]
     files_per_class = []
     for wnid in classes:
         sub = folder / wnid
@@ -501,7 +502,6 @@ def synset_imageset(folder: str | Path, classes: Sequence[str] | None = None) ->
         if not files:
             raise KerablError(f"no images of class {wnid} in {sub}: check the folder")
         files_per_class.append(files)
-    ids = [imagenet.index_of(w) for w in classes]
     return _from_classes("imagenet-synsets", folder, ids,
                          [imagenet.class_names()[i] for i in ids], files_per_class)
 
