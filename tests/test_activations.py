@@ -153,14 +153,8 @@ def test_interrupted_run_resumes_and_matches(tiny_model, file_set, tmp_path, mon
     expected = _conv_expected(pixels[..., ::-1]).reshape(N_IMAGES, -1)   # paper = BGR
     np.testing.assert_allclose(whole.read("conv"), expected, atol=1e-5)
 
-    original, decoded = data.load_image, []
-
-    def failing(path):
-        decoded.append(path)
-        if len(decoded) == 5:                      # the first image of batch 2 (0-based)
-            raise KerablError(f"cannot read image {path}")
-        return original(path)
-    monkeypatch.setattr(data, "load_image", failing)
+    original = data.load_image
+    monkeypatch.setattr(data, "load_image", _raise_on_call(original, 5))   # batch 2 (0-based)
     target = tmp_path / "cut.h5"
     with pytest.raises(KerablError, match="img4.png"):
         _record(tiny_model, imageset, target, batch_size=2, preprocess="paper")
