@@ -12,7 +12,7 @@ from kerabl import models
 from kerabl.errors import KerablError
 from kerabl.models import (
     LocalResponseNormalization, alexnet_model, build_model, default_targets, demo_model,
-    load_heuritech_weights, load_network, paper_targets, randomize_weights, read_manifest,
+    load_network, paper_targets, randomize_weights, read_manifest,
     save_heuritech_weights, weights_digest, weights_dir)
 
 
@@ -34,9 +34,15 @@ def alexnet_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def alexnet_loaded(alexnet_file):
+def alexnet_network(alexnet_file):
+    """That file loaded through `load_network` into a fresh AlexNet."""
     path, _ = alexnet_file
-    return load_heuritech_weights(alexnet_model(), path)
+    return load_network("alexnet", path)
+
+
+@pytest.fixture(scope="module")
+def alexnet_loaded(alexnet_network):
+    return alexnet_network.model
 
 
 # --- architectures and targets ---------------------------------------------------------------
@@ -59,8 +65,8 @@ def test_every_network_builds_with_random_weights(name, n_targets, first, last):
     assert net.model.layers[-1].get_config()["activation"] == "softmax"
 
 
-def test_alexnet_output_sizes():
-    model = alexnet_model()
+def test_alexnet_output_sizes(alexnet_loaded):
+    model = alexnet_loaded
     shapes = {name: tuple(model.get_layer(name).output.shape[1:])
               for name in ("conv_1", "conv_2", "conv_3", "conv_4", "conv_5", "flatten")}
     assert shapes == {"conv_1": (55, 55, 96), "conv_2": (27, 27, 256), "conv_3": (13, 13, 384),
@@ -70,7 +76,7 @@ def test_alexnet_output_sizes():
     assert elements + 2 * 4096 == 658_272  # the authors' unit vector per image
 
 
-def test_mobilenet_targets_and_the_authors_set():
+def test_mobilenet_targets_and_the_authors_set(alexnet_loaded):
     model = build_model("mobilenet_v2", alpha=0.35)
     blocks = default_targets("mobilenet_v2", model)
     assert blocks[:4] == ("expanded_conv_project_BN", "block_1_project_BN", "block_2_add",
@@ -78,7 +84,7 @@ def test_mobilenet_targets_and_the_authors_set():
     paper = paper_targets("mobilenet_v2", model)
     assert len(paper) == 104
     assert sum(int(np.prod(model.get_layer(n).output.shape[1:])) for n in paper) == 5_725_552
-    assert paper_targets("alexnet", alexnet_model()) == models.ALEXNET_TARGETS
+    assert paper_targets("alexnet", alexnet_loaded) == models.ALEXNET_TARGETS
 
 
 def test_demo_variants_keep_relu_targets():
@@ -181,23 +187,20 @@ def test_theano_kernels_are_flipped(alexnet_file, alexnet_loaded, layer, groups,
     np.testing.assert_allclose(out.transpose(2, 0, 1), np.maximum(reference, 0), atol=1e-4)
 
 
-def test_dense_1_rows_are_chw_in_the_file(alexnet_file, tmp_path):
-    path, model = alexnet_file
-    copy = save_heuritech_weights(model, tmp_path / "alexnet_weights.h5")
-    with h5py.File(copy, "r+") as f:
-        rows = np.arange(9216, dtype="float32")[:, None]
-        f["dense_1"]["dense_1_W"][...] = np.repeat(rows, 4096, axis=1)
-    loaded = load_heuritech_weights(alexnet_model(), copy)
-    kernel = loaded.get_layer("dense_1").kernel.numpy()
-    h, w, c = 2, 5, 100  # Keras flatten position (h, w, c) <- file row c * 36 + h * 6 + w
+def test_dense_1_rows_are_chw_in_the_file():
+    rows = np.arange(9216, dtype="float32")[:, None]  # file row r = c * 36 + h * 6 + w
+    kernel = models._file_to_keras("dense_1", rows)
+    h, w, c = 2, 5, 100  # Keras flattens (h, w, c): row h * 6 * 256 + w * 256 + c
     assert kernel[h * 6 * 256 + w * 256 + c, 0] == c * 36 + h * 6 + w
+    np.testing.assert_array_equal(models._keras_to_file("dense_1", kernel), rows)
+    assert models._file_to_keras("dense_2", rows[:5]).tolist() == rows[:5].tolist()
 
 
-def test_alexnet_through_load_network(alexnet_file):
+def test_alexnet_through_load_network(alexnet_file, alexnet_network):
     path, _ = alexnet_file
-    net = load_network("alexnet", path)
-    assert net.weights_id == weights_digest(path) and net.preprocess == "paper"
-    assert net.input_size == (227, 227)
+    assert alexnet_network.weights_id == weights_digest(path)
+    assert (alexnet_network.preprocess, alexnet_network.input_size) == ("paper", (227, 227))
+    assert alexnet_network.targets == models.ALEXNET_TARGETS
 
 
 # --- weight files ----------------------------------------------------------------------------
