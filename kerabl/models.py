@@ -9,6 +9,7 @@
   convnets-keras `alexnet_weights.h5` (Theano layout) into and out of the Keras 3 AlexNet.
 - `LocalResponseNormalization`: the AlexNet LRN as a registered Keras layer.
 - `default_targets(name, model)`, `paper_targets(name, model)`: target layer names.
+- `load_weights_file(name, model, path)`, `check_weights_file(name, path)`: checked weight files.
 - `weights_digest(path)`, `read_manifest()`, `weights_dir()`: the shipped weights and their hashes.
 """
 
@@ -504,14 +505,13 @@ def _check_keras3_shapes(model: keras.Model, path: Path) -> None:
                           " pass the weights file made for this model")
 
 
-def load_weights_file(name: str, model: keras.Model, path: str | Path) -> str:
-    """Check `path` (exists, manifest hash, HDF5, fits `model`) and load it; return its digest.
+def check_weights_file(name: str, path: str | Path) -> str:
+    """Check that `path` exists, matches its manifest hash and is HDF5; return its digest.
 
     Example:
-        model = build_model("demo")
-        load_weights_file("demo", model, weights_dir() / "demo.weights.h5")  # "sha256:..."
+        check_weights_file("demo", weights_dir() / "demo.weights.h5")  # "sha256:..."
 
-    Alexnet reads the heuritech Theano layout, the others Keras `.weights.h5` / `.h5` files.
+    Runs before any model is built, so a bad path fails fast.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -522,6 +522,24 @@ def load_weights_file(name: str, model: keras.Model, path: str | Path) -> str:
     if not h5py.is_hdf5(path):
         raise KerablError(f"{path} is not an HDF5 file: pass a Keras .weights.h5/.h5 file "
                           f"(alexnet: {ALEXNET_FILE})")
+    return digest
+
+
+def load_weights_file(name: str, model: keras.Model, path: str | Path) -> str:
+    """Check `path` (exists, manifest hash, HDF5, fits `model`) and load it; return its digest.
+
+    Example:
+        model = build_model("demo")
+        load_weights_file("demo", model, weights_dir() / "demo.weights.h5")  # "sha256:..."
+
+    Alexnet reads the heuritech Theano layout, the others Keras `.weights.h5` / `.h5` files.
+    """
+    digest = check_weights_file(name, path)
+    _load_checked(name, model, Path(path).expanduser())
+    return digest
+
+
+def _load_checked(name: str, model: keras.Model, path: Path) -> None:
     try:
         if name == "alexnet":
             load_heuritech_weights(model, path)
@@ -533,7 +551,6 @@ def load_weights_file(name: str, model: keras.Model, path: str | Path) -> str:
     except Exception as error:  # noqa: BLE001 - any loader failure means the file does not fit
         raise KerablError(f"{path} does not fit the {name} architecture ({_one_line(error)}): "
                           "pass the weights file made for this model") from None
-    return digest
 
 
 def _default_weights_path(name: str, alpha: float) -> Path:
@@ -634,12 +651,14 @@ def load_network(name: str, weights: str | Path | None = "default", *, alpha: fl
     check_alpha(check_name(name), alpha)
     use_default = isinstance(weights, str) and weights == "default"
     path = _default_weights_path(name, alpha) if use_default else weights
+    if path is not None:
+        weights_id = check_weights_file(name, path)  # fail before the (slow) build
     model = build_model(name, alpha=alpha)
     if path is None:
         randomize_weights(model, seed)
         weights_id = f"random:{seed}"
     else:
-        weights_id = load_weights_file(name, model, path)
+        _load_checked(name, model, Path(path).expanduser())
     return Network(name=name, model=model, weights_id=weights_id,
                    targets=default_targets(name, model), input_size=INPUT_SIZES[name],
                    preprocess=PREPROCESS[name], n_classes=N_CLASSES[name])
