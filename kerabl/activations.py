@@ -30,7 +30,7 @@ from kerabl.errors import KerablError
 
 UNITS = ("element", "channel")
 DTYPES = ("float32", "float16")
-CHUNK_ROWS = 64
+CHUNK_ROWS = 32          # = the default batch size: each batch writes whole chunks
 CHUNK_COLS = 16384
 COMPRESSION = "lzf"
 FINGERPRINT = ("model", "weights_id", "layers", "dataset", "preprocess", "unit", "dtype",
@@ -348,7 +348,7 @@ def _create(path: Path, wanted: dict, imageset, layers, shapes, unit, dtype):
         cols = _n_units(shapes[name], unit)
         group.create_dataset(name, shape=(n, cols), dtype=dtype,
                              chunks=(max(1, min(CHUNK_ROWS, n)), max(1, min(CHUNK_COLS, cols))),
-                             compression=COMPRESSION, shuffle=True)
+                             compression=COMPRESSION)
     f.flush()
     return f
 
@@ -407,8 +407,11 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
     forward pass; with different ones it is recomputed and `log` says what changed
     ("preprocess: paper -> heuritech"). Rows are written to `<path>.partial` (its `rows_done`
     attribute flushed after each batch) and the file is renamed to `path` when complete; a
-    rerun after an interruption continues from `rows_done`. Memory holds one batch of
-    activations plus one chunk row-block of the widest layer.
+    rerun after an interruption continues from `rows_done` (a `.partial` left unreadable by a
+    kill during a write is discarded, with a message). Memory holds one batch of activations
+    plus one chunk row-block of the widest layer. Datasets are chunked `CHUNK_ROWS` (32) rows
+    by `CHUNK_COLS` (16384) columns, lzf-compressed: a batch size that is a multiple of 32
+    writes whole chunks, which is fastest.
 
     Args:
         network_or_model: a kerabl `Network` (its name, weights_id, input_size and default
