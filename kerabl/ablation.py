@@ -20,8 +20,14 @@ from typing import Sequence
 
 import numpy as np
 
-# Activations of several masked copies are batched up to this many floats (~256 MB of float32).
-BATCH_FLOATS = 64 * 1024 * 1024
+from kerabl.errors import KerablError
+
+# One tail call holds at most this many activation floats (masks x images x units, ~128 MB of
+# float32). On 2 CPU cores one call per mask, with a class's images split into chunks of this
+# size, was fastest (kerabl.bench measures it); on a GPU, a larger value batches several masks.
+BATCH_FLOATS = 32 * 1024 * 1024
+PRECISIONS = ("float32", "bfloat16")
+STORAGES = ("float32", "float16")
 
 
 def true_class_rank(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -64,6 +70,112 @@ def mean_rank_deficit(before: np.ndarray, after: np.ndarray, clip: bool = True) 
     return deficit.mean(axis=-1)
 
 
+def _split_groups(conv):
+    """A function computing `conv` (a Conv2D with groups > 1) as one convolution per group.
+
+    oneDNN on a CPU runs `Conv2D(groups=2)` slower than two plain convolutions plus a concat
+    (kerabl.bench measures both); the result equals the grouped layer to float rounding.
+    """
+    import tensorflow as tf
+
+    groups, filters = conv.groups, conv.filters
+    per_out = filters // groups
+    strides, dilations = list(conv.strides), list(conv.dilation_rate)
+    padding = conv.padding.upper()
+
+    def call(x):
+        per_in = x.shape[-1] // groups
+        kernel = tf.cast(conv.kernel, x.dtype)
+        parts = [tf.nn.conv2d(x[..., g * per_in:(g + 1) * per_in],
+                              kernel[..., g * per_out:(g + 1) * per_out],
+                              strides=strides, padding=padding, dilations=dilations)
+                 for g in range(groups)]
+        y = tf.concat(parts, axis=-1)
+        if conv.use_bias:
+            y = tf.nn.bias_add(y, tf.cast(conv.bias, x.dtype))
+        return conv.activation(y)
+
+    return call
+
+
+def _splittable(layer) -> bool:
+    """A grouped channels-last Conv2D whose groups run faster as separate convolutions."""
+    import keras
+
+    return (type(layer) is keras.layers.Conv2D and layer.groups > 1
+            and layer.data_format == "channels_last" and layer.padding in ("valid", "same"))
+
+
+def _bfloat16_copy(tail):
+    """`tail` rebuilt with its convolution and dense layers in mixed bfloat16 (weights copied).
+
+    Layers without weights (pooling, LRN: no bfloat16 CPU kernel) stay float32, and so does the
+    last weighted layer (the logits), so that the scores do not tie in bfloat16.
+    """
+    import keras
+
+    weighted = [lay.name for lay in tail.layers if lay.weights][:-1]
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in weighted:
+            config = {**config, "dtype": "mixed_bfloat16"}
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(tail, clone_function=clone)
+    for old, new in zip(tail.layers, copy.layers):
+        new.set_weights(old.get_weights())
+    return copy
+
+
+def fast_tail(model, layer: str, precision: str = "float32"):
+    """The network tail after `layer`, arranged to run fast: grouped convolutions split per group,
+    and in `precision="bfloat16"` a mixed-bfloat16 copy of the tail.
+
+    Example:
+        tail = fast_tail(net.model, "conv_3")
+        scores = tail.predict_on_batch(head_model(net.model, "conv_3").predict_on_batch(x))
+
+    Args:
+        model: a functional Keras model.
+        layer: the cut layer (see `kerabl.masking.tail_model`).
+        precision: "float32" (equal to the model up to float rounding) or "bfloat16".
+
+    Returns:
+        A functional model with the inputs of `tail_model(model, layer)`.
+    """
+    import keras
+
+    from kerabl.masking import tail_model
+
+    if precision not in PRECISIONS:
+        raise KerablError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    tail = tail_model(model, layer)
+    if precision == "bfloat16":
+        tail = _bfloat16_copy(tail)
+    if not any(_splittable(lay) for lay in tail.layers):
+        return tail
+
+    def call_function(lay, *args, **kwargs):
+        if _splittable(lay):
+            return keras.layers.Lambda(_split_groups(lay), name=f"{lay.name}_split")(*args)
+        return lay(*args, **kwargs)
+
+    return keras.models.clone_model(tail, clone_function=lambda lay: lay,
+                                    call_function=call_function)
+
+
+def _chunks(n_masks: int, n_images: int, per_image: int, batch_floats: int):
+    """(mask slice, image slice) pairs covering all masks x images, each within `batch_floats`."""
+    images_per_call = max(1, min(n_images, batch_floats // max(per_image, 1)))
+    masks_per_call = max(1, batch_floats // max(per_image * n_images, 1))
+    if images_per_call < n_images:
+        masks_per_call = 1
+    for m in range(0, n_masks, masks_per_call):
+        for i in range(0, n_images, images_per_call):
+            yield slice(m, m + masks_per_call), slice(i, i + images_per_call)
+
+
 class TailAblator:
     """Fast engine for one target layer: mask the cached layer output, run only the tail.
 
@@ -72,21 +184,38 @@ class TailAblator:
         ablator.set_images(images)                  # or set_activations(acts) from a cache
         ranks = ablator.ranks(masks, labels)        # (n_masks, n_images)
 
-    The tail model comes from `kerabl.masking.tail_model`; a target inside a residual block gets
-    its skip tensors as extra inputs, which are unmasked and computed by the head model.
+    The tail model comes from `fast_tail` (`kerabl.masking.tail_model` with grouped convolutions
+    split); a target inside a residual block gets its skip tensors as extra inputs, which are
+    unmasked and computed by the head model. The tail is built and traced once per ablator:
+    `traces` stays 1 whatever the masks, classes and image counts.
+
+    Args:
+        model: a functional Keras model.
+        layer: the target layer.
+        batch_floats: most activation floats per tail call (see `BATCH_FLOATS`).
+        precision: "float32" or "bfloat16" (mixed-precision tail; ranks may differ slightly).
+        storage: dtype of the stored activations, "float32" or "float16" (half the memory;
+            values beyond float16's range are refused).
     """
 
-    def __init__(self, model, layer: str, batch_floats: int = BATCH_FLOATS):
+    def __init__(self, model, layer: str, batch_floats: int = BATCH_FLOATS,
+                 precision: str = "float32", storage: str = "float32"):
         import tensorflow as tf
 
-        from kerabl.masking import head_model, tail_model
+        from kerabl.masking import head_model
 
+        if storage not in STORAGES:
+            raise KerablError(f"storage must be one of {', '.join(STORAGES)}; got {storage!r}")
         self.layer = layer
+        self.precision = precision
+        self.storage = storage
         self._model = model
         self._head = None
         self._head_model = head_model
-        self._tail = tail_model(model, layer)
-        specs = [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in self._tail.inputs]
+        self._tail = fast_tail(model, layer, precision)
+        inputs = self._tail.inputs
+        specs = [tf.TensorSpec((None, *t.shape[1:]), storage) for t in inputs]
+        mask_spec = tf.TensorSpec((None, *inputs[0].shape[1:]), tf.float32)
         self.shape = tuple(int(d) for d in specs[0].shape[1:])
         self.batch_floats = batch_floats
         self.traces = 0
@@ -95,17 +224,25 @@ class TailAblator:
         def masked_tail(act, mask, *extras):
             self.traces += 1  # runs only while tracing
             n_masks = tf.shape(mask)[0]
-            n_images = tf.shape(act)[0]
+            act = tf.cast(act, tf.float32)
             x = tf.expand_dims(mask, 1) * tf.expand_dims(act, 0)
-            x = tf.reshape(x, tf.concat([[n_masks * n_images], tf.shape(act)[1:]], 0))
-            tiled = [tf.repeat(tf.expand_dims(e, 0), n_masks, axis=0) for e in extras]
-            tiled = [tf.reshape(e, tf.concat([[n_masks * n_images], tf.shape(e)[2:]], 0))
-                     for e in tiled]
+            x = tf.reshape(x, tf.concat([[-1], tf.shape(act)[1:]], 0))
+            tiled = [tf.tile(tf.cast(e, tf.float32), [n_masks] + [1] * (len(e.shape) - 1))
+                     for e in extras]
             out = tail([x, *tiled] if tiled else x, training=False)
-            return tf.reshape(out, [n_masks, n_images, -1])
+            return tf.reshape(tf.cast(out, tf.float32), [n_masks, tf.shape(act)[0], -1])
 
-        self._fn = tf.function(masked_tail, input_signature=[specs[0], specs[0], *specs[1:]])
+        self._fn = tf.function(masked_tail, input_signature=[specs[0], mask_spec, *specs[1:]])
         self._inputs: list[np.ndarray] = []
+
+    def _store(self, arrays: list[np.ndarray]) -> None:
+        """Keep the tail inputs in the storage dtype, refusing values it cannot hold."""
+        if self.storage == "float16":
+            big = max(float(np.abs(a).max(initial=0.0)) for a in arrays)
+            if big > np.finfo(np.float16).max:
+                raise KerablError(f"{self.layer} activations reach {big:.3g}, beyond float16's "
+                                  "range: use storage='float32'")
+        self._inputs = [np.ascontiguousarray(a, dtype=self.storage) for a in arrays]
 
     def set_images(self, images: np.ndarray, batch_size: int = 64) -> None:
         """Compute the target layer's output (and any skip tensors) for `images` once."""
@@ -114,8 +251,8 @@ class TailAblator:
         parts = [self._head.predict_on_batch(images[i:i + batch_size])
                  for i in range(0, len(images), batch_size)]
         parts = [p if isinstance(p, (list, tuple)) else [p] for p in parts]
-        self._inputs = [np.concatenate([p[j] for p in parts]).astype(np.float32)
-                        for j in range(len(parts[0]))]
+        self._store([np.concatenate([np.asarray(p[j]) for p in parts])
+                     for j in range(len(parts[0]))])
 
     def set_activations(self, acts: np.ndarray) -> None:
         """Use stored activations of the target layer, (N, n_units) flat or (N, *shape).
@@ -123,22 +260,26 @@ class TailAblator:
         Only for cut points (a tail with no extra inputs): the cache holds the layer output alone.
         """
         if len(self._tail.inputs) > 1:
-            raise ValueError(f"{self.layer} is not a cut point: use set_images")
-        self._inputs = [np.asarray(acts, dtype=np.float32).reshape((-1, *self.shape))]
+            raise KerablError(f"{self.layer} is not a cut point: use set_images")
+        self._store([np.asarray(acts).reshape((-1, *self.shape))])
 
     def outputs(self, masks: np.ndarray) -> np.ndarray:
         """Network outputs with each mask applied: (n_masks, n_images, n_outputs)."""
         import tensorflow as tf
 
+        if not self._inputs:
+            raise KerablError("no activations yet: call set_images or set_activations first")
         masks = np.asarray(masks, dtype=np.float32).reshape((-1, *self.shape))
         n_images = len(self._inputs[0])
-        per_mask = n_images * int(np.prod(self.shape))
-        step = max(1, self.batch_floats // max(per_mask, 1))
-        extras = [tf.constant(e) for e in self._inputs[1:]]
-        act = tf.constant(self._inputs[0])
-        out = [self._fn(act, tf.constant(masks[i:i + step]), *extras).numpy()
-               for i in range(0, len(masks), step)]
-        return np.concatenate(out)
+        per_image = int(np.prod(self.shape))
+        out = None
+        for ms, ims in _chunks(len(masks), n_images, per_image, self.batch_floats):
+            part = self._fn(*[tf.constant(self._inputs[0][ims]), tf.constant(masks[ms]),
+                              *[tf.constant(e[ims]) for e in self._inputs[1:]]]).numpy()
+            if out is None:
+                out = np.empty((len(masks), n_images, part.shape[-1]), dtype=np.float32)
+            out[ms, ims] = part
+        return out
 
     def ranks(self, masks: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Rank of each image's true class under each mask: (n_masks, n_images)."""

@@ -1,0 +1,518 @@
+"""Speed of the fast ablation engine against the authors' procedure and the machine's floor.
+
+- `run_bench(out, quick=False)`: the benchmark (`kerabl bench`, `scripts/bench.py`). Each network
+  runs in its own process (its peak RSS is reported): the H sweep with the fast engine
+  (`TailAblator`) against the authors' procedure on sampled cells (their ranks compared), a
+  bfloat16 tail against float32, and a Z single-unit sweep of a late layer, tail only against
+  full forward. Prints one table, writes it as JSON, and ends with the headline ratio line.
+- `matmul_floor(sizes)`: the best float32 `tf.matmul` throughput reached here (GFLOP/s).
+- `layer_flops(layer)`, `tail_flops(model, layer)`: FLOPs per image of convolutions and dense
+  layers (elementwise work ignored), of one layer or of everything after a cut.
+- `authors_cell(...)`: one cell as the authors' code does it: rebuild the model, reload its
+  weights from a file, re-read and preprocess the images, Lambda mask, full forward.
+- `extrapolate(cases, floor)`: full paper-scale study times from the measured per-cell times.
+- `format_table(rows, columns)`: a plain-text table.
+
+Example:
+    result = run_bench("bench.json", quick=True)   # demo model only, well under a minute
+    result["headline"]                              # the last printed line
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from kerabl.errors import KerablError
+
+HAYNE50 = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-val-hayne50"
+GRID_CELLS = 16
+SEED = 0
+# Per network: the layers whose cells the authors' procedure runs (the rest run fast only),
+# fast cells timed per layer, the Z layer, units timed tail-only and full-forward.
+PLANS = {
+    "demo": dict(paper_layers=None, fast_cells=16, z_layer="conv_5", z_tail=64, z_full=8),
+    "demo-quick": dict(paper_layers=("conv_1", "conv_4", "dense_2"), fast_cells=4,
+                       z_layer="conv_5", z_tail=32, z_full=4),
+    "alexnet": dict(paper_layers=("conv_1", "conv_3", "conv_5", "dense_2"), fast_cells=4,
+                    z_layer="conv_5", z_tail=32, z_full=3),
+    "vgg16": dict(paper_layers=("block1_conv2", "block4_conv1", "fc2"), fast_cells=2,
+                  z_layer="block5_conv3", z_tail=32, z_full=2),
+}
+# Paper-scale studies (DESIGN 2.9): classes per network; each class x target layer has 16 cells.
+STUDY_CLASSES = {"alexnet": 50, "vgg16": 8, "mobilenet_v2": 8, "resnet101": 8}
+IMAGES_PER_CLASS = 50
+MATMUL_SIZES = (256, 512, 1024, 2048)
+
+
+# ----------------------------------------------------------------------------- FLOPs and floor
+
+
+def layer_flops(layer) -> int:
+    """FLOPs per image of one Conv2D, DepthwiseConv2D or Dense layer (0 for any other layer).
+
+    Example:
+        conv = model.get_layer("conv_3")     # 13 x 13 x 384 out, 3 x 3 kernel, 256 in
+        layer_flops(conv)                    # 2 * 13 * 13 * 384 * 3 * 3 * 256
+
+    A multiply-add counts as 2 FLOPs; bias, activation and other elementwise work are ignored.
+    """
+    import keras
+
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None:
+        return 0
+    out = [int(d) for d in layer.output.shape[1:]]
+    kshape = [int(d) for d in kernel.shape]
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return 2 * int(np.prod(out)) * kshape[0] * kshape[1]
+    if isinstance(layer, keras.layers.Conv2D):
+        return 2 * int(np.prod(out)) * int(np.prod(kshape[:-1]))
+    if isinstance(layer, keras.layers.Dense):
+        return 2 * int(np.prod(out[:-1], dtype=np.int64)) * kshape[0] * kshape[1]
+    return 0
+
+
+def tail_flops(model, layer: str) -> int:
+    """FLOPs per image of the network after `layer` (the work of one masked copy).
+
+    Example:
+        tail_flops(net.model, "dense_1")   # dense_2 + dense_3: 2 * (4096 * 4096 + 4096 * 1000)
+    """
+    from kerabl.masking import tail_model
+
+    return sum(layer_flops(lay) for lay in tail_model(model, layer).layers)
+
+
+def model_flops(model) -> int:
+    """FLOPs per image of the whole network (a full forward pass)."""
+    return sum(layer_flops(lay) for lay in model.layers)
+
+
+def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of `repeats` timed calls of `fn` (after one untimed call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_floor(sizes: Sequence[int] = MATMUL_SIZES, repeats: int = 5) -> dict:
+    """The best float32 matmul throughput of this TensorFlow here, n x n times n x n.
+
+    Example:
+        matmul_floor((512, 1024))["best_gflops"]   # e.g. 150.0
+
+    Returns:
+        {"best_gflops": float, "by_size": {n: GFLOP/s}}.
+    """
+    import tensorflow as tf
+
+    matmul = tf.function(lambda a, b: tf.matmul(a, b))
+    rng = np.random.default_rng(SEED)
+    by_size = {}
+    for n in sizes:
+        a = tf.constant(rng.standard_normal((n, n), dtype=np.float32))
+        b = tf.constant(rng.standard_normal((n, n), dtype=np.float32))
+        seconds = _best_seconds(lambda: matmul(a, b).numpy(), repeats)
+        by_size[int(n)] = 2.0 * n ** 3 / seconds / 1e9
+    return {"best_gflops": max(by_size.values()), "by_size": by_size}
+
+
+def onednn_enabled() -> bool:
+    """Whether this TensorFlow runs its CPU kernels through oneDNN."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return False
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ----------------------------------------------------------------------------- the engines
+
+
+def random_cells(n_units: int, n_cells: int, seed: int) -> list[np.ndarray]:
+    """`n_cells` equal-count groups of a random permutation of the units (timing stand-ins for
+    grid cells: the engines' cost does not depend on which units a cell holds).
+
+    Example:
+        [len(c) for c in random_cells(10, 4, seed=0)]   # [3, 3, 2, 2]
+    """
+    return np.array_split(np.random.default_rng(seed).permutation(n_units), n_cells)
+
+
+def authors_cell(name: str, weights_path: Path, imageset, rows: np.ndarray, layer: str,
+                 mask: np.ndarray, labels: np.ndarray, input_size, preprocess: str) -> np.ndarray:
+    """Ranks under one cell's mask, computed the way the authors' code does.
+
+    Example:
+        ranks = authors_cell("alexnet", w, images, rows, "conv_3", mask, labels, (227, 227), "paper")
+
+    The model is built anew, its weights read from `weights_path`, the images re-read and
+    preprocessed, a `Lambda` mask inserted after `layer`, and the full network run.
+    """
+    from kerabl.ablation import true_class_rank
+    from kerabl.masking import lambda_masked_model
+    from kerabl.models import build_model
+
+    model = build_model(name)
+    model.load_weights(weights_path)
+    images = imageset.load(input_size, preprocess, rows=rows)
+    scores = lambda_masked_model(model, layer, mask).predict(images, batch_size=64, verbose=0)
+    return true_class_rank(scores, labels)
+
+
+def _timed(fn: Callable[[], object]) -> tuple[object, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def _h_layer(net, layer: str, images: np.ndarray, labels: np.ndarray, n_fast: int) -> dict:
+    """Fast-engine timings of one layer: build, per-class head, per-cell tail."""
+    from kerabl.ablation import TailAblator, cell_masks
+    from kerabl.masking import n_units
+
+    ablator, build_s = _timed(lambda: TailAblator(net.model, layer))
+    _, first_s = _timed(lambda: ablator.set_images(images))
+    _, head_s = _timed(lambda: ablator.set_images(images))
+    cells = random_cells(n_units(net.model, layer, "element"), GRID_CELLS, SEED)
+    masks = cell_masks(ablator.shape, cells[:n_fast], "element")
+    ablator.ranks(masks[:1], labels)  # traces the tail once
+    ranks, sweep_s = _timed(lambda: ablator.ranks(masks, labels))
+    tail_s = sweep_s / n_fast
+    flops = tail_flops(net.model, layer) * len(images)
+    return dict(layer=layer, build_s=build_s + first_s - head_s, head_s=head_s, tail_s=tail_s,
+                cell_s=head_s / GRID_CELLS + tail_s, tail_gflops=flops / tail_s / 1e9,
+                traces=ablator.traces, ranks=ranks, masks=masks, ablator=ablator)
+
+
+def _bf16_check(net, layer: str, images, labels, fast: dict) -> dict:
+    """Timing and largest rank change of the bfloat16 tail against float32 on the same cells."""
+    from kerabl.ablation import TailAblator
+
+    ablator = TailAblator(net.model, layer, precision="bfloat16")
+    ablator.set_images(images)
+    ablator.ranks(fast["masks"][:1], labels)
+    ranks, seconds = _timed(lambda: ablator.ranks(fast["masks"], labels))
+    return dict(layer=layer, tail_s=seconds / len(fast["masks"]),
+                max_rank_diff=int(np.abs(ranks - fast["ranks"]).max()))
+
+
+def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], None]) -> dict:
+    """The H sweep of one class: every target layer fast, sampled cells the authors' way."""
+    images = imageset.load(net.input_size, net.preprocess, rows=rows)
+    labels = np.asarray(imageset.labels)[rows]
+    paper_layers = plan["paper_layers"] or net.targets
+    layers, paper, bf16 = [], [], []
+    with tempfile.TemporaryDirectory(prefix="kerabl-bench-") as tmp:
+        weights = Path(tmp) / f"{net.name}.weights.h5"
+        net.model.save_weights(weights)
+        for layer in net.targets:
+            fast = _h_layer(net, layer, images, labels, plan["fast_cells"])
+            log(f"  {net.name} {layer}: fast {fast['cell_s']:.3f} s/cell "
+                f"({fast['tail_gflops']:.0f} GFLOP/s in the tail)")
+            if layer in paper_layers:
+                ranks, seconds = _timed(lambda: authors_cell(
+                    net.name, weights, imageset, rows, layer, fast["masks"][0], labels,
+                    net.input_size, net.preprocess))
+                same = ranks == fast["ranks"][0]
+                paper.append(dict(layer=layer, cell_s=seconds, same_ranks=float(same.mean()),
+                                  max_rank_diff=int(np.abs(ranks - fast["ranks"][0]).max())))
+                bf16.append(_bf16_check(net, layer, images, labels, fast))
+                log(f"  {net.name} {layer}: authors' procedure {seconds:.3f} s/cell, "
+                    f"ranks equal {same.mean():.0%}")
+            layers.append({k: v for k, v in fast.items() if k not in ("ranks", "masks", "ablator")})
+    return _h_summary(net, len(rows), layers, paper, bf16)
+
+
+def _h_summary(net, n_images: int, layers: list, paper: list, bf16: list) -> dict:
+    fast_cell = float(np.mean([row["cell_s"] for row in layers]))
+    paper_cell = float(np.mean([row["cell_s"] for row in paper]))
+    tail_flops_total = sum(row["tail_gflops"] * row["tail_s"] for row in layers)
+    tail_seconds = sum(row["tail_s"] for row in layers)
+    return dict(
+        network=net.name, images=n_images, layers=layers, paper=paper, bf16=bf16,
+        fast_cell_s=fast_cell, paper_cell_s=paper_cell, ratio=paper_cell / fast_cell,
+        tail_gflops=tail_flops_total / tail_seconds,
+        same_ranks=float(np.mean([row["same_ranks"] for row in paper])),
+        max_rank_diff=max(row["max_rank_diff"] for row in paper),
+        bf16_tail_speedup=float(np.mean([
+            next(r["tail_s"] for r in layers if r["layer"] == b["layer"]) / b["tail_s"]
+            for b in bf16])),
+        bf16_max_rank_diff=max(b["max_rank_diff"] for b in bf16),
+        traces=max(row["traces"] for row in layers),
+        full_forward_gflop=model_flops(net.model) / 1e9)
+
+
+def z_case(net, images: np.ndarray, labels: np.ndarray, plan: dict,
+           log: Callable[[str], None]) -> dict:
+    """Z single-unit sweep of a late layer: tail only against a full forward pass per unit."""
+    from kerabl.ablation import TailAblator, cell_masks
+    from kerabl.masking import ablated, masked_model
+    from kerabl.units import single_unit_ablation
+
+    layer = plan["z_layer"]
+    ablator = TailAblator(net.model, layer)
+    _, head_s = _timed(lambda: ablator.set_images(images))
+    n_channels = ablator.shape[-1]
+    units = np.arange(min(plan["z_tail"], n_channels))
+    masks = cell_masks(ablator.shape, [[u] for u in units], "channel")
+    ablator.ranks(masks[:1], labels)
+    tail_ranks, tail_total = _timed(lambda: ablator.ranks(masks, labels))
+    tail_s = (tail_total + head_s * len(units) / n_channels) / len(units)
+    _, units_total = _timed(lambda: single_unit_ablation(
+        net.model, images, labels, sorted(set(labels.tolist())), layer, units=units))
+
+    masked = masked_model(net.model, [layer])
+    full = units[:plan["z_full"]]
+
+    def full_forward():
+        for u in full:
+            with ablated(masked, {layer: [u]}, unit="channel"):
+                for i in range(0, len(images), 64):
+                    masked.predict_on_batch(images[i:i + 64])
+
+    full_forward()  # builds the predict function once
+    _, full_total = _timed(full_forward)
+    full_s = full_total / len(full)
+    gflops = tail_flops(net.model, layer) * len(images) / (tail_total / len(units)) / 1e9
+    log(f"  {net.name} Z {layer}: tail {tail_s:.4f} s/unit, full forward {full_s:.3f} s/unit")
+    return dict(network=net.name, layer=layer, images=len(images), tail_units=len(units),
+                full_units=len(full), tail_unit_s=tail_s, full_unit_s=full_s,
+                units_module_unit_s=units_total / len(units), ratio=full_s / tail_s,
+                tail_gflops=gflops, traces=ablator.traces)
+
+
+def _case_data(name: str, root: Path):
+    """The network and its images for one case: digits for demo, hayne8 for ImageNet models."""
+    from kerabl.data import digits_imageset, paper_imageset
+    from kerabl.models import load_network
+
+    if name == "demo":
+        return load_network("demo"), digits_imageset()
+    if not (Path(root) / "images").is_dir():
+        raise KerablError(f"the paper's images are not at {root}: the {name} case is skipped")
+    return load_network(name, weights=None, seed=SEED), paper_imageset(root, classes="hayne8")
+
+
+def run_case(name: str, root: str | Path = HAYNE50, quiet: bool = False,
+             quick: bool = False) -> dict:
+    """One network's H and Z cases (run in a fresh process by `run_bench`).
+
+    Example:
+        run_case("demo")["h"]["ratio"]   # the authors' procedure / fast engine, per cell
+    """
+    log = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
+    net, imageset = _case_data(name, Path(root))
+    plan = PLANS["demo-quick" if quick else name]
+    rows = imageset.rows_of(imageset.classes[0])
+    h = h_case(net, imageset, rows, plan, log)
+    images = imageset.load(net.input_size, net.preprocess, rows=rows)
+    z = z_case(net, images, np.asarray(imageset.labels)[rows], plan, log)
+    return dict(network=name, plan=plan, h=h, z=z, peak_rss_mb=peak_rss_mb())
+
+
+def _in_subprocess(name: str, root: Path, quick: bool) -> dict:
+    """`run_case` in a fresh spawned process, so that its peak memory is its own."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_case, (name, str(root)), dict(quick=quick))
+
+
+# ----------------------------------------------------------------------------- extrapolation
+
+
+def _targets_flops(name: str) -> tuple[int, list[int], int]:
+    """(number of default targets, tail FLOPs per image of each, full forward FLOPs)."""
+    from kerabl.models import build_model, default_targets
+
+    model = build_model(name)
+    targets = default_targets(name, model)
+    return len(targets), [_cut_tail_flops(model, t) for t in targets], model_flops(model)
+
+
+def _cut_tail_flops(model, layer: str) -> int:
+    """Tail FLOPs after `layer`; off a cut point, the layers after it in model order."""
+    from kerabl.masking import is_cut_point
+
+    if is_cut_point(model, layer):
+        return tail_flops(model, layer)
+    names = [lay.name for lay in model.layers]
+    return sum(layer_flops(lay) for lay in model.layers[names.index(layer) + 1:])
+
+
+def extrapolate(cases: dict, floor: float) -> list[dict]:
+    """Paper-scale study times (hours) of both engines from the measured per-cell times.
+
+    Example:
+        rows = extrapolate({"alexnet": alexnet_case, "vgg16": vgg_case}, floor=150.0)
+
+    Measured networks use their measured per-cell times. MobileNetV2 and ResNet101 (not run) are
+    estimated from their FLOPs: the fast engine at the tail throughput reached on VGG16/AlexNet,
+    the authors' procedure at the full-forward throughput of their runs plus their fixed cost.
+    """
+    measured = {n: c["h"] for n, c in cases.items() if n in STUDY_CLASSES}
+    if not measured:
+        return []
+    tail_rate = np.mean([h["tail_gflops"] for h in measured.values()]) * 1e9
+    fixed, rate = _paper_model(measured)
+    rows = []
+    for name, n_classes in STUDY_CLASSES.items():
+        n_layers, tails, full = _targets_flops(name)
+        cells = n_classes * n_layers * GRID_CELLS
+        if name in measured:
+            fast_cell, paper_cell, how = (measured[name]["fast_cell_s"],
+                                          measured[name]["paper_cell_s"], "measured")
+        else:
+            fast_cell = float(np.mean(tails)) * IMAGES_PER_CLASS / tail_rate
+            paper_cell = fixed + full * IMAGES_PER_CLASS / rate
+            how = "FLOP estimate"
+        rows.append(dict(network=name, classes=n_classes, layers=n_layers, cells=cells,
+                         fast_cell_s=fast_cell, paper_cell_s=paper_cell,
+                         fast_h=cells * fast_cell / 3600, paper_h=cells * paper_cell / 3600,
+                         per_cell=how, floor_gflops=floor))
+    return rows
+
+
+def _paper_model(measured: dict) -> tuple[float, float]:
+    """Fixed seconds per cell and full-forward FLOP/s of the authors' procedure, fitted to the
+    measured networks (one network: its forward at the fast tail's throughput, rest fixed)."""
+    flops = np.array([h["full_forward_gflop"] * 1e9 * h["images"] for h in measured.values()])
+    secs = np.array([h["paper_cell_s"] for h in measured.values()])
+    if len(flops) >= 2 and np.ptp(flops) > 0:
+        slope, fixed = np.polyfit(flops, secs, 1)
+        if slope > 0 and fixed >= 0:
+            return float(fixed), float(1.0 / slope)
+    rate = float(np.mean([h["tail_gflops"] for h in measured.values()])) * 1e9
+    return float(np.mean(secs - flops / rate)), rate
+
+
+# ----------------------------------------------------------------------------- table and entry
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Rows as a plain-text table; columns are (key, header, format spec).
+
+    Example:
+        format_table([{"a": 1.5}], [("a", "seconds", ".2f")])   # "seconds\\n-------\\n   1.50"
+    """
+    cells = [[format(row[key], spec) if row.get(key) is not None else "-"
+              for key, _, spec in columns] for row in rows]
+    widths = [max([len(head)] + [len(c[i]) for c in cells]) for i, (_, head, _) in
+              enumerate(columns)]
+    lines = ["  ".join(head.rjust(w) for (_, head, _), w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+MAIN_COLUMNS = (("case", "case", "s"), ("sample", "timed (fast / slow)", "s"),
+                ("fast_s", "fast s/item", ".4f"), ("slow_s", "slow s/item", ".3f"),
+                ("ratio", "ratio", ".1f"), ("floor_pct", "% floor", ".0f"),
+                ("ranks", "ranks equal", "s"), ("rss_mb", "peak MB", ".0f"))
+EXTRAPOLATION_COLUMNS = (("network", "network", "s"), ("classes", "classes", "d"),
+                         ("layers", "layers", "d"), ("cells", "cells", "d"),
+                         ("fast_cell_s", "fast s/cell", ".3f"),
+                         ("paper_cell_s", "authors s/cell", ".2f"), ("fast_h", "fast h", ".2f"),
+                         ("paper_h", "authors h", ".1f"), ("per_cell", "per-cell time", "s"))
+
+
+def table_rows(cases: dict, floor: float) -> list[dict]:
+    """One H row (per cell) and one Z row (per unit) per network."""
+    rows = []
+    for name, case in cases.items():
+        h, z = case["h"], case["z"]
+        rows.append(dict(case=f"H {name} ({len(h['layers'])} layers)",
+                         sample=f"{len(h['layers'])}x{case['plan']['fast_cells']}"
+                                f" / {len(h['paper'])} cells",
+                         fast_s=h["fast_cell_s"], slow_s=h["paper_cell_s"], ratio=h["ratio"],
+                         floor_pct=100 * h["tail_gflops"] / floor,
+                         ranks=f"{h['same_ranks']:.0%} (max diff {h['max_rank_diff']})",
+                         rss_mb=case["peak_rss_mb"]))
+        rows.append(dict(case=f"Z {name} {z['layer']}",
+                         sample=f"{z['tail_units']} / {z['full_units']} units",
+                         fast_s=z["tail_unit_s"], slow_s=z["full_unit_s"], ratio=z["ratio"],
+                         floor_pct=100 * z["tail_gflops"] / floor, ranks="-",
+                         rss_mb=case["peak_rss_mb"]))
+    return rows
+
+
+def headline(cases: dict) -> str:
+    """The last printed line: the per-cell ratio of the largest measured H case."""
+    name = next(n for n in ("alexnet", "vgg16", "demo") if n in cases)
+    h = cases[name]["h"]
+    return (f"headline: {name} H sweep, fast engine {h['ratio']:.1f}x faster per cell than the "
+            f"authors' procedure ({h['fast_cell_s']:.3f} s vs {h['paper_cell_s']:.2f} s)")
+
+
+def run_bench(out: str | Path, quick: bool = False, root: str | Path = HAYNE50,
+              log: Callable[[str], None] = print) -> dict:
+    """Run the benchmark, print its tables, write them as JSON to `out`, return them.
+
+    Example:
+        result = run_bench("bench.json", quick=True)
+        result["cases"]["demo"]["h"]["ratio"]
+
+    Args:
+        out: JSON file for the results.
+        quick: the demo model only (under a minute).
+        root: the paper's image set (the ImageNet cases are skipped, with a message, without it).
+        log: where lines go.
+
+    Returns:
+        {"machine", "floor", "cases", "table", "extrapolation", "skipped", "headline"}.
+    """
+    import os
+    import platform
+
+    import tensorflow as tf
+
+    floor = matmul_floor(MATMUL_SIZES[:3] if quick else MATMUL_SIZES)
+    log(f"matmul floor: {floor['best_gflops']:.1f} GFLOP/s float32 (best of "
+        f"{', '.join(str(n) for n in floor['by_size'])}); oneDNN {onednn_enabled()}")
+    cases, skipped = {}, []
+    for name in ("demo",) if quick else ("demo", "alexnet", "vgg16"):
+        if name != "demo" and not (Path(root) / "images").is_dir():
+            skipped.append(f"{name}: the paper's images are not at {root}")
+            log(f"skipped {skipped[-1]}")
+            continue
+        log(f"case {name} ...")
+        cases[name] = _in_subprocess(name, Path(root), quick)
+    rows = table_rows(cases, floor["best_gflops"])
+    extra = [] if quick else extrapolate(cases, floor["best_gflops"])
+    result = dict(machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
+                               tensorflow=tf.__version__, onednn=onednn_enabled()),
+                  floor=floor, cases=cases, table=rows, extrapolation=extra, skipped=skipped,
+                  headline=headline(cases))
+    Path(out).write_text(json.dumps(result, indent=1, default=_json_default))
+    log(format_table(rows, MAIN_COLUMNS))
+    if extra:
+        log("\nPaper-scale study times on this machine (50 images per class, 16 cells):")
+        log(format_table(extra, EXTRAPOLATION_COLUMNS))
+    log(result["headline"])
+    return result
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

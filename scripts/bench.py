@@ -1,0 +1,28 @@
+"""Benchmark of the fast ablation engine (the same as `kerabl bench`).
+
+Usage:
+    python scripts/bench.py [--out bench.json] [--quick] [--root DATASET_ROOT]
+
+Prints the table (per case: seconds per cell or unit for each engine, their ratio, % of the
+matmul floor, peak memory), the paper-scale extrapolation, and last the headline ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kerabl.bench import HAYNE50, run_bench
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    parser.add_argument("--quick", action="store_true", help="demo model only (under a minute)")
+    parser.add_argument("--root", type=Path, default=HAYNE50, help="the paper's image set")
+    args = parser.parse_args(argv)
+    run_bench(args.out, quick=args.quick, root=args.root)
+
+
+if __name__ == "__main__":
+    main()
