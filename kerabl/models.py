@@ -144,7 +144,8 @@ def alexnet_model() -> keras.Model:
     return keras.Model(inputs, outputs, name="alexnet")
 
 
-DEMO_CONV = ((32, True), (64, True), (96, False), (96, False), (64, True))  # (filters, pool after)
+DEMO_CONV = ((16, True), (32, True), (48, False), (48, False), (32, True))  # (filters, pool after)
+DEMO_DENSE = 64
 
 
 def _demo_conv(x, k: int, filters: int, batch_norm: bool, channel_dropout: float, seed: int):
@@ -186,9 +187,9 @@ def demo_model(batch_norm: bool = False, channel_dropout: float = 0.0, seed: int
         if pool:
             x = L.MaxPooling2D(2, name=f"pool_{k}")(x)
     x = L.Flatten(name="flatten")(x)
-    x = L.Dense(128, activation="relu", name="dense_1")(x)
+    x = L.Dense(DEMO_DENSE, activation="relu", name="dense_1")(x)
     x = L.Dropout(0.3, seed=seed, name="dropout_1")(x)
-    x = L.Dense(128, activation="relu", name="dense_2")(x)
+    x = L.Dense(DEMO_DENSE, activation="relu", name="dense_2")(x)
     x = L.Dropout(0.3, seed=seed + 1, name="dropout_2")(x)
     x = L.Dense(10, name="dense_3")(x)
     outputs = L.Activation("softmax", name="softmax")(x)
