@@ -67,6 +67,8 @@ def _read_rows(ds, rows: np.ndarray | None, c0: int, c1: int) -> np.ndarray:
     if rows.size == 0:
         return np.zeros((0, c1 - c0), ds.dtype)
     r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    if r1 - r0 == rows.size:
+        return ds[r0:r1, c0:c1]
     if r1 - r0 <= 4 * rows.size:
         return ds[r0:r1, c0:c1][rows - r0]
     return ds[rows, c0:c1]
@@ -154,6 +156,8 @@ class ActivationCache:
         row_set, row_inv = (None, None) if rows is None else np.unique(rows, return_inverse=True)
         if cols is None:
             out = _read_rows(ds, row_set, 0, ds.shape[1])
+        elif _is_range(cols):
+            out = _read_rows(ds, row_set, int(cols[0]), int(cols[-1]) + 1)
         else:
             col_set, col_inv = np.unique(cols, return_inverse=True)
             out = np.empty((ds.shape[0] if rows is None else row_set.size, col_set.size),
@@ -210,6 +214,12 @@ class ActivationCache:
     def __repr__(self) -> str:
         return (f"ActivationCache({str(self.path)!r}, {self.n_images} images, {self.unit} units, "
                 f"layers={self.layers})")
+
+
+def _is_range(index: np.ndarray) -> bool:
+    """Whether `index` is a non-empty increasing run of consecutive integers."""
+    return index.size > 0 and int(index[-1]) - int(index[0]) + 1 == index.size \
+        and bool(np.all(np.diff(index) == 1))
 
 
 def _mask_to_index(index):
@@ -307,6 +317,9 @@ def _stored_attrs(path: Path) -> dict | None:
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: _attr(v) for k, v in f.attrs.items()}
+    except BlockingIOError:
+        raise KerablError(f"{path} is locked, another process is writing it: wait for it to "
+                          "finish or choose another path") from None
     except OSError:
         return None
     return attrs if attrs.get("kerabl_cache") else None
@@ -425,7 +438,8 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
         dtype: storage dtype, "float32" or "float16" (reads are float32).
         model_name, weights_id: identify a bare keras model (override a Network's).
         progress: show a rich progress bar.
-        log: where messages go (default: this module's `logging` logger at INFO).
+        log: where messages go (default: this module's `logging` logger at WARNING, which
+            Python shows without any logging setup).
 
     Returns:
         The finished cache, open for reading.
@@ -434,7 +448,7 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
         KerablError: bad arguments, unknown layers, or `path` holding a file that is not a
             kerabl activation cache.
     """
-    log = log or _logger.info
+    log = log or _logger.warning
     model, name, wid, size, preprocess = _source(network_or_model, model_name, weights_id,
                                                  preprocess, imageset)
     if layers is None:

@@ -172,12 +172,10 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], size: Sequence[
             raise KerablError(f"images must be (H, W, 3) RGB arrays, got shape {np.shape(image)}; "
                               "decode files with load_image")
     if preprocess == "none":
-        batch = np.asarray(images, dtype=np.float32).reshape(len(images), *size, 3) \
-            if all(np.shape(i)[:2] == size for i in images) else None
-        if batch is None:
+        if any(np.shape(i)[:2] != size for i in images):
             raise KerablError(f"preprocess 'none' needs images of size {size}: resize them first "
                               "or choose a resizing recipe")
-        return batch
+        return np.asarray(images, dtype=np.float32).reshape(len(images), *size, 3)
     batch = np.stack([_preprocess_one(np.asarray(i, dtype=np.uint8), size, preprocess)
                       for i in images]) if images else np.zeros((0, *size, 3), np.float32)
     if preprocess in _KERAS_APPLICATION:
