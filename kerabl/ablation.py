@@ -6,7 +6,11 @@
 - `TailAblator`: the fast engine. The target layer's output for a class's images is computed (or
   read from the activation cache) once; each cell's mask multiplies it and only the network tail
   runs, inside one `tf.function` per layer whose input signature is fixed, so changing the mask,
-  the cell or the class never retraces. Several cells' masks run in one batch.
+  the cell or the class never retraces. Masks and images are batched up to `BATCH_FLOATS`
+  activation floats per call; grouped convolutions run as one convolution per group (faster with
+  oneDNN on a CPU); `precision="bfloat16"` runs a mixed-bfloat16 tail, `storage="float16"` keeps
+  the activations in half precision.
+- `fast_tail(model, layer, precision)`: the tail model the fast engine runs.
 - `PaperAblator`: the reference engine, the authors' procedure: per cell, the whole model is
   rebuilt with a literal `Lambda` mask after the target layer and the full network runs.
 

@@ -42,13 +42,16 @@ PLANS = {
                        z_layer="conv_5", z_tail=32, z_full=4),
     "alexnet": dict(paper_layers=("conv_1", "conv_3", "conv_5", "dense_2"), fast_cells=4,
                     z_layer="conv_5", z_tail=32, z_full=3),
-    "vgg16": dict(paper_layers=("block1_conv2", "block4_conv1", "fc2"), fast_cells=2,
+    "vgg16": dict(paper_layers=("block3_conv1", "fc2"), fast_cells=1,
                   z_layer="block5_conv3", z_tail=32, z_full=2),
 }
 # Paper-scale studies (DESIGN 2.9): classes per network; each class x target layer has 16 cells.
 STUDY_CLASSES = {"alexnet": 50, "vgg16": 8, "mobilenet_v2": 8, "resnet101": 8}
 IMAGES_PER_CLASS = 50
-MATMUL_SIZES = (256, 512, 1024, 2048)
+# (m, k, n) products timed for the floor: square ones and dense-layer-like ones (many rows times
+# a 4096-wide weight matrix, as the tails of AlexNet and VGG16 run).
+MATMUL_SIZES = ((512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (400, 4096, 4096),
+                (1600, 4096, 1024))
 
 
 # ----------------------------------------------------------------------------- FLOPs and floor
@@ -106,25 +109,25 @@ def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def matmul_floor(sizes: Sequence[int] = MATMUL_SIZES, repeats: int = 5) -> dict:
-    """The best float32 matmul throughput of this TensorFlow here, n x n times n x n.
+def matmul_floor(sizes: Sequence[tuple[int, int, int]] = MATMUL_SIZES, repeats: int = 5) -> dict:
+    """The best float32 matmul throughput of this TensorFlow here, (m x k) times (k x n).
 
     Example:
-        matmul_floor((512, 1024))["best_gflops"]   # e.g. 150.0
+        matmul_floor([(512, 512, 512)])["best_gflops"]   # e.g. 150.0
 
     Returns:
-        {"best_gflops": float, "by_size": {n: GFLOP/s}}.
+        {"best_gflops": float, "by_size": {"m x k x n": GFLOP/s}}.
     """
     import tensorflow as tf
 
     matmul = tf.function(lambda a, b: tf.matmul(a, b))
     rng = np.random.default_rng(SEED)
     by_size = {}
-    for n in sizes:
-        a = tf.constant(rng.standard_normal((n, n), dtype=np.float32))
-        b = tf.constant(rng.standard_normal((n, n), dtype=np.float32))
+    for m, k, n in sizes:
+        a = tf.constant(rng.standard_normal((m, k), dtype=np.float32))
+        b = tf.constant(rng.standard_normal((k, n), dtype=np.float32))
         seconds = _best_seconds(lambda: matmul(a, b).numpy(), repeats)
-        by_size[int(n)] = 2.0 * n ** 3 / seconds / 1e9
+        by_size[f"{m}x{k}x{n}"] = 2.0 * m * k * n / seconds / 1e9
     return {"best_gflops": max(by_size.values()), "by_size": by_size}
 
 
@@ -188,18 +191,28 @@ def _h_layer(net, layer: str, images: np.ndarray, labels: np.ndarray, n_fast: in
     from kerabl.ablation import TailAblator, cell_masks
     from kerabl.masking import n_units
 
-    ablator, build_s = _timed(lambda: TailAblator(net.model, layer))
-    _, first_s = _timed(lambda: ablator.set_images(images))
-    _, head_s = _timed(lambda: ablator.set_images(images))
     cells = random_cells(n_units(net.model, layer, "element"), GRID_CELLS, SEED)
-    masks = cell_masks(ablator.shape, cells[:n_fast], "element")
-    ablator.ranks(masks[:1], labels)  # traces the tail once
+    masks = cell_masks(ablator_shape(net.model, layer), cells[:n_fast], "element")
+
+    def build():
+        ablator = TailAblator(net.model, layer)
+        ablator.set_images(images[:1])
+        ablator.ranks(masks[:1], labels[:1])  # builds the head and traces the tail, once
+        return ablator
+
+    ablator, build_s = _timed(build)
+    _, head_s = _timed(lambda: ablator.set_images(images))
     ranks, sweep_s = _timed(lambda: ablator.ranks(masks, labels))
     tail_s = sweep_s / n_fast
     flops = tail_flops(net.model, layer) * len(images)
-    return dict(layer=layer, build_s=build_s + first_s - head_s, head_s=head_s, tail_s=tail_s,
+    return dict(layer=layer, build_s=build_s, head_s=head_s, tail_s=tail_s,
                 cell_s=head_s / GRID_CELLS + tail_s, tail_gflops=flops / tail_s / 1e9,
                 traces=ablator.traces, ranks=ranks, masks=masks, ablator=ablator)
+
+
+def ablator_shape(model, layer: str) -> tuple[int, ...]:
+    """The target layer's output shape without the batch axis."""
+    return tuple(int(d) for d in model.get_layer(layer).output.shape[1:])
 
 
 def _bf16_check(net, layer: str, images, labels, fast: dict) -> dict:
@@ -207,8 +220,9 @@ def _bf16_check(net, layer: str, images, labels, fast: dict) -> dict:
     from kerabl.ablation import TailAblator
 
     ablator = TailAblator(net.model, layer, precision="bfloat16")
+    ablator.set_images(images[:1])
+    ablator.ranks(fast["masks"][:1], labels[:1])
     ablator.set_images(images)
-    ablator.ranks(fast["masks"][:1], labels)
     ranks, seconds = _timed(lambda: ablator.ranks(fast["masks"], labels))
     return dict(layer=layer, tail_s=seconds / len(fast["masks"]),
                 max_rank_diff=int(np.abs(ranks - fast["ranks"]).max()))
@@ -426,7 +440,8 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) 
 MAIN_COLUMNS = (("case", "case", "s"), ("sample", "timed (fast / slow)", "s"),
                 ("fast_s", "fast s/item", ".4f"), ("slow_s", "slow s/item", ".3f"),
                 ("ratio", "ratio", ".1f"), ("floor_pct", "% floor", ".0f"),
-                ("ranks", "ranks equal", "s"), ("rss_mb", "peak MB", ".0f"))
+                ("ranks", "ranks equal", "s"), ("bf16", "bf16 tail", "s"),
+                ("rss_mb", "peak MB", ".0f"))
 EXTRAPOLATION_COLUMNS = (("network", "network", "s"), ("classes", "classes", "d"),
                          ("layers", "layers", "d"), ("cells", "cells", "d"),
                          ("fast_cell_s", "fast s/cell", ".3f"),
@@ -445,11 +460,12 @@ def table_rows(cases: dict, floor: float) -> list[dict]:
                          fast_s=h["fast_cell_s"], slow_s=h["paper_cell_s"], ratio=h["ratio"],
                          floor_pct=100 * h["tail_gflops"] / floor,
                          ranks=f"{h['same_ranks']:.0%} (max diff {h['max_rank_diff']})",
+                         bf16=f"{h['bf16_tail_speedup']:.1f}x, ranks +-{h['bf16_max_rank_diff']}",
                          rss_mb=case["peak_rss_mb"]))
         rows.append(dict(case=f"Z {name} {z['layer']}",
                          sample=f"{z['tail_units']} / {z['full_units']} units",
                          fast_s=z["tail_unit_s"], slow_s=z["full_unit_s"], ratio=z["ratio"],
-                         floor_pct=100 * z["tail_gflops"] / floor, ranks="-",
+                         floor_pct=100 * z["tail_gflops"] / floor, ranks="-", bf16="-",
                          rss_mb=case["peak_rss_mb"]))
     return rows
 
@@ -484,9 +500,9 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path = HAYNE50,
 
     import tensorflow as tf
 
-    floor = matmul_floor(MATMUL_SIZES[:3] if quick else MATMUL_SIZES)
+    floor = matmul_floor(MATMUL_SIZES[:2] if quick else MATMUL_SIZES)
     log(f"matmul floor: {floor['best_gflops']:.1f} GFLOP/s float32 (best of "
-        f"{', '.join(str(n) for n in floor['by_size'])}); oneDNN {onednn_enabled()}")
+        f"{', '.join(floor['by_size'])}); oneDNN on: {onednn_enabled()}")
     cases, skipped = {}, []
     for name in ("demo",) if quick else ("demo", "alexnet", "vgg16"):
         if name != "demo" and not (Path(root) / "images").is_dir():

@@ -10,9 +10,12 @@ matmul floor, peak memory), the paper-scale extrapolation, and last the headline
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from kerabl.bench import HAYNE50, run_bench
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from kerabl.bench import HAYNE50, run_bench  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,117 @@
+"""Tests of kerabl.bench (FLOP counts, the quick run) and of the fast engine's speed features."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from kerabl.ablation import TailAblator, _chunks, cell_masks, fast_tail
+from kerabl.bench import format_table, layer_flops, model_flops, random_cells, run_bench, tail_flops
+from kerabl.errors import KerablError
+from kerabl.masking import lambda_masked_model
+
+
+def _tiny(seed: int = 0) -> keras.Model:
+    """4x4x2 -> conv_a 3x3 (4) -> conv_b 1x1 groups=2 (4) -> flatten -> dense 3 -> softmax."""
+    inputs = keras.Input((4, 4, 2))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv_a")(inputs)
+    x = keras.layers.Conv2D(4, 1, groups=2, activation="relu", name="conv_b")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(3, name="dense")(x)
+    outputs = keras.layers.Activation("softmax", name="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.uniform(-1, 1, w.shape).astype("float32") for w in model.weights])
+    return model
+
+
+def test_flop_counts_equal_the_hand_count():
+    model = _tiny()
+    # conv_a: 2 x 2 outputs x 4 filters x (3 x 3 x 2) multiply-adds = 2 * 4 * 4 * 18
+    assert layer_flops(model.get_layer("conv_a")) == 576
+    # conv_b, groups=2: each of 2 x 2 x 4 outputs sees a 1 x 1 kernel on 4 / 2 input channels
+    assert layer_flops(model.get_layer("conv_b")) == 2 * 16 * 2
+    assert layer_flops(model.get_layer("dense")) == 2 * 16 * 3
+    assert layer_flops(model.get_layer("flatten")) == 0
+    assert tail_flops(model, "conv_a") == 64 + 96
+    assert tail_flops(model, "conv_b") == 96
+    assert model_flops(model) == 576 + 64 + 96
+
+
+def test_fast_tail_splits_groups_and_keeps_outputs():
+    model = _tiny()
+    tail = fast_tail(model, "conv_a")
+    assert "conv_b_split" in [lay.name for lay in tail.layers]
+    acts = np.random.default_rng(1).uniform(0, 2, (5, 2, 2, 4)).astype("float32")
+    from kerabl.masking import tail_model
+
+    np.testing.assert_allclose(tail.predict_on_batch(acts),
+                               tail_model(model, "conv_a").predict_on_batch(acts), atol=1e-6)
+
+
+def test_tail_ablator_traces_once_and_matches_the_paper_engine():
+    model = _tiny()
+    rng = np.random.default_rng(2)
+    ablator = TailAblator(model, "conv_a", batch_floats=40)  # 40 floats: several calls per mask
+    cells = random_cells(16, 4, seed=0)
+    masks = cell_masks(ablator.shape, cells, "element")
+    for n_images in (7, 3, 5):  # three "classes" with different image counts
+        images = rng.uniform(0, 1, (n_images, 4, 4, 2)).astype("float32")
+        labels = rng.integers(0, 3, n_images)
+        ablator.set_images(images)
+        for k in (1, 4, 2):
+            ranks = ablator.ranks(masks[:k], labels)
+            assert ranks.shape == (k, n_images)
+        paper = lambda_masked_model(model, "conv_a", masks[3]).predict_on_batch(images)
+        np.testing.assert_allclose(ablator.outputs(masks[3:4])[0], paper, atol=1e-6)
+    assert ablator.traces == 1
+
+
+def test_bfloat16_and_float16_storage():
+    model = _tiny()
+    images = np.random.default_rng(3).uniform(0, 1, (6, 4, 4, 2)).astype("float32")
+    masks = cell_masks((2, 2, 4), random_cells(16, 2, seed=1), "element")
+    exact = TailAblator(model, "conv_a")
+    exact.set_images(images)
+    for kwargs in (dict(precision="bfloat16"), dict(storage="float16")):
+        other = TailAblator(model, "conv_a", **kwargs)
+        other.set_images(images)
+        np.testing.assert_allclose(other.outputs(masks), exact.outputs(masks), atol=0.05)
+    half = TailAblator(model, "conv_a", storage="float16")
+    with pytest.raises(KerablError, match="float16"):
+        half.set_activations(np.full((2, 16), 1e5, dtype="float32"))
+    with pytest.raises(KerablError, match="precision"):
+        TailAblator(model, "conv_a", precision="int8")
+
+
+@pytest.mark.parametrize("n_masks,n_images,per_image,budget", [(5, 7, 10, 30), (5, 7, 10, 1000),
+                                                               (3, 2, 100, 1)])
+def test_chunks_cover_every_mask_and_image_once(n_masks, n_images, per_image, budget):
+    seen = np.zeros((n_masks, n_images), dtype=int)
+    for ms, ims in _chunks(n_masks, n_images, per_image, budget):
+        seen[ms, ims] += 1
+        size = len(range(n_masks)[ms]) * len(range(n_images)[ims]) * per_image
+        assert size <= max(budget, per_image)
+    assert (seen == 1).all()
+
+
+def test_format_table():
+    text = format_table([{"a": 1.5, "b": "x"}], [("a", "seconds", ".2f"), ("b", "b", "s")])
+    assert text.splitlines() == ["seconds  b", "-------  -", "   1.50  x"]
+
+
+def test_quick_bench_writes_the_table(tmp_path):
+    out = tmp_path / "bench.json"
+    lines = []
+    result = run_bench(out, quick=True, log=lines.append)
+    stored = json.loads(out.read_text())
+    assert set(stored) == {"machine", "floor", "cases", "table", "extrapolation", "skipped",
+                           "headline"}
+    assert list(stored["cases"]) == ["demo"]
+    h, z = stored["cases"]["demo"]["h"], stored["cases"]["demo"]["z"]
+    assert h["same_ranks"] == 1.0 and h["traces"] == 1
+    assert h["fast_cell_s"] > 0 and h["paper_cell_s"] > 0 and z["ratio"] > 0
+    assert stored["floor"]["best_gflops"] > 0
+    assert [row["case"] for row in stored["table"]] == ["H demo (7 layers)", "Z demo conv_5"]
+    assert lines[-1] == result["headline"] and lines[-1].startswith("headline: demo H sweep")
