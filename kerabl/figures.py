@@ -67,9 +67,9 @@ def _grid_shape(res) -> tuple[int, int]:
     return n, m
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def _new_figure(width: float, height: float, layout: str | None = None) -> Figure:
     """A Figure on its own Agg canvas (pyplot and its figure registry stay untouched)."""
-    fig = Figure(figsize=(width, height), dpi=DPI)
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -464,7 +464,7 @@ def build_fig3(results_list: Sequence, labels: Sequence[str]) -> Figure:
         raise KerablError(f"{len(results_list)} results but {len(labels)} labels; "
                           f"give one label per results file")
     means = fig3_arrays(results_list)
-    fig = _new_figure(7.0, 0.6 + 2.6 * len(labels))
+    fig = _new_figure(7.5, 0.6 + 2.8 * len(labels), layout="constrained")
     axes = fig.subplots(len(labels), 2, squeeze=False)
     for col, metric in enumerate(("probe", "deficit")):
         label, cmap_name = GRID_METRICS[metric]
@@ -474,10 +474,8 @@ def build_fig3(results_list: Sequence, labels: Sequence[str]) -> Figure:
             image = _grid_image(ax, means[row, col], _cmap(cmap_name), vmin, vmax)
             _annotate_cells(ax, means[row, col], image)
             ax.set_xlabel("magnitude cell (low -> high)", fontsize=FONT)
-            ax.set_ylabel(f"{name}\nselectivity strip (low -> high)" if col == 0 else
-                          "selectivity strip (low -> high)", fontsize=FONT)
-            if row == 0:
-                ax.set_title(label, fontsize=FONT + 1)
+            ax.set_ylabel("selectivity strip (low -> high)", fontsize=FONT)
+            ax.set_title(f"{name}: {label}", fontsize=FONT + 1)
         colourbar = fig.colorbar(image, ax=list(axes[:, col]), shrink=0.8)
         colourbar.ax.tick_params(labelsize=FONT - 1)
     fig.suptitle("mean over classes and layers", fontsize=FONT + 1)
@@ -526,6 +524,11 @@ def _ols_line(corr: dict, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return slope, float(np.mean(y)) - slope * float(np.mean(x))
 
 
+def _p_text(p: float) -> str:
+    """A p-value for a title; one that underflowed to 0 reads "p < 1e-300"."""
+    return "p < 1e-300" if p == 0 else f"p = {p:.2g}"
+
+
 def build_probe_vs_deficit(res) -> Figure:
     """Probe score vs rank deficit, one point per cell coloured by layer, with the OLS line.
 
@@ -564,8 +567,8 @@ def build_probe_vs_deficit(res) -> Figure:
     ax.set_ylabel("mean rank deficit", fontsize=FONT + 1)
     ax.tick_params(labelsize=FONT)
     ax.legend(fontsize=FONT - 1, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    ax.set_title(f"per cell: Pearson r = {r:.3f} (p = {corr['pearson_p']:.2g}), "
-                 f"Spearman rho = {corr['spearman_rho']:.3f} (p = {corr['spearman_p']:.2g}), "
+    ax.set_title(f"per cell: Pearson r = {r:.3f} ({_p_text(corr['pearson_p'])}), "
+                 f"Spearman rho = {corr['spearman_rho']:.3f} ({_p_text(corr['spearman_p'])}), "
                  f"n = {corr['n']}", fontsize=FONT + 1)
     return fig
 

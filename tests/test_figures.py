@@ -158,7 +158,7 @@ def test_fig3_grids_are_means_over_classes_and_layers(res, complete_path):
     np.testing.assert_allclose(fig.axes[3].images[0].get_array(), _grid(111.0))
     np.testing.assert_allclose(fig.axes[0].images[0].get_array(),
                                0.6125 + 0.01 * np.arange(K).reshape(SHAPE))   # 0.5 + 0.1 * 9 / 8
-    assert "complete" in fig.axes[2].get_ylabel()
+    assert fig.axes[2].get_title() == "complete: probe score (paper metric)"
     with pytest.raises(KerablError, match="labels"):
         figures.build_fig3([res], ["a", "b"])
 
