@@ -223,3 +223,17 @@ print(json.dumps({{"n": len(paths), "pyplot": "matplotlib.pyplot" in sys.modules
                          cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == {"n": 5, "pyplot": False}
+
+
+def test_fig1_units_in_no_cell_are_masked():
+    """Legacy (inclusive-bounds) grids can leave a unit in no cell (membership -1): drawn grey."""
+    from types import SimpleNamespace
+
+    units = {"selectivity": np.array([-1.0, 0.0, 1.0, 2.0]), "magnitude": np.array([1.0, 2, 3, 4]),
+             "membership": np.array([0, -1, 1, 1]), "sel_edges": np.array([-1.0, 0.5, 2.0]),
+             "mag_edges": np.array([[1.0, 1.5], [3.0, 4.0]])}
+    stand_in = SimpleNamespace(classes=["a"], layers=["l"], grid_shape=(2, 1),
+                               units=lambda ci, layer: units)
+    colours = figures.build_fig1(stand_in, "a", "l").axes[0].collections[0].get_array()
+    assert list(np.ma.getmaskarray(colours)) == [False, True, False, False]
+    np.testing.assert_array_equal(colours.compressed(), [0, 1, 1])
