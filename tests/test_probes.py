@@ -73,3 +73,49 @@ def test_rsa_against_scipy(seed):
     assert tau == pytest.approx(stats.kendalltau(a, b)[0], abs=1e-12)
     assert rho == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
     assert tau > 0                                 # target images are closer to each other
+
+
+def tight_predictions(X, y, draws):
+    return np.stack([LogisticRegression(tol=1e-10, max_iter=10000).fit(X[:, c], y).predict(X[:, c])
+                     for c in draws])
+
+
+@pytest.mark.parametrize("seed, units", [(11, 40), (12, 60), (13, 9)])
+def test_batched_predictions_equal_tightly_converged_sklearn(seed, units):
+    from kerabl.probes import _batched_predictions, _column_draws
+    X, y = problem(seed, n=150, units=units, signal=0.6)
+    X = np.maximum(X, 0.0)                         # ReLU-like activations, many zeros
+    draws = _column_draws(units, 6, 12, seed)      # units=9: every draw is the same set
+    pred = _batched_predictions(X, y, draws)
+    np.testing.assert_array_equal(pred, tight_predictions(X, y, draws))
+    if units == 9:
+        assert (pred == pred[0]).all()
+
+
+def test_heldout_batched_equals_tight_sklearn_pipeline():
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    X, y = problem(3, n=100, units=12, signal=0.5)
+    X[:, 0] = 2.0                                  # a constant column (scale 1)
+    tight = make_pipeline(StandardScaler(), LogisticRegression(tol=1e-10, max_iter=10000))
+    cols = np.random.default_rng(4).choice(12, size=12, replace=False)
+    cv = StratifiedKFold(n_splits=5, shuffle=True, random_state=4)
+    expected = cross_val_score(tight, X[:, cols], y, cv=cv, scoring="balanced_accuracy").mean()
+    got = heldout_probe_score(X, y, seed=4)
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert got == pytest.approx(heldout_probe_score(X, y, seed=4, solver="sklearn"), abs=0.05)
+    assert 0.5 < got < 1.0
+    with pytest.raises(KerablError, match="unknown probe solver"):
+        heldout_probe_score(X, y, solver="lbfgs")
+
+
+def test_rsa_with_tied_distances_against_scipy():
+    X = np.repeat(np.random.default_rng(2).normal(size=(10, 5)), 3, axis=0)   # repeated images
+    y = np.r_[np.ones(9), np.zeros(21)].astype(int)
+    iu = np.triu_indices(len(y), k=1)
+    a, b = image_rdm(X)[iu], template_rdm(y)[iu]
+    tau, rho = rsa_scores(X, y)
+    assert tau == pytest.approx(stats.kendalltau(a, b)[0], abs=1e-12)
+    assert rho == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
+    assert np.isnan(rsa_scores(np.ones((6, 3)) * np.arange(3), [1, 1, 0, 0, 0, 0])[0])
