@@ -17,7 +17,7 @@ optimum. The batched solver gives the predictions of a tightly converged
 Cost (2-core machine, shared with other jobs): a Newton step costs one BLAS syrk of
 rows x d^2 flops per fit; a fit takes ~8 steps. paper_probe_score with 200 fits of 450 x 101
 is ~1.6 GFLOP per step (~0.4-0.8 s here, against ~18 s for the earlier numpy batched matmul
-and ~15 s for the sklearn loop); draws of the same column set (every draw when the cell has
+and ~10-50 s for the sklearn loop); draws of the same column set (every draw when the cell has
 <= max_units units) share one fit. heldout_probe_score ~30-60 ms (450 x 100, 5 folds),
 rsa_scores ~30-70 ms (450 x 2048; n^2 d / 2 flops, one sort of the n^2 / 2 distances).
 BLAS runs on one thread inside these functions (threads thrash on a shared machine).
