@@ -162,7 +162,9 @@ def fast_tail(model, layer: str, precision: str = "float32"):
 
     def call_function(lay, *args, **kwargs):
         if _splittable(lay):
-            return keras.layers.Lambda(_split_groups(lay), name=f"{lay.name}_split")(*args)
+            split = keras.layers.Lambda(_split_groups(lay), name=f"{lay.name}_split",
+                                        dtype=lay.dtype_policy)
+            return split(*args)
         return lay(*args, **kwargs)
 
     return keras.models.clone_model(tail, clone_function=lambda lay: lay,

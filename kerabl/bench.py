@@ -311,7 +311,7 @@ def z_case(net, images: np.ndarray, labels: np.ndarray, plan: dict,
     log(f"  {net.name} Z {layer}: tail {tail_s:.4f} s/unit, full forward {full_s:.3f} s/unit")
     return dict(network=net.name, layer=layer, images=len(images), tail_units=len(units),
                 full_units=len(full), tail_unit_s=tail_s, full_unit_s=full_s,
-                units_module_unit_s=units_total / len(units), ratio=full_s / tail_s,
+                units_module_unit_s=(units_total - head_s) / len(units) + head_s / n_channels, ratio=full_s / tail_s,
                 tail_gflops=gflops, traces=ablator.traces)
 
 
