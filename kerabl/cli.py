@@ -20,6 +20,9 @@ app = typer.Typer(
          "study); figures, export, merge; reproduce chains them; bench measures speed.")
 
 
+DEMO_PROBE_FITS = 10
+
+
 class Model(str, Enum):
     alexnet = "alexnet"
     vgg16 = "vgg16"
@@ -128,7 +131,8 @@ def activations(
     imageset = _imageset(model, images, classes)
     cache = record_activations(net, imageset, _layers(layers) or list(net.targets), out,
                                unit=unit.value, preprocess=net.preprocess, batch_size=batch_size,
-                               dtype=dtype, progress=progress)
+                               dtype=dtype, progress=progress,
+                               log=lambda message: typer.echo(message, err=True))
     typer.echo(f"activations: {cache.path}")
 
 
@@ -299,8 +303,14 @@ def reproduce(
     images: ImagesOpt = None, classes: ClassesOpt = None, layers: LayersOpt = None,
     unit: UnitOpt = Unit.element, preprocess: PreprocessOpt = None, seed: SeedOpt = 0,
     grid: GridOpt = "4x4", others: OthersOpt = "random-10", clip: ClipOpt = True,
-    legacy_bounds: LegacyOpt = False, probe_fits: FitsOpt = 200, probe_max_units: MaxUnitsOpt = 100,
+    legacy_bounds: LegacyOpt = False, probe_fits: Annotated[Optional[int], typer.Option(
+        help="Probe fits per cell (default: 200, the authors' count; "
+             "--probe-fits-demo for the demo model).")] = None,
+    probe_max_units: MaxUnitsOpt = 100,
     heldout_folds: FoldsOpt = 5, srs: SrsOpt = True, engine: EngineOpt = Engine.fast,
+    probe_fits_demo: Annotated[int, typer.Option(
+        help="Probe fits per cell when the model is the demo and --probe-fits is not given "
+             "(keeps the demo run near a minute; the paper networks use 200).")] = DEMO_PROBE_FITS,
     z: Annotated[bool, typer.Option(help="Also run the Z study (single units).")] = True,
     progress: ProgressOpt = True,
 ) -> None:
@@ -316,6 +326,11 @@ def reproduce(
     from kerabl.stats import summary
 
     start = time.perf_counter()
+    if probe_fits is None:
+        probe_fits = probe_fits_demo if model is Model.demo else 200
+        typer.echo(f"probe fits per cell: {probe_fits}"
+                   + (" (demo default; --probe-fits 200 for the authors' count)"
+                      if model is Model.demo and probe_fits != 200 else ""))
     path = _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed,
                       grid, others, clip, legacy_bounds, probe_fits, probe_max_units,
                       heldout_folds, srs, engine, None, progress)

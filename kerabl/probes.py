@@ -27,6 +27,8 @@ No TensorFlow here.
 
 from __future__ import annotations
 
+import functools
+
 import warnings
 from functools import lru_cache
 
@@ -97,9 +99,15 @@ def _sklearn_predictions(X: np.ndarray, y: np.ndarray, draws: np.ndarray) -> np.
 def _one_blas_thread():
     """Context that runs BLAS on one thread: the many small products here are faster that way,
     and threads thrash when the machine is shared."""
-    from threadpoolctl import threadpool_limits
+    return _blas_controller().limit(limits=1, user_api="blas")
 
-    return threadpool_limits(limits=1, user_api="blas")
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """The process's thread-pool controller: finding the BLAS libraries costs ~10 ms, so once."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _objective(z: np.ndarray, w: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:

@@ -13,8 +13,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -81,7 +83,7 @@ def _progress(enabled: bool):
 def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = None,
                 config: HConfig = HConfig(), cache_path=None,
                 shard: tuple[int, int] | None = None, progress: bool = True,
-                log: Callable[[str], None] = print) -> Path | None:
+                workers: int | None = None, log: Callable[[str], None] = print) -> Path | None:
     """Run (or resume, or skip when finished) the H study and return the results file.
 
     Example:
@@ -96,6 +98,8 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
         config: protocol options.
         cache_path: activation cache (default `out_dir/activations.h5`).
         shard: `(i, n)` to run only pairs k = class * n_layers + layer with k % n == i.
+        workers: processes computing the probes (default: the number of CPU cores); 1 runs them
+            in this process. Results do not depend on it.
 
     Returns:
         The finished results file, or None for a shard whose file is written but not renamed
@@ -121,10 +125,10 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
         return out_dir / results_name(shard)
 
     cache = record_activations(network, imageset, layers, cache_path, unit=config.unit,
-                               preprocess=preprocess, progress=progress)
+                               preprocess=preprocess, progress=progress, log=log)
     todo = [(ci, li) for ci, li in writer.pairs() if not writer.is_done(ci, li)]
     sweep = _Sweep(network, imageset, layers, config, cache)
-    with _progress(progress) as bar:
+    with probe_pool(workers or os.cpu_count() or 1) as sweep.pool, _progress(progress) as bar:
         task = bar.add_task("H study: class x layer", total=len(todo))
         for ci in sorted({ci for ci, _ in todo}):
             state = sweep.start_class(ci)
@@ -163,6 +167,7 @@ class _Sweep:
         self.cache = cache
         self._engine = ENGINES[config.engine]
         self._ablators: dict[str, object] = {}
+        self.pool = None
 
     def _ablator(self, layer):
         if layer not in self._ablators:
@@ -219,24 +224,45 @@ class _Sweep:
                 and is_cut_point(self.network.model, layer))
 
     def _probe_scores(self, acts, n_target, cells, ci, li) -> dict:
-        from kerabl.probes import heldout_probe_score, paper_probe_score, rsa_scores
-
         config = self.config
         y = np.r_[np.ones(n_target, dtype=np.int64), np.zeros(len(acts) - n_target, dtype=np.int64)]
-        out = {name: np.full(len(cells), np.nan)
-               for name in ("probe", "probe_heldout", "srs_tau", "srs_rho")}
-        for k, units in enumerate(cells):
-            if len(units) == 0:
-                continue
-            x = acts[:, units]
-            seed = cell_seed(config.seed, ci, li, k)
-            out["probe"][k] = paper_probe_score(x, y, n_fits=config.probe_fits,
-                                                max_units=config.probe_max_units, seed=seed)
-            out["probe_heldout"][k] = heldout_probe_score(
-                x, y, folds=config.heldout_folds, max_units=config.probe_max_units, seed=seed)
-            if config.srs:
-                out["srs_tau"][k], out["srs_rho"][k] = rsa_scores(x, y)
-        return out
+        tasks = [(acts[:, units], y, config, cell_seed(config.seed, ci, li, k))
+                 for k, units in enumerate(cells)]
+        scores = list(self.pool.map(cell_probe_scores, tasks) if self.pool
+                      else map(cell_probe_scores, tasks))
+        return {name: np.array([row[j] for row in scores], dtype=np.float64)
+                for j, name in enumerate(PROBE_FIELDS)}
+
+
+PROBE_FIELDS = ("probe", "probe_heldout", "srs_tau", "srs_rho")
+
+
+def cell_probe_scores(task) -> tuple[float, float, float, float]:
+    """Probe scores of one cell: paper metric, held-out metric, Kendall tau and Spearman rho.
+
+    Runs in a worker process when the sweep has a pool: it imports no TensorFlow.
+    """
+    from kerabl.probes import heldout_probe_score, paper_probe_score, rsa_scores
+
+    x, y, config, seed = task
+    if x.shape[1] == 0:
+        return (np.nan,) * 4
+    probe = paper_probe_score(x, y, n_fits=config.probe_fits, max_units=config.probe_max_units,
+                              seed=seed)
+    heldout = heldout_probe_score(x, y, folds=config.heldout_folds,
+                                  max_units=config.probe_max_units, seed=seed)
+    tau, rho = rsa_scores(x, y) if config.srs else (np.nan, np.nan)
+    return probe, heldout, tau, rho
+
+
+def probe_pool(workers: int):
+    """Worker processes for the probes (spawned: they import numpy and scikit-learn only)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if workers <= 1:
+        return contextlib.nullcontext(None)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def describe(config: dict) -> str:
