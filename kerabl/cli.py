@@ -36,6 +36,11 @@ class Unit(str, Enum):
     channel = "channel"
 
 
+class Solver(str, Enum):
+    batched = "batched"
+    sklearn = "sklearn"
+
+
 class Engine(str, Enum):
     fast = "fast"
     paper = "paper"
@@ -138,7 +143,7 @@ def activations(
 
 def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, legacy_bounds: bool,
                   probe_fits: int, probe_max_units: int, heldout_folds: int, srs: bool,
-                  engine: Engine):
+                  engine: Engine, probe_solver: Solver):
     from kerabl.study import HConfig
 
     try:
@@ -150,7 +155,7 @@ def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, leg
     return HConfig(grid=shape, unit=unit.value, others=others, seed=seed, clip=clip,
                    legacy_bounds=legacy_bounds, probe_fits=probe_fits,
                    probe_max_units=probe_max_units, heldout_folds=heldout_folds, srs=srs,
-                   engine=engine.value)
+                   engine=engine.value, probe_solver=probe_solver.value)
 
 
 GridOpt = Annotated[str, typer.Option(help="Grid shape: selectivity strips x magnitude cells.")]
@@ -164,6 +169,9 @@ FoldsOpt = Annotated[int, typer.Option(help="Folds of the held-out probe metric.
 SrsOpt = Annotated[bool, typer.Option(help="Compute the representational-similarity scores.")]
 EngineOpt = Annotated[Engine, typer.Option(
     help="fast: cached activations, tail only; paper: Lambda mask rebuilt per cell, full forward.")]
+SolverOpt = Annotated[Solver, typer.Option(
+    help="batched: the exact optimum of every probe fit at once; sklearn: the authors' "
+         "LogisticRegression loop (lbfgs may stop early, so a prediction can differ).")]
 ShardOpt = Annotated[Optional[str], typer.Option(
     help="Run shard i of n (0-based, e.g. 3/8); join the shard files with `kerabl merge`.")]
 
@@ -177,23 +185,24 @@ def study(
     grid: GridOpt = "4x4", others: OthersOpt = "random-10", clip: ClipOpt = True,
     legacy_bounds: LegacyOpt = False, probe_fits: FitsOpt = 200, probe_max_units: MaxUnitsOpt = 100,
     heldout_folds: FoldsOpt = 5, srs: SrsOpt = True, engine: EngineOpt = Engine.fast,
+    probe_solver: SolverOpt = Solver.batched,
     shard: ShardOpt = None, progress: ProgressOpt = True,
 ) -> None:
     """The H study: grid, probes and cell ablation for every class x layer (resumable)."""
     path = _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed,
                       grid, others, clip, legacy_bounds, probe_fits, probe_max_units,
-                      heldout_folds, srs, engine, shard, progress)
+                      heldout_folds, srs, engine, probe_solver, shard, progress)
     typer.echo(f"results: {path}")
 
 
 def _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed, grid,
                others, clip, legacy_bounds, probe_fits, probe_max_units, heldout_folds, srs,
-               engine, shard, progress):
+               engine, probe_solver, shard, progress):
     from kerabl.results import parse_shard
     from kerabl.study import run_h_study
 
     config = _study_config(grid, unit, others, seed, clip, legacy_bounds, probe_fits,
-                           probe_max_units, heldout_folds, srs, engine)
+                           probe_max_units, heldout_folds, srs, engine, probe_solver)
     shard_ = parse_shard(shard) if shard else None
     net = _network(model, weights, alpha, seed, preprocess)
     imageset = _imageset(model, images, classes)
@@ -308,6 +317,7 @@ def reproduce(
              "--probe-fits-demo for the demo model).")] = None,
     probe_max_units: MaxUnitsOpt = 100,
     heldout_folds: FoldsOpt = 5, srs: SrsOpt = True, engine: EngineOpt = Engine.fast,
+    probe_solver: SolverOpt = Solver.batched,
     probe_fits_demo: Annotated[int, typer.Option(
         help="Probe fits per cell when the model is the demo and --probe-fits is not given "
              "(keeps the demo run near a minute; the paper networks use 200).")] = DEMO_PROBE_FITS,
@@ -333,7 +343,7 @@ def reproduce(
                       if model is Model.demo and probe_fits != 200 else ""))
     path = _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed,
                       grid, others, clip, legacy_bounds, probe_fits, probe_max_units,
-                      heldout_folds, srs, engine, None, progress)
+                      heldout_folds, srs, engine, probe_solver, None, progress)
     headline = summary(HResults.open(path))
     (Path(out) / "h_summary.json").write_text(json.dumps(headline, indent=2) + "\n")
     files = _render(path, Path(out) / "figures")
@@ -341,10 +351,23 @@ def reproduce(
         z_path = _run_units(out, model, weights, alpha, images, classes, layers, preprocess, seed,
                             None, 10, 5, progress)
         files += _render(z_path, Path(out) / "figures")
-    typer.echo(json.dumps(headline, indent=2))
-    typer.echo(f"results: {path}")
+    typer.echo(headline_text(headline))
+    typer.echo(f"results: {path} (summary: {Path(out) / 'h_summary.json'})")
     typer.echo(f"figures: {Path(out) / 'figures'} ({len(files)} files)")
     typer.echo(f"wall time: {time.perf_counter() - start:.1f} s")
+
+
+def headline_text(headline: dict) -> str:
+    """The abstract's numbers in four lines (cells as (selectivity strip, magnitude cell))."""
+    deficit, probe = headline["largest_deficit"], headline["highest_probe"]
+    reg, corr = headline["regression"], headline["correlation"]["probe"]
+    return "\n".join([
+        f"largest mean rank deficit: cell {tuple(deficit['cell'])} = {deficit['mean']:.3f}",
+        f"highest mean probe score:  cell {tuple(probe['cell'])} = {probe['mean']:.3f}",
+        f"deficit ~ sel + mag + sel x mag: R^2 {reg['r2_full']:.3f}; selectivity alone "
+        f"{reg['r2_selectivity']:.3f} ({reg['n_cells']} cells)",
+        f"probe vs deficit: Pearson r {corr['pearson_r']:.3f}, Spearman rho "
+        f"{corr['spearman_rho']:.3f}"])
 
 
 @command

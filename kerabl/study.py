@@ -48,12 +48,15 @@ class HConfig:
     heldout_folds: int = 5
     srs: bool = True
     engine: str = "fast"
+    probe_solver: str = "batched"
 
     def __post_init__(self):
         if self.unit not in UNITS:
             raise KerablError(f"unknown unit kind {self.unit!r}: use one of {', '.join(UNITS)}")
         if self.engine not in ENGINE_NAMES:
             raise KerablError(f"unknown engine {self.engine!r}: use fast or paper")
+        if self.probe_solver not in ("batched", "sklearn"):
+            raise KerablError(f"unknown probe solver {self.probe_solver!r}: use batched or sklearn")
         if len(self.grid) != 2 or min(self.grid) < 1:
             raise KerablError(f"grid must be two positive integers, got {self.grid}")
 
@@ -248,9 +251,10 @@ def cell_probe_scores(task) -> tuple[float, float, float, float]:
     if x.shape[1] == 0:
         return (np.nan,) * 4
     probe = paper_probe_score(x, y, n_fits=config.probe_fits, max_units=config.probe_max_units,
-                              seed=seed)
+                              seed=seed, solver=config.probe_solver)
     heldout = heldout_probe_score(x, y, folds=config.heldout_folds,
-                                  max_units=config.probe_max_units, seed=seed)
+                                  max_units=config.probe_max_units, seed=seed,
+                                  solver=config.probe_solver)
     tau, rho = rsa_scores(x, y) if config.srs else (np.nan, np.nan)
     return probe, heldout, tau, rho
 
