@@ -20,6 +20,10 @@ either and a test can compare them.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
+
 from typing import Sequence
 
 import numpy as np
@@ -238,7 +242,10 @@ class TailAblator:
             out = tail([x, *tiled] if tiled else x, training=False)
             return tf.reshape(tf.cast(out, tf.float32), [n_masks, tf.shape(act)[0], -1])
 
-        self._fn = tf.function(masked_tail, input_signature=[specs[0], mask_spec, *specs[1:]])
+        # A partial per ablator: TensorFlow keys its frequent-retracing warning on the function's
+        # code, so plain closures of several layers' ablators would look like one retracing function.
+        self._fn = tf.function(functools.partial(masked_tail),
+                               input_signature=[specs[0], mask_spec, *specs[1:]])
         self._inputs: list[np.ndarray] = []
 
     def _store(self, arrays: list[np.ndarray]) -> None:
@@ -252,11 +259,16 @@ class TailAblator:
 
     def set_images(self, images: np.ndarray, batch_size: int = 64) -> None:
         """Compute the target layer's output (and any skip tensors) for `images` once."""
+        import tensorflow as tf
+
         if self._head is None:
-            self._head = self._head_model(self._model, self.layer)
-        parts = [self._head.predict_on_batch(images[i:i + batch_size])
+            head = self._head_model(self._model, self.layer)
+            self._head = tf.function(functools.partial(head, training=False), input_signature=[
+                tf.TensorSpec((None, *head.inputs[0].shape[1:]), tf.float32)])
+        parts = [self._head(tf.constant(images[i:i + batch_size], tf.float32))
                  for i in range(0, len(images), batch_size)]
-        parts = [p if isinstance(p, (list, tuple)) else [p] for p in parts]
+        parts = [[t.numpy() for t in p] if isinstance(p, (list, tuple)) else [p.numpy()]
+                 for p in parts]
         self._store([np.concatenate([np.asarray(p[j]) for p in parts])
                      for j in range(len(parts[0]))])
 
@@ -319,9 +331,10 @@ class PaperAblator:
 
         masks = np.asarray(masks, dtype=np.float32).reshape((-1, *self.shape))
         result = []
-        for mask in masks:
-            rebuilt = lambda_masked_model(self._model, self.layer, mask)
-            result.append(rebuilt.predict(self._images, batch_size=self.batch_size, verbose=0))
+        with quiet_retracing_warning():  # a rebuild per cell is the point of this engine
+            for mask in masks:
+                rebuilt = lambda_masked_model(self._model, self.layer, mask)
+                result.append(rebuilt.predict(self._images, batch_size=self.batch_size, verbose=0))
         return np.stack(result)
 
     def ranks(self, masks: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -330,6 +343,23 @@ class PaperAblator:
 
 
 ENGINES = {"fast": TailAblator, "paper": PaperAblator}
+
+
+class _DropRetracing(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_retracing_warning():
+    """Within the block, drop TensorFlow's 'triggered tf.function retracing' warning (it is
+    expected when models are rebuilt on purpose); the logger is as before afterwards."""
+    logger, drop = logging.getLogger("tensorflow"), _DropRetracing()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def cell_masks(shape: Sequence[int], cells: Sequence[np.ndarray], unit: str) -> np.ndarray:
