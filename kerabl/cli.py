@@ -204,10 +204,16 @@ def _run_study(out, model, weights, alpha, images, classes, layers, unit, prepro
     config = _study_config(grid, unit, others, seed, clip, legacy_bounds, probe_fits,
                            probe_max_units, heldout_folds, srs, engine, probe_solver)
     shard_ = parse_shard(shard) if shard else None
-    net = _network(model, weights, alpha, seed, preprocess)
-    imageset = _imageset(model, images, classes)
+    net, imageset = _inputs(model, weights, alpha, seed, preprocess, images, classes)
     return run_h_study(net, imageset, out, layers=_layers(layers), config=config, shard=shard_,
                        progress=progress, log=typer.echo)
+
+
+@functools.lru_cache(maxsize=1)
+def _inputs(model, weights, alpha, seed, preprocess, images, classes):
+    """The network and the image set of a command (loaded once when reproduce chains stages)."""
+    return (_network(model, weights, alpha, seed, preprocess),
+            _imageset(model, images, classes))
 
 
 @command
@@ -297,8 +303,7 @@ def _run_units(out, model, weights, alpha, images, classes, layers, preprocess, 
                greedy_layer, greedy_steps, greedy_seeds, progress):
     from kerabl.units import run_z_study
 
-    net = _network(model, weights, alpha, seed, preprocess)
-    imageset = _imageset(model, images, classes)
+    net, imageset = _inputs(model, weights, alpha, seed, preprocess, images, classes)
     chosen = _layers(layers) or list(net.targets)
     return run_z_study(net, imageset, chosen, Path(out) / "z_results.h5", seed=seed,
                        greedy_layer=greedy_layer, greedy_steps=greedy_steps,
@@ -321,7 +326,9 @@ def reproduce(
     probe_fits_demo: Annotated[int, typer.Option(
         help="Probe fits per cell when the model is the demo and --probe-fits is not given "
              "(keeps the demo run near a minute; the paper networks use 200).")] = DEMO_PROBE_FITS,
-    z: Annotated[bool, typer.Option(help="Also run the Z study (single units).")] = True,
+    z: Annotated[Optional[bool], typer.Option(
+        help="Also run the Z study (single units); default: on for the demo, off for the "
+             "ImageNet networks (hours on a CPU: run `kerabl units` for chosen layers).")] = None,
     progress: ProgressOpt = True,
 ) -> None:
     """The whole study: H sweep, its statistics and figures, and the Z study.
@@ -336,6 +343,7 @@ def reproduce(
     from kerabl.stats import summary
 
     start = time.perf_counter()
+    _inputs.cache_clear()
     if probe_fits is None:
         probe_fits = probe_fits_demo if model is Model.demo else 200
         typer.echo(f"probe fits per cell: {probe_fits}"
@@ -344,17 +352,28 @@ def reproduce(
     path = _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed,
                       grid, others, clip, legacy_bounds, probe_fits, probe_max_units,
                       heldout_folds, srs, engine, probe_solver, None, progress)
+    timings = {"H study": time.perf_counter() - start}
     headline = summary(HResults.open(path))
     (Path(out) / "h_summary.json").write_text(json.dumps(headline, indent=2) + "\n")
     files = _render(path, Path(out) / "figures")
+    timings["H figures"] = time.perf_counter() - start - sum(timings.values())
+    if z is None:
+        z = model is Model.demo
+        if not z:
+            typer.echo(f"Z study not run for {model.value} (hours on a CPU): pass --z, or run "
+                       "`kerabl units --layers ...` for chosen layers")
     if z:
         z_path = _run_units(out, model, weights, alpha, images, classes, layers, preprocess, seed,
                             None, 10, 5, progress)
+        timings["Z study"] = time.perf_counter() - start - sum(timings.values())
         files += _render(z_path, Path(out) / "figures")
+        timings["Z figures"] = time.perf_counter() - start - sum(timings.values())
+    _inputs.cache_clear()
     typer.echo(headline_text(headline))
     typer.echo(f"results: {path} (summary: {Path(out) / 'h_summary.json'})")
     typer.echo(f"figures: {Path(out) / 'figures'} ({len(files)} files)")
-    typer.echo(f"wall time: {time.perf_counter() - start:.1f} s")
+    typer.echo(f"wall time: {time.perf_counter() - start:.1f} s ("
+               + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + ")")
 
 
 def headline_text(headline: dict) -> str:

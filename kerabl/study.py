@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -131,7 +132,8 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
                                preprocess=preprocess, progress=progress, log=log)
     todo = [(ci, li) for ci, li in writer.pairs() if not writer.is_done(ci, li)]
     sweep = _Sweep(network, imageset, layers, config, cache)
-    with probe_pool(workers or os.cpu_count() or 1) as sweep.pool, _progress(progress) as bar:
+    sweep.workers = workers or os.cpu_count() or 1
+    with probe_pool(sweep.workers) as sweep.pool, _progress(progress) as bar:
         task = bar.add_task("H study: class x layer", total=len(todo))
         for ci in sorted({ci for ci, _ in todo}):
             state = sweep.start_class(ci)
@@ -171,6 +173,7 @@ class _Sweep:
         self._engine = ENGINES[config.engine]
         self._ablators: dict[str, object] = {}
         self.pool = None
+        self.workers = 1
 
     def _ablator(self, layer):
         if layer not in self._ablators:
@@ -229,12 +232,26 @@ class _Sweep:
     def _probe_scores(self, acts, n_target, cells, ci, li) -> dict:
         config = self.config
         y = np.r_[np.ones(n_target, dtype=np.int64), np.zeros(len(acts) - n_target, dtype=np.int64)]
-        tasks = [(acts[:, units], y, config, cell_seed(config.seed, ci, li, k))
-                 for k, units in enumerate(cells)]
-        scores = list(self.pool.map(cell_probe_scores, tasks) if self.pool
-                      else map(cell_probe_scores, tasks))
+        tasks = ((acts[:, units], y, config, cell_seed(config.seed, ci, li, k))
+                 for k, units in enumerate(cells))
+        scores = list(bounded_map(self.pool, cell_probe_scores, tasks, 2 * self.workers))
         return {name: np.array([row[j] for row in scores], dtype=np.float64)
                 for j, name in enumerate(PROBE_FIELDS)}
+
+
+def bounded_map(pool, fn, tasks, in_flight: int = 4):
+    """`map(fn, tasks)` in order, on `pool` when given, with at most `in_flight` tasks built and
+    sent at once, so the cells of a large layer are never all copied together."""
+    if pool is None:
+        yield from map(fn, tasks)
+        return
+    pending: collections.deque = collections.deque()
+    for task in tasks:
+        pending.append(pool.submit(fn, task))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 PROBE_FIELDS = ("probe", "probe_heldout", "srs_tau", "srs_rho")
