@@ -1,0 +1,128 @@
+"""Tests of the `kerabl` command line (typer's CliRunner on kerabl.cli.app): the stages listed,
+`study` -> `export` -> `figures` on the demo model, and bad input answered with one line and exit
+status 2, never a traceback or a finished-looking results file."""
+
+import contextlib
+import csv
+
+import pytest
+from typer.testing import CliRunner
+
+import kerabl.results
+import kerabl.study
+from kerabl.cli import app
+from kerabl.errors import KerablError
+from kerabl.results import CSV_COLUMNS
+
+STAGES = ("activations", "study", "units", "figures", "export", "merge", "reproduce")
+SMALL = ["--grid", "2x2", "--probe-fits", "2", "--heldout-folds", "2", "--no-progress"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture
+def one_process(monkeypatch):
+    """Probes in this process: the worker pool is tested in test_study; here it only costs time."""
+    monkeypatch.setattr(kerabl.study, "probe_pool", lambda workers: contextlib.nullcontext(None))
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kerabl.study, "probe_pool", lambda workers: contextlib.nullcontext(None))
+        result = invoke("study", "--out", out, "--layers", "conv_5,dense_2", *SMALL)
+    return out, result
+
+
+def test_help_lists_the_stages():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for stage in STAGES:
+        assert stage in result.output
+
+
+def test_study_writes_results_and_prints_the_path(study_run):
+    out, result = study_run
+    assert result.exit_code == 0, result.output
+    path = out / "h_results.h5"
+    assert f"results: {path}" in result.output
+    res = kerabl.results.HResults.open(path)
+    assert res.done.all() and res.layers == ["conv_5", "dense_2"] and len(res.classes) == 10
+    assert res.grid_shape == (2, 2) and res.config["probe_fits"] == 2
+    assert res.config["heldout_folds"] == 2 and res.config["others"] == "random-10"
+
+
+def test_export_writes_one_row_per_class_layer_cell(study_run, tmp_path):
+    out, _ = study_run
+    csv_path = tmp_path / "h.csv"
+    result = invoke("export", out / "h_results.h5", "--out", csv_path)
+    assert result.exit_code == 0, result.output
+    assert f"csv: {csv_path}" in result.output
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert CSV_COLUMNS[:7] == ("class", "class_index", "layer", "cell", "sel_bin", "mag_bin",
+                               "n_units")
+    body = rows[1:]
+    assert len(body) == 10 * 2 * 4
+    assert body[0][:7] == ["0", "0", "conv_5", "0", "0", "0", "512"]
+    assert body[-1][:7] == ["9", "9", "dense_2", "3", "1", "1", "16"]
+    assert all(field != "" for row in body for field in row)   # every value was computed
+
+
+def test_figures_writes_png_files(study_run, tmp_path):
+    out, _ = study_run
+    result = invoke("figures", out / "h_results.h5", "--out", tmp_path / "figs")
+    assert result.exit_code == 0, result.output
+    pngs = sorted((tmp_path / "figs").glob("*.png"))
+    assert len(pngs) >= 4
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--layers", "conv_9"], "conv_9"),
+    (["--weights", "/nonexistent.h5"], "/nonexistent.h5"),
+    (["--images", "/nonexistent-images"], "/nonexistent-images"),
+    (["--grid", "4by4"], "4by4"),
+    (["--others", "some"], "some"),
+    (["--shard", "2/2"], "2/2"),
+    (["--model", "alexnet"], "alexnet"),
+])
+def test_study_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
+    result = invoke("study", "--out", tmp_path, *SMALL, *args)   # the bad value last: it wins
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "h_results.h5").exists()
+
+
+def test_figures_on_a_missing_file(tmp_path):
+    assert_one_line_error(invoke("figures", tmp_path / "none.h5"), "none.h5", "does not exist")
+
+
+def test_failed_run_leaves_no_results_file(tmp_path, monkeypatch, one_process):
+    original = kerabl.results.HResultsWriter.write_pair
+    calls = []
+
+    def failing(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KerablError("disk full: free some space")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(kerabl.results.HResultsWriter, "write_pair", failing)
+    result = invoke("study", "--out", tmp_path, "--layers", "dense_2", *SMALL)
+    assert_one_line_error(result, "disk full")
+    assert not (tmp_path / "h_results.h5").exists()
+    assert (tmp_path / "h_results.h5.partial").exists()
