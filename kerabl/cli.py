@@ -229,7 +229,8 @@ def figures(
     typer.echo(f"{len(paths)} files in {out}")
 
 
-def _render(results: Path, out: Path, class_name=None, layer=None) -> list:
+def _results_kind(results: Path) -> str:
+    """The `kind` attribute of a results file; a missing or non-HDF5 file is a KerablError."""
     import h5py
 
     if not results.is_file():
@@ -237,9 +238,13 @@ def _render(results: Path, out: Path, class_name=None, layer=None) -> list:
                           "`kerabl reproduce` first")
     try:
         with h5py.File(results, "r") as f:
-            kind = f.attrs.get("kind", "")
+            return f.attrs.get("kind", "")
     except OSError:
         raise KerablError(f"{results} is not an HDF5 results file") from None
+
+
+def _render(results: Path, out: Path, class_name=None, layer=None) -> list:
+    kind = _results_kind(results)
     if kind == "kerabl.z-results":
         from kerabl.figures_z import render_z_figures
         return render_z_figures(results, out)
@@ -253,15 +258,9 @@ def export(
     out: Annotated[Path, typer.Option(help="CSV file to write.")] = Path("results.csv"),
 ) -> None:
     """Write a results file as CSV (H: one row per class x layer x cell; Z: per layer x unit)."""
-    import h5py
-
     from kerabl.results import HResults, export_csv
 
-    if not results.is_file():
-        raise KerablError(f"results file {results} does not exist")
-    with h5py.File(results, "r") as f:
-        kind = f.attrs.get("kind", "")
-    if kind == "kerabl.z-results":
+    if _results_kind(results) == "kerabl.z-results":
         from kerabl.units import export_units_csv
         export_units_csv(results, out)
     else:
@@ -278,6 +277,8 @@ def merge(
     """Join shard results (from `--shard i/n`) into one file; refuses inconsistent shards."""
     from kerabl.results import merge as merge_results
 
+    for shard in shards:
+        _results_kind(shard)
     typer.echo(f"merged: {merge_results(shards, out)}")
 
 

@@ -126,3 +126,12 @@ def test_failed_run_leaves_no_results_file(tmp_path, monkeypatch, one_process):
     assert_one_line_error(result, "disk full")
     assert not (tmp_path / "h_results.h5").exists()
     assert (tmp_path / "h_results.h5.partial").exists()
+
+
+@pytest.mark.parametrize("command", [["export"], ["merge"], ["figures"]])
+def test_a_file_that_is_not_hdf5_is_one_line_and_exit_2(tmp_path, command):
+    bad = tmp_path / "notes.h5"
+    bad.write_text("not an HDF5 file\n")
+    assert_one_line_error(invoke(*command, bad, "--out", tmp_path / "out"), "notes.h5",
+                          "not an HDF5 results file")
+    assert not (tmp_path / "out").exists()
