@@ -252,7 +252,7 @@ class TailAblator:
         """Keep the tail inputs in the storage dtype, refusing values it cannot hold."""
         if self.storage == "float16":
             big = max(float(np.abs(a).max(initial=0.0)) for a in arrays)
-            if big > np.finfo(np.float16).max:
+            if big > float(np.finfo(np.float16).max):  # a float16 bound would overflow `big`
                 raise KerablError(f"{self.layer} activations reach {big:.3g}, beyond float16's "
                                   "range: use storage='float32'")
         self._inputs = [np.ascontiguousarray(a, dtype=self.storage) for a in arrays]

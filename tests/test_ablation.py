@@ -2,6 +2,8 @@
 network with known ranks, one trace per fast ablator, and fast == paper on the demo model and a
 random-weight VGG16 (the acceptance test of the fast engine)."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -184,3 +186,14 @@ def test_fast_and_paper_engines_agree_on_random_vgg16():
     assert fast_out.shape == (3, 2, 1000)
     np.testing.assert_allclose(fast_out, paper_out, rtol=1e-4, atol=1e-7)
     np.testing.assert_array_equal(fast.ranks(masks, labels), paper.ranks(masks, labels))
+
+
+def test_float16_storage_refuses_values_beyond_its_range(toy):
+    ablator = TailAblator(toy, "hidden", storage="float16")
+    ablator.set_activations(HIDDEN)
+    np.testing.assert_array_equal(ablator.ranks(cell_masks((4,), CELLS, "element"), LABELS),
+                                  EXPECTED_RANKS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # the check itself must not overflow
+        with pytest.raises(KerablError, match="beyond float16's range"):
+            ablator.set_activations(HIDDEN * 1e5)
