@@ -132,8 +132,8 @@ def activations(
     """Record target-layer activations of every image into a self-describing HDF5 cache."""
     from kerabl.activations import record_activations
 
-    net = _network(model, weights, alpha, seed, preprocess)
     imageset = _imageset(model, images, classes)
+    net = _network(model, weights, alpha, seed, preprocess)
     cache = record_activations(net, imageset, _layers(layers) or list(net.targets), out,
                                unit=unit.value, preprocess=net.preprocess, batch_size=batch_size,
                                dtype=dtype, progress=progress,
@@ -211,9 +211,10 @@ def _run_study(out, model, weights, alpha, images, classes, layers, unit, prepro
 
 @functools.lru_cache(maxsize=1)
 def _inputs(model, weights, alpha, seed, preprocess, images, classes):
-    """The network and the image set of a command (loaded once when reproduce chains stages)."""
-    return (_network(model, weights, alpha, seed, preprocess),
-            _imageset(model, images, classes))
+    """The network and the image set of a command (loaded once when reproduce chains stages).
+    The image set is checked first: bad image arguments fail before a model is built."""
+    imageset = _imageset(model, images, classes)
+    return _network(model, weights, alpha, seed, preprocess), imageset
 
 
 @command

@@ -100,6 +100,7 @@ def test_figures_writes_png_files(study_run, tmp_path):
     (["--others", "some"], "some"),
     (["--shard", "2/2"], "2/2"),
     (["--model", "alexnet"], "alexnet"),
+    (["--model", "vgg16", "--weights", "random"], "--images is required"),   # before any build
 ])
 def test_study_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
     result = invoke("study", "--out", tmp_path, *SMALL, *args)   # the bad value last: it wins
