@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from kerabl.ablation import TailAblator, _chunks, cell_masks, fast_tail
-from kerabl.bench import format_table, layer_flops, model_flops, random_cells, run_bench, tail_flops
+from kerabl.bench import (extrapolate, fast_cell_over_targets, format_table, layer_flops,
+                          model_flops, probe_cell_seconds, random_cells, run_bench, tail_flops,
+                          target_tail_flops)
 from kerabl.errors import KerablError
 from kerabl.masking import lambda_masked_model
 
@@ -37,6 +39,35 @@ def test_flop_counts_equal_the_hand_count():
     assert tail_flops(model, "conv_a") == 64 + 96
     assert tail_flops(model, "conv_b") == 96
     assert model_flops(model) == 576 + 64 + 96
+    assert target_tail_flops(model, ["conv_a", "conv_b", "dense"]) == [64 + 96, 96, 0]
+
+
+def _measured_h() -> dict:
+    """A measured H case: targets a, b, c with tails of 10, 5 and 0 GFLOP; a and c timed."""
+    return dict(targets=["a", "b", "c"], target_tail_gflop=[10.0, 5.0, 0.0], paper_cell_s=8.0,
+                paper=[dict(layer="a", cell_s=8.0)],
+                layers=[dict(layer="c", head_s=32.0, tail_s=0.0, cell_s=2.0),
+                        dict(layer="a", head_s=16.0, tail_s=4.0, cell_s=5.0)])
+
+
+def test_untimed_targets_are_interpolated_in_tail_flops():
+    # b, halfway in tail FLOPs: head (16 + 32) / 2 = 24 -> 24 / 16 = 1.5 per cell, tail 2.0
+    assert fast_cell_over_targets(_measured_h()) == pytest.approx((5.0 + 3.5 + 2.0) / 3)
+
+
+def test_extrapolation_counts_cells_probes_and_workers():
+    cases = {"vgg16": dict(h=_measured_h(), probe=dict(mean_cell_s=1.8))}
+    (row,) = extrapolate(cases, workers=2)
+    assert row["cells"] == 8 * 3 * 16 == 384
+    assert row["fast_h"] == pytest.approx(384 * 3.5 / 3600)
+    assert row["probe_h"] == pytest.approx(384 * 1.8 / 2 / 3600)
+    assert row["total_h"] == pytest.approx(row["fast_h"] + row["probe_h"])
+    assert row["paper_h"] == pytest.approx(384 * 8.0 / 3600)
+    assert row["timed"] == "2/3 layers, 1 authors' cells"
+
+
+def test_probe_cell_seconds_runs_the_default_probes():
+    assert 0 < probe_cell_seconds(30, n_target=10, n_rows=40) < 60
 
 
 def test_fast_tail_splits_groups_and_keeps_outputs():
