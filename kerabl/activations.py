@@ -60,18 +60,26 @@ def _as_index(index, n: int, what: str) -> np.ndarray | None:
     return index
 
 
+def _row_runs(rows: np.ndarray) -> list[tuple[int, int, int]]:
+    """(position in `rows`, first row, length) of each run of consecutive rows, in the given order."""
+    if rows.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.r_[0, breaks]
+    lengths = np.diff(np.r_[starts, rows.size])
+    return [(int(p), int(rows[p]), int(n)) for p, n in zip(starts, lengths)]
+
+
 def _read_rows(ds, rows: np.ndarray | None, c0: int, c1: int) -> np.ndarray:
-    """ds[rows, c0:c1] for sorted unique `rows` (None = all), read as one hyperslab if dense."""
+    """ds[rows, c0:c1] for `rows` in the given order (None = all), one hyperslab per run of
+    consecutive rows read straight into the result: no row outside `rows` is read and no
+    intermediate copy is made."""
     if rows is None:
         return ds[:, c0:c1]
-    if rows.size == 0:
-        return np.zeros((0, c1 - c0), ds.dtype)
-    r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    if r1 - r0 == rows.size:
-        return ds[r0:r1, c0:c1]
-    if r1 - r0 <= 4 * rows.size:
-        return ds[r0:r1, c0:c1][rows - r0]
-    return ds[rows, c0:c1]
+    out = np.empty((rows.size, c1 - c0), ds.dtype)
+    for pos, first, length in _row_runs(rows):
+        ds.read_direct(out, np.s_[first:first + length, c0:c1], np.s_[pos:pos + length])
+    return out
 
 
 class ActivationCache:
@@ -153,24 +161,21 @@ class ActivationCache:
         ds = self._dataset(layer)
         rows = _as_index(_mask_to_index(rows), ds.shape[0], "row")
         cols = _as_index(_mask_to_index(cols), ds.shape[1], "column")
-        row_set, row_inv = (None, None) if rows is None else np.unique(rows, return_inverse=True)
         if cols is None:
-            out = _read_rows(ds, row_set, 0, ds.shape[1])
+            out = _read_rows(ds, rows, 0, ds.shape[1])
         elif _is_range(cols):
-            out = _read_rows(ds, row_set, int(cols[0]), int(cols[-1]) + 1)
+            out = _read_rows(ds, rows, int(cols[0]), int(cols[-1]) + 1)
         else:
             col_set, col_inv = np.unique(cols, return_inverse=True)
-            out = np.empty((ds.shape[0] if rows is None else row_set.size, col_set.size),
-                           ds.dtype)
+            out = np.empty((ds.shape[0] if rows is None else rows.size, col_set.size), ds.dtype)
             width = ds.chunks[1] if ds.chunks else ds.shape[1]
             starts = np.searchsorted(col_set, np.arange(0, ds.shape[1] + width, width))
             for lo, hi in zip(starts[:-1], starts[1:]):
                 if hi > lo:
                     c0, c1 = int(col_set[lo]), int(col_set[hi - 1]) + 1
-                    out[:, lo:hi] = _read_rows(ds, row_set, c0, c1)[:, col_set[lo:hi] - c0]
-            out = out[:, col_inv]
-        if row_inv is not None:
-            out = out[row_inv]
+                    out[:, lo:hi] = _read_rows(ds, rows, c0, c1)[:, col_set[lo:hi] - c0]
+            if not _is_range(col_inv) or col_inv.size != col_set.size:
+                out = out[:, col_inv]
         return np.asarray(out, dtype=np.float32)
 
     def column_blocks(self, layer: str, block: int = 65536,
