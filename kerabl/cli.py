@@ -172,6 +172,8 @@ EngineOpt = Annotated[Engine, typer.Option(
 SolverOpt = Annotated[Solver, typer.Option(
     help="batched: the exact optimum of every probe fit at once; sklearn: the authors' "
          "LogisticRegression loop (lbfgs may stop early, so a prediction can differ).")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    help="Processes fitting the probes (default: one per CPU core); results do not depend on it.")]
 ShardOpt = Annotated[Optional[str], typer.Option(
     help="Run shard i of n (0-based, e.g. 3/8); join the shard files with `kerabl merge`.")]
 
@@ -185,19 +187,19 @@ def study(
     grid: GridOpt = "4x4", others: OthersOpt = "random-10", clip: ClipOpt = True,
     legacy_bounds: LegacyOpt = False, probe_fits: FitsOpt = 200, probe_max_units: MaxUnitsOpt = 100,
     heldout_folds: FoldsOpt = 5, srs: SrsOpt = True, engine: EngineOpt = Engine.fast,
-    probe_solver: SolverOpt = Solver.batched,
+    probe_solver: SolverOpt = Solver.batched, workers: WorkersOpt = None,
     shard: ShardOpt = None, progress: ProgressOpt = True,
 ) -> None:
     """The H study: grid, probes and cell ablation for every class x layer (resumable)."""
     path = _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed,
                       grid, others, clip, legacy_bounds, probe_fits, probe_max_units,
-                      heldout_folds, srs, engine, probe_solver, shard, progress)
+                      heldout_folds, srs, engine, probe_solver, workers, shard, progress)
     typer.echo(f"results: {path}")
 
 
 def _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed, grid,
                others, clip, legacy_bounds, probe_fits, probe_max_units, heldout_folds, srs,
-               engine, probe_solver, shard, progress):
+               engine, probe_solver, workers, shard, progress):
     from kerabl.results import parse_shard
     from kerabl.study import run_h_study
 
@@ -206,7 +208,7 @@ def _run_study(out, model, weights, alpha, images, classes, layers, unit, prepro
     shard_ = parse_shard(shard) if shard else None
     net, imageset = _inputs(model, weights, alpha, seed, preprocess, images, classes)
     return run_h_study(net, imageset, out, layers=_layers(layers), config=config, shard=shard_,
-                       progress=progress, log=typer.echo)
+                       progress=progress, workers=workers, log=typer.echo)
 
 
 @functools.lru_cache(maxsize=1)
@@ -324,7 +326,7 @@ def reproduce(
              "--probe-fits-demo for the demo model).")] = None,
     probe_max_units: MaxUnitsOpt = 100,
     heldout_folds: FoldsOpt = 5, srs: SrsOpt = True, engine: EngineOpt = Engine.fast,
-    probe_solver: SolverOpt = Solver.batched,
+    probe_solver: SolverOpt = Solver.batched, workers: WorkersOpt = None,
     probe_fits_demo: Annotated[int, typer.Option(
         help="Probe fits per cell when the model is the demo and --probe-fits is not given "
              "(keeps the demo run near a minute; the paper networks use 200).")] = DEMO_PROBE_FITS,
@@ -353,7 +355,7 @@ def reproduce(
                       if model is Model.demo and probe_fits != 200 else ""))
     path = _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed,
                       grid, others, clip, legacy_bounds, probe_fits, probe_max_units,
-                      heldout_folds, srs, engine, probe_solver, None, progress)
+                      heldout_folds, srs, engine, probe_solver, workers, None, progress)
     timings = {"H study": time.perf_counter() - start}
     headline = summary(HResults.open(path))
     (Path(out) / "h_summary.json").write_text(json.dumps(headline, indent=2) + "\n")
