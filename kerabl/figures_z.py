@@ -175,7 +175,8 @@ def build_top_images(z: ZResults | str | os.PathLike, layer: str, n_units: int =
             ax.set_xticks([])
             ax.set_yticks([])
         top = z.class_names[int(d["argmax_class"][unit])]
-        row[0].set_ylabel(f"unit {unit}\n-{d['max_class_drop'][unit]:.2f} {top}", fontsize="small")
+        drop = d["max_class_drop"][unit]
+        row[0].set_ylabel(f"unit {unit}\nclass {top}: -{drop:.2f}", fontsize="small")
     fig.suptitle(f"{z.config['network']} {layer}: top images of the most important units")
     return fig
 
