@@ -358,8 +358,11 @@ class _FullEngine(_Engine):
 
 
 def _run_batched(model, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    parts = [_as_list(model.predict_on_batch(images[i:i + batch_size]))
-             for i in range(0, len(images), batch_size)]
+    from kerabl.ablation import quiet_retracing_warning
+
+    with quiet_retracing_warning():  # one predict function per layer's head model, by design
+        parts = [_as_list(model.predict_on_batch(images[i:i + batch_size]))
+                 for i in range(0, len(images), batch_size)]
     return [np.concatenate([p[j] for p in parts]).astype(np.float32) for j in range(len(parts[0]))]
 
 
