@@ -4,7 +4,8 @@ Usage:
     python scripts/bench.py [--out bench.json] [--quick] [--root DATASET_ROOT]
 
 Prints the table (per case: seconds per cell or unit for each engine, their ratio, % of the
-matmul floor, peak memory), the paper-scale extrapolation, and last the headline ratio.
+matmul floor, peak memory), the paper-scale extrapolation (fast engine, probes, authors'
+procedure), and last the headline ratio.
 """
 
 from __future__ import annotations
