@@ -102,6 +102,12 @@ def _one_blas_thread():
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
+def single_threaded():
+    """Context that runs BLAS and OpenMP on one thread: a sweep runs one cell per core instead
+    (`kerabl.study` worker processes); threads of one small problem mostly wait on each other."""
+    return _blas_controller().limit(limits=1)
+
+
 @functools.lru_cache(maxsize=1)
 def _blas_controller():
     """The process's thread-pool controller: finding the BLAS libraries costs ~10 ms, so once."""

@@ -262,9 +262,15 @@ def cell_probe_scores(task) -> tuple[float, float, float, float]:
 
     Runs in a worker process when the sweep has a pool: it imports no TensorFlow.
     """
+    from kerabl.probes import single_threaded
+
+    with single_threaded():
+        return _cell_probe_scores(*task)
+
+
+def _cell_probe_scores(x, y, config: HConfig, seed: int) -> tuple[float, float, float, float]:
     from kerabl.probes import heldout_probe_score, paper_probe_score, rsa_scores
 
-    x, y, config, seed = task
     if x.shape[1] == 0:
         return (np.nan,) * 4
     probe = paper_probe_score(x, y, n_fits=config.probe_fits, max_units=config.probe_max_units,
