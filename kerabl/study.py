@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,9 +289,3 @@ def probe_pool(workers: int):
     if workers <= 1:
         return contextlib.nullcontext(None)
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-
-
-def describe(config: dict) -> str:
-    """One line naming the run, for logs."""
-    return json.dumps({k: config[k] for k in ("model", "dataset", "unit", "grid", "others")
-                       if k in config})
