@@ -221,15 +221,39 @@ def _inputs(model, weights, alpha, seed, preprocess, images, classes):
 
 @command
 def figures(
-    results: Annotated[Path, typer.Argument(help="H results file (h_results.h5) or Z results "
-                                                 "(z_results.h5).")],
+    results: Annotated[list[Path], typer.Argument(
+        help="H results files (h_results.h5) and/or Z results files (z_results.h5).")],
     out: Annotated[Path, typer.Option(help="Folder for the PNG and PDF files.")] = Path("figures"),
     class_name: Annotated[Optional[str], typer.Option("--class", help="Class of Fig 1.")] = None,
     layer: Annotated[Optional[str], typer.Option(help="Layer of Fig 1.")] = None,
 ) -> None:
-    """Render the figures of a stored results file (never recomputes, loads no model)."""
-    paths = _render(results, out, class_name, layer)
+    """Render the figures of stored results (never recomputes, loads no model).
+
+    One results file: its figures in OUT. Several: each file's figures in OUT/<n>-<model>/,
+    and Fig 3 of all H files side by side in OUT/fig3_networks.
+    """
+    if len(results) == 1:
+        paths = _render(results[0], out, class_name, layer)
+    else:
+        paths = _render_several(results, out, class_name, layer)
     typer.echo(f"{len(paths)} files in {out}")
+
+
+def _render_several(results: list[Path], out: Path, class_name, layer) -> list:
+    from kerabl.figures import fig_network_means
+    from kerabl.results import HResults
+
+    paths, h_files, labels = [], [], []
+    for n, path in enumerate(results):
+        kind = _results_kind(path)
+        model = "z" if kind == "kerabl.z-results" else HResults.open(path).config.get("model", "h")
+        paths += _render(path, out / f"{n}-{model}", class_name, layer)
+        if kind != "kerabl.z-results":
+            h_files.append(path)
+            labels.append(model)
+    if len(h_files) > 1:
+        paths += fig_network_means(h_files, labels, out / "fig3_networks")
+    return paths
 
 
 def _results_kind(results: Path) -> str:

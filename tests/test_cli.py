@@ -92,6 +92,15 @@ def test_figures_writes_png_files(study_run, tmp_path):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
+def test_figures_of_several_files_add_fig3_side_by_side(study_run, tmp_path):
+    out, _ = study_run
+    result = invoke("figures", out / "h_results.h5", out / "h_results.h5", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "0-demo" / "fig2b_deficit_grids.png").is_file()
+    assert (tmp_path / "1-demo" / "fig2b_deficit_grids.png").is_file()
+    assert (tmp_path / "fig3_networks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--layers", "conv_9"], "conv_9"),
     (["--weights", "/nonexistent.h5"], "/nonexistent.h5"),
