@@ -4,7 +4,7 @@
   runs in its own process (its peak RSS is reported): the H sweep with the fast engine
   (`TailAblator`) against the authors' procedure on sampled cells (their ranks compared), a
   bfloat16 tail against float32, a Z single-unit sweep of a late layer (demo, AlexNet, VGG16),
-  tail only against full forward, and the probes of one cell. Prints one table, the paper-scale
+  `kerabl.units`' tail engine (linear shortcut where the layer has one) against full forward, and the probes of one cell. Prints one table, the paper-scale
   extrapolation, writes them as JSON, and ends with the headline ratio line.
 - `matmul_floor(sizes)`: the best float32 `tf.matmul` throughput reached here (GFLOP/s).
 - `layer_flops(layer)`, `tail_flops(model, layer)`, `target_tail_flops(model, layers)`: FLOPs per
@@ -309,43 +309,84 @@ def _h_summary(net, n_images: int, layers: list, paper: list, bf16: list) -> dic
         targets=list(net.targets))
 
 
-def z_case(net, images: np.ndarray, labels: np.ndarray, plan: dict,
-           log: Callable[[str], None]) -> dict:
-    """Z single-unit sweep of a late layer: tail only against a full forward pass per unit."""
-    from kerabl.ablation import TailAblator, cell_masks
-    from kerabl.masking import ablated, masked_model
-    from kerabl.units import single_unit_ablation
+def shortcut_flops(model, cut, n_dropped: int = 1) -> int:
+    """FLOPs per image and unit of the Z shortcut (`kerabl.units.channel_shortcut`): the dropped
+    channels' Dense kernel rows, then the layers after the Dense.
 
-    layer = plan["z_layer"]
-    ablator = TailAblator(net.model, layer)
-    _, head_s = _timed(lambda: ablator.set_images(images))
-    n_channels = ablator.shape[-1]
-    units = np.arange(min(plan["z_tail"], n_channels))
-    masks = cell_masks(ablator.shape, [[u] for u in units], "channel")
-    ablator.ranks(masks[:1], labels)
-    tail_ranks, tail_total = _timed(lambda: ablator.ranks(masks, labels))
-    tail_s = (tail_total + head_s * len(units) / n_channels) / len(units)
-    _, units_total = _timed(lambda: single_unit_ablation(
-        net.model, images, labels, sorted(set(labels.tolist())), layer, units=units))
+    Example:
+        shortcut_flops(alexnet, channel_shortcut(alexnet, "conv_5"))   # 2*36*4096 + dense_2, _3
+    """
+    width = int(model.get_layer(cut.dense).kernel.shape[1])
+    return 2 * n_dropped * cut.positions.shape[1] * width + tail_flops(model, cut.dense)
+
+
+def _full_forward_s(net, layer: str, units: np.ndarray, images: np.ndarray) -> float:
+    """Seconds per unit of a full forward pass with a UnitMask zeroing the unit's channel."""
+    from kerabl.masking import ablated, masked_model
 
     masked = masked_model(net.model, [layer])
-    full = units[:plan["z_full"]]
 
-    def full_forward(units, images):
+    def run(units, images):
         for u in units:
             with ablated(masked, {layer: [u]}, unit="channel"):
                 for i in range(0, len(images), 64):
                     masked.predict_on_batch(images[i:i + 64])
 
-    full_forward(full[:1], images[:1])  # builds the predict function once
-    _, full_total = _timed(lambda: full_forward(full, images))
-    full_s = full_total / len(full)
-    gflops = tail_flops(net.model, layer) * len(images) / (tail_total / len(units)) / 1e9
-    log(f"  {net.name} Z {layer}: tail {tail_s:.4f} s/unit, full forward {full_s:.3f} s/unit")
+    run(units[:1], images[:1])  # builds the predict function once
+    return _timed(lambda: run(units, images))[1] / len(units)
+
+
+def _z_sweep(net, images: np.ndarray, layer: str, units: np.ndarray, shortcut: bool) -> dict:
+    """units.py's tail engine on `units`: build (head, shortcut set-up) and sweep seconds."""
+    from kerabl.units import keep_masks, tail_engine
+
+    eng, build_s = _timed(lambda: tail_engine(net.model, images, layer, shortcut=shortcut))
+    keep = keep_masks(eng.n_channels, [[u] for u in units])
+    eng.predict(keep[:1])  # traces, once
+    preds, sweep_s = _timed(lambda: eng.predict(keep))
+    return dict(eng=eng, build_s=build_s, sweep_s=sweep_s, preds=preds,
+                sweep_unit_s=sweep_s / len(units),
+                unit_s=(sweep_s + build_s * len(units) / eng.n_channels) / len(units))
+
+
+def z_case(net, images: np.ndarray, labels: np.ndarray, plan: dict,
+           log: Callable[[str], None]) -> dict:
+    """Z single-unit sweep of a late layer: units.py's tail engine (with its linear shortcut
+    where the layer has one) against a full forward pass per unit; the plain tail (TailAblator,
+    and units.py without the shortcut) for reference, its predictions compared."""
+    from kerabl.ablation import TailAblator, cell_masks
+
+    layer = plan["z_layer"]
+    n_channels = ablator_shape(net.model, layer)[-1]
+    units = np.arange(min(plan["z_tail"], n_channels))
+    fast = _z_sweep(net, images, layer, units, shortcut=True)
+    plain = _z_sweep(net, images, layer, units, shortcut=False)
+    cut = fast["eng"].cut
+    ablator = TailAblator(net.model, layer)
+    ablator.set_images(images)
+    masks = cell_masks(ablator.shape, [[u] for u in units], "channel")
+    ablator.outputs(masks[:1])
+    scores, ablator_s = _timed(lambda: ablator.outputs(masks))
+    same = fast["preds"] == scores.argmax(axis=-1)
+    top2 = np.sort(scores, axis=-1)[..., -2:]
+    full_s = _full_forward_s(net, layer, units[:plan["z_full"]], images)
+    flops = shortcut_flops(net.model, cut) if cut is not None else tail_flops(net.model, layer)
+    gflops = flops * len(images) / (fast["sweep_s"] / len(units)) / 1e9
+    log(f"  {net.name} Z {layer}: tail {fast['unit_s']:.4f} s/unit with build and head "
+        f"({'shortcut via ' + cut.dense if cut else 'no shortcut'}); sweep only: "
+        f"{fast['sweep_unit_s']:.4f}, plain tail {plain['sweep_unit_s']:.4f}, TailAblator "
+        f"{ablator_s / len(units):.4f}; full forward {full_s:.3f} s/unit; predictions equal "
+        f"{same.mean():.1%}")
     return dict(network=net.name, layer=layer, images=len(images), tail_units=len(units),
-                full_units=len(full), tail_unit_s=tail_s, full_unit_s=full_s,
-                units_module_unit_s=(units_total - head_s) / len(units) + head_s / n_channels, ratio=full_s / tail_s,
-                tail_gflops=gflops, traces=ablator.traces)
+                full_units=min(plan["z_full"], len(units)), tail_unit_s=fast["unit_s"],
+                full_unit_s=full_s, ratio=full_s / fast["unit_s"], tail_gflops=gflops,
+                shortcut=cut.dense if cut else None, build_s=fast["build_s"],
+                sweep_unit_s=fast["sweep_unit_s"], plain_unit_s=plain["unit_s"],
+                plain_sweep_unit_s=plain["sweep_unit_s"], ablator_tail_unit_s=ablator_s / len(units),
+                same_preds=float(same.mean()),
+                min_margin_of_differing=float((top2[..., 1] - top2[..., 0])[~same].min())
+                if not same.all() else None,
+                traces=fast["eng"].trace_count)
 
 
 def _case_data(name: str, root: Path):
@@ -519,7 +560,10 @@ LEGEND = ("H rows: s/item per cell, one class (50 images; demo: one digit class)
           "TailAblator, tail + 1/16 of the per-class head (cached acts: tail only, as run_h_study "
           "reads the activation cache); slow = the authors' procedure (rebuild, reload weights, "
           "re-read images, Lambda mask, full forward) on the sampled cells, whose ranks are "
-          "compared. Z rows: s/item per unit, channel units; slow = full forward with a UnitMask. "
+          "compared. Z rows: s/item per unit, channel units; fast = kerabl.units' tail engine with its "
+          "linear shortcut where the layer feeds a Dense through pooling/flatten (sweep + its "
+          "build and head / channels), predictions compared with the plain tail (TailAblator); "
+          "slow = full forward with a UnitMask. "
           "% floor = tail FLOPs / tail seconds / best matmul GFLOP/s. bf16 tail: speed-up and "
           "largest rank change against float32.")
 EXTRAPOLATION_COLUMNS = (("network", "network", "s"), ("classes", "classes", "d"),
@@ -550,7 +594,8 @@ def table_rows(cases: dict, floor: float) -> list[dict]:
             rows.append(dict(case=f"Z {name} {z['layer']}",
                              sample=f"{z['tail_units']} / {z['full_units']} units",
                              fast_s=z["tail_unit_s"], slow_s=z["full_unit_s"], ratio=z["ratio"],
-                             floor_pct=100 * z["tail_gflops"] / floor, ranks="-", bf16="-",
+                             floor_pct=100 * z["tail_gflops"] / floor,
+                             ranks=f"{z['same_preds']:.0%} preds = plain tail", bf16="-",
                              rss_mb=case["peak_rss_mb"]))
     return rows
 

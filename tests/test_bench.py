@@ -8,8 +8,8 @@ import pytest
 
 from kerabl.ablation import TailAblator, _chunks, cell_masks, fast_tail
 from kerabl.bench import (extrapolate, fast_cell_over_targets, format_table, layer_flops,
-                          model_flops, probe_cell_seconds, random_cells, run_bench, tail_flops,
-                          target_tail_flops)
+                          model_flops, probe_cell_seconds, random_cells, run_bench, shortcut_flops,
+                          tail_flops, target_tail_flops)
 from kerabl.errors import KerablError
 from kerabl.masking import lambda_masked_model
 
@@ -40,6 +40,19 @@ def test_flop_counts_equal_the_hand_count():
     assert tail_flops(model, "conv_b") == 96
     assert model_flops(model) == 576 + 64 + 96
     assert target_tail_flops(model, ["conv_a", "conv_b", "dense"]) == [64 + 96, 96, 0]
+
+
+def test_shortcut_flops_equal_the_hand_count():
+    from kerabl.units import channel_shortcut
+
+    inputs = keras.Input((4, 4, 2))
+    x = keras.layers.MaxPooling2D(2)(keras.layers.Conv2D(3, 1, name="conv")(inputs))
+    x = keras.layers.Dense(5, name="dense")(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+    cut = channel_shortcut(model, "conv")
+    # each channel feeds 2 x 2 pooled inputs: 4 kernel rows of 5, then out: 5 x 2
+    assert shortcut_flops(model, cut) == 2 * 4 * 5 + 2 * 5 * 2
+    assert shortcut_flops(model, cut, n_dropped=2) == 2 * 8 * 5 + 2 * 5 * 2
 
 
 def _measured_h() -> dict:
@@ -143,6 +156,7 @@ def test_quick_bench_writes_the_table(tmp_path):
     h, z = stored["cases"]["demo"]["h"], stored["cases"]["demo"]["z"]
     assert h["same_ranks"] == 1.0 and h["traces"] == 1
     assert h["fast_cell_s"] > 0 and h["paper_cell_s"] > 0 and z["ratio"] > 0
+    assert z["shortcut"] == "dense_1" and z["same_preds"] == 1.0 and z["traces"] == 1
     assert stored["floor"]["best_gflops"] > 0
     assert [row["case"] for row in stored["table"]] == ["H demo (7 layers)", "Z demo conv_5"]
     assert lines[-1] == result["headline"] and lines[-1].startswith("headline: demo H sweep")

@@ -323,3 +323,137 @@ def test_reader_imports_no_tensorflow(tmp_path):
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+# ----------------------------------------------------------------------------- the linear shortcut
+
+def pooled_model() -> keras.Model:
+    """4x4x4 -> conv 1x1 (identity, relu) -> 2x2 max pool -> flatten (16) -> Dense(3) -> out.
+
+    Dense output j (j = 0, 1, 2) sums channel j's four pooled values; channel 3 adds 0.5 of its
+    values to output 0 and output 0 has a bias of 0.1."""
+    inputs = keras.Input((4, 4, 4))
+    conv = keras.layers.Conv2D(4, 1, activation="relu", name="conv")
+    dense = keras.layers.Dense(3, activation="relu", name="dense")
+    out = keras.layers.Dense(3, activation="softmax", name="out")
+    x = keras.layers.Flatten(name="flatten")(keras.layers.MaxPooling2D(2, name="pool")(conv(inputs)))
+    model = keras.Model(inputs, out(dense(x)))
+    conv.set_weights([np.eye(4, dtype="float32")[None, None], np.zeros(4, "float32")])
+    kernel = np.zeros((16, 3), "float32")
+    for position in range(16):
+        channel = position % 4
+        if channel < 3:
+            kernel[position, channel] = 1.0
+        else:
+            kernel[position, 0] = 0.5
+    dense.set_weights([kernel, np.array([0.1, 0, 0], "float32")])
+    out.set_weights([np.eye(3, dtype="float32"), np.zeros(3, "float32")])
+    return model
+
+
+def pooled_images() -> tuple[np.ndarray, np.ndarray]:
+    """Image k (k = 0, 1, 2) lights channel k (value 1) in one pixel per pool window; image 3
+    lights channels 1 and 3 (class 1: 4 > 0.1 + 2); image 4 lights channel 2 weakly and
+    channel 3 (class 0 though labelled 2: 0.1 + 2 > 0.4)."""
+    x = np.zeros((5, 4, 4, 4), "float32")
+    for k in range(3):
+        x[k, ::2, ::2, k] = 1.0
+    x[3, ::2, ::2, 1] = x[3, ::2, ::2, 3] = 1.0
+    x[4, ::2, ::2, 2], x[4, ::2, ::2, 3] = 0.1, 1.0
+    return x, np.array([0, 1, 2, 1, 2])
+
+
+def test_shortcut_found_from_the_graph_with_its_layout():
+    model = pooled_model()
+    cut = units.channel_shortcut(model, "conv")
+    assert cut.dense == "dense" and [lay.name for lay in cut.chain] == ["pool", "flatten"]
+    np.testing.assert_array_equal(cut.positions, [[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10, 14],
+                                                  [3, 7, 11, 15]])
+    np.testing.assert_array_equal(cut.valid, np.ones((4, 4)))
+    assert units.channel_shortcut(model, "pool").chain[0].name == "flatten"
+    assert units.channel_shortcut(model, "dense") is not None     # Dense -> Dense: no chain
+    assert units.channel_shortcut(model, "out") is None           # nothing follows
+
+
+def test_no_shortcut_through_weighted_or_branching_layers(demo_random):
+    model = demo_random[0]
+    assert units.channel_shortcut(model, "conv_4") is None        # a convolution follows
+    assert units.channel_shortcut(model, "conv_5").dense == "dense_1"
+    inputs = keras.Input((4, 4, 2))
+    x = keras.layers.Conv2D(2, 1, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(keras.layers.MaxPooling2D(name="pool")(x))
+    bn = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    assert units.channel_shortcut(bn, "conv") is None             # batch norm shifts zeros
+    y = keras.layers.Conv2D(2, 1, name="conv")(inputs)
+    flat = keras.layers.Flatten()(y)
+    two = keras.Model(inputs, keras.layers.Add()([keras.layers.Dense(2)(flat),
+                                                  keras.layers.Dense(2)(flat)]))
+    assert units.channel_shortcut(two, "conv") is None            # two consumers
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, None])
+def test_shortcut_literal_accuracies_and_equal_to_plain_tail(batch_size):
+    model = pooled_model()
+    x, y = pooled_images()
+    kwargs = dict(batch_size=batch_size)
+    fast = units.single_unit_ablation(model, x, y, [0, 1, 2], "conv", **kwargs)
+    plain = units.single_unit_ablation(model, x, y, [0, 1, 2], "conv", shortcut=False, **kwargs)
+    full = units.single_unit_ablation(model, x, y, [0, 1, 2], "conv", engine="full", **kwargs)
+    # channel 0 -> image 0 falls to 0.1 vs 0 (still class 0); channel 1 -> image 1 falls to
+    # class 0, image 3 to class 0 (0.1 + 2); channel 3 -> image 4 becomes class 2 (0.4 > 0.1).
+    np.testing.assert_allclose(fast["base_class_acc"], [1, 1, 0.5])
+    np.testing.assert_allclose(fast["class_acc"], [[1, 1, 0.5], [1, 0, 0.5], [1, 1, 0], [1, 1, 1]])
+    for key in ("class_acc", "overall_drop", "base_class_acc"):
+        np.testing.assert_array_equal(fast[key], plain[key])
+        np.testing.assert_array_equal(fast[key], full[key])
+
+
+def test_shortcut_greedy_subtracts_every_zeroed_channel():
+    model = pooled_model()
+    x, y = pooled_images()
+    eng = units.tail_engine(model, x, "conv")
+    plain = units.tail_engine(model, x, "conv", shortcut=False)
+    sets = [[], [0], [1, 3], [0, 2], [3, 0], [0, 1, 2]]   # the last one drops 12 of 16 inputs
+    keep = units.keep_masks(4, sets)
+    assert eng._drops(keep) is None and eng._drops(keep[:5])[0].shape == (5, 2)
+    np.testing.assert_array_equal(eng.predict(keep[:5]), plain.predict(keep[:5]))   # shortcut
+    np.testing.assert_array_equal(eng.predict(keep), plain.predict(keep))           # plain tail
+    np.testing.assert_array_equal(eng.predict(keep)[2], [0, 0, 2, 0, 2])   # image 4: 0.1 < 0.4
+    for class_ in (1, 2):
+        a = units.greedy_ablation(model, x, y, class_, "conv", steps=3, return_order=True)
+        b = units._greedy(plain, y, class_, 3, None)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    assert eng.shortcut_fn.experimental_get_tracing_count() == 1
+
+
+def test_shortcut_equals_plain_tail_on_demo(demo_random):
+    model, images, labels = demo_random
+    fast = units.tail_engine(model, images, "conv_5", batch_size=None)
+    plain = units.tail_engine(model, images, "conv_5", shortcut=False)
+    assert fast.cut.positions.shape == (32, 16)     # 4 x 4 pooled positions per channel
+    keep = units.keep_masks(32, [[u] for u in range(32)] + [[1, 5, 9], [0, 31]])
+    preds = fast.predict(keep)
+    np.testing.assert_array_equal(preds, plain.predict(keep))
+    a = units.single_unit_ablation(model, images, labels, range(10), "conv_5")
+    b = units.single_unit_ablation(model, images, labels, range(10), "conv_5", shortcut=False)
+    np.testing.assert_array_equal(a["class_acc"], b["class_acc"])
+    assert a["max_class_drop"].max() > 0       # the comparison is not between zeros
+    units._greedy(fast, labels, 3, 3, None)
+    assert fast.trace_count == 1 and fast.shortcut_fn.experimental_get_tracing_count() == 1
+
+
+def test_shortcut_equals_plain_tail_on_random_alexnet():
+    from kerabl.models import load_network
+
+    net = load_network("alexnet", weights=None, seed=1)
+    noise = np.random.default_rng(5).normal(0, 1, (6, 227, 227, 3)).astype("float32")
+    scale = np.array([5, 20, 60, 100, 150, 200], "float32")[:, None, None, None]
+    images = noise * scale + np.linspace(-100, 100, 6, dtype="float32")[:, None, None, None]
+    fast = units.tail_engine(net, images, "conv_5")
+    plain = units.tail_engine(net, images, "conv_5", shortcut=False)
+    assert fast.cut.dense == "dense_1" and fast.cut.positions.shape == (256, 36)
+    keep = units.keep_masks(256, [[], [0], [17], [100], [255], [3, 4, 200]])
+    preds = fast.predict(keep)
+    np.testing.assert_array_equal(preds, plain.predict(keep))
+    assert len(np.unique(preds[0])) > 1       # not one class for every image
