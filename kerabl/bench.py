@@ -4,8 +4,9 @@
   runs in its own process (its peak RSS is reported): the H sweep with the fast engine
   (`TailAblator`) against the authors' procedure on sampled cells (their ranks compared), a
   bfloat16 tail against float32, a Z single-unit sweep of a late layer (demo, AlexNet, VGG16),
-  `kerabl.units`' tail engine (linear shortcut where the layer has one) against full forward, and the probes of one cell. Prints one table, the paper-scale
-  extrapolation, writes them as JSON, and ends with the headline ratio line.
+  `kerabl.units`' tail engine (linear shortcut where the layer has one) against full forward,
+  and the probes of one cell. Prints one table, the paper-scale extrapolation, writes them as
+  JSON, and ends with the headline ratio line.
 - `matmul_floor(sizes)`: the best float32 `tf.matmul` throughput reached here (GFLOP/s).
 - `layer_flops(layer)`, `tail_flops(model, layer)`, `target_tail_flops(model, layers)`: FLOPs per
   image of convolutions and dense layers (elementwise work ignored), of one layer or of
@@ -382,7 +383,8 @@ def z_case(net, images: np.ndarray, labels: np.ndarray, plan: dict,
                 full_unit_s=full_s, ratio=full_s / fast["unit_s"], tail_gflops=gflops,
                 shortcut=cut.dense if cut else None, build_s=fast["build_s"],
                 sweep_unit_s=fast["sweep_unit_s"], plain_unit_s=plain["unit_s"],
-                plain_sweep_unit_s=plain["sweep_unit_s"], ablator_tail_unit_s=ablator_s / len(units),
+                plain_sweep_unit_s=plain["sweep_unit_s"],
+                ablator_tail_unit_s=ablator_s / len(units),
                 same_preds=float(same.mean()),
                 min_margin_of_differing=float((top2[..., 1] - top2[..., 0])[~same].min())
                 if not same.all() else None,
@@ -560,8 +562,8 @@ LEGEND = ("H rows: s/item per cell, one class (50 images; demo: one digit class)
           "TailAblator, tail + 1/16 of the per-class head (cached acts: tail only, as run_h_study "
           "reads the activation cache); slow = the authors' procedure (rebuild, reload weights, "
           "re-read images, Lambda mask, full forward) on the sampled cells, whose ranks are "
-          "compared. Z rows: s/item per unit, channel units; fast = kerabl.units' tail engine with its "
-          "linear shortcut where the layer feeds a Dense through pooling/flatten (sweep + its "
+          "compared. Z rows: s/item per unit, channel units; fast = kerabl.units' tail engine "
+          "with its linear shortcut where the layer feeds a Dense through pooling/flatten (sweep + its "
           "build and head / channels), predictions compared with the plain tail (TailAblator); "
           "slow = full forward with a UnitMask. "
           "% floor = tail FLOPs / tail seconds / best matmul GFLOP/s. bf16 tail: speed-up and "

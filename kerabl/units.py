@@ -483,7 +483,8 @@ class _TailEngine(_Engine):
         weight = np.take_along_axis(dropped, order, axis=1).astype(np.float32)
         return (order * weight).astype(np.int32), weight
 
-    def _sweep(self, fn, vectors, inputs: list[np.ndarray], per_copy: int, budget: int) -> np.ndarray:
+    def _sweep(self, fn, vectors, inputs: list[np.ndarray], per_copy: int,
+               budget: int) -> np.ndarray:
         n = len(inputs[0])
         copies = self.batch_size or max(1, budget // per_copy)
         block = min(n, copies)
@@ -500,8 +501,8 @@ class _TailEngine(_Engine):
     def _plain(self, fn, vectors: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         inputs = self.inputs if rows is None else [x[rows] for x in self.inputs]
         per_copy = sum(int(np.prod(x.shape[1:])) for x in self.inputs)
-        return self._sweep(lambda act, v, *extras: fn(act, v, *extras),
-                           [np.asarray(vectors, dtype=np.float32)], inputs, per_copy, BATCH_FLOATS)
+        return self._sweep(fn, [np.asarray(vectors, dtype=np.float32)], inputs, per_copy,
+                           BATCH_FLOATS)
 
     def predict(self, keep, rows=None):
         drops = None if self.cut is None else self._drops(keep)
@@ -722,7 +723,8 @@ def random_rotation(n: int, seed: int = 0) -> np.ndarray:
 
 def random_direction_ablation(network_or_model, images: np.ndarray, labels: np.ndarray,
                               classes: Sequence[int], layer: str, *, seed: int = 0,
-                              rotation: np.ndarray | None = None, batch_size: int | None = DEFAULT_BATCH,
+                              rotation: np.ndarray | None = None,
+                              batch_size: int | None = DEFAULT_BATCH,
                               progress: bool = False) -> dict[str, Any]:
     """Single-direction ablation in a randomly rotated channel space of `layer`.
 
@@ -774,7 +776,8 @@ def _check_steps(steps: int, pool: np.ndarray) -> None:
 
 def greedy_ablation(network_or_model, images: np.ndarray, labels: np.ndarray, class_: int,
                     layer: str, *, steps: int = 10, candidates: Sequence[int] | None = None,
-                    engine: str = "tail", batch_size: int | None = DEFAULT_BATCH, return_order: bool = False):
+                    engine: str = "tail", batch_size: int | None = DEFAULT_BATCH,
+                    return_order: bool = False):
     """Accuracy of one class as the units that hurt it most are ablated one after another.
 
     Example:
@@ -1041,7 +1044,7 @@ def run_z_study(network, imageset, layers: Sequence[str] | None, out_path: str |
         greedy_steps: units ablated greedily per class.
         greedy_seeds: random orders (seeds 0..greedy_seeds-1) for the baseline curves.
         top_k: top-activating images stored per unit.
-        batch_size: masked copies per tail call.
+        batch_size: masked copies per tail call (None: by float count, see `DEFAULT_BATCH`).
         progress: show progress bars.
 
     Raises:
