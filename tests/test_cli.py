@@ -145,3 +145,50 @@ def test_a_file_that_is_not_hdf5_is_one_line_and_exit_2(tmp_path, command):
     assert_one_line_error(invoke(*command, bad, "--out", tmp_path / "out"), "notes.h5",
                           "not an HDF5 results file")
     assert not (tmp_path / "out").exists()
+
+
+def _arrays(path):
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "r") as f:
+        out = {}
+        f.visititems(lambda name, obj: out.__setitem__(name, np.asarray(obj))
+                     if hasattr(obj, "shape") else None)
+        return out
+
+
+def test_reproduce_killed_midway_then_rerun_equals_an_uninterrupted_run(tmp_path, monkeypatch,
+                                                                       one_process):
+    import numpy as np
+
+    args = ["--layers", "conv_5,dense_2", "--probe-fits", "2", "--grid", "2x2",
+            "--heldout-folds", "2", "--no-z", "--no-progress"]
+    whole = invoke("reproduce", "--out", tmp_path / "whole", *args)
+    assert whole.exit_code == 0, whole.output
+
+    original = kerabl.results.HResultsWriter.write_pair
+    calls = []
+
+    def interrupted(self, *a, **k):
+        calls.append(a)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(kerabl.results.HResultsWriter, "write_pair", interrupted)
+    killed = invoke("reproduce", "--out", tmp_path / "rerun", *args)
+    assert killed.exit_code != 0
+    assert not (tmp_path / "rerun" / "h_results.h5").exists()
+    monkeypatch.setattr(kerabl.results.HResultsWriter, "write_pair", original)
+    rerun = invoke("reproduce", "--out", tmp_path / "rerun", *args)
+    assert rerun.exit_code == 0, rerun.output
+
+    a, b = _arrays(tmp_path / "whole" / "h_results.h5"), _arrays(tmp_path / "rerun" / "h_results.h5")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert ((tmp_path / "whole" / "h_summary.json").read_text()
+            == (tmp_path / "rerun" / "h_summary.json").read_text())
+    assert (tmp_path / "rerun" / "figures" / "fig2b_deficit_grids.png").is_file()
+    assert "largest mean rank deficit" in rerun.output
