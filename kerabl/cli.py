@@ -5,6 +5,7 @@ Bad input raises `KerablError`, printed as one line with exit status 2."""
 from __future__ import annotations
 
 import functools
+import inspect
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -119,24 +120,46 @@ def _layers(text: Optional[str]):
     return [name.strip() for name in text.split(",") if name.strip()] if text else None
 
 
+INPUT_OPTIONS = (  # what to study: shared by activations, study, units and reproduce
+    ("model", ModelOpt, Model.demo), ("weights", WeightsOpt, "default"), ("alpha", AlphaOpt, 0.35),
+    ("images", ImagesOpt, None), ("classes", ClassesOpt, None), ("layers", LayersOpt, None),
+    ("preprocess", PreprocessOpt, None), ("seed", SeedOpt, 0))
+
+
+def with_options(*groups):
+    """Declare shared options once: each (name, annotation, default) is appended to the command's
+    signature as a keyword-only option, and reaches the command through its `**options`."""
+    def add(fn):
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                    annotation=annotation)
+                  for group in groups for name, annotation, default in group]
+        fn.__signature__ = signature.replace(parameters=own + shared)
+        return fn
+    return add
+
+
+def _inputs_of(options: dict) -> dict:
+    return {name: options[name] for name, _, _ in INPUT_OPTIONS}
+
+
 @command
+@with_options(INPUT_OPTIONS)
 def activations(
     out: Annotated[Path, typer.Option(help="Activation cache file (HDF5).")] = Path("activations.h5"),
-    model: ModelOpt = Model.demo, weights: WeightsOpt = "default", alpha: AlphaOpt = 0.35,
-    images: ImagesOpt = None, classes: ClassesOpt = None, layers: LayersOpt = None,
-    unit: UnitOpt = Unit.element, preprocess: PreprocessOpt = None, seed: SeedOpt = 0,
+    unit: UnitOpt = Unit.element,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     dtype: Annotated[str, typer.Option(help="Storage dtype: float32 or float16.")] = "float32",
-    progress: ProgressOpt = True,
+    progress: ProgressOpt = True, **options,
 ) -> None:
     """Record target-layer activations of every image into a self-describing HDF5 cache."""
     from kerabl.activations import record_activations
 
-    imageset = _imageset(model, images, classes)
-    net = _network(model, weights, alpha, seed, preprocess)
-    cache = record_activations(net, imageset, _layers(layers) or list(net.targets), out,
-                               unit=unit.value, preprocess=net.preprocess, batch_size=batch_size,
-                               dtype=dtype, progress=progress,
+    net, imageset = _inputs(**_inputs_of(options))
+    cache = record_activations(net, imageset, _layers(options["layers"]) or list(net.targets),
+                               out, unit=unit.value, preprocess=net.preprocess,
+                               batch_size=batch_size, dtype=dtype, progress=progress,
                                log=lambda message: typer.echo(message, err=True))
     typer.echo(f"activations: {cache.path}")
 
@@ -177,42 +200,40 @@ WorkersOpt = Annotated[Optional[int], typer.Option(
 ShardOpt = Annotated[Optional[str], typer.Option(
     help="Run shard i of n (0-based, e.g. 3/8); join the shard files with `kerabl merge`.")]
 
+H_OPTIONS = (  # the H protocol: shared by study and reproduce
+    ("unit", UnitOpt, Unit.element), ("grid", GridOpt, "4x4"),
+    ("others", OthersOpt, "random-10"), ("clip", ClipOpt, True),
+    ("legacy_bounds", LegacyOpt, False), ("probe_max_units", MaxUnitsOpt, 100),
+    ("heldout_folds", FoldsOpt, 5), ("srs", SrsOpt, True), ("engine", EngineOpt, Engine.fast),
+    ("probe_solver", SolverOpt, Solver.batched), ("workers", WorkersOpt, None))
+
 
 @command
+@with_options(INPUT_OPTIONS, H_OPTIONS)
 def study(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("kerabl-out"),
-    model: ModelOpt = Model.demo, weights: WeightsOpt = "default", alpha: AlphaOpt = 0.35,
-    images: ImagesOpt = None, classes: ClassesOpt = None, layers: LayersOpt = None,
-    unit: UnitOpt = Unit.element, preprocess: PreprocessOpt = None, seed: SeedOpt = 0,
-    grid: GridOpt = "4x4", others: OthersOpt = "random-10", clip: ClipOpt = True,
-    legacy_bounds: LegacyOpt = False, probe_fits: FitsOpt = 200, probe_max_units: MaxUnitsOpt = 100,
-    heldout_folds: FoldsOpt = 5, srs: SrsOpt = True, engine: EngineOpt = Engine.fast,
-    probe_solver: SolverOpt = Solver.batched, workers: WorkersOpt = None,
-    shard: ShardOpt = None, progress: ProgressOpt = True,
+    probe_fits: FitsOpt = 200, shard: ShardOpt = None, progress: ProgressOpt = True, **options,
 ) -> None:
     """The H study: grid, probes and cell ablation for every class x layer (resumable)."""
-    path = _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed,
-                      grid, others, clip, legacy_bounds, probe_fits, probe_max_units,
-                      heldout_folds, srs, engine, probe_solver, workers, shard, progress)
+    path = _run_study(out, options, probe_fits, shard, progress)
     typer.echo(f"results: {path}")
 
 
-def _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed, grid,
-               others, clip, legacy_bounds, probe_fits, probe_max_units, heldout_folds, srs,
-               engine, probe_solver, workers, shard, progress):
+def _run_study(out, options: dict, probe_fits: int, shard, progress: bool):
     from kerabl.results import parse_shard
     from kerabl.study import run_h_study
 
-    config = _study_config(grid, unit, others, seed, clip, legacy_bounds, probe_fits,
-                           probe_max_units, heldout_folds, srs, engine, probe_solver)
+    h = {name: options[name] for name, _, _ in H_OPTIONS if name != "workers"}
+    config = _study_config(seed=options["seed"], probe_fits=probe_fits, **h)
     shard_ = parse_shard(shard) if shard else None
-    net, imageset = _inputs(model, weights, alpha, seed, preprocess, images, classes)
-    return run_h_study(net, imageset, out, layers=_layers(layers), config=config, shard=shard_,
-                       progress=progress, workers=workers, log=typer.echo)
+    net, imageset = _inputs(**_inputs_of(options))
+    return run_h_study(net, imageset, out, layers=_layers(options["layers"]), config=config,
+                       shard=shard_, progress=progress, workers=options["workers"],
+                       log=typer.echo)
 
 
 @functools.lru_cache(maxsize=1)
-def _inputs(model, weights, alpha, seed, preprocess, images, classes):
+def _inputs(model, weights, alpha, images, classes, layers, preprocess, seed):
     """The network and the image set of a command (loaded once when reproduce chains stages).
     The image set is checked first: bad image arguments fail before a model is built."""
     imageset = _imageset(model, images, classes)
@@ -310,54 +331,44 @@ def merge(
 
 
 @command
+@with_options(INPUT_OPTIONS)
 def units(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("kerabl-out"),
-    model: ModelOpt = Model.demo, weights: WeightsOpt = "default", alpha: AlphaOpt = 0.35,
-    images: ImagesOpt = None, classes: ClassesOpt = None, layers: LayersOpt = None,
-    preprocess: PreprocessOpt = None, seed: SeedOpt = 0,
     greedy_layer: Annotated[Optional[str], typer.Option(
         help="Layer of the greedy vs random-order ablation (default: the last conv target).")] = None,
     greedy_steps: Annotated[int, typer.Option(help="Units ablated greedily per class.")] = 10,
     greedy_seeds: Annotated[int, typer.Option(help="Random orders to compare with.")] = 5,
-    progress: ProgressOpt = True,
+    progress: ProgressOpt = True, **options,
 ) -> None:
     """The Z study: single-unit ablation, unit attributes, greedy and random-direction baselines."""
-    path = _run_units(out, model, weights, alpha, images, classes, layers, preprocess, seed,
-                      greedy_layer, greedy_steps, greedy_seeds, progress)
+    path = _run_units(out, options, greedy_layer, greedy_steps, greedy_seeds, progress)
     typer.echo(f"results: {path}")
 
 
-def _run_units(out, model, weights, alpha, images, classes, layers, preprocess, seed,
-               greedy_layer, greedy_steps, greedy_seeds, progress):
+def _run_units(out, options: dict, greedy_layer, greedy_steps, greedy_seeds, progress):
     from kerabl.units import run_z_study
 
-    net, imageset = _inputs(model, weights, alpha, seed, preprocess, images, classes)
-    chosen = _layers(layers) or list(net.targets)
-    return run_z_study(net, imageset, chosen, Path(out) / "z_results.h5", seed=seed,
+    net, imageset = _inputs(**_inputs_of(options))
+    chosen = _layers(options["layers"]) or list(net.targets)
+    return run_z_study(net, imageset, chosen, Path(out) / "z_results.h5", seed=options["seed"],
                        greedy_layer=greedy_layer, greedy_steps=greedy_steps,
                        greedy_seeds=greedy_seeds, progress=progress)
 
 
 @command
+@with_options(INPUT_OPTIONS, H_OPTIONS)
 def reproduce(
     out: Annotated[Path, typer.Option(help="Output folder for results and figures.")] = Path("kerabl-out"),
-    model: ModelOpt = Model.demo, weights: WeightsOpt = "default", alpha: AlphaOpt = 0.35,
-    images: ImagesOpt = None, classes: ClassesOpt = None, layers: LayersOpt = None,
-    unit: UnitOpt = Unit.element, preprocess: PreprocessOpt = None, seed: SeedOpt = 0,
-    grid: GridOpt = "4x4", others: OthersOpt = "random-10", clip: ClipOpt = True,
-    legacy_bounds: LegacyOpt = False, probe_fits: Annotated[Optional[int], typer.Option(
+    probe_fits: Annotated[Optional[int], typer.Option(
         help="Probe fits per cell (default: 200, the authors' count; "
              "--probe-fits-demo for the demo model).")] = None,
-    probe_max_units: MaxUnitsOpt = 100,
-    heldout_folds: FoldsOpt = 5, srs: SrsOpt = True, engine: EngineOpt = Engine.fast,
-    probe_solver: SolverOpt = Solver.batched, workers: WorkersOpt = None,
     probe_fits_demo: Annotated[int, typer.Option(
         help="Probe fits per cell when the model is the demo and --probe-fits is not given "
              "(keeps the demo run near a minute; the paper networks use 200).")] = DEMO_PROBE_FITS,
     z: Annotated[Optional[bool], typer.Option(
         help="Also run the Z study (single units); default: on for the demo, off for the "
              "ImageNet networks (hours on a CPU: run `kerabl units` for chosen layers).")] = None,
-    progress: ProgressOpt = True,
+    progress: ProgressOpt = True, **options,
 ) -> None:
     """The whole study: H sweep, its statistics and figures, and the Z study.
 
@@ -371,15 +382,14 @@ def reproduce(
     from kerabl.stats import summary
 
     start = time.perf_counter()
+    model = options["model"]
     _inputs.cache_clear()
     if probe_fits is None:
         probe_fits = probe_fits_demo if model is Model.demo else 200
         typer.echo(f"probe fits per cell: {probe_fits}"
                    + (" (demo default; --probe-fits 200 for the authors' count)"
                       if model is Model.demo and probe_fits != 200 else ""))
-    path = _run_study(out, model, weights, alpha, images, classes, layers, unit, preprocess, seed,
-                      grid, others, clip, legacy_bounds, probe_fits, probe_max_units,
-                      heldout_folds, srs, engine, probe_solver, workers, None, progress)
+    path = _run_study(out, options, probe_fits, None, progress)
     timings = {"H study": time.perf_counter() - start}
     headline = summary(HResults.open(path))
     (Path(out) / "h_summary.json").write_text(json.dumps(headline, indent=2) + "\n")
@@ -391,8 +401,7 @@ def reproduce(
             typer.echo(f"Z study not run for {model.value} (hours on a CPU): pass --z, or run "
                        "`kerabl units --layers ...` for chosen layers")
     if z:
-        z_path = _run_units(out, model, weights, alpha, images, classes, layers, preprocess, seed,
-                            None, 10, 5, progress)
+        z_path = _run_units(out, options, None, 10, 5, progress)
         timings["Z study"] = time.perf_counter() - start - sum(timings.values())
         files += _render(z_path, Path(out) / "figures")
         timings["Z figures"] = time.perf_counter() - start - sum(timings.values())
