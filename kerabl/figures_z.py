@@ -26,6 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from kerabl.errors import KerablError
+from kerabl.figures import save_figure
 from kerabl.units import ATTRIBUTES, DROPS, ZResults, display_images
 
 ATTRIBUTE_LABELS = {"l1": "L1 norm", "max_class_corr": "max class correlation",
@@ -237,20 +238,6 @@ def render_z_figures(z_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     if images is not None or z.thumbnails is not None:
         figures["z_top_images"] = build_top_images(z, layer, images=images)
     return [path for name, fig in figures.items() for path in save_figure(fig, out / name, formats)]
-
-
-def save_figure(fig: Figure, stem: str | os.PathLike, formats: Sequence[str] = ("png", "pdf")
-                ) -> list[Path]:
-    """Write `fig` as `<stem>.<format>` for each format; return the paths.
-
-    Example:
-        save_figure(build_greedy_curves(z), "figures/z_greedy", ("png",))
-    """
-    paths = [Path(f"{stem}.{fmt}") for fmt in formats]
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return paths
 
 
 def figure_script(name: str, build: Callable[[ZResults, str | None], Figure]) -> None:

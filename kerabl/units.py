@@ -855,18 +855,6 @@ def _random_order(eng: _Engine, labels: np.ndarray, class_: int, steps: int, see
 
 # ----------------------------------------------------------------------------- the study and its file
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("kerabl", "tensorflow", "keras", "numpy", "scipy", "h5py"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "absent"
-    return out
-
-
 def _json_default(value):
     return value.tolist() if isinstance(value, np.ndarray) else value.item()
 
@@ -948,10 +936,12 @@ def _create_partial(partial: Path, config: dict[str, Any], data: _StudyData,
                     images: np.ndarray) -> None:
     import h5py
 
+    from kerabl.results import library_versions
+
     with h5py.File(partial, "w") as f:
         f.attrs["kind"] = Z_KIND
         f.attrs["config"] = json.dumps(config)
-        f.attrs["versions"] = json.dumps(_versions())
+        f.attrs["versions"] = json.dumps(library_versions())
         f.create_dataset("labels", data=data.labels)
         f.create_dataset("classes", data=data.classes)
         f.create_dataset("class_names", data=np.array(data.class_names, dtype=object),
