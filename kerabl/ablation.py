@@ -315,8 +315,6 @@ class PaperAblator:
     """
 
     def __init__(self, model, layer: str, batch_size: int = 64):
-        from kerabl.masking import n_units  # noqa: F401  (fails early if masking is unavailable)
-
         self.layer = layer
         self._model = model
         self.batch_size = batch_size

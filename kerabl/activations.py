@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from kerabl.errors import KerablError
+from kerabl.progress import progress_bar
 
 UNITS = ("element", "channel")
 DTYPES = ("float32", "float16")
@@ -396,17 +396,6 @@ def _resume_or_create(partial: Path, wanted: dict, imageset, layers, shapes, uni
     return _create(partial, wanted, imageset, layers, shapes, unit, dtype)
 
 
-@contextmanager
-def _bar(enabled: bool, total: int, done: int, description: str):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeRemainingColumn)
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), disable=not enabled) as bar:
-        task = bar.add_task(description, total=total, completed=done)
-        yield lambda n: bar.advance(task, n)
-
-
 def record_activations(network_or_model, imageset, layers: Sequence[str] | None, path,
                        *, unit: str = "element", preprocess: str | None = None,
                        batch_size: int = 32, dtype: str = "float32",
@@ -483,7 +472,7 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
     n = wanted["n_images"]
     with _resume_or_create(partial, wanted, imageset, layers, shapes, unit, dtype, log) as f:
         done = int(f.attrs["rows_done"])
-        with _bar(progress, n, done, f"activations {name}") as advance:
+        with progress_bar(f"activations {name}", n, enabled=progress, done=done) as advance:
             todo = np.arange(done, n)
             for batch in imageset.batches(size, preprocess, batch_size, rows=todo):
                 outputs = forward(batch)

@@ -27,13 +27,10 @@ No TensorFlow here.
 
 from __future__ import annotations
 
-import functools
-
 import warnings
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats
 from scipy.linalg import blas, lapack
 from scipy.special import expit
 
@@ -108,7 +105,7 @@ def single_threaded():
     return _blas_controller().limit(limits=1)
 
 
-@functools.lru_cache(maxsize=1)
+@lru_cache(maxsize=1)
 def _blas_controller():
     """The process's thread-pool controller: finding the BLAS libraries costs ~10 ms, so once."""
     from threadpoolctl import ThreadpoolController

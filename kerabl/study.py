@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from kerabl.errors import KerablError
+from kerabl.progress import progress_bar
 
 UNITS = ("element", "channel")
 ENGINE_NAMES = ("fast", "paper")
@@ -72,15 +73,6 @@ def cell_seed(seed: int, *keys: int) -> int:
 
 def results_name(shard: tuple[int, int] | None) -> str:
     return "h_results.h5" if shard is None else f"h_results.shard-{shard[0]}-of-{shard[1]}.h5"
-
-
-def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
-                    transient=False)
 
 
 def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = None,
@@ -132,15 +124,15 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     todo = [(ci, li) for ci, li in writer.pairs() if not writer.is_done(ci, li)]
     sweep = _Sweep(network, imageset, layers, config, cache)
     sweep.workers = workers or os.cpu_count() or 1
-    with probe_pool(sweep.workers) as sweep.pool, _progress(progress) as bar:
-        task = bar.add_task("H study: class x layer", total=len(todo))
+    bar = progress_bar("H study: class x layer", len(todo), enabled=progress)
+    with probe_pool(sweep.workers) as sweep.pool, bar as advance:
         for ci in sorted({ci for ci, _ in todo}):
             state = sweep.start_class(ci)
             writer.write_class(ci, image_rows=state["target_rows"],
                                rank_before=state["rank_before"], others=state["others"])
             for li in [li for c, li in todo if c == ci]:
                 writer.write_pair(ci, li, **sweep.pair(state, li))
-                bar.advance(task)
+                advance(1)
     return writer.finish()
 
 

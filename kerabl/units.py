@@ -40,14 +40,14 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from kerabl.errors import KerablError
+from kerabl.progress import progress_bar
 
 Z_KIND = "kerabl.z-results"
 ENGINES = ("tail", "full")
@@ -686,24 +686,12 @@ def _unit_drops(eng: _Engine, labels: np.ndarray, classes: Sequence[int], units,
 
 
 def _chunked(fn, vectors: np.ndarray, progress: bool, label: str, chunk: int = 64) -> np.ndarray:
-    with _progress(len(vectors), label, progress) as advance:
+    with progress_bar(label, len(vectors), enabled=progress, transient=True) as advance:
         parts = []
         for i in range(0, len(vectors), chunk):
             parts.append(fn(vectors[i:i + chunk]))
             advance(len(parts[-1]))
     return np.concatenate(parts) if parts else np.empty((0, 0), np.int64)
-
-
-@contextmanager
-def _progress(total: int, label: str, enabled: bool) -> Iterator:
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def random_rotation(n: int, seed: int = 0) -> np.ndarray:
@@ -997,7 +985,8 @@ def _layer_results(model, eng: _TailEngine, data: _StudyData, probs: np.ndarray,
 def _greedy_results(eng: _Engine, data: _StudyData, steps: int, n_seeds: int,
                     progress: bool) -> dict[str, np.ndarray]:
     curves, orders, random = [], [], []
-    with _progress(len(data.classes), "greedy ablation", progress) as advance:
+    with progress_bar("greedy ablation", len(data.classes), enabled=progress,
+                      transient=True) as advance:
         for class_ in data.classes:
             curve, order = _greedy(eng, data.labels, int(class_), steps, None)
             curves.append(curve)

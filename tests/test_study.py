@@ -12,7 +12,7 @@ import kerabl.results
 from kerabl.data import digits_imageset
 from kerabl.errors import KerablError
 from kerabl.models import load_network
-from kerabl.results import CELL_ARRAYS, CLASS_ARRAYS, UNIT_ARRAYS, HResults, merge
+from kerabl.results import CELL_ARRAYS, CLASS_ARRAYS, HResults, merge
 from kerabl.study import HConfig, run_h_study
 
 LAYERS = ["conv_2", "dense_1"]
