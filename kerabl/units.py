@@ -390,6 +390,73 @@ def channel_shortcut(network_or_model, layer: str) -> ChannelShortcut | None:
     return ChannelShortcut(layer, tuple(chain), dense.name, positions, valid)
 
 
+# Layers that are the identity at inference (a chain after the shortcut's Dense may hold them).
+INFERENCE_IDENTITY = ("Dropout", "AlphaDropout", "GaussianDropout", "GaussianNoise",
+                      "ActivityRegularization", "Identity")
+
+
+def dense_chain(network_or_model, dense: str) -> list | None:
+    """The layers after Dense `dense` up to the model output as steps ("dense", layer) and
+    ("activation", fn), or None unless they form one path of float32 Dense layers on flat inputs,
+    Activation / ReLU / Softmax layers and `INFERENCE_IDENTITY` layers.
+
+    Example:
+        dense_chain(alexnet, "dense_1")   # dense_2, relu; dense_3; softmax (dropouts dropped)
+    """
+    model = _as_model(network_or_model)
+    current, steps = _check_layer(model, dense), []
+    while current is not model.layers[-1] or len(model.outputs) != 1:
+        after = _consumers(model, current)
+        if len(after) != 1 or len(_inbound_layers(after[0])) != 1:
+            return None
+        current = after[0]
+        kind = type(current).__name__
+        if kind == "Dense":
+            if (len(current.input.shape) != 2 or current.dtype_policy.name != "float32"
+                    or getattr(current, "quantization_mode", None)
+                    or getattr(current, "lora_enabled", False)):
+                return None
+            steps.append(("dense", current))
+        elif kind in ("Activation", "ReLU", "Softmax"):
+            steps.append(("activation", current))
+        elif kind not in INFERENCE_IDENTITY:
+            return None
+    return steps
+
+
+def _skip_zero_inputs(x, kernel):
+    """`x @ kernel` over the inputs that are nonzero in some row of `x` (at most 90 % of them;
+    otherwise the plain product): the terms left out are exact zeros, so only the summation order
+    changes."""
+    import tensorflow as tf
+
+    nonzero = tf.reshape(tf.where(tf.reduce_max(tf.abs(x), axis=0) > 0), [-1])
+    return tf.cond(10 * tf.size(nonzero) < 9 * tf.shape(x)[1],
+                   lambda: (tf.matmul(tf.gather(x, nonzero, axis=1), tf.gather(kernel, nonzero)),
+                            tf.size(nonzero)),
+                   lambda: (tf.matmul(x, kernel), tf.shape(x)[1]))
+
+
+def _run_chain(steps: Sequence, x):
+    """`dense_chain` steps on flat rows, each Dense skipping the inputs that are zero in every row;
+    returns the outputs and the FLOPs of the products run."""
+    import tensorflow as tf
+
+    flops = tf.constant(0, tf.int64)
+    for kind, lay in steps:
+        if kind == "activation":
+            x = lay(x)
+            continue
+        rows = tf.cast(tf.shape(x)[0], tf.int64)
+        x, kept = _skip_zero_inputs(x, lay.kernel)
+        flops += 2 * rows * tf.cast(kept, tf.int64) * int(lay.kernel.shape[1])
+        if lay.use_bias:
+            x = x + lay.bias
+        if lay.activation is not None:
+            x = lay.activation(x)
+    return x, flops
+
+
 class _TailEngine(_Engine):
     """Layer output computed once; the tail runs on masked or projected copies, several masks
     per call (`batch_size` copies, or by default `BATCH_FLOATS` floats per call). With a
@@ -403,15 +470,14 @@ class _TailEngine(_Engine):
         from kerabl.ablation import fast_tail
         from kerabl.masking import head_model
 
-        head = head_model(model, layer)
-        self.inputs = _run_batched(head, images, HEAD_BATCH)
-        self.acts = self.inputs[0]
-        self.n_channels = int(self.acts.shape[-1])
+        self.head = head_model(model, layer)
+        shapes = [tuple(int(d) for d in x.shape[1:]) for x in self.head.outputs]
+        self.n_channels = shapes[0][-1]
         self.batch_size = batch_size
         tail = fast_tail(model, layer)
-        specs = [tf.TensorSpec((None, *x.shape[1:]), tf.float32) for x in self.inputs]
+        specs = [tf.TensorSpec((None, *shape), tf.float32) for shape in shapes]
         vec = tf.TensorSpec((None, self.n_channels), tf.float32)
-        ones = [1] * (self.acts.ndim - 1)
+        ones = [1] * len(shapes[0])
 
         def run(copies, extras, n):
             tiled = [tf.reshape(tf.repeat(e[None], n, axis=0), tf.concat([[-1], tf.shape(e)[1:]], 0))
@@ -431,29 +497,51 @@ class _TailEngine(_Engine):
 
         self.masked_fn = tf.function(masked, input_signature=[specs[0], vec, *specs[1:]])
         self.projected_fn = tf.function(projected, input_signature=[specs[0], vec, *specs[1:]])
-        self.cut = channel_shortcut(model, layer) if shortcut and len(self.inputs) == 1 else None
+        self.cut = channel_shortcut(model, layer) if shortcut and len(shapes) == 1 else None
         self.shortcut_fn = None
+        # FLOPs of the shortcut's products so far (inputs skipped as zero not counted); None when
+        # the layers after the Dense are not a `dense_chain` and run as a Keras tail.
+        self.shortcut_flops: int | None = 0
         if self.cut is not None:
             self._build_shortcut(model)
+        self.set_images(images)
 
-    def _build_shortcut(self, model) -> None:
-        """Dense inputs (N, F) and pre-activations (N, D) once; the traced per-mask correction."""
+    def set_images(self, images: np.ndarray) -> None:
+        """Run the head on `images` (and, with the shortcut, compute the Dense inputs (N, F) and
+        pre-activations (N, D)): the per-image work that every later sweep reuses."""
         import tensorflow as tf
 
-        from kerabl.ablation import fast_tail
-
-        dense = model.get_layer(self.cut.dense)
-        kernel = dense.kernel
-        bias = dense.bias if dense.use_bias else None
+        self.inputs = _run_batched(self.head, images, HEAD_BATCH)
+        self.acts = self.inputs[0]
+        if self.cut is None:
+            return
+        dense = self.dense
         flat = [np.asarray(_apply_chain(self.cut.chain, tf.constant(self.acts[i:i + HEAD_BATCH])))
                 .reshape(min(HEAD_BATCH, len(self.acts) - i), -1)
                 for i in range(0, len(self.acts), HEAD_BATCH)]
         self.dense_in = np.concatenate(flat)
-        pre = tf.matmul(tf.constant(self.dense_in), kernel)
-        self.dense_pre = (pre if bias is None else pre + bias).numpy()
+        pre = tf.matmul(tf.constant(self.dense_in), dense.kernel)
+        self.dense_pre = (pre + dense.bias if dense.use_bias else pre).numpy()
+
+    def _build_shortcut(self, model) -> None:
+        """The traced per-mask correction of the Dense pre-activation, and the layers after it."""
+        import tensorflow as tf
+
+        from kerabl.ablation import fast_tail
+
+        dense = self.dense = model.get_layer(self.cut.dense)
+        kernel = dense.kernel
         positions, valid = tf.constant(self.cut.positions), tf.constant(self.cut.valid)
-        activation, rest = dense.activation, fast_tail(model, self.cut.dense)
-        width = int(kernel.shape[1])
+        activation, width = dense.activation, int(kernel.shape[1])
+        steps = dense_chain(model, self.cut.dense)
+        if steps is None:
+            tail = fast_tail(model, self.cut.dense)
+
+            def rest(x):
+                return tail(x, training=False), tf.constant(-1, tf.int64)
+        else:
+            def rest(x):
+                return _run_chain(steps, x)
 
         def corrected(dense_in, dense_pre, drops, weight):
             g, n = tf.shape(drops)[0], tf.shape(dense_in)[0]
@@ -461,11 +549,13 @@ class _TailEngine(_Engine):
             scale = tf.reshape(tf.gather(valid, drops) * weight[..., None], [g, 1, -1])
             picked = tf.transpose(tf.gather(dense_in, rows, axis=1), [1, 0, 2])     # (G, N, K*S)
             delta = tf.matmul(picked * scale, tf.gather(kernel, rows))             # (G, N, D)
-            out = rest(tf.reshape(activation(dense_pre[None] - delta), [-1, width]), training=False)
-            return tf.reshape(tf.argmax(out, axis=-1, output_type=tf.int32), [g, n])
+            out, flops = rest(tf.reshape(activation(dense_pre[None] - delta), [-1, width]))
+            if steps is not None:
+                flops += 2 * tf.cast(tf.size(delta), tf.int64) * tf.cast(tf.shape(rows)[1], tf.int64)
+            return tf.reshape(tf.argmax(out, axis=-1, output_type=tf.int32), [g, n]), flops
 
         self.shortcut_fn = tf.function(corrected, input_signature=[
-            tf.TensorSpec((None, self.dense_in.shape[1]), tf.float32),
+            tf.TensorSpec((None, int(kernel.shape[0])), tf.float32),
             tf.TensorSpec((None, width), tf.float32), tf.TensorSpec((None, None), tf.int32),
             tf.TensorSpec((None, None), tf.float32)])
 
@@ -485,11 +575,10 @@ class _TailEngine(_Engine):
 
     def _sweep(self, fn, vectors, inputs: list[np.ndarray], per_copy: int,
                budget: int) -> np.ndarray:
-        n = len(inputs[0])
+        n, count = len(inputs[0]), len(vectors[0])
         copies = self.batch_size or max(1, budget // per_copy)
         block = min(n, copies)
         group = max(1, copies // block)
-        count = len(vectors[0])
         out = np.empty((count, n), dtype=np.int64)
         for g in range(0, count, group):
             for b in range(0, n, block):
@@ -511,9 +600,13 @@ class _TailEngine(_Engine):
         inputs = [self.dense_in, self.dense_pre]
         if rows is not None:
             inputs = [x[rows] for x in inputs]
-        fn = self.shortcut_fn
-        return self._sweep(lambda dense_in, d, w, pre: fn(dense_in, pre, d, w), list(drops),
-                           inputs, self.dense_pre.shape[1], SHORTCUT_FLOATS)
+        def call(dense_in, d, w, pre):
+            preds, flops = self.shortcut_fn(dense_in, pre, d, w)
+            if self.shortcut_flops is not None:
+                self.shortcut_flops = None if flops < 0 else self.shortcut_flops + int(flops)
+            return preds
+
+        return self._sweep(call, list(drops), inputs, self.dense_pre.shape[1], SHORTCUT_FLOATS)
 
     def predict_projected(self, directions, rows=None):
         return self._plain(self.projected_fn, directions, rows)

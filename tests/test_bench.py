@@ -150,8 +150,9 @@ def test_quick_bench_writes_the_table(tmp_path):
     lines = []
     result = run_bench(out, quick=True, log=lines.append)
     stored = json.loads(out.read_text())
-    assert set(stored) == {"machine", "floor", "cases", "table", "extrapolation", "skipped",
-                           "headline"}
+    assert set(stored) == {"machine", "floor", "cases", "table", "notes", "extrapolation",
+                           "skipped", "headline"}
+    assert stored["notes"][0].startswith(f"Z demo conv_5: {stored['cases']['demo']['z']['ratio']:.1f}x")
     assert list(stored["cases"]) == ["demo"]
     h, z = stored["cases"]["demo"]["h"], stored["cases"]["demo"]["z"]
     assert h["same_ranks"] == 1.0 and h["traces"] == 1

@@ -9,6 +9,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kerabl import units
 from kerabl.errors import KerablError
@@ -427,6 +428,48 @@ def test_shortcut_greedy_subtracts_every_zeroed_channel():
     assert eng.shortcut_fn.experimental_get_tracing_count() == 1
 
 
+def test_dense_chain_steps_from_the_graph(demo_random):
+    from kerabl.models import load_network
+
+    steps = units.dense_chain(pooled_model(), "dense")
+    assert [(kind, lay.name) for kind, lay in steps] == [("dense", "out")]
+    alexnet = load_network("alexnet", weights=None, seed=1)
+    steps = units.dense_chain(alexnet, "dense_1")
+    assert [(kind, lay.name) for kind, lay in steps] == [
+        ("dense", "dense_2"), ("dense", "dense_3"), ("activation", "softmax")]   # no dropouts
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(3, name="first")(inputs)
+    bn = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(x)))
+    assert units.dense_chain(bn, "first") is None                 # not a Dense / activation
+    assert units.dense_chain(demo_random[0], "conv_5") is None    # pooling and Dense follow
+
+
+def test_skip_zero_inputs_equals_the_product_and_counts_kept_inputs():
+    kernel = np.arange(8, dtype="float32").reshape(4, 2)
+    sparse = np.array([[0, 2, 0, 1], [0, -1, 0, 3]], "float32")    # inputs 0 and 2 always zero
+    out, kept = units._skip_zero_inputs(tf.constant(sparse), tf.constant(kernel))
+    np.testing.assert_array_equal(out, sparse @ kernel)
+    assert int(kept) == 2
+    dense = np.array([[1, 2, 0, 1], [0, -1, 5, 3]], "float32")     # every input used somewhere
+    out, kept = units._skip_zero_inputs(tf.constant(dense), tf.constant(kernel))
+    np.testing.assert_array_equal(out, dense @ kernel)
+    assert int(kept) == 4
+
+
+def test_shortcut_skips_dense_inputs_zero_in_every_row():
+    model = pooled_model()
+    x, _ = pooled_images()
+    eng = units.tail_engine(model, x, "conv")
+    plain = units.tail_engine(model, x, "conv", shortcut=False)
+    keep = units.keep_masks(4, [[2]])
+    rows = np.array([0, 1, 3])        # no image lights channel 2: Dense output 2 is 0 in all rows
+    np.testing.assert_array_equal(eng.predict(keep, rows=rows), plain.predict(keep, rows=rows))
+    # the correction (1 unit x 3 images x 3 outputs x 4 inputs) and `out` on 2 of its 3 inputs
+    assert eng.shortcut_flops == 2 * 1 * 3 * 3 * 4 + 2 * 3 * 2 * 3
+    eng.predict(units.keep_masks(4, [[0], [1], [2], [3]]))     # all 3 Dense outputs nonzero
+    assert eng.shortcut_flops == 108 + 2 * 4 * 5 * 3 * 4 + 2 * 20 * 3 * 3
+
+
 def test_shortcut_equals_plain_tail_on_demo(demo_random):
     model, images, labels = demo_random
     fast = units.tail_engine(model, images, "conv_5", batch_size=None)
@@ -457,3 +500,5 @@ def test_shortcut_equals_plain_tail_on_random_alexnet():
     preds = fast.predict(keep)
     np.testing.assert_array_equal(preds, plain.predict(keep))
     assert len(np.unique(preds[0])) > 1       # not one class for every image
+    dense_flops = 2 * 6 * 6 * (36 * 4096 + 4096 * 4096 + 4096 * 1000)
+    assert 0 < fast.shortcut_flops < 0.9 * dense_flops    # dead ReLUs skipped in dense_2, _3
