@@ -32,8 +32,10 @@ Shortcut. Where the target feeds a Dense layer through channel-wise weightless l
 channel, e.g. AlexNet conv_5 -> pool_5 -> flatten -> dense_1), the Dense pre-activation is
 computed once and each unit's ablation subtracts that channel's inputs times their kernel rows
 (36 of 9216 for AlexNet); only the layers after the Dense run, as one batch of units x images.
-Exact up to float rounding (`channel_shortcut`); random directions mix channels and use the
-plain tail.
+Where those layers are Dense layers, activations and dropouts only (`dense_chain`), each Dense
+multiplies only the inputs that are nonzero in some row of the batch (ReLU leaves many exact
+zeros). Exact up to float rounding (`channel_shortcut`); random directions mix channels and use
+the plain tail.
 """
 
 from __future__ import annotations
