@@ -152,6 +152,8 @@ def test_quick_bench_writes_the_table(tmp_path):
     stored = json.loads(out.read_text())
     assert set(stored) == {"machine", "floor", "cases", "table", "notes", "extrapolation",
                            "skipped", "headline"}
+    z_row = stored["table"][1]
+    assert z_row["ratio_cached"] > z_row["ratio"]        # the sweep alone: no head pass to share
     assert stored["notes"][0].startswith(f"Z demo conv_5: {stored['cases']['demo']['z']['ratio']:.1f}x")
     assert list(stored["cases"]) == ["demo"]
     h, z = stored["cases"]["demo"]["h"], stored["cases"]["demo"]["z"]
