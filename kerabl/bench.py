@@ -363,7 +363,7 @@ def _z_sweep(net, images: np.ndarray, layer: str, units: np.ndarray, shortcut: b
         eng.shortcut_flops = 0
     preds, sweep_s = _timed(lambda: eng.predict(keep))
     return dict(eng=eng, build_s=build_s, head_s=head_s, sweep_s=sweep_s, preds=preds,
-                flops=eng.shortcut_flops if eng.cut is not None else None,
+                flops=eng.shortcut_flops,
                 sweep_unit_s=sweep_s / len(units),
                 unit_s=(sweep_s + head_s * len(units) / eng.n_channels) / len(units))
 

@@ -399,7 +399,7 @@ INFERENCE_IDENTITY = ("Dropout", "AlphaDropout", "GaussianDropout", "GaussianNoi
 
 def dense_chain(network_or_model, dense: str) -> list | None:
     """The layers after Dense `dense` up to the model output as steps ("dense", layer) and
-    ("activation", fn), or None unless they form one path of float32 Dense layers on flat inputs,
+    ("activation", layer), or None unless they form one path of float32 Dense layers on flat inputs,
     Activation / ReLU / Softmax layers and `INFERENCE_IDENTITY` layers.
 
     Example:
@@ -407,7 +407,10 @@ def dense_chain(network_or_model, dense: str) -> list | None:
     """
     model = _as_model(network_or_model)
     current, steps = _check_layer(model, dense), []
-    while current is not model.layers[-1] or len(model.outputs) != 1:
+    if len(model.outputs) != 1:
+        return None
+    output = model.outputs[0]._keras_history[0]
+    while current is not output:
         after = _consumers(model, current)
         if len(after) != 1 or len(_inbound_layers(after[0])) != 1:
             return None
@@ -501,9 +504,9 @@ class _TailEngine(_Engine):
         self.projected_fn = tf.function(projected, input_signature=[specs[0], vec, *specs[1:]])
         self.cut = channel_shortcut(model, layer) if shortcut and len(shapes) == 1 else None
         self.shortcut_fn = None
-        # FLOPs of the shortcut's products so far (inputs skipped as zero not counted); None when
-        # the layers after the Dense are not a `dense_chain` and run as a Keras tail.
-        self.shortcut_flops: int | None = 0
+        # FLOPs of the shortcut's products so far (inputs skipped as zero not counted); None
+        # without a shortcut, or when the layers after its Dense are not a `dense_chain`.
+        self.shortcut_flops: int | None = None
         if self.cut is not None:
             self._build_shortcut(model)
         self.set_images(images)
@@ -540,8 +543,10 @@ class _TailEngine(_Engine):
             tail = fast_tail(model, self.cut.dense)
 
             def rest(x):
-                return tail(x, training=False), tf.constant(-1, tf.int64)
+                return tail(x, training=False), tf.constant(0, tf.int64)
         else:
+            self.shortcut_flops = 0
+
             def rest(x):
                 return _run_chain(steps, x)
 
@@ -605,7 +610,7 @@ class _TailEngine(_Engine):
         def call(dense_in, d, w, pre):
             preds, flops = self.shortcut_fn(dense_in, pre, d, w)
             if self.shortcut_flops is not None:
-                self.shortcut_flops = None if flops < 0 else self.shortcut_flops + int(flops)
+                self.shortcut_flops += int(flops)
             return preds
 
         return self._sweep(call, list(drops), inputs, self.dense_pre.shape[1], SHORTCUT_FLOATS)

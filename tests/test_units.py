@@ -466,6 +466,7 @@ def test_shortcut_skips_dense_inputs_zero_in_every_row():
     np.testing.assert_array_equal(eng.predict(keep, rows=rows), plain.predict(keep, rows=rows))
     # the correction (1 unit x 3 images x 3 outputs x 4 inputs) and `out` on 2 of its 3 inputs
     assert eng.shortcut_flops == 2 * 1 * 3 * 3 * 4 + 2 * 3 * 2 * 3
+    assert plain.shortcut_flops is None                       # no shortcut: nothing counted
     eng.predict(units.keep_masks(4, [[0], [1], [2], [3]]))     # all 3 Dense outputs nonzero
     assert eng.shortcut_flops == 108 + 2 * 4 * 5 * 3 * 4 + 2 * 20 * 3 * 3
 
