@@ -360,6 +360,19 @@ def quiet_retracing_warning():
         logger.removeFilter(drop)
 
 
+def predict_batched(model, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """`model.predict_on_batch` over `images` in batches: each output concatenated, float32.
+
+    Example:
+        probs = predict_batched(net.model, images, 64)[0]   # (N, n_classes)
+    """
+    with quiet_retracing_warning():  # one predict function per head or rebuilt model, by design
+        parts = [model.predict_on_batch(images[i:i + batch_size])
+                 for i in range(0, len(images), batch_size)]
+    parts = [list(p) if isinstance(p, (list, tuple)) else [p] for p in parts]
+    return [np.concatenate([p[j] for p in parts]).astype(np.float32) for j in range(len(parts[0]))]
+
+
 def cell_masks(shape: Sequence[int], cells: Sequence[np.ndarray], unit: str) -> np.ndarray:
     """One 0/1 mask per cell over a layer output of `shape`: (n_cells, *shape) float32.
 

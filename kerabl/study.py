@@ -172,7 +172,7 @@ class _Sweep:
         return self._ablators[layer]
 
     def start_class(self, ci: int) -> dict:
-        from kerabl.ablation import true_class_rank
+        from kerabl.ablation import predict_batched, true_class_rank
         from kerabl.grid import choose_others
 
         imageset, net = self.imageset, self.network
@@ -182,8 +182,7 @@ class _Sweep:
         other_rows = np.concatenate([imageset.rows_of(imageset.classes[o]) for o in others])
         images = imageset.load(net.input_size, net.preprocess, rows=target_rows)
         labels = np.asarray(imageset.labels)[target_rows]
-        scores = np.concatenate([net.model.predict_on_batch(images[i:i + 64])
-                                 for i in range(0, len(images), 64)])
+        scores = predict_batched(net.model, images, 64)[0]
         return dict(ci=ci, target_rows=target_rows, other_rows=other_rows, others=others,
                     images=images, labels=labels, rank_before=true_class_rank(scores, labels))
 

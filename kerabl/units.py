@@ -48,6 +48,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from kerabl.ablation import predict_batched
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
 
@@ -270,10 +271,6 @@ def _check_layer(model, layer: str):
 
 def _as_model(network_or_model):
     return getattr(network_or_model, "model", network_or_model)
-
-
-def _as_list(x) -> list:
-    return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
 class _Engine:
@@ -516,7 +513,7 @@ class _TailEngine(_Engine):
         pre-activations (N, D)): the per-image work that every later sweep reuses."""
         import tensorflow as tf
 
-        self.inputs = _run_batched(self.head, images, HEAD_BATCH)
+        self.inputs = predict_batched(self.head, images, HEAD_BATCH)
         self.acts = self.inputs[0]
         if self.cut is None:
             return
@@ -645,18 +642,9 @@ class _FullEngine(_Engine):
         out = []
         for vector in np.asarray(keep):
             with ablated(self.masked, {self.layer: np.flatnonzero(vector == 0)}, unit="channel"):
-                probs = _run_batched(self.masked, images, self.batch_size)[0]
+                probs = predict_batched(self.masked, images, self.batch_size)[0]
             out.append(probs.argmax(axis=-1))
         return np.stack(out).astype(np.int64)
-
-
-def _run_batched(model, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    from kerabl.ablation import quiet_retracing_warning
-
-    with quiet_retracing_warning():  # one predict function per layer's head model, by design
-        parts = [_as_list(model.predict_on_batch(images[i:i + batch_size]))
-                 for i in range(0, len(images), batch_size)]
-    return [np.concatenate([p[j] for p in parts]).astype(np.float32) for j in range(len(parts[0]))]
 
 
 def _engine(network_or_model, images, layer: str, engine: str, batch_size: int | None,
@@ -1154,7 +1142,7 @@ def run_z_study(network, imageset, layers: Sequence[str] | None, out_path: str |
         if f"layer_{layer}" in done:
             continue
         if probs is None:
-            probs = _run_batched(model, images, HEAD_BATCH)[0]
+            probs = predict_batched(model, images, HEAD_BATCH)[0]
         eng = _engine(model, images, layer, "tail", batch_size)
         arrays, attrs = _layer_results(model, eng, data, probs, layer, seed, top_k, progress)
         _write_group(partial, f"layer_{layer}", arrays, {**attrs, "layer": layer})
