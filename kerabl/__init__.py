@@ -1,13 +1,12 @@
 """kerabl: unit-ablation studies of image CNNs in Keras 3.
 
-- `kerabl.models`: the model zoo (alexnet, vgg16, mobilenet_v2, resnet101, demo) and weight loaders.
-- `kerabl.masking`: mask layers, `ablated(...)`, cut points and tail models.
-- `kerabl.data`: image sets (ImageNet layouts, digits) and preprocessing.
+- `kerabl.models`, `kerabl.data`, `kerabl.imagenet`: the model zoo and weights, image sets.
+- `kerabl.graph`: the one Keras graph walker (cut points, heads, tails, channel-wise chains).
+- `kerabl.masks`: unit kinds, mask arrays, mask layers and `ablated(...)`.
+- `kerabl.engine`: the ablation engines (head once, tail per mask; the paper's and full references).
 - `kerabl.activations`: the self-describing HDF5 activation cache.
-- `kerabl.grid`, `kerabl.probes`, `kerabl.ablation`, `kerabl.study`, `kerabl.results`,
-  `kerabl.stats`: the H study.
-- `kerabl.units`: the Z study.
-- `kerabl.figures`, `kerabl.figures_z`: figures from stored results.
+- `kerabl.hayne`: the H study (`grid`, `probes`, `ablation`, `study`, `results`, `stats`, `figures`).
+- `kerabl.zhou`: the Z study (`attributes`, `ablation`, `study`, `results`, `figures`).
 
 Example:
     import kerabl
@@ -25,17 +24,18 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_network": "kerabl.models",
-    "masked_model": "kerabl.masking",
-    "ablated": "kerabl.masking",
+    "masked_model": "kerabl.masks",
+    "ablated": "kerabl.masks",
     "digits_imageset": "kerabl.data",
     "paper_imageset": "kerabl.data",
     "synset_imageset": "kerabl.data",
     "record_activations": "kerabl.activations",
-    "HConfig": "kerabl.study",
-    "run_h_study": "kerabl.study",
-    "HResults": "kerabl.results",
-    "run_z_study": "kerabl.units",
-    "ZResults": "kerabl.units",
+    "HConfig": "kerabl.hayne.study",
+    "run_h_study": "kerabl.hayne.study",
+    "HResults": "kerabl.hayne.results",
+    "ZConfig": "kerabl.zhou.study",
+    "run_z_study": "kerabl.zhou.study",
+    "ZResults": "kerabl.zhou.results",
 }
 
 __all__ = ["KerablError", "__version__", *_LAZY]

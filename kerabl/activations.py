@@ -1,4 +1,4 @@
-"""The self-describing HDF5 activation cache (DESIGN 6).
+"""The self-describing HDF5 activation cache.
 
 - `record_activations(network, imageset, layers, path, ...)`: one forward pass per batch through
   a multi-output model, each layer's units written as rows of `/layers/<name>`; returns the
@@ -27,6 +27,7 @@ import numpy as np
 
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
+from kerabl.store import partial_path
 
 UNITS = ("element", "channel")
 DTYPES = ("float32", "float16")
@@ -466,7 +467,7 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
 
     shapes = {layer: tuple(int(d) for d in model.get_layer(layer).output.shape[1:])
               for layer in layers}
-    partial = path.with_name(path.name + ".partial")
+    partial = partial_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     forward = _activation_fn(model, layers)
     n = wanted["n_images"]

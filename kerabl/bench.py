@@ -4,7 +4,7 @@
   runs in its own process (its peak RSS is reported): the H sweep with the fast engine
   (`TailAblator`) against the authors' procedure on sampled cells (their ranks compared), a
   bfloat16 tail against float32, a Z single-unit sweep of a late layer (demo, AlexNet, VGG16),
-  `kerabl.units`' tail engine (linear shortcut where the layer has one) against full forward,
+  `kerabl.engine`'s channel engine (linear shortcut where the layer has one) against full forward,
   and the probes of one cell. Prints one table, the paper-scale extrapolation, writes them as
   JSON, and ends with the headline ratio line.
 - `matmul_floor(sizes)`: the best float32 `tf.matmul` throughput reached here (GFLOP/s).
@@ -13,7 +13,7 @@
   everything after a cut.
 - `authors_cell(...)`: one cell as the authors' code does it: rebuild the model, reload its
   weights from a file, re-read and preprocess the images, Lambda mask, full forward.
-- `probe_cell_seconds(n_units)`: seconds of one cell's probes (`kerabl.study.cell_probe_scores`).
+- `probe_cell_seconds(n_units)`: seconds of one cell's probes (`kerabl.hayne.study.cell_probe_scores`).
 - `extrapolate(cases, workers)`, `fast_cell_over_targets(h)`: full paper-scale study times from
   the measured per-cell times (untimed target layers interpolated in tail FLOPs).
 - `format_table(rows, columns)`: a plain-text table.
@@ -36,7 +36,6 @@ import numpy as np
 
 from kerabl.errors import KerablError
 
-HAYNE50 = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-val-hayne50"
 GRID_CELLS = 16
 SEED = 0
 # Per network: the target layers timed (None: every default target; the rest are interpolated
@@ -59,7 +58,7 @@ PLANS = {
                       paper_layers=("conv2_block1_out", "conv5_block3_out"), fast_cells=1,
                       bf16_layers=("conv4_block6_out",), z_layer=None),
 }
-# Paper-scale studies (DESIGN 2.9): classes per network; each class x target layer has 16 cells.
+# Paper-scale studies: classes per network; each class x target layer has 16 cells.
 STUDY_CLASSES = {"alexnet": 50, "vgg16": 8, "mobilenet_v2": 8, "resnet101": 8}
 IMAGES_PER_CLASS = 50
 # Probe rows per cell: the target class and 10 other classes (HConfig others='random-10').
@@ -104,7 +103,7 @@ def tail_flops(model, layer: str) -> int:
     Example:
         tail_flops(net.model, "dense_1")   # dense_2 + dense_3: 2 * (4096 * 4096 + 4096 * 1000)
     """
-    from kerabl.masking import tail_model
+    from kerabl.graph import tail_model
 
     return sum(layer_flops(lay) for lay in tail_model(model, layer).layers)
 
@@ -199,8 +198,8 @@ def authors_cell(name: str, weights_path: Path, imageset, rows: np.ndarray, laye
     The model is built anew, its weights read from `weights_path`, the images re-read and
     preprocessed, a `Lambda` mask inserted after `layer`, and the full network run.
     """
-    from kerabl.ablation import true_class_rank
-    from kerabl.masking import lambda_masked_model
+    from kerabl.hayne.ablation import true_class_rank
+    from kerabl.masks import lambda_masked_model
     from kerabl.models import build_model
 
     model = build_model(name)
@@ -218,8 +217,8 @@ def _timed(fn: Callable[[], object]) -> tuple[object, float]:
 
 def sample_masks(net, layer: str, n: int) -> np.ndarray:
     """Element masks of the first `n` of `GRID_CELLS` random equal-size cells of `layer`."""
-    from kerabl.ablation import cell_masks
-    from kerabl.masking import n_units
+    from kerabl.masks import cell_masks
+    from kerabl.masks import n_units
 
     cells = random_cells(n_units(net.model, layer, "element"), GRID_CELLS, SEED)
     return cell_masks(ablator_shape(net.model, layer), cells[:n], "element")
@@ -227,7 +226,7 @@ def sample_masks(net, layer: str, n: int) -> np.ndarray:
 
 def _h_layer(net, layer: str, images: np.ndarray, labels: np.ndarray, n_fast: int) -> dict:
     """Fast-engine timings of one layer: build, per-class head, per-cell tail."""
-    from kerabl.ablation import TailAblator
+    from kerabl.engine import TailAblator
 
     masks = sample_masks(net, layer, n_fast)
 
@@ -254,7 +253,7 @@ def ablator_shape(model, layer: str) -> tuple[int, ...]:
 
 def _bf16_check(net, layer: str, images, labels, fast: dict) -> dict:
     """Timing and largest rank change of the bfloat16 tail against float32 on the same cells."""
-    from kerabl.ablation import TailAblator
+    from kerabl.engine import TailAblator
 
     ablator = TailAblator(net.model, layer, precision="bfloat16")
     ablator.set_images(images[:1])
@@ -321,7 +320,7 @@ def _h_summary(net, n_images: int, layers: list, paper: list, bf16: list) -> dic
 
 
 def shortcut_flops(model, cut, n_dropped: int = 1) -> int:
-    """FLOPs per image and unit of the Z shortcut (`kerabl.units.channel_shortcut`): the dropped
+    """FLOPs per image and unit of the Z shortcut (`kerabl.graph.channel_shortcut`): the dropped
     channels' Dense kernel rows, then the layers after the Dense.
 
     Example:
@@ -333,7 +332,7 @@ def shortcut_flops(model, cut, n_dropped: int = 1) -> int:
 
 def _full_forward_s(net, layer: str, units: np.ndarray, images: np.ndarray) -> float:
     """Seconds per unit of a full forward pass with a UnitMask zeroing the unit's channel."""
-    from kerabl.masking import ablated, masked_model
+    from kerabl.masks import ablated, masked_model
 
     masked = masked_model(net.model, [layer])
 
@@ -353,7 +352,8 @@ def _z_sweep(net, images: np.ndarray, layer: str, units: np.ndarray, shortcut: b
     head's seconds count spread over the layer's channels, since one head pass serves the sweep
     of all of them; model building and tracing count on neither side (the full forward's
     `masked_model` and its first call are untimed too)."""
-    from kerabl.units import keep_masks, tail_engine
+    from kerabl.engine import tail_engine
+    from kerabl.masks import keep_masks
 
     eng, build_s = _timed(lambda: tail_engine(net.model, images, layer, shortcut=shortcut))
     head_s = _timed(lambda: eng.set_images(images))[1]
@@ -373,7 +373,8 @@ def z_case(net, images: np.ndarray, labels: np.ndarray, plan: dict,
     """Z single-unit sweep of a late layer: units.py's tail engine (with its linear shortcut
     where the layer has one) against a full forward pass per unit; the plain tail (TailAblator,
     and units.py without the shortcut) for reference, its predictions compared."""
-    from kerabl.ablation import TailAblator, cell_masks
+    from kerabl.engine import TailAblator
+    from kerabl.masks import cell_masks
 
     layer = plan["z_layer"]
     n_channels = ablator_shape(net.model, layer)[-1]
@@ -420,14 +421,14 @@ def _case_data(name: str, root: Path):
 
     if name == "demo":
         return load_network("demo"), digits_imageset()
-    if not (Path(root) / "images").is_dir():
-        raise KerablError(f"the paper's images are not at {root}: the {name} case is skipped")
+    if root is None or not (Path(root) / "images").is_dir():
+        raise KerablError(f"the paper's images are not at {root}: pass their folder as --images DIR")
     return load_network(name, weights=None, seed=SEED), paper_imageset(root, classes="hayne8")
 
 
 def probe_cell_seconds(n_units: int, n_target: int = IMAGES_PER_CLASS,
                        n_rows: int = PROBE_ROWS, seed: int = SEED) -> float:
-    """Seconds of `kerabl.study.cell_probe_scores` (default `HConfig`) on one cell, in this process.
+    """Seconds of `kerabl.hayne.study.cell_probe_scores` (default `HConfig`) on one cell, in this process.
 
     Example:
         probe_cell_seconds(4056)   # 550 images x 4056 units: 200 fits, held-out folds, RSA
@@ -435,7 +436,7 @@ def probe_cell_seconds(n_units: int, n_target: int = IMAGES_PER_CLASS,
     The activations are random and ReLU-like, the target rows shifted up a little so that the
     probes have something to find; the cost depends on the shape, not on the values.
     """
-    from kerabl.study import HConfig, cell_probe_scores
+    from kerabl.hayne.study import HConfig, cell_probe_scores
 
     rng = np.random.default_rng(seed)
     y = np.r_[np.ones(n_target, dtype=np.int64), np.zeros(n_rows - n_target, dtype=np.int64)]
@@ -447,7 +448,7 @@ def probe_cell_seconds(n_units: int, n_target: int = IMAGES_PER_CLASS,
 def probe_case(net, log: Callable[[str], None]) -> dict:
     """Probe seconds per cell for the smallest and largest cells of the default targets, and
     their mean over the targets (linear in the cell's unit count between the two)."""
-    from kerabl.masking import n_units
+    from kerabl.masks import n_units
 
     cell_units = [n_units(net.model, t, "element") // GRID_CELLS for t in net.targets]
     sizes = sorted({min(cell_units), max(cell_units)})
@@ -458,7 +459,7 @@ def probe_case(net, log: Callable[[str], None]) -> dict:
     return dict(cell_units=sizes, cell_s=seconds, mean_cell_s=mean_s, rows=PROBE_ROWS)
 
 
-def run_case(name: str, root: str | Path = HAYNE50, quiet: bool = False,
+def run_case(name: str, root: str | Path | None = None, quiet: bool = False,
              quick: bool = False) -> dict:
     """One network's H, Z and probe cases (run in a fresh process by `run_bench`).
 
@@ -466,7 +467,7 @@ def run_case(name: str, root: str | Path = HAYNE50, quiet: bool = False,
         run_case("demo")["h"]["ratio"]   # the authors' procedure / fast engine, per cell
     """
     log = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
-    net, imageset = _case_data(name, Path(root))
+    net, imageset = _case_data(name, root)
     plan = PLANS["demo-quick" if quick else name]
     rows = imageset.rows_of(imageset.classes[0])
     h = h_case(net, imageset, rows, plan, log)
@@ -478,12 +479,12 @@ def run_case(name: str, root: str | Path = HAYNE50, quiet: bool = False,
     return dict(network=name, plan=plan, h=h, z=z, probe=probe, peak_rss_mb=peak_rss_mb())
 
 
-def _in_subprocess(name: str, root: Path, quick: bool) -> dict:
+def _in_subprocess(name: str, root: str | Path | None, quick: bool) -> dict:
     """`run_case` in a fresh spawned process, so that its peak memory is its own."""
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_case, (name, str(root)), dict(quick=quick))
+        return pool.apply(run_case, (name, None if root is None else str(root)), dict(quick=quick))
 
 
 # ----------------------------------------------------------------------------- extrapolation
@@ -656,7 +657,7 @@ def headline(cases: dict) -> str:
             f"authors' procedure ({h['fast_cell_s']:.3f} s vs {h['paper_cell_s']:.2f} s)")
 
 
-def run_bench(out: str | Path, quick: bool = False, root: str | Path = HAYNE50,
+def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = None,
               log: Callable[[str], None] = print) -> dict:
     """Run the benchmark, print its tables, write them as JSON to `out`, return them.
 
@@ -667,7 +668,8 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path = HAYNE50,
     Args:
         out: JSON file for the results.
         quick: the demo model only (under a minute).
-        root: the paper's image set (the ImageNet cases are skipped, with a message, without it).
+        root: the paper's image set, the folder of `images/` (the ImageNet cases are skipped,
+            with a message, when it is None or holds no images).
         log: where lines go.
 
     Returns:
@@ -683,12 +685,13 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path = HAYNE50,
         f"{', '.join(floor['by_size'])}); oneDNN on: {onednn_enabled()}")
     cases, skipped = {}, []
     for name in ("demo",) if quick else ("demo", *STUDY_CLASSES):
-        if name != "demo" and not (Path(root) / "images").is_dir():
-            skipped.append(f"{name}: the paper's images are not at {root}")
+        if name != "demo" and (root is None or not (Path(root) / "images").is_dir()):
+            where = "no --images folder given" if root is None else f"no images under {root}"
+            skipped.append(f"{name}: {where} (pass the paper's image set as --images DIR)")
             log(f"skipped {skipped[-1]}")
             continue
         log(f"case {name} ...")
-        cases[name] = _in_subprocess(name, Path(root), quick)
+        cases[name] = _in_subprocess(name, root, quick)
     rows = table_rows(cases, floor["best_gflops"])
     workers = os.cpu_count() or 1
     extra = [] if quick else extrapolate(cases, workers)

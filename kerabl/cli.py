@@ -167,7 +167,7 @@ def activations(
 def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, legacy_bounds: bool,
                   probe_fits: int, probe_max_units: int, heldout_folds: int, srs: bool,
                   engine: Engine, probe_solver: Solver):
-    from kerabl.study import HConfig
+    from kerabl.hayne.study import HConfig
 
     try:
         shape = tuple(int(v) for v in grid.lower().split("x"))
@@ -220,8 +220,8 @@ def study(
 
 
 def _run_study(out, options: dict, probe_fits: int, shard, progress: bool):
-    from kerabl.results import parse_shard
-    from kerabl.study import run_h_study
+    from kerabl.hayne.results import parse_shard
+    from kerabl.hayne.study import run_h_study
 
     h = {name: options[name] for name, _, _ in H_OPTIONS if name != "workers"}
     config = _study_config(seed=options["seed"], probe_fits=probe_fits, **h)
@@ -261,8 +261,8 @@ def figures(
 
 
 def _render_several(results: list[Path], out: Path, class_name, layer) -> list:
-    from kerabl.figures import fig_network_means
-    from kerabl.results import HResults
+    from kerabl.hayne.figures import fig_network_means
+    from kerabl.hayne.results import HResults
 
     paths, h_files, labels = [], [], []
     for n, path in enumerate(results):
@@ -294,9 +294,9 @@ def _results_kind(results: Path) -> str:
 def _render(results: Path, out: Path, class_name=None, layer=None) -> list:
     kind = _results_kind(results)
     if kind == "kerabl.z-results":
-        from kerabl.figures_z import render_z_figures
+        from kerabl.zhou.figures import render_z_figures
         return render_z_figures(results, out)
-    from kerabl.figures import render_h_figures
+    from kerabl.hayne.figures import render_h_figures
     return render_h_figures(results, out, class_name=class_name, layer=layer)
 
 
@@ -306,10 +306,10 @@ def export(
     out: Annotated[Path, typer.Option(help="CSV file to write.")] = Path("results.csv"),
 ) -> None:
     """Write a results file as CSV (H: one row per class x layer x cell; Z: per layer x unit)."""
-    from kerabl.results import HResults, export_csv
+    from kerabl.hayne.results import HResults, export_csv
 
     if _results_kind(results) == "kerabl.z-results":
-        from kerabl.units import export_units_csv
+        from kerabl.zhou.results import export_units_csv
         export_units_csv(results, out)
     else:
         HResults.open(results)  # validates the file with a one-line error
@@ -323,7 +323,7 @@ def merge(
     out: Annotated[Path, typer.Option(help="Merged results file.")] = Path("h_results.h5"),
 ) -> None:
     """Join shard results (from `--shard i/n`) into one file; refuses inconsistent shards."""
-    from kerabl.results import merge as merge_results
+    from kerabl.hayne.results import merge as merge_results
 
     for shard in shards:
         _results_kind(shard)
@@ -346,13 +346,14 @@ def units(
 
 
 def _run_units(out, options: dict, greedy_layer, greedy_steps, greedy_seeds, progress):
-    from kerabl.units import run_z_study
+    from kerabl.zhou.study import ZConfig, run_z_study
 
     net, imageset = _inputs(**_inputs_of(options))
     chosen = _layers(options["layers"]) or list(net.targets)
-    return run_z_study(net, imageset, chosen, Path(out) / "z_results.h5", seed=options["seed"],
-                       greedy_layer=greedy_layer, greedy_steps=greedy_steps,
-                       greedy_seeds=greedy_seeds, progress=progress)
+    config = ZConfig(seed=options["seed"], greedy_layer=greedy_layer, greedy_steps=greedy_steps,
+                     greedy_seeds=greedy_seeds)
+    return run_z_study(net, imageset, out, layers=chosen, config=config, progress=progress,
+                       log=typer.echo)
 
 
 @command
@@ -378,8 +379,8 @@ def reproduce(
     import json
     import time
 
-    from kerabl.results import HResults
-    from kerabl.stats import summary
+    from kerabl.hayne.results import HResults
+    from kerabl.hayne.stats import summary
 
     start = time.perf_counter()
     model = options["model"]
@@ -430,11 +431,13 @@ def headline_text(headline: dict) -> str:
 def bench(
     out: Annotated[Path, typer.Option(help="JSON file for the table.")] = Path("bench.json"),
     quick: Annotated[bool, typer.Option(help="Demo cases only.")] = False,
+    images: Annotated[Optional[Path], typer.Option(
+        help="The paper's image set (a folder with images/); without it only the demo runs.")] = None,
 ) -> None:
     """Measure the fast engine against the authors' procedure and the machine's matmul floor."""
     from kerabl.bench import run_bench
 
-    run_bench(out, quick=quick)
+    run_bench(out, quick=quick, root=images)
 
 
 def main() -> None:

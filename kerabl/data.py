@@ -406,8 +406,8 @@ def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
     """The Hayne et al. image set: ILSVRC2012 validation images of the study's classes.
 
     Example:
-        images = paper_imageset("../shared/data/imagenet-val-hayne50")            # 50 x 50
-        first8 = paper_imageset("../shared/data/imagenet-val-hayne50", classes="hayne8")
+        images = paper_imageset("imagenet-val-hayne50")            # 50 x 50
+        first8 = paper_imageset("imagenet-val-hayne50", classes="hayne8")
 
     `folder` is the dataset root (holding `images/`) or the image folder itself; the other
     files default to the dataset root (the image folder's parent in the second case):

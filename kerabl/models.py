@@ -107,7 +107,7 @@ class LocalResponseNormalization(keras.layers.Layer):
 
 
 def alexnet_model() -> keras.Model:
-    """The heuritech convnets-keras AlexNet in Keras 3, channels-last (DESIGN section 4).
+    """The heuritech convnets-keras AlexNet in Keras 3, channels-last.
 
     Example:
         model = alexnet_model()
@@ -598,7 +598,7 @@ def _mobilenet_block_outputs(model: keras.Model) -> tuple[str, ...]:
 
 
 def default_targets(name: str, model: keras.Model) -> tuple[str, ...]:
-    """The default target layers of a zoo model (DESIGN section 4), in network order.
+    """The default target layers of a zoo model, in network order.
 
     Example:
         default_targets("alexnet", alexnet_model())

@@ -16,7 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from kerabl.bench import HAYNE50, run_bench  # noqa: E402
+from kerabl.bench import run_bench  # noqa: E402
+
+# The paper's image set beside a checkout (see the README's Data section).
+HAYNE50 = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-val-hayne50"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,12 +1,12 @@
 """Peak memory of the AlexNet element-unit H study on the paper's 2,500 images.
 
 Usage:
-    python scripts/bench_memory.py [--root DATASET_ROOT] [--out DIR] [--pairs 1] [--probe-fits 5]
+    python scripts/bench_memory.py [--root DATASET_ROOT] [--out DIR] [--probe-fits 5]
 
 Random AlexNet weights, 50 classes, all 7 target layers, element units (658,272 per image). The
-activations of all 2,500 images are recorded (the memory-heavy stage), then the first `--pairs`
-class x layer pairs of the sweep run (probes with `--probe-fits` fits, then 16 cells ablated with
-the fast engine) through `run_h_study` with a shard that holds just those pairs. Prints wall
+activations of all 2,500 images are recorded (the memory-heavy stage), then the first class x
+layer pair of the sweep runs (probes with `--probe-fits` fits, then 16 cells ablated with the fast
+engine) through `run_h_study` with a shard that holds just those pairs. Prints wall
 time per stage and the peak resident memory of the process (the target is under 4 GB).
 """
 
@@ -21,7 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from kerabl.bench import HAYNE50  # noqa: E402
+
+# The paper's image set beside a checkout (see the README's Data section).
+HAYNE50 = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-val-hayne50"
 
 N_PAIRS = 50 * 7
 
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     from kerabl.activations import record_activations
     from kerabl.data import paper_imageset
     from kerabl.models import load_network
-    from kerabl.study import HConfig, run_h_study
+    from kerabl.hayne.study import HConfig, run_h_study
 
     out = args.out or Path(tempfile.mkdtemp(prefix="kerabl-memory-"))
     net = load_network("alexnet", weights=None, seed=0)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 
-from kerabl.figures import fig_units_plane
+from kerabl.hayne.figures import fig_units_plane
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the arguments and write `<out_stem>.png` / `.pdf`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", help="H results file (kerabl.results)")
+    parser.add_argument("results", help="H results file (kerabl.hayne.results)")
     parser.add_argument("out_stem", help="output path without extension")
     parser.add_argument("--class-name", default=None, help="class to draw (default: the first)")
     parser.add_argument("--layer", default=None, help="layer to draw (default: the middle one)")

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 
-from kerabl.figures import GRID_METRICS, fig_class_layer_grids
+from kerabl.hayne.figures import GRID_METRICS, fig_class_layer_grids
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the arguments and write `<out_stem>.png` / `.pdf`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", help="H results file (kerabl.results)")
+    parser.add_argument("results", help="H results file (kerabl.hayne.results)")
     parser.add_argument("out_stem", help="output path without extension")
     parser.add_argument("--metric", choices=sorted(GRID_METRICS), default="deficit",
                         help="probe = Fig 2a, deficit = Fig 2b")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kerabl.figures import fig_network_means
+from kerabl.hayne.figures import fig_network_means
 
 
 def main(argv: list[str] | None = None) -> None:

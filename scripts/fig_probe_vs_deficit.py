@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 
-from kerabl.figures import fig_probe_vs_deficit
+from kerabl.hayne.figures import fig_probe_vs_deficit
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the arguments and write `<out_stem>.png` / `.pdf`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", help="H results file (kerabl.results)")
+    parser.add_argument("results", help="H results file (kerabl.hayne.results)")
     parser.add_argument("out_stem", help="output path without extension")
     parser.add_argument("--formats", nargs="+", default=["png", "pdf"])
     args = parser.parse_args(argv)

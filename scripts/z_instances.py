@@ -7,12 +7,12 @@ Trains (or reuses, when the weights file exists) `--instances` demo models with 
 batch-norm and a channel-dropout variant (seed 0), with scripts/train_demo.py's `train`. For each
 network, on the digits test split: single-unit ablation of `--layers` and the unit attributes.
 
-(a) Predicting the affected class (DESIGN 3.7): for every unit that hurts some class, a
+(a) Predicting the affected class (`kerabl.zhou.instances`): for every unit that hurts some class, a
     LogisticRegression maps its attribute vector to the class it hurts most; trained on all
     instances but one, tested on that one, in turn (accuracy pooled over the folds). Attribute vectors: class correlation (C), class means
     normalised to sum 1 (the vector behind the selectivity index, C), L1 norm (1), and their
     concatenation (the ensemble). Chance is about 1 / 10.
-(b) Regularisers (DESIGN 3.8): max class drop curves of the BN and dropout variants beside the
+(b) Regularisers: max class drop curves of the BN and dropout variants beside the
     baseline, written to --figure.
 """
 
@@ -23,14 +23,12 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-FEATURES = ("class_corr", "class_profile", "l1")
 VARIANTS = {"batch norm": {"batch_norm": True, "channel_dropout": 0.0},
             "channel dropout": {"batch_norm": False, "channel_dropout": 0.2}}
 
@@ -53,62 +51,6 @@ def trained_model(out: Path, tag: str, seed: int, epochs: int, batch_norm: bool,
     return model
 
 
-def unit_table(model, images: np.ndarray, labels: np.ndarray, layers: list[str]) -> dict:
-    """Per layer: ablation drops and the attribute vectors of every channel unit."""
-    from kerabl import units
-    from kerabl.masking import head_model
-
-    classes = np.arange(10)
-    probs = model.predict(images, verbose=0)
-    table = {}
-    for layer in layers:
-        r = units.single_unit_ablation(model, images, labels, classes, layer)
-        acts = head_model(model, layer).predict(images, verbose=0)
-        means = np.clip(units.class_means(acts, labels, classes), 0, None)
-        total = means.sum(axis=1, keepdims=True)
-        table[layer] = {
-            "max_class_drop": r["max_class_drop"], "argmax_class": r["argmax_class"],
-            "class_corr": np.nan_to_num(units.class_correlation(acts, probs)),
-            "class_profile": np.divide(means, total, out=np.zeros_like(means), where=total > 0),
-            "l1": units.l1_norms(model, layer)[:, None]}
-    return table
-
-
-def stack(tables: list[dict], features: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the units that hurt some class: features (standardised per layer) and class."""
-    xs, ys = [], []
-    for table in tables:
-        for d in table.values():
-            hurt = d["max_class_drop"] > 0
-            x = np.concatenate([d[f] for f in features], axis=1)
-            spread = x.std(axis=0)
-            xs.append(((x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0))[hurt])
-            ys.append(d["argmax_class"][hurt])
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def predict_affected_class(tables: list[dict]) -> dict[str, float]:
-    """Leave-one-instance-out accuracy of LogisticRegression per attribute vector and ensemble.
-
-    Each instance in turn is the test set and the others the training set; the correct
-    predictions of all folds are pooled over all test units.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    scores: dict = {}
-    for name, features in [*((f, (f,)) for f in FEATURES), ("ensemble", FEATURES)]:
-        correct = total = 0
-        for held in range(len(tables)):
-            x_train, y_train = stack(tables[:held] + tables[held + 1:], features)
-            x_test, y_test = stack(tables[held:held + 1], features)
-            clf = LogisticRegression(max_iter=2000, random_state=0).fit(x_train, y_train)
-            correct += int((clf.predict(x_test) == y_test).sum())
-            total += len(y_test)
-        scores[name] = round(correct / max(total, 1), 3)
-    scores["test units"] = total
-    return scores
-
-
 def main(
     out: Annotated[Path, typer.Option(help="folder of the instance weights")] = ROOT / "out" / "z_instances",
     instances: Annotated[int, typer.Option(help="demo instances (seeds 0..n-1)")] = 4,
@@ -119,7 +61,8 @@ def main(
     """Train demo instances, predict each unit's most-hurt class, compare regularisers."""
     from kerabl.data import digits_split
     from kerabl.errors import KerablError
-    from kerabl.figures_z import build_regulariser_curves
+    from kerabl.zhou.figures import build_regulariser_curves
+    from kerabl.zhou.instances import predict_affected_class, unit_table
 
     if instances < 2:
         raise KerablError(f"--instances {instances}: need at least 2 (train on some, test on others)")

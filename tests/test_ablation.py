@@ -1,4 +1,4 @@
-"""Tests of kerabl.ablation: ranks and deficits on literal tables, both engines on a hand-set
+"""Tests of kerabl.engine and kerabl.hayne.ablation: ranks and deficits on literal tables, both engines on a hand-set
 network with known ranks, one trace per fast ablator, and fast == paper on the demo model and a
 random-weight VGG16 (the acceptance test of the fast engine)."""
 
@@ -8,12 +8,13 @@ import keras
 import numpy as np
 import pytest
 
-from kerabl.ablation import (PaperAblator, TailAblator, cell_masks, mean_rank_deficit,
-                             true_class_rank)
+from kerabl.engine import PaperAblator, TailAblator
+from kerabl.hayne.ablation import mean_rank_deficit, true_class_rank
+from kerabl.masks import cell_masks
 from kerabl.data import digits_imageset
 from kerabl.errors import KerablError
-from kerabl.grid import coordinates, equal_count_grid
-from kerabl.masking import head_model
+from kerabl.hayne.grid import coordinates, equal_count_grid
+from kerabl.graph import head_model
 from kerabl.models import load_network
 
 # ----------------------------------------------------------------------------- ranks and deficits

@@ -6,12 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from kerabl.ablation import TailAblator, _chunks, cell_masks, fast_tail
+from kerabl.engine import _chunks, fast_tail, TailAblator
+from kerabl.masks import cell_masks
 from kerabl.bench import (extrapolate, fast_cell_over_targets, format_table, layer_flops,
                           model_flops, probe_cell_seconds, random_cells, run_bench, shortcut_flops,
                           tail_flops, target_tail_flops)
 from kerabl.errors import KerablError
-from kerabl.masking import lambda_masked_model
+from kerabl.masks import lambda_masked_model
 
 
 def _tiny(seed: int = 0) -> keras.Model:
@@ -43,7 +44,7 @@ def test_flop_counts_equal_the_hand_count():
 
 
 def test_shortcut_flops_equal_the_hand_count():
-    from kerabl.units import channel_shortcut
+    from kerabl.graph import channel_shortcut
 
     inputs = keras.Input((4, 4, 2))
     x = keras.layers.MaxPooling2D(2)(keras.layers.Conv2D(3, 1, name="conv")(inputs))
@@ -88,7 +89,7 @@ def test_fast_tail_splits_groups_and_keeps_outputs():
     tail = fast_tail(model, "conv_a")
     assert "conv_b_split" in [lay.name for lay in tail.layers]
     acts = np.random.default_rng(1).uniform(0, 2, (5, 2, 2, 4)).astype("float32")
-    from kerabl.masking import tail_model
+    from kerabl.graph import tail_model
 
     np.testing.assert_allclose(tail.predict_on_batch(acts),
                                tail_model(model, "conv_a").predict_on_batch(acts), atol=1e-6)

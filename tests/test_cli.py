@@ -8,11 +8,11 @@ import csv
 import pytest
 from typer.testing import CliRunner
 
-import kerabl.results
-import kerabl.study
+import kerabl.hayne.results
+import kerabl.hayne.study
 from kerabl.cli import app
 from kerabl.errors import KerablError
-from kerabl.results import CSV_COLUMNS
+from kerabl.hayne.results import CSV_COLUMNS
 
 STAGES = ("activations", "study", "units", "figures", "export", "merge", "reproduce")
 SMALL = ["--grid", "2x2", "--probe-fits", "2", "--heldout-folds", "2", "--no-progress"]
@@ -35,14 +35,14 @@ def assert_one_line_error(result, *fragments):
 @pytest.fixture
 def one_process(monkeypatch):
     """Probes in this process: the worker pool is tested in test_study; here it only costs time."""
-    monkeypatch.setattr(kerabl.study, "probe_pool", lambda workers: contextlib.nullcontext(None))
+    monkeypatch.setattr(kerabl.hayne.study, "probe_pool", lambda workers: contextlib.nullcontext(None))
 
 
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(kerabl.study, "probe_pool", lambda workers: contextlib.nullcontext(None))
+        mp.setattr(kerabl.hayne.study, "probe_pool", lambda workers: contextlib.nullcontext(None))
         result = invoke("study", "--out", out, "--layers", "conv_5,dense_2", *SMALL)
     return out, result
 
@@ -59,7 +59,7 @@ def test_study_writes_results_and_prints_the_path(study_run):
     assert result.exit_code == 0, result.output
     path = out / "h_results.h5"
     assert f"results: {path}" in result.output
-    res = kerabl.results.HResults.open(path)
+    res = kerabl.hayne.results.HResults.open(path)
     assert res.done.all() and res.layers == ["conv_5", "dense_2"] and len(res.classes) == 10
     assert res.grid_shape == (2, 2) and res.config["probe_fits"] == 2
     assert res.config["heldout_folds"] == 2 and res.config["others"] == "random-10"
@@ -122,7 +122,7 @@ def test_figures_on_a_missing_file(tmp_path):
 
 
 def test_failed_run_leaves_no_results_file(tmp_path, monkeypatch, one_process):
-    original = kerabl.results.HResultsWriter.write_pair
+    original = kerabl.hayne.results.HResultsWriter.write_pair
     calls = []
 
     def failing(self, *args, **kwargs):
@@ -131,7 +131,7 @@ def test_failed_run_leaves_no_results_file(tmp_path, monkeypatch, one_process):
             raise KerablError("disk full: free some space")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(kerabl.results.HResultsWriter, "write_pair", failing)
+    monkeypatch.setattr(kerabl.hayne.results.HResultsWriter, "write_pair", failing)
     result = invoke("study", "--out", tmp_path, "--layers", "dense_2", *SMALL)
     assert_one_line_error(result, "disk full")
     assert not (tmp_path / "h_results.h5").exists()
@@ -167,7 +167,7 @@ def test_reproduce_killed_midway_then_rerun_equals_an_uninterrupted_run(tmp_path
     whole = invoke("reproduce", "--out", tmp_path / "whole", *args)
     assert whole.exit_code == 0, whole.output
 
-    original = kerabl.results.HResultsWriter.write_pair
+    original = kerabl.hayne.results.HResultsWriter.write_pair
     calls = []
 
     def interrupted(self, *a, **k):
@@ -176,11 +176,11 @@ def test_reproduce_killed_midway_then_rerun_equals_an_uninterrupted_run(tmp_path
             raise KeyboardInterrupt
         return original(self, *a, **k)
 
-    monkeypatch.setattr(kerabl.results.HResultsWriter, "write_pair", interrupted)
+    monkeypatch.setattr(kerabl.hayne.results.HResultsWriter, "write_pair", interrupted)
     killed = invoke("reproduce", "--out", tmp_path / "rerun", *args)
     assert killed.exit_code != 0
     assert not (tmp_path / "rerun" / "h_results.h5").exists()
-    monkeypatch.setattr(kerabl.results.HResultsWriter, "write_pair", original)
+    monkeypatch.setattr(kerabl.hayne.results.HResultsWriter, "write_pair", original)
     rerun = invoke("reproduce", "--out", tmp_path / "rerun", *args)
     assert rerun.exit_code == 0, rerun.output
 

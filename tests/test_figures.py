@@ -1,4 +1,4 @@
-"""Tests of kerabl.figures on small results files written through kerabl.results.
+"""Tests of kerabl.figures on small results files written through kerabl.hayne.results.
 
 The main file has 3 classes x 3 layers on a 3 x 4 grid (non-square, so a transposed panel
 fails) with hand-set numbers: deficit[c, l, k] = 100 c + 10 l + k, probe[c, l, k] =
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kerabl import figures
+from kerabl.hayne import figures
 from kerabl.errors import KerablError
-from kerabl.grid import equal_count_grid
-from kerabl.results import HResults, HResultsWriter
+from kerabl.hayne.grid import equal_count_grid
+from kerabl.hayne.results import HResults, HResultsWriter
 
 SHAPE = (3, 4)
 K = SHAPE[0] * SHAPE[1]
@@ -164,7 +164,7 @@ def test_fig3_grids_are_means_over_classes_and_layers(res, complete_path):
 
 
 def test_probe_vs_deficit_points_and_line(res):
-    from kerabl.stats import probe_deficit_correlation
+    from kerabl.hayne.stats import probe_deficit_correlation
 
     fig = figures.build_probe_vs_deficit(res)
     ax = fig.axes[0]
@@ -215,7 +215,7 @@ def test_figures_render_with_tensorflow_blocked(complete_path, tmp_path):
 import sys, json
 sys.modules["tensorflow"] = None
 sys.modules["keras"] = None
-from kerabl.figures import render_h_figures
+from kerabl.hayne.figures import render_h_figures
 paths = render_h_figures({str(complete_path)!r}, {str(tmp_path)!r}, formats=("png",))
 print(json.dumps({{"n": len(paths), "pyplot": "matplotlib.pyplot" in sys.modules}}))
 """

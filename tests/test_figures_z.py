@@ -1,4 +1,4 @@
-"""Tests of kerabl.figures_z: the plotted data are the stored arrays, and every figure renders."""
+"""Tests of kerabl.zhou.figures: the plotted data are the stored arrays, and every figure renders."""
 
 import json
 
@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from kerabl import figures_z
+from kerabl.zhou import figures as figures_z
 from kerabl.errors import KerablError
-from kerabl.units import Z_KIND, ZResults
+from kerabl.zhou.results import Z_KIND, ZResults
 
 LAYERS = {"conv_a": (5, 4), "dense_b": (7, 1)}   # units, map side
 N_IMAGES, CLASSES, K = 12, 3, 2

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kerabl.errors import KerablError
-from kerabl.grid import choose_others, coordinates, equal_count_grid
+from kerabl.hayne.grid import choose_others, coordinates, equal_count_grid
 
 
 @pytest.mark.parametrize("n_units", [16, 17, 100, 1003])

@@ -1,4 +1,4 @@
-"""Tests of kerabl.masking: hand-checked masks, no-leak ablation, no retrace, cut points, tails,
+"""Tests of kerabl.graph and kerabl.masks: hand-checked masks, no-leak ablation, no retrace, cut points, tails,
 the paper (Lambda) engine and save/load, on tiny models and on the zoo's Keras applications."""
 
 import re
@@ -9,21 +9,8 @@ import pytest
 import tensorflow as tf
 
 from kerabl.errors import KerablError
-from kerabl.masking import (
-    UnitMask,
-    ablated,
-    chw_to_hwc,
-    cut_points,
-    head_model,
-    hwc_to_chw,
-    is_cut_point,
-    lambda_masked_model,
-    masked_model,
-    n_units,
-    tail_extras,
-    tail_model,
-    unit_mask,
-)
+from kerabl.graph import cut_points, head_model, is_cut_point, tail_extras, tail_model
+from kerabl.masks import ablated, chw_to_hwc, hwc_to_chw, lambda_masked_model, masked_model, n_units, unit_mask, UnitMask
 from kerabl.models import load_network
 
 X_DENSE = np.array([[1.0, 2.0, 3.0, 1.0]], dtype=np.float32)

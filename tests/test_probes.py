@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
 from kerabl.errors import KerablError
-from kerabl.probes import (fit_logistic_batched, heldout_probe_score, image_rdm, paper_probe_score,
+from kerabl.hayne.probes import (fit_logistic_batched, heldout_probe_score, image_rdm, paper_probe_score,
                            rsa_scores, template_rdm)
 
 
@@ -82,7 +82,7 @@ def tight_predictions(X, y, draws):
 
 @pytest.mark.parametrize("seed, units", [(11, 40), (12, 60), (13, 9)])
 def test_batched_predictions_equal_tightly_converged_sklearn(seed, units):
-    from kerabl.probes import _batched_predictions, _column_draws
+    from kerabl.hayne.probes import _batched_predictions, _column_draws
     X, y = problem(seed, n=150, units=units, signal=0.6)
     X = np.maximum(X, 0.0)                         # ReLU-like activations, many zeros
     draws = _column_draws(units, 6, 12, seed)      # units=9: every draw is the same set

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from kerabl.stats import deficit_regression, probe_deficit_correlation, summary
+from kerabl.hayne.stats import deficit_regression, probe_deficit_correlation, summary
 
 
 def synthetic(deficit_of, seed=0, C=3, L=2):

@@ -1,4 +1,4 @@
-"""Tests of kerabl.study: a tiny H sweep on the demo model writes a complete results file, a rerun
+"""Tests of kerabl.hayne.study: a tiny H sweep on the demo model writes a complete results file, a rerun
 computes nothing, runs are deterministic, an interrupted sweep resumes to the same numbers, shards
 merge to the unsharded run, and the engines and the worker count do not change the numbers."""
 
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import kerabl.activations
-import kerabl.results
+import kerabl.hayne.results
 from kerabl.data import digits_imageset
 from kerabl.errors import KerablError
 from kerabl.models import load_network
-from kerabl.results import CELL_ARRAYS, CLASS_ARRAYS, HResults, merge
-from kerabl.study import HConfig, run_h_study
+from kerabl.hayne.results import CELL_ARRAYS, CLASS_ARRAYS, HResults, merge
+from kerabl.hayne.study import HConfig, run_h_study
 
 LAYERS = ["conv_2", "dense_1"]
 CONFIG = HConfig(grid=(2, 2), probe_fits=2, heldout_folds=2)
@@ -121,7 +121,7 @@ def test_a_different_config_is_refused(baseline, demo, digits3):
 
 def test_interrupted_run_resumes_to_the_same_numbers(baseline, demo, digits3, tmp_path,
                                                      monkeypatch):
-    original = kerabl.results.HResultsWriter.write_pair
+    original = kerabl.hayne.results.HResultsWriter.write_pair
     calls = []
 
     def interrupted(self, *args, **kwargs):
@@ -130,7 +130,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(baseline, demo, digits3, tm
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(kerabl.results.HResultsWriter, "write_pair", interrupted)
+    monkeypatch.setattr(kerabl.hayne.results.HResultsWriter, "write_pair", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(demo, digits3, tmp_path)
     final = tmp_path / "h_results.h5"
@@ -144,7 +144,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(baseline, demo, digits3, tm
         resumed.append((ci, li))
         return original(self, ci, li, **kwargs)
 
-    monkeypatch.setattr(kerabl.results.HResultsWriter, "write_pair", watched)
+    monkeypatch.setattr(kerabl.hayne.results.HResultsWriter, "write_pair", watched)
     assert _run(demo, digits3, tmp_path) == final
     assert resumed == [(1, 0), (1, 1), (2, 0), (2, 1)]   # only the pairs not yet done
     assert not (tmp_path / "h_results.h5.partial").exists()

@@ -1,4 +1,4 @@
-"""Tests of kerabl.units: literal accuracies on a hand-set tiny network, attributes against direct
+"""Tests of kerabl.zhou: literal accuracies on a hand-set tiny network, attributes against direct
 numpy, tail engine == full engine, identity rotation == unit ablation, greedy order, no retrace,
 and the resumable results file."""
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerabl import units
+from kerabl.zhou import ablation as z_ablation, attributes as z_attributes, results as z_results, study as z_study
+from kerabl import engine, graph, masks
 from kerabl.errors import KerablError
 from kerabl.models import Network, demo_model, randomize_weights
 
@@ -56,7 +57,7 @@ def demo_random():
 @pytest.mark.parametrize("engine", ["tail", "full"])
 @pytest.mark.parametrize("batch_size", [1, 4, 64])
 def test_unit_feeding_one_class_hurts_only_that_class(tiny, engine, batch_size):
-    r = units.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", engine=engine,
+    r = z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", engine=engine,
                                    batch_size=batch_size)
     np.testing.assert_allclose(r["base_class_acc"], [1, 0.5, 1])
     assert r["base_acc"] == pytest.approx(5 / 6)
@@ -68,16 +69,16 @@ def test_unit_feeding_one_class_hurts_only_that_class(tiny, engine, batch_size):
 
 
 def test_units_subset_and_bad_input(tiny):
-    r = units.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", units=[2])
+    r = z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", units=[2])
     np.testing.assert_allclose(r["max_class_drop"], [1.0])
     with pytest.raises(KerablError, match="units must lie"):
-        units.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", units=[3])
+        z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", units=[3])
     with pytest.raises(KerablError, match="no layer 'nope'"):
-        units.single_unit_ablation(tiny, X, Y, CLASSES, "nope")
+        z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "nope")
     with pytest.raises(KerablError, match="engine"):
-        units.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", engine="fast")
+        z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", engine="fast")
     with pytest.raises(KerablError, match="classes \\[7\\] have no images"):
-        units.single_unit_ablation(tiny, X, Y, [0, 7], "hidden")
+        z_ablation.single_unit_ablation(tiny, X, Y, [0, 7], "hidden")
 
 
 def test_selectivity_and_class_correlation_match_direct_numpy():
@@ -86,11 +87,11 @@ def test_selectivity_and_class_correlation_match_direct_numpy():
     labels = np.arange(30) % 3
     probs = rng.random((30, 3))
     mean_acts = acts.mean(axis=(1, 2))
-    corr = units.class_correlation(acts, probs)
+    corr = z_attributes.class_correlation(acts, probs)
     for u in range(4):
         for c in range(3):
             assert corr[u, c] == pytest.approx(np.corrcoef(mean_acts[:, u], probs[:, c])[0, 1])
-    si = units.selectivity_index(acts, labels, [0, 1, 2])
+    si = z_attributes.selectivity_index(acts, labels, [0, 1, 2])
     for u in range(4):
         means = np.array([mean_acts[labels == c, u].mean() for c in range(3)])
         top = means.max()
@@ -100,10 +101,10 @@ def test_selectivity_and_class_correlation_match_direct_numpy():
 
 def test_selectivity_literal_and_dead_units():
     acts = np.array([[3.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # unit 1 never fires
-    si = units.selectivity_index(acts, np.array([0, 1, 2]), [0, 1, 2])
+    si = z_attributes.selectivity_index(acts, np.array([0, 1, 2]), [0, 1, 2])
     assert si[0] == pytest.approx((3 - 1) / (3 + 1))
     assert np.isnan(si[1])
-    assert np.isnan(units.class_correlation(acts, np.eye(3))[1]).all()
+    assert np.isnan(z_attributes.class_correlation(acts, np.eye(3))[1]).all()
 
 
 def test_top_activating_literal():
@@ -111,7 +112,7 @@ def test_top_activating_literal():
     acts[2, 0, 0, 0] = 4.0          # unit 0: image 2 first, then image 1
     acts[1, 1, 1, 0] = 1.0
     acts[3, :, :, 1] = 1.0          # unit 1: image 3 first; ties among 0, 1, 2 -> lowest index
-    idx, maps = units.top_activating(acts, k=2)
+    idx, maps = z_attributes.top_activating(acts, k=2)
     np.testing.assert_array_equal(idx, [[2, 1], [3, 0]])
     assert maps.shape == (2, 2, 2, 2)
     np.testing.assert_array_equal(maps[0, 0], [[4, 0], [0, 0]])
@@ -129,9 +130,9 @@ def test_l1_norms_by_hand():
     w = np.array([[1.0, -2.0]] * 27, "float32")
     dense.set_weights([w, np.zeros(2, "float32")])
     expected = [sum(abs(kernel[..., c]).ravel()) for c in range(3)]
-    np.testing.assert_allclose(units.l1_norms(model, "conv"), expected)
-    np.testing.assert_allclose(units.l1_norms(model, "relu"), expected)  # walks back to conv
-    np.testing.assert_allclose(units.l1_norms(model, "dense"), [27.0, 54.0])
+    np.testing.assert_allclose(z_attributes.l1_norms(model, "conv"), expected)
+    np.testing.assert_allclose(z_attributes.l1_norms(model, "relu"), expected)  # walks back to conv
+    np.testing.assert_allclose(z_attributes.l1_norms(model, "dense"), [27.0, 54.0])
 
 
 def test_l1_norms_of_concatenation():
@@ -141,21 +142,21 @@ def test_l1_norms_of_concatenation():
     model = keras.Model(inputs, keras.layers.Concatenate(name="cat")([a(inputs), b(inputs)]))
     a.set_weights([np.array([[1], [-1], [2]], "float32"), np.zeros(1, "float32")])
     b.set_weights([np.array([[1, 0], [0, 3], [0, -1]], "float32"), np.zeros(2, "float32")])
-    np.testing.assert_allclose(units.l1_norms(model, "cat"), [4, 1, 4])
+    np.testing.assert_allclose(z_attributes.l1_norms(model, "cat"), [4, 1, 4])
 
 
 def test_greedy_picks_the_most_harmful_unit_first_and_breaks_ties_low(tiny):
-    curve, order = units.greedy_ablation(tiny, X, Y, 1, "hidden", steps=3, return_order=True)
+    curve, order = z_ablation.greedy_ablation(tiny, X, Y, 1, "hidden", steps=3, return_order=True)
     np.testing.assert_allclose(curve, [0.5, 0.0, 0.0, 0.0])
     np.testing.assert_array_equal(order, [1, 0, 2])
-    curve = units.greedy_ablation(tiny, X, Y, 2, "hidden", steps=1, candidates=[0, 1])
+    curve = z_ablation.greedy_ablation(tiny, X, Y, 2, "hidden", steps=1, candidates=[0, 1])
     np.testing.assert_allclose(curve, [1.0, 1.0])
     with pytest.raises(KerablError, match="steps"):
-        units.greedy_ablation(tiny, X, Y, 1, "hidden", steps=4)
+        z_ablation.greedy_ablation(tiny, X, Y, 1, "hidden", steps=4)
 
 
 def test_random_order_curves(tiny):
-    curves = units.random_order_ablation(tiny, X, Y, 2, "hidden", steps=3, seeds=(0, 1, 2))
+    curves = z_ablation.random_order_ablation(tiny, X, Y, 2, "hidden", steps=3, seeds=(0, 1, 2))
     assert curves.shape == (3, 4)
     np.testing.assert_allclose(curves[:, 0], 1.0)
     np.testing.assert_allclose(curves[:, 3], 0.0)   # every unit ablated
@@ -167,8 +168,8 @@ def test_random_order_curves(tiny):
 def test_tail_engine_equals_full_engine_on_demo_shape(demo_random):
     model, images, labels = demo_random
     for layer, subset in (("conv_2", [0, 5, 17, 31]), ("dense_1", [1, 2, 60])):
-        tail = units.single_unit_ablation(model, images, labels, range(10), layer, units=subset)
-        full = units.single_unit_ablation(model, images, labels, range(10), layer, units=subset,
+        tail = z_ablation.single_unit_ablation(model, images, labels, range(10), layer, units=subset)
+        full = z_ablation.single_unit_ablation(model, images, labels, range(10), layer, units=subset,
                                           engine="full", batch_size=40)
         for key in ("class_acc", "overall_drop", "base_class_acc"):
             np.testing.assert_array_equal(tail[key], full[key])
@@ -176,18 +177,18 @@ def test_tail_engine_equals_full_engine_on_demo_shape(demo_random):
 
 def test_identity_rotation_reproduces_unit_ablation(demo_random, tiny):
     model, images, labels = demo_random
-    unit = units.single_unit_ablation(model, images, labels, range(10), "conv_5")
-    ident = units.random_direction_ablation(model, images, labels, range(10), "conv_5",
+    unit = z_ablation.single_unit_ablation(model, images, labels, range(10), "conv_5")
+    ident = z_ablation.random_direction_ablation(model, images, labels, range(10), "conv_5",
                                             rotation=np.eye(32))
     for key in ("class_acc", "overall_drop", "max_class_drop", "argmax_class"):
         np.testing.assert_array_equal(ident[key], unit[key])
     assert unit["max_class_drop"].max() > 0      # the comparison is not between zeros
-    rand = units.random_direction_ablation(tiny, X, Y, CLASSES, "hidden", seed=4)
+    rand = z_ablation.random_direction_ablation(tiny, X, Y, CLASSES, "hidden", seed=4)
     q = rand["rotation"]
     np.testing.assert_allclose(q.T @ q, np.eye(3), atol=1e-12)
-    np.testing.assert_array_equal(q, units.random_rotation(3, seed=4))
+    np.testing.assert_array_equal(q, z_ablation.random_rotation(3, seed=4))
     with pytest.raises(KerablError, match="orthogonal"):
-        units.random_direction_ablation(tiny, X, Y, CLASSES, "hidden", rotation=np.ones((3, 3)))
+        z_ablation.random_direction_ablation(tiny, X, Y, CLASSES, "hidden", rotation=np.ones((3, 3)))
 
 
 def test_projection_by_hand(tiny):
@@ -196,16 +197,16 @@ def test_projection_by_hand(tiny):
     # which the output bias gives to class 0; class-0 images (2, 0, 0) -> (1, 1, 0) stay class 0.
     s = np.sqrt(0.5)
     rotation = np.array([[s, -s, 0], [s, s, 0], [0, 0, 1]])
-    r = units.random_direction_ablation(tiny, X, Y, CLASSES, "hidden", rotation=rotation)
+    r = z_ablation.random_direction_ablation(tiny, X, Y, CLASSES, "hidden", rotation=rotation)
     np.testing.assert_allclose(r["class_acc"], [[1, 0.5, 1], [1, 0, 1], [1, 0.5, 0]])
 
 
 def test_no_retrace_across_units(demo_random):
     model, images, labels = demo_random
-    eng = units._engine(model, images, "conv_4", "tail", batch_size=50)
-    units._unit_drops(eng, labels, range(10), None, False, "")
-    units._direction_drops(eng, labels, range(10), 0, None, False, "")
-    units._greedy(eng, labels, 3, 2, None)
+    eng = engine._engine(model, images, "conv_4", "tail", batch_size=50)
+    z_ablation._unit_drops(eng, labels, range(10), None, False, "")
+    z_ablation._direction_drops(eng, labels, range(10), 0, None, False, "")
+    z_ablation._greedy(eng, labels, 3, 2, None)
     assert eng.masked_fn.experimental_get_tracing_count() == 1
     assert eng.projected_fn.experimental_get_tracing_count() == 1
 
@@ -219,12 +220,12 @@ def test_attribute_drop_correlations():
     top = rng.random(20)
     attr_nan = attr.copy()
     attr_nan[3] = np.nan
-    c = units.attribute_drop_correlations({"a": attr, "b": attr_nan}, overall, top)
+    c = z_attributes.attribute_drop_correlations({"a": attr, "b": attr_nan}, overall, top)
     assert c["a"]["overall_drop"]["spearman_r"] == pytest.approx(stats.spearmanr(attr, overall)[0])
     assert c["a"]["max_class_drop"]["pearson_r"] == pytest.approx(stats.pearsonr(attr, top)[0])
     assert c["b"]["overall_drop"]["n"] == 19
     with pytest.raises(KerablError, match="one value per unit"):
-        units.attribute_drop_correlations({"a": attr[:3]}, overall, top)
+        z_attributes.attribute_drop_correlations({"a": attr[:3]}, overall, top)
 
 
 # ----------------------------------------------------------------------------- the study file
@@ -246,9 +247,10 @@ def tiny_network() -> Network:
                    targets=("hidden", "hidden_2"), input_size=(1, 1), preprocess="none", n_classes=3)
 
 
-def study(path, **kwargs):
-    kwargs = {"greedy_steps": 2, "greedy_seeds": 3, "top_k": 2, "progress": False, **kwargs}
-    return units.run_z_study(tiny_network(), TinySet(), None, path, **kwargs)
+def study(out_dir, **kwargs):
+    kwargs = {"greedy_steps": 2, "greedy_seeds": 3, "top_k": 2, **kwargs}
+    return z_study.run_z_study(tiny_network(), TinySet(), out_dir, config=z_study.ZConfig(**kwargs),
+                               progress=False, log=lambda line: None)
 
 
 def file_arrays(path) -> dict:
@@ -260,8 +262,8 @@ def file_arrays(path) -> dict:
 
 
 def test_run_z_study_contents_and_reader(tmp_path):
-    path = study(tmp_path / "z.h5")
-    z = units.ZResults.open(path)
+    path = study(tmp_path / "z")
+    z = z_results.ZResults.open(path)
     assert z.layers == ["hidden", "hidden_2"] and z.class_names == ["zero", "one", "two"]
     d = z.layer("hidden")
     np.testing.assert_allclose(d["max_class_drop"], [0, 0.5, 1])
@@ -272,17 +274,17 @@ def test_run_z_study_contents_and_reader(tmp_path):
     assert z.greedy["random"].shape == (3, 3, 3)
     assert z.config["seed"] == 0 and "numpy" in z.versions
     assert z.correlations("hidden")["l1"]["overall_drop"]["n"] == 3
-    csv_path = units.export_units_csv(path, tmp_path / "u.csv")
+    csv_path = z_results.export_units_csv(path, tmp_path / "u.csv")
     rows = csv_path.read_text().splitlines()
-    assert rows[0].split(",") == list(units.CSV_COLUMNS) and len(rows) == 1 + 6
+    assert rows[0].split(",") == list(z_results.CSV_COLUMNS) and len(rows) == 1 + 6
     name, unit, overall, top, cls, cls_name = rows[3].split(",")[:6]
     assert (name, unit, cls, cls_name) == ("hidden", "2", "2", "two")
     assert float(overall) == pytest.approx(4 / 12) and float(top) == 1.0
 
 
 def test_interrupted_study_resumes_and_equals_uninterrupted(tmp_path, monkeypatch):
-    whole = study(tmp_path / "whole.h5")
-    real = units._layer_results
+    whole = study(tmp_path / "whole")
+    real = z_study._layer_results
     calls = []
 
     def failing(model, eng, data, probs, layer, *args):
@@ -291,36 +293,37 @@ def test_interrupted_study_resumes_and_equals_uninterrupted(tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real(model, eng, data, probs, layer, *args)
 
-    monkeypatch.setattr(units, "_layer_results", failing)
+    monkeypatch.setattr(z_study, "_layer_results", failing)
     with pytest.raises(KeyboardInterrupt):
-        study(tmp_path / "resumed.h5")
-    assert not (tmp_path / "resumed.h5").exists() and (tmp_path / "resumed.h5.partial").exists()
+        study(tmp_path / "resumed")
+    final = tmp_path / "resumed" / "z_results.h5"
+    assert not final.exists() and (tmp_path / "resumed" / "z_results.h5.partial").exists()
     with pytest.raises(KerablError, match="has not finished"):
-        units.ZResults.open(tmp_path / "resumed.h5")
-    monkeypatch.setattr(units, "_layer_results", lambda *a: (calls.append(a[4]), real(*a))[1])
-    study(tmp_path / "resumed.h5")
+        z_results.ZResults.open(final)
+    monkeypatch.setattr(z_study, "_layer_results", lambda *a: (calls.append(a[4]), real(*a))[1])
+    study(tmp_path / "resumed")
     assert calls == ["hidden", "hidden_2", "hidden_2"]   # hidden was not recomputed
-    a, b = file_arrays(whole), file_arrays(tmp_path / "resumed.h5")
+    a, b = file_arrays(whole), file_arrays(final)
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_rerun_computes_nothing_and_mismatch_names_the_key(tmp_path, monkeypatch):
-    path = study(tmp_path / "z.h5")
-    monkeypatch.setattr(units, "_layer_results", lambda *a: pytest.fail("recomputed"))
-    monkeypatch.setattr(units, "_greedy_results", lambda *a: pytest.fail("recomputed"))
-    assert study(tmp_path / "z.h5") == path
-    with pytest.raises(KerablError, match="seed=0"):
-        study(tmp_path / "z.h5", seed=1)
-    with pytest.raises(KerablError, match="greedy_steps"):
-        study(tmp_path / "z.h5", greedy_steps=1)
+    path = study(tmp_path / "z")
+    monkeypatch.setattr(z_study, "_layer_results", lambda *a: pytest.fail("recomputed"))
+    monkeypatch.setattr(z_study, "_greedy_results", lambda *a: pytest.fail("recomputed"))
+    assert study(tmp_path / "z") == path
+    with pytest.raises(KerablError, match="seed: 0 -> 1"):
+        study(tmp_path / "z", seed=1)
+    with pytest.raises(KerablError, match="greedy_steps: 2 -> 1; seed: 0 -> 1"):
+        study(tmp_path / "z", greedy_steps=1, seed=1)
 
 
 def test_reader_imports_no_tensorflow(tmp_path):
-    path = study(tmp_path / "z.h5")
-    code = ("import sys; from kerabl.units import ZResults; z = ZResults.open(sys.argv[1]); "
-            "z.layer('hidden'); import kerabl.figures_z; "
+    path = study(tmp_path / "z")
+    code = ("import sys; from kerabl.zhou.results import ZResults; z = ZResults.open(sys.argv[1]); "
+            "z.layer('hidden'); import kerabl.zhou.figures; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
@@ -366,30 +369,30 @@ def pooled_images() -> tuple[np.ndarray, np.ndarray]:
 
 def test_shortcut_found_from_the_graph_with_its_layout():
     model = pooled_model()
-    cut = units.channel_shortcut(model, "conv")
+    cut = graph.channel_shortcut(model, "conv")
     assert cut.dense == "dense" and [lay.name for lay in cut.chain] == ["pool", "flatten"]
     np.testing.assert_array_equal(cut.positions, [[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10, 14],
                                                   [3, 7, 11, 15]])
     np.testing.assert_array_equal(cut.valid, np.ones((4, 4)))
-    assert units.channel_shortcut(model, "pool").chain[0].name == "flatten"
-    assert units.channel_shortcut(model, "dense") is not None     # Dense -> Dense: no chain
-    assert units.channel_shortcut(model, "out") is None           # nothing follows
+    assert graph.channel_shortcut(model, "pool").chain[0].name == "flatten"
+    assert graph.channel_shortcut(model, "dense") is not None     # Dense -> Dense: no chain
+    assert graph.channel_shortcut(model, "out") is None           # nothing follows
 
 
 def test_no_shortcut_through_weighted_or_branching_layers(demo_random):
     model = demo_random[0]
-    assert units.channel_shortcut(model, "conv_4") is None        # a convolution follows
-    assert units.channel_shortcut(model, "conv_5").dense == "dense_1"
+    assert graph.channel_shortcut(model, "conv_4") is None        # a convolution follows
+    assert graph.channel_shortcut(model, "conv_5").dense == "dense_1"
     inputs = keras.Input((4, 4, 2))
     x = keras.layers.Conv2D(2, 1, name="conv")(inputs)
     x = keras.layers.BatchNormalization(name="bn")(keras.layers.MaxPooling2D(name="pool")(x))
     bn = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
-    assert units.channel_shortcut(bn, "conv") is None             # batch norm shifts zeros
+    assert graph.channel_shortcut(bn, "conv") is None             # batch norm shifts zeros
     y = keras.layers.Conv2D(2, 1, name="conv")(inputs)
     flat = keras.layers.Flatten()(y)
     two = keras.Model(inputs, keras.layers.Add()([keras.layers.Dense(2)(flat),
                                                   keras.layers.Dense(2)(flat)]))
-    assert units.channel_shortcut(two, "conv") is None            # two consumers
+    assert graph.channel_shortcut(two, "conv") is None            # two consumers
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, None])
@@ -397,9 +400,9 @@ def test_shortcut_literal_accuracies_and_equal_to_plain_tail(batch_size):
     model = pooled_model()
     x, y = pooled_images()
     kwargs = dict(batch_size=batch_size)
-    fast = units.single_unit_ablation(model, x, y, [0, 1, 2], "conv", **kwargs)
-    plain = units.single_unit_ablation(model, x, y, [0, 1, 2], "conv", shortcut=False, **kwargs)
-    full = units.single_unit_ablation(model, x, y, [0, 1, 2], "conv", engine="full", **kwargs)
+    fast = z_ablation.single_unit_ablation(model, x, y, [0, 1, 2], "conv", **kwargs)
+    plain = z_ablation.single_unit_ablation(model, x, y, [0, 1, 2], "conv", shortcut=False, **kwargs)
+    full = z_ablation.single_unit_ablation(model, x, y, [0, 1, 2], "conv", engine="full", **kwargs)
     # channel 0 -> image 0 falls to 0.1 vs 0 (still class 0); channel 1 -> image 1 falls to
     # class 0, image 3 to class 0 (0.1 + 2); channel 3 -> image 4 becomes class 2 (0.4 > 0.1).
     np.testing.assert_allclose(fast["base_class_acc"], [1, 1, 0.5])
@@ -412,17 +415,17 @@ def test_shortcut_literal_accuracies_and_equal_to_plain_tail(batch_size):
 def test_shortcut_greedy_subtracts_every_zeroed_channel():
     model = pooled_model()
     x, y = pooled_images()
-    eng = units.tail_engine(model, x, "conv")
-    plain = units.tail_engine(model, x, "conv", shortcut=False)
+    eng = engine.tail_engine(model, x, "conv")
+    plain = engine.tail_engine(model, x, "conv", shortcut=False)
     sets = [[], [0], [1, 3], [0, 2], [3, 0], [0, 1, 2]]   # the last one drops 12 of 16 inputs
-    keep = units.keep_masks(4, sets)
+    keep = masks.keep_masks(4, sets)
     assert eng._drops(keep) is None and eng._drops(keep[:5])[0].shape == (5, 2)
     np.testing.assert_array_equal(eng.predict(keep[:5]), plain.predict(keep[:5]))   # shortcut
     np.testing.assert_array_equal(eng.predict(keep), plain.predict(keep))           # plain tail
     np.testing.assert_array_equal(eng.predict(keep)[2], [0, 0, 2, 0, 2])   # image 4: 0.1 < 0.4
     for class_ in (1, 2):
-        a = units.greedy_ablation(model, x, y, class_, "conv", steps=3, return_order=True)
-        b = units._greedy(plain, y, class_, 3, None)
+        a = z_ablation.greedy_ablation(model, x, y, class_, "conv", steps=3, return_order=True)
+        b = z_ablation._greedy(plain, y, class_, 3, None)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
     assert eng.shortcut_fn.experimental_get_tracing_count() == 1
@@ -431,27 +434,27 @@ def test_shortcut_greedy_subtracts_every_zeroed_channel():
 def test_dense_chain_steps_from_the_graph(demo_random):
     from kerabl.models import load_network
 
-    steps = units.dense_chain(pooled_model(), "dense")
+    steps = graph.dense_chain(pooled_model(), "dense")
     assert [(kind, lay.name) for kind, lay in steps] == [("dense", "out")]
     alexnet = load_network("alexnet", weights=None, seed=1)
-    steps = units.dense_chain(alexnet, "dense_1")
+    steps = graph.dense_chain(alexnet, "dense_1")
     assert [(kind, lay.name) for kind, lay in steps] == [
         ("dense", "dense_2"), ("dense", "dense_3"), ("activation", "softmax")]   # no dropouts
     inputs = keras.Input((4,))
     x = keras.layers.Dense(3, name="first")(inputs)
     bn = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(x)))
-    assert units.dense_chain(bn, "first") is None                 # not a Dense / activation
-    assert units.dense_chain(demo_random[0], "conv_5") is None    # pooling and Dense follow
+    assert graph.dense_chain(bn, "first") is None                 # not a Dense / activation
+    assert graph.dense_chain(demo_random[0], "conv_5") is None    # pooling and Dense follow
 
 
 def test_skip_zero_inputs_equals_the_product_and_counts_kept_inputs():
     kernel = np.arange(8, dtype="float32").reshape(4, 2)
     sparse = np.array([[0, 2, 0, 1], [0, -1, 0, 3]], "float32")    # inputs 0 and 2 always zero
-    out, kept = units._skip_zero_inputs(tf.constant(sparse), tf.constant(kernel))
+    out, kept = engine._skip_zero_inputs(tf.constant(sparse), tf.constant(kernel))
     np.testing.assert_array_equal(out, sparse @ kernel)
     assert int(kept) == 2
     dense = np.array([[1, 2, 0, 1], [0, -1, 5, 3]], "float32")     # every input used somewhere
-    out, kept = units._skip_zero_inputs(tf.constant(dense), tf.constant(kernel))
+    out, kept = engine._skip_zero_inputs(tf.constant(dense), tf.constant(kernel))
     np.testing.assert_array_equal(out, dense @ kernel)
     assert int(kept) == 4
 
@@ -459,31 +462,31 @@ def test_skip_zero_inputs_equals_the_product_and_counts_kept_inputs():
 def test_shortcut_skips_dense_inputs_zero_in_every_row():
     model = pooled_model()
     x, _ = pooled_images()
-    eng = units.tail_engine(model, x, "conv")
-    plain = units.tail_engine(model, x, "conv", shortcut=False)
-    keep = units.keep_masks(4, [[2]])
+    eng = engine.tail_engine(model, x, "conv")
+    plain = engine.tail_engine(model, x, "conv", shortcut=False)
+    keep = masks.keep_masks(4, [[2]])
     rows = np.array([0, 1, 3])        # no image lights channel 2: Dense output 2 is 0 in all rows
     np.testing.assert_array_equal(eng.predict(keep, rows=rows), plain.predict(keep, rows=rows))
     # the correction (1 unit x 3 images x 3 outputs x 4 inputs) and `out` on 2 of its 3 inputs
     assert eng.shortcut_flops == 2 * 1 * 3 * 3 * 4 + 2 * 3 * 2 * 3
     assert plain.shortcut_flops is None                       # no shortcut: nothing counted
-    eng.predict(units.keep_masks(4, [[0], [1], [2], [3]]))     # all 3 Dense outputs nonzero
+    eng.predict(masks.keep_masks(4, [[0], [1], [2], [3]]))     # all 3 Dense outputs nonzero
     assert eng.shortcut_flops == 108 + 2 * 4 * 5 * 3 * 4 + 2 * 20 * 3 * 3
 
 
 def test_shortcut_equals_plain_tail_on_demo(demo_random):
     model, images, labels = demo_random
-    fast = units.tail_engine(model, images, "conv_5", batch_size=None)
-    plain = units.tail_engine(model, images, "conv_5", shortcut=False)
+    fast = engine.tail_engine(model, images, "conv_5", batch_size=None)
+    plain = engine.tail_engine(model, images, "conv_5", shortcut=False)
     assert fast.cut.positions.shape == (32, 16)     # 4 x 4 pooled positions per channel
-    keep = units.keep_masks(32, [[u] for u in range(32)] + [[1, 5, 9], [0, 31]])
+    keep = masks.keep_masks(32, [[u] for u in range(32)] + [[1, 5, 9], [0, 31]])
     preds = fast.predict(keep)
     np.testing.assert_array_equal(preds, plain.predict(keep))
-    a = units.single_unit_ablation(model, images, labels, range(10), "conv_5")
-    b = units.single_unit_ablation(model, images, labels, range(10), "conv_5", shortcut=False)
+    a = z_ablation.single_unit_ablation(model, images, labels, range(10), "conv_5")
+    b = z_ablation.single_unit_ablation(model, images, labels, range(10), "conv_5", shortcut=False)
     np.testing.assert_array_equal(a["class_acc"], b["class_acc"])
     assert a["max_class_drop"].max() > 0       # the comparison is not between zeros
-    units._greedy(fast, labels, 3, 3, None)
+    z_ablation._greedy(fast, labels, 3, 3, None)
     assert fast.trace_count == 1 and fast.shortcut_fn.experimental_get_tracing_count() == 1
 
 
@@ -494,10 +497,10 @@ def test_shortcut_equals_plain_tail_on_random_alexnet():
     noise = np.random.default_rng(5).normal(0, 1, (6, 227, 227, 3)).astype("float32")
     scale = np.array([5, 20, 60, 100, 150, 200], "float32")[:, None, None, None]
     images = noise * scale + np.linspace(-100, 100, 6, dtype="float32")[:, None, None, None]
-    fast = units.tail_engine(net, images, "conv_5")
-    plain = units.tail_engine(net, images, "conv_5", shortcut=False)
+    fast = engine.tail_engine(net, images, "conv_5")
+    plain = engine.tail_engine(net, images, "conv_5", shortcut=False)
     assert fast.cut.dense == "dense_1" and fast.cut.positions.shape == (256, 36)
-    keep = units.keep_masks(256, [[], [0], [17], [100], [255], [3, 4, 200]])
+    keep = masks.keep_masks(256, [[], [0], [17], [100], [255], [3, 4, 200]])
     preds = fast.predict(keep)
     np.testing.assert_array_equal(preds, plain.predict(keep))
     assert len(np.unique(preds[0])) > 1       # not one class for every image

@@ -57,7 +57,7 @@ PANEL_INCH_MIN, PANEL_INCH_MAX = 0.45, 1.1
 def _results(res: Any):
     """An `HResults` as given, or opened from a path."""
     if isinstance(res, (str, Path)):
-        from kerabl.results import HResults
+        from kerabl.hayne.results import HResults
         return HResults.open(res)
     return res
 
@@ -536,12 +536,12 @@ def build_probe_vs_deficit(res) -> Figure:
         fig = build_probe_vs_deficit(res)
         fig.axes[0].get_title()   # "... Pearson r = 0.12 (p = 0.03), Spearman rho = ..., n = 560"
 
-    The correlation comes from `kerabl.stats.probe_deficit_correlation(res)`.
+    The correlation comes from `kerabl.hayne.stats.probe_deficit_correlation(res)`.
 
     Returns:
         The Figure; its Axes holds one scatter collection per layer (in layer order) and the line.
     """
-    from kerabl.stats import probe_deficit_correlation
+    from kerabl.hayne.stats import probe_deficit_correlation
 
     res = _results(res)
     a = probe_deficit_arrays(res)
@@ -608,7 +608,7 @@ def render_h_figures(results_path: str | Path, out_dir: str | Path, *,
         The written paths: fig1_units_plane, fig2a_probe_grids, fig2b_deficit_grids,
         fig3_network_means, fig_probe_vs_deficit, each in every format.
     """
-    from kerabl.results import HResults
+    from kerabl.hayne.results import HResults
 
     res = HResults.open(results_path, allow_partial=allow_partial)
     out = Path(out_dir)

@@ -1,17 +1,16 @@
-"""Masks on units, ablation without leaks, cut points and network tails.
+"""Units and masks: unit kinds, mask arrays, index order, and masks inside a Keras model.
 
+- `UNIT_KINDS`: "element" (every activation) and "channel" (a feature map).
+- `n_units`, `unit_mask`, `cell_masks`, `keep_masks`: unit counts and mask arrays.
+- `chw_to_hwc`, `hwc_to_chw`: element index conversion between Keras (H, W, C) order and the
+  authors'/PyTorch (C, H, W) order.
 - `UnitMask`: a registered Keras layer multiplying its input by a non-trainable 0/1 weight `mask`.
 - `masked_model(model, targets)`: the model rebuilt once with a `UnitMask` named
   `f"{target}_mask"` after each target layer, sharing the original weights.
 - `ablated(masked, {layer: units}, unit)`: a context manager that zeroes units and restores the
   masks on exit, whatever happened inside; changing a mask never retraces a `tf.function`.
-- `n_units`, `unit_mask`, `chw_to_hwc`, `hwc_to_chw`: unit counts, mask arrays, and element index
-  conversion between Keras (H, W, C) order and the authors'/PyTorch (C, H, W) order.
-- `is_cut_point`, `cut_points`: layers whose output alone determines the network output.
-- `head_model`, `tail_model`, `tail_extras`: split a model at a layer; the tail takes the layer's
-  output plus, off a cut point, the other tensors that cross the cut (e.g. a residual skip).
-- `lambda_masked_model(model, layer, mask)`: the paper engine, a literal `Lambda` multiplying by
-  a constant mask, rebuilt per mask as the authors did.
+- `lambda_masked_model(model, layer, mask)`: the paper engine's model, a literal `Lambda`
+  multiplying by a constant mask, rebuilt per mask as the authors did.
 """
 
 from __future__ import annotations
@@ -23,26 +22,15 @@ import keras
 import numpy as np
 
 from kerabl.errors import KerablError
+from kerabl.graph import _functional, _get_layer, _layer_names, _layer_node, _rebuild_with, _unknown_layer
 
-__all__ = [
-    "UNIT_KINDS",
-    "UnitMask",
-    "ablated",
-    "chw_to_hwc",
-    "cut_points",
-    "head_model",
-    "hwc_to_chw",
-    "is_cut_point",
-    "lambda_masked_model",
-    "masked_model",
-    "n_units",
-    "tail_extras",
-    "tail_model",
-    "unit_mask",
-]
 
 UNIT_KINDS = ("element", "channel")
+
+
 MASK_SUFFIX = "_mask"
+
+
 LAMBDA_SUFFIX = "_lambda_mask"
 
 
@@ -74,235 +62,6 @@ class UnitMask(keras.layers.Layer):
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         """The output has the input's shape."""
         return input_shape
-
-
-# ----------------------------------------------------------------------------- graph helpers
-
-
-def _functional(model: keras.Model) -> keras.Model:
-    """The functional graph of `model` (a Sequential is viewed through its inputs and outputs)."""
-    if isinstance(model, keras.Sequential):
-        try:
-            return keras.Model(model.inputs, model.outputs, name=model.name)
-        except (AttributeError, ValueError) as err:
-            raise KerablError(
-                f"Sequential model {model.name!r} has no defined input: "
-                "build it with keras.Input(...) first"
-            ) from err
-    if not hasattr(model, "_nodes_by_depth"):
-        raise KerablError(
-            f"model {getattr(model, 'name', model)!r} is not a Keras functional model: "
-            "build it with keras.Input(...) and keras.Model(inputs, outputs)"
-        )
-    return model
-
-
-def _layer_names(model: keras.Model) -> list[str]:
-    """Names of the model's non-input layers, in model order."""
-    return [lay.name for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
-
-
-def _unknown_layer(model: keras.Model, name: object, names: Sequence[str] | None = None) -> KerablError:
-    """The error for a layer name that the model does not have, with a few valid names."""
-    names = list(_layer_names(model) if names is None else names)
-    few = ", ".join(names[:4] + (["...", names[-1]] if len(names) > 5 else names[4:]))
-    return KerablError(
-        f"model {model.name!r} has no layer {name!r}; valid names include: {few}"
-    )
-
-
-def _get_layer(model: keras.Model, layer: str | keras.layers.Layer) -> keras.layers.Layer:
-    """The layer object for a name or a layer of `model`."""
-    name = layer.name if isinstance(layer, keras.layers.Layer) else layer
-    if name not in _layer_names(model):
-        raise _unknown_layer(model, name)
-    return model.get_layer(name)
-
-
-def _model_nodes(model: keras.Model) -> list:
-    """The model's call nodes in topological order (inputs first)."""
-    return [
-        node
-        for depth in sorted(model._nodes_by_depth, reverse=True)
-        for node in model._nodes_by_depth[depth]
-    ]
-
-
-def _layer_node(model: keras.Model, layer: str | keras.layers.Layer):
-    """The single call node of `layer` in `model` (shared layers are refused)."""
-    lay = _get_layer(model, layer)
-    nodes = [node for node in _model_nodes(model) if node.operation is lay]
-    if len(nodes) != 1:
-        raise KerablError(
-            f"layer {lay.name!r} is called {len(nodes)} times in model {model.name!r}: "
-            "choose a layer that is called once"
-        )
-    if len(nodes[0].outputs) != 1:
-        raise KerablError(
-            f"layer {lay.name!r} has {len(nodes[0].outputs)} outputs: choose a single-output layer"
-        )
-    return nodes[0]
-
-
-def _head_nodes(model: keras.Model, node) -> set[int]:
-    """Ids of `node` and every node it depends on (its ancestors), input nodes included."""
-    head, stack = set(), [node]
-    while stack:
-        cur = stack.pop()
-        if id(cur) in head:
-            continue
-        head.add(id(cur))
-        for tensor in cur.input_tensors:
-            op, index = tensor._keras_history.operation, tensor._keras_history.node_index
-            if op is not None:
-                stack.append(op._inbound_nodes[index])
-    return head
-
-
-def _crossing_tensors(model: keras.Model, node) -> list:
-    """Tensors made before the cut at `node` (other than its output) that are needed after it.
-
-    Head = `node` and its ancestors. A head tensor crosses the cut when a non-head node consumes
-    it or when it is a model output. Returned in topological order of their producers.
-    """
-    head = _head_nodes(model, node)
-    cut_output = node.outputs[0]
-    needed = {id(t) for t in model.outputs}
-    for other in _model_nodes(model):
-        if id(other) not in head:
-            needed.update(id(t) for t in other.input_tensors)
-    crossing = []
-    for producer in _model_nodes(model):
-        if id(producer) not in head:
-            continue
-        for tensor in producer.outputs:
-            if tensor is not cut_output and id(tensor) in needed and tensor not in crossing:
-                crossing.append(tensor)
-    return crossing
-
-
-def _producer_name(tensor) -> str:
-    """Name of the layer (or input layer) that produced `tensor`."""
-    return tensor._keras_history.operation.name
-
-
-# ----------------------------------------------------------------------------- cut points, tails
-
-
-def is_cut_point(model: keras.Model, layer: str | keras.layers.Layer) -> bool:
-    """Whether the output of `layer` alone determines the network output.
-
-        is_cut_point(vgg16, "block3_conv2")                # True
-        is_cut_point(resnet101, "conv3_block2_2_relu")     # False: the skip tensor crosses it
-
-    Args:
-        model: a functional (or Sequential) Keras model.
-        layer: a layer name of the model (or the layer itself).
-
-    Returns:
-        True when no tensor produced before the layer (model input included) is consumed
-        after it other than through the layer's output.
-    """
-    model = _functional(model)
-    return not _crossing_tensors(model, _layer_node(model, layer))
-
-
-def cut_points(model: keras.Model) -> list[str]:
-    """Names of every cut point of `model`, in model order.
-
-        cut_points(vgg16)[:2]          # ["block1_conv1", "block1_conv2"]
-        "conv2_block1_out" in cut_points(resnet101)   # True
-
-    Args:
-        model: a functional (or Sequential) Keras model.
-
-    Returns:
-        The non-input layers whose output alone determines the network output.
-    """
-    model = _functional(model)
-    return [name for name in _layer_names(model) if is_cut_point(model, name)]
-
-
-def tail_extras(model: keras.Model, layer: str | keras.layers.Layer) -> list[str]:
-    """Names of the layers whose outputs the tail needs besides `layer`'s output, in input order.
-
-        tail_extras(resnet101, "conv3_block2_2_relu")   # ["conv3_block1_out"]
-        tail_extras(vgg16, "block3_conv2")              # [] (a cut point)
-
-    Args:
-        model: a functional (or Sequential) Keras model.
-        layer: a layer name of the model (or the layer itself).
-
-    Returns:
-        The producing layer names of the extra tail inputs (the model's input layer name when
-        the raw input is needed after the cut).
-    """
-    model = _functional(model)
-    return [_producer_name(t) for t in _crossing_tensors(model, _layer_node(model, layer))]
-
-
-def head_model(model: keras.Model, layer: str | keras.layers.Layer) -> keras.Model:
-    """The model from the input to `[layer output, *extra tensors]`, sharing the layers.
-
-        head = head_model(resnet101, "conv3_block2_2_relu")
-        act, skip = head.predict_on_batch(x)
-        tail_model(resnet101, "conv3_block2_2_relu").predict_on_batch([act, skip])  # == model(x)
-
-    Args:
-        model: a functional (or Sequential) Keras model.
-        layer: a layer name of the model (or the layer itself).
-
-    Returns:
-        A model with one output at a cut point, else a list of outputs ordered as `tail_extras`.
-    """
-    model = _functional(model)
-    node = _layer_node(model, layer)
-    outputs = [node.outputs[0], *_crossing_tensors(model, node)]
-    return keras.Model(
-        model.inputs, outputs[0] if len(outputs) == 1 else outputs, name=f"{model.name}_head"
-    )
-
-
-def tail_model(model: keras.Model, layer: str | keras.layers.Layer) -> keras.Model:
-    """The model from `[layer output, *extra tensors]` to the model output, sharing the layers.
-
-        tail = tail_model(vgg16, "block3_conv2")      # one input: a cut point
-        tail.predict_on_batch(head_model(vgg16, "block3_conv2").predict_on_batch(x))
-        tail.kerabl_extra                               # () here; names of the extra inputs
-
-    Args:
-        model: a functional (or Sequential) Keras model.
-        layer: a layer name of the model (or the layer itself).
-
-    Returns:
-        A functional model with one input at a cut point, else inputs `[layer output, *extras]`;
-        each input is named after the layer that produces it, and the attribute `kerabl_extra`
-        holds the extras' names (as `tail_extras`). `tail(head(x))` equals `model(x)` bit for bit.
-    """
-    model = _functional(model)
-    node = _layer_node(model, layer)
-    crossing = [node.outputs[0], *_crossing_tensors(model, node)]
-    inputs = [
-        keras.Input(batch_shape=t.shape, dtype=t.dtype, name=_producer_name(t)) for t in crossing
-    ]
-    values = {id(t): new for t, new in zip(crossing, inputs)}
-    head = _head_nodes(model, node)
-    for other in _model_nodes(model):
-        if id(other) not in head:
-            args, kwargs = other.arguments.fill_in(values)
-            outs = keras.tree.flatten(other.operation(*args, **kwargs))
-            values.update((id(t), new) for t, new in zip(other.outputs, outs))
-    outputs = [values[id(t)] for t in model.outputs]
-    tail = keras.Model(
-        inputs[0] if len(inputs) == 1 else inputs,
-        outputs[0] if len(outputs) == 1 else outputs,
-        name=f"{model.name}_tail_{node.operation.name}",
-    )
-    tail.kerabl_extra = tuple(_producer_name(t) for t in crossing[1:])
-    return tail
-
-
-# ----------------------------------------------------------------------------- units and masks
 
 
 def _check_unit(unit: str) -> None:
@@ -418,9 +177,6 @@ def hwc_to_chw(indices: Sequence[int], shape: Sequence[int]) -> np.ndarray:
     return _reorder(indices, shape, tuple(range(rank)), (rank - 1, *range(rank - 1)))
 
 
-# ----------------------------------------------------------------------------- masked models
-
-
 def _check_targets(model: keras.Model, targets: Sequence[str], suffix: str) -> list[str]:
     """`targets` as a list, refusing unknown names, duplicates and name clashes."""
     if isinstance(targets, str):
@@ -443,18 +199,6 @@ def _check_targets(model: keras.Model, targets: Sequence[str], suffix: str) -> l
     return targets
 
 
-def _rebuild_with(model: keras.Model, after: Mapping[str, keras.layers.Layer]) -> keras.Model:
-    """`model` rebuilt on the same layers with `after[name]` applied to the output of `name`."""
-
-    def call_function(layer, *args, **kwargs):
-        out = layer(*args, **kwargs)
-        return after[layer.name](out) if layer.name in after else out
-
-    return keras.models.clone_model(
-        model, clone_function=lambda layer: layer, call_function=call_function
-    )
-
-
 def masked_model(model: keras.Model, targets: Sequence[str]) -> keras.Model:
     """The model rebuilt once with a `UnitMask` named f"{target}_mask" after each target layer.
 
@@ -469,7 +213,7 @@ def masked_model(model: keras.Model, targets: Sequence[str]) -> keras.Model:
     Returns:
         A functional model; with all-ones masks its outputs equal the original's bit for bit.
         It saves and loads with `model.save` / `keras.models.load_model(..., safe_mode=True)`
-        once `kerabl.masking` is imported.
+        once `kerabl.masks` is imported.
     """
     model = _functional(model)
     targets = _check_targets(model, targets, MASK_SUFFIX)
@@ -558,3 +302,37 @@ def ablated(
     finally:
         for t, lay in layers.items():
             lay.mask.assign(previous[t])
+
+
+def cell_masks(shape: Sequence[int], cells: Sequence[np.ndarray], unit: str) -> np.ndarray:
+    """One 0/1 mask per cell over a layer output of `shape`: (n_cells, *shape) float32.
+
+    Example:
+        cell_masks((2, 2, 3), [np.array([0]), np.array([1, 2])], "channel").shape  # (2, 2, 2, 3)
+    """
+    from kerabl.masks import unit_mask
+
+    return np.stack([unit_mask(tuple(shape), units, unit) for units in cells])
+
+
+def keep_masks(n_channels: int, ablated_sets: Sequence[Sequence[int]]) -> np.ndarray:
+    """(G, n_channels) float32 keep masks, 0 at each set's channels.
+
+    Example:
+        keep_masks(3, [[1], [0, 2]])   # [[1, 0, 1], [0, 1, 0]]
+    """
+    return _keep_masks(n_channels, ablated_sets)
+
+
+def _units(units, n: int) -> np.ndarray:
+    units = np.arange(n) if units is None else np.asarray(units, dtype=np.int64).reshape(-1)
+    if len(units) and (units.min() < 0 or units.max() >= n):
+        raise KerablError(f"units must lie in 0..{n - 1}, got {units.min()}..{units.max()}")
+    return units
+
+
+def _keep_masks(n: int, ablated_sets: Sequence[Sequence[int]]) -> np.ndarray:
+    keep = np.ones((len(ablated_sets), n), dtype=np.float32)
+    for row, units in zip(keep, ablated_sets):
+        row[list(units)] = 0.0
+    return keep

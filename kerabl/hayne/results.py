@@ -22,7 +22,6 @@ No TensorFlow here: figures read results with TensorFlow blocked.
 
 from __future__ import annotations
 
-import csv
 import importlib.metadata
 import json
 import os
@@ -34,6 +33,7 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
+from kerabl.store import config_differences, partial_path, write_csv_atomic
 
 KIND = "kerabl.h-results"
 SCHEMA = 1
@@ -79,10 +79,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _partial(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
-
-
 def _json_config(config: dict) -> dict:
     """The config as it reads back from the file (tuples become lists)."""
     try:
@@ -90,14 +86,6 @@ def _json_config(config: dict) -> dict:
     except (TypeError, ValueError) as exc:
         raise KerablError(f"the run's config cannot be stored as JSON ({exc}); "
                           "pass plain numbers, strings, lists and dicts") from exc
-
-
-def _config_differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """'key: old -> new' for each top-level key whose value differs."""
-    keys = sorted((set(old) | set(new)) - set(ignore))
-    missing = "<absent>"
-    return [f"{k}: {json.dumps(old.get(k, missing))} -> {json.dumps(new.get(k, missing))}"
-            for k in keys if old.get(k, missing) != new.get(k, missing)]
 
 
 @dataclass(frozen=True)
@@ -126,8 +114,8 @@ class _Layout:
 
     def differences(self, other: "_Layout", ignore_shard: bool = False) -> list[str]:
         ignore = ("shard",) if ignore_shard else ()
-        found = _config_differences(self.config, other.config, ignore)
-        found += [f"({d})" for d in _config_differences(self.as_dict(), other.as_dict(), ignore)]
+        found = config_differences(self.config, other.config, ignore)
+        found += [f"({d})" for d in config_differences(self.as_dict(), other.as_dict(), ignore)]
         return found
 
     @classmethod
@@ -182,7 +170,7 @@ def _create(path: Path, layout: _Layout) -> None:
 def _check_kind(f: h5py.File, path: Path) -> None:
     if f.attrs.get("kind") != KIND:
         raise KerablError(f"{path} is not a kerabl results file (kind={f.attrs.get('kind')!r}); "
-                          "pass a file written by `kerabl ablate`")
+                          "pass a file written by `kerabl study`")
     if int(f.attrs.get("schema", -1)) != SCHEMA:
         raise KerablError(f"{path} has results schema {f.attrs.get('schema')}, this kerabl reads "
                           f"{SCHEMA}; rerun with this version or use the kerabl that wrote it")
@@ -239,7 +227,7 @@ class HResultsWriter:
     def __init__(self, path, *, config: dict, classes, class_index, layers, n_units, grid_shape,
                  max_images: int, max_others: int, shard: tuple[int, int] | None = None):
         self.path = Path(path)
-        self.partial_path = _partial(self.path)
+        self.partial_path = partial_path(self.path)
         self.shard = shard
         layers = tuple(str(x) for x in layers)
         bad = [x for x in layers if "/" in x or not x]
@@ -309,7 +297,7 @@ class HResultsWriter:
 
         Args:
             selectivity, magnitude: (U_l,) unit coordinates.
-            grid: the `kerabl.grid.Grid` of these units.
+            grid: the `kerabl.hayne.grid.Grid` of these units.
             rank_after: (K, n_images) rank of the true class with each cell ablated.
             deficit, probe, probe_heldout, srs_tau, srs_rho: (K,) per-cell values.
         """
@@ -407,11 +395,11 @@ class HResults:
             res.done.all()   # True
         """
         path = Path(path)
-        if not path.exists() and allow_partial and _partial(path).exists():
-            path = _partial(path)
+        if not path.exists() and allow_partial and partial_path(path).exists():
+            path = partial_path(path)
         if not path.exists():
-            hint = (f"; {_partial(path).name} exists: the run has not finished, rerun it to resume"
-                    if _partial(path).exists() else "; run `kerabl ablate` to write it")
+            hint = (f"; {partial_path(path).name} exists: the run has not finished, rerun it to resume"
+                    if partial_path(path).exists() else "; run `kerabl study` to write it")
             raise KerablError(f"no results file at {path}{hint}")
         with h5py.File(path, "r") as f:
             _check_kind(f, path)
@@ -464,23 +452,17 @@ def export_csv(results_path, csv_path) -> Path:
     """
     res = HResults.open(results_path)
     csv_path = Path(csv_path)
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
     m = res.grid_shape[1]
 
     def fmt(v) -> str:
         return "" if np.isnan(v) else repr(float(v))
 
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        for ci, name in enumerate(res.classes):
-            for li, layer in enumerate(res.layers):
-                for k in range(res.cell_count.shape[2]):
-                    writer.writerow([name, int(res.class_index[ci]), layer, k, k // m, k % m,
-                                     int(res.cell_count[ci, li, k])]
-                                    + [fmt(getattr(res, col)[ci, li, k]) for col in CSV_COLUMNS[7:]])
-    os.replace(tmp, csv_path)
-    return csv_path
+    rows = ([name, int(res.class_index[ci]), layer, k, k // m, k % m, int(res.cell_count[ci, li, k])]
+            + [fmt(getattr(res, col)[ci, li, k]) for col in CSV_COLUMNS[7:]]
+            for ci, name in enumerate(res.classes)
+            for li, layer in enumerate(res.layers)
+            for k in range(res.cell_count.shape[2]))
+    return write_csv_atomic(csv_path, CSV_COLUMNS, rows)
 
 
 def _pair_values(f: h5py.File, layout: _Layout, ci: int, li: int) -> dict:

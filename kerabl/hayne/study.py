@@ -1,6 +1,6 @@
 """The H study end to end: activations -> coordinates and grid -> probes -> cell ablation -> results.
 
-- `HConfig`: every protocol choice of DESIGN section 2, defaults = the authors' choices (with their
+- `HConfig`: every protocol choice of the paper, defaults = the authors' choices (with their
   grid-boundary bug fixed; `legacy_bounds=True` keeps it).
 - `run_h_study(network, imageset, out_dir, ...)`: the sweep over class x layer pairs. It appends to
   the results file as it goes, resumes where an interrupted run stopped, computes nothing when the
@@ -32,7 +32,7 @@ ENGINE_NAMES = ("fast", "paper")
 
 @dataclass(frozen=True)
 class HConfig:
-    """Protocol options of the H study (DESIGN section 2); defaults are the authors' choices.
+    """Protocol options of the H study; defaults are the authors' choices.
 
     Example:
         HConfig(grid=(4, 4), others="all", probe_fits=50)
@@ -101,7 +101,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
         because it does not cover every pair (it is renamed when its own pairs are done).
     """
     from kerabl.activations import record_activations
-    from kerabl.results import HResultsWriter
+    from kerabl.hayne.results import HResultsWriter
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
 
 
 def _writer_args(network, imageset, layers, config: HConfig) -> dict:
-    from kerabl.masking import n_units
+    from kerabl.masks import n_units
 
     counts = [len(imageset.rows_of(c)) for c in imageset.classes]
     n_others = len(imageset.classes) - 1
@@ -157,7 +157,7 @@ class _Sweep:
     """Per-class state and per-pair computation of the H sweep (one engine per layer, reused)."""
 
     def __init__(self, network, imageset, layers, config: HConfig, cache):
-        from kerabl.ablation import ENGINES
+        from kerabl.hayne.ablation import ENGINES
 
         self.network, self.imageset, self.layers, self.config = network, imageset, layers, config
         self.cache = cache
@@ -172,8 +172,9 @@ class _Sweep:
         return self._ablators[layer]
 
     def start_class(self, ci: int) -> dict:
-        from kerabl.ablation import predict_batched, true_class_rank
-        from kerabl.grid import choose_others
+        from kerabl.engine import predict_batched
+        from kerabl.hayne.ablation import true_class_rank
+        from kerabl.hayne.grid import choose_others
 
         imageset, net = self.imageset, self.network
         n_classes = len(imageset.classes)
@@ -187,8 +188,9 @@ class _Sweep:
                     images=images, labels=labels, rank_before=true_class_rank(scores, labels))
 
     def pair(self, state: dict, li: int) -> dict:
-        from kerabl.ablation import cell_masks, mean_rank_deficit
-        from kerabl.grid import coordinates, equal_count_grid
+        from kerabl.hayne.ablation import mean_rank_deficit
+        from kerabl.masks import cell_masks
+        from kerabl.hayne.grid import coordinates, equal_count_grid
 
         config, layer = self.config, self.layers[li]
         target_rows, other_rows = state["target_rows"], state["other_rows"]
@@ -213,7 +215,7 @@ class _Sweep:
 
     def _can_use_cache(self, ablator, layer) -> bool:
         """Cached activations feed the tail only when they are the exact layer output."""
-        from kerabl.masking import is_cut_point
+        from kerabl.graph import is_cut_point
 
         return (self.config.engine == "fast" and self.config.unit == "element"
                 and np.dtype(self.cache.attrs.get("dtype", "float32")) == np.float32
@@ -252,14 +254,14 @@ def cell_probe_scores(task) -> tuple[float, float, float, float]:
 
     Runs in a worker process when the sweep has a pool: it imports no TensorFlow.
     """
-    from kerabl.probes import single_threaded
+    from kerabl.hayne.probes import single_threaded
 
     with single_threaded():
         return _cell_probe_scores(*task)
 
 
 def _cell_probe_scores(x, y, config: HConfig, seed: int) -> tuple[float, float, float, float]:
-    from kerabl.probes import heldout_probe_score, paper_probe_score, rsa_scores
+    from kerabl.hayne.probes import heldout_probe_score, paper_probe_score, rsa_scores
 
     if x.shape[1] == 0:
         return (np.nan,) * 4

@@ -1,4 +1,4 @@
-"""Statistics over stored H results (DESIGN 2.10): the regression behind the abstract's claim.
+"""Statistics over stored H results: the regression behind the abstract's claim.
 
 - `cell_table(res)`: finished cells as flat arrays, with z-scored coordinates.
 - `deficit_regression(res)`: cell rank deficit ~ selectivity + magnitude + selectivity x
@@ -7,7 +7,7 @@
   score with the rank deficit over cells.
 - `summary(res)`: the headline numbers, JSON-serialisable.
 
-Reads an `kerabl.results.HResults` (or anything with its arrays); no TensorFlow here.
+Reads an `kerabl.hayne.results.HResults` (or anything with its arrays); no TensorFlow here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Decoding scores of a cell's units (DESIGN 2.7, 2.8).
+"""Decoding scores of a cell's units.
 
 - `paper_probe_score(X, y)`: the paper's metric, exp(-mean training log loss of hard labels)
   over many logistic fits on random unit subsets; `solver="sklearn"` is the reference loop,

@@ -26,8 +26,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from kerabl.errors import KerablError
-from kerabl.figures import save_figure
-from kerabl.units import ATTRIBUTES, DROPS, ZResults, display_images
+from kerabl.hayne.figures import save_figure
+from kerabl.zhou.attributes import ATTRIBUTES
+from kerabl.zhou.results import DROPS, ZResults, display_images
 
 ATTRIBUTE_LABELS = {"l1": "L1 norm", "max_class_corr": "max class correlation",
                     "selectivity": "class selectivity"}

@@ -1,4 +1,4 @@
-"""The H study's unit grid on the (selectivity, magnitude) plane (DESIGN 2.2-2.4).
+"""The H study's unit grid on the (selectivity, magnitude) plane.
 
 - `choose_others(n_classes, target, mode, seed)`: the "other" classes of a target class.
 - `coordinates(target_mean, other_mean)`: each unit's (selectivity, magnitude).

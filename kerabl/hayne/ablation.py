@@ -1,0 +1,57 @@
+"""Rank and rank deficit: how far the true class falls when a cell is ablated (the H study).
+
+- `true_class_rank(scores, labels)`: 0-based position of the true class in the descending order
+  of the network's outputs; ties are broken by output index, as a stable sort would.
+- `mean_rank_deficit(before, after, clip=True)`: the authors' `mean_rank_deficit`.
+- `ENGINES`: the two engines a sweep can use, "fast" (`kerabl.engine.TailAblator`) and "paper"
+  (`kerabl.engine.PaperAblator`); both answer `ranks(masks, labels) -> (n_masks, n_images)`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kerabl.engine import PaperAblator, TailAblator
+
+
+def true_class_rank(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Position of each image's true class when outputs are sorted by score, descending.
+
+    Example:
+        true_class_rank(np.array([[0.1, 0.7, 0.2]]), np.array([2]))  # array([1])
+
+    Args:
+        scores: (N, n_classes) network outputs.
+        labels: (N,) true output index of each image.
+
+    Returns:
+        (N,) int64 ranks: the number of outputs scoring higher than the true class, plus the
+        number scoring the same at a lower index (the order of a stable descending sort).
+    """
+    scores = np.asarray(scores)
+    labels = np.asarray(labels, dtype=np.int64)
+    true = scores[np.arange(len(labels)), labels][:, None]
+    index = np.arange(scores.shape[1])[None, :]
+    higher = scores > true
+    tied_before = (scores == true) & (index < labels[:, None])
+    return (higher | tied_before).sum(axis=1).astype(np.int64)
+
+
+def mean_rank_deficit(before: np.ndarray, after: np.ndarray, clip: bool = True) -> np.ndarray:
+    """Mean over images of rank after ablation minus rank before (last axis).
+
+    Example:
+        mean_rank_deficit(np.array([0, 3]), np.array([[2, 1]]))  # array([1.])  (clipped: (2 + 0) / 2)
+
+    Args:
+        before: (N,) ranks without ablation.
+        after: (..., N) ranks with ablation.
+        clip: negative deficits count as 0, as in the authors' `mean_rank_deficit`.
+    """
+    deficit = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    if clip:
+        deficit = np.clip(deficit, 0.0, None)
+    return deficit.mean(axis=-1)
+
+
+ENGINES = {"fast": TailAblator, "paper": PaperAblator}

@@ -1,0 +1,60 @@
+"""The one file protocol of both studies: write under a temporary name, rename when complete.
+
+- `partial_path(path)`: `PATH.partial`, where a run writes until it is complete (and resumes).
+- `config_differences(old, new)`: 'key: old -> new' for every differing key (all of them).
+- `write_csv_atomic(path, header, rows)`: a CSV written to `PATH.tmp`, then renamed.
+
+A reader never sees a half-written file under the final name: an interrupted run leaves only
+`PATH.partial` (or `PATH.tmp`), which the next run resumes or replaces. The activation cache itself
+is `kerabl.activations`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """The file a run writes until it is complete.
+
+    Example:
+        partial_path("out/h_results.h5")   # Path("out/h_results.h5.partial")
+    """
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def config_differences(old: dict, new: dict, ignore: Sequence[str] = ()) -> list[str]:
+    """'key: old -> new' for each top-level key whose value differs (values as JSON).
+
+    Example:
+        config_differences({"seed": 0, "k": 1}, {"seed": 1, "k": 1})   # ['seed: 0 -> 1']
+    """
+    keys = sorted((set(old) | set(new)) - set(ignore))
+    missing = "<absent>"
+    return [f"{k}: {json.dumps(old.get(k, missing))} -> {json.dumps(new.get(k, missing))}"
+            for k in keys if old.get(k, missing) != new.get(k, missing)]
+
+
+def write_csv_atomic(path: str | os.PathLike, header: Sequence[str],
+                     rows: Iterable[Sequence]) -> Path:
+    """Write `header` and `rows` to `path` through `path.tmp` (renamed when complete).
+
+    Example:
+        write_csv_atomic("out/cells.csv", ["a", "b"], [[1, 2], [3, 4]])
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

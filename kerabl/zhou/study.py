@@ -1,0 +1,259 @@
+"""The Z study of several layers, into one resumable HDF5 results file.
+
+- `run_z_study(net, imageset, out_dir, *, layers=None, config=ZConfig(), log=print)`: per layer,
+  single-unit and random-direction ablation and the unit attributes; then greedy and random-order
+  curves for one layer. Mirrors `kerabl.hayne.study.run_h_study`.
+- `ZConfig`: every choice of the run, stored in the results file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from kerabl.engine import DEFAULT_BATCH, HEAD_BATCH, _engine, _Engine, _TailEngine, predict_batched
+from kerabl.graph import _as_model, _check_layer
+from kerabl.errors import KerablError
+from kerabl.progress import progress_bar
+from kerabl.store import config_differences, partial_path
+from kerabl.zhou.ablation import _direction_drops, _greedy, _random_order, _unit_drops
+from kerabl.zhou.attributes import TOP_K, attribute_drop_correlations, class_correlation, class_means, l1_norms, selectivity_index, top_activating
+from kerabl.zhou.results import Z_KIND, _read_config, display_images
+
+
+THUMBNAIL_MAX = 64
+
+
+def _json_default(value):
+    return value.tolist() if isinstance(value, np.ndarray) else value.item()
+
+
+def _digest(array: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+@dataclass
+class _StudyData:
+    labels: np.ndarray
+    classes: np.ndarray
+    class_names: list[str]
+    imageset: Any
+    network: Any
+
+    def images(self) -> np.ndarray:
+        return np.asarray(self.imageset.load(self.network.input_size, self.network.preprocess),
+                          dtype=np.float32)
+
+
+def _study_data(network, imageset) -> _StudyData:
+    labels = np.asarray(imageset.labels).astype(np.int64)
+    classes = np.asarray(imageset.classes)
+    if not np.issubdtype(classes.dtype, np.integer):
+        raise KerablError("imageset.classes must be the model output indices of the studied classes")
+    names = [str(n) for n in getattr(imageset, "class_names", classes)]
+    return _StudyData(labels, classes.astype(np.int64), names, imageset, network)
+
+
+def _study_config(network, data: _StudyData, layers: Sequence[str], seed: int, greedy_layer: str,
+                  greedy_steps: int, greedy_seeds: int, top_k: int) -> dict[str, Any]:
+    return {"network": network.name, "weights": network.weights_id, "layers": list(layers),
+            "imageset": getattr(data.imageset, "name", type(data.imageset).__name__),
+            "labels": _digest(data.labels), "n_images": int(len(data.labels)),
+            "classes": data.classes.tolist(), "unit": "channel", "seed": int(seed),
+            "input_size": list(network.input_size), "preprocess": network.preprocess,
+            "greedy_layer": greedy_layer, "greedy_steps": int(greedy_steps),
+            "greedy_seeds": list(range(int(greedy_seeds))), "top_k": int(top_k)}
+
+
+def _check_config(path: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
+    changes = config_differences(stored, wanted)
+    if changes:
+        raise KerablError(f"{path} was made with other options ({'; '.join(changes)}): "
+                          "pass the same options or another output folder")
+
+
+def _default_greedy_layer(model, layers: Sequence[str]) -> str:
+    spatial = [name for name in layers if len(model.get_layer(name).output.shape) == 4]
+    return (spatial or list(layers))[-1]
+
+
+def _create_partial(partial: Path, config: dict[str, Any], data: _StudyData,
+                    images: np.ndarray) -> None:
+    import h5py
+
+    from kerabl.hayne.results import library_versions
+
+    with h5py.File(partial, "w") as f:
+        f.attrs["kind"] = Z_KIND
+        f.attrs["config"] = json.dumps(config)
+        f.attrs["versions"] = json.dumps(library_versions())
+        f.create_dataset("labels", data=data.labels)
+        f.create_dataset("classes", data=data.classes)
+        f.create_dataset("class_names", data=np.array(data.class_names, dtype=object),
+                         dtype=h5py.string_dtype())
+        if images.ndim == 4 and max(images.shape[1:3]) <= THUMBNAIL_MAX:
+            f.create_dataset("thumbnails", data=display_images(images), compression="gzip")
+
+
+def _done_groups(partial: Path) -> set[str]:
+    import h5py
+
+    with h5py.File(partial, "r") as f:
+        return {name for name, group in f.items()
+                if isinstance(group, h5py.Group) and group.attrs.get("done", False)}
+
+
+def _write_group(partial: Path, name: str, arrays: Mapping[str, np.ndarray],
+                 attrs: Mapping[str, Any]) -> None:
+    import h5py
+
+    with h5py.File(partial, "a") as f:
+        if name in f:
+            del f[name]
+        group = f.create_group(name)
+        for key, value in arrays.items():
+            group.create_dataset(key, data=value)
+        for key, value in attrs.items():
+            group.attrs[key] = value
+        group.attrs["done"] = True
+
+
+def _layer_results(model, eng: _TailEngine, data: _StudyData, probs: np.ndarray, layer: str,
+                   seed: int, top_k: int, progress: bool) -> tuple[dict, dict]:
+    units = _unit_drops(eng, data.labels, data.classes, None, progress, f"units {layer}")
+    directions = _direction_drops(eng, data.labels, data.classes, seed, None, progress,
+                                  f"random directions {layer}")
+    corr = class_correlation(eng.acts, probs[:, data.classes])
+    attrs = {"l1": l1_norms(model, layer),
+             "max_class_corr": np.where(np.isnan(corr).all(axis=1), np.nan,
+                                        np.nanmax(np.nan_to_num(corr, nan=-np.inf), axis=1)),
+             "selectivity": selectivity_index(eng.acts, data.labels, data.classes)}
+    top, maps = top_activating(eng.acts, min(top_k, len(data.labels)))
+    arrays = {key: units[key] for key in ("class_acc", "base_class_acc", "overall_drop",
+                                          "class_drop", "max_class_drop", "argmax_class")}
+    arrays.update(attrs, class_corr=corr, class_means=class_means(eng.acts, data.labels, data.classes),
+                  top_images=top, top_maps=maps,
+                  rand_max_class_drop=directions["max_class_drop"],
+                  rand_overall_drop=directions["overall_drop"], rotation=directions["rotation"])
+    corrs = attribute_drop_correlations(attrs, units["overall_drop"], units["max_class_drop"])
+    return arrays, {"base_acc": units["base_acc"], "correlations": json.dumps(corrs)}
+
+
+def _greedy_results(eng: _Engine, data: _StudyData, steps: int, n_seeds: int,
+                    progress: bool) -> dict[str, np.ndarray]:
+    curves, orders, random = [], [], []
+    with progress_bar("greedy ablation", len(data.classes), enabled=progress,
+                      transient=True) as advance:
+        for class_ in data.classes:
+            curve, order = _greedy(eng, data.labels, int(class_), steps, None)
+            curves.append(curve)
+            orders.append(order)
+            random.append(_random_order(eng, data.labels, int(class_), steps, range(n_seeds), None))
+            advance(1)
+    return {"curves": np.stack(curves), "order": np.stack(orders), "random": np.stack(random)}
+
+
+@dataclass(frozen=True)
+class ZConfig:
+    """Protocol options of the Z study; stored in the results file (a rerun with others is refused).
+
+    Example:
+        ZConfig(greedy_steps=5, greedy_seeds=3)
+
+    Attributes:
+        seed: seed of the random rotations.
+        greedy_layer: layer of the greedy curves (default: the last spatial layer of the targets).
+        greedy_steps: units ablated greedily per class.
+        greedy_seeds: random orders (seeds 0..greedy_seeds-1) for the baseline curves.
+        top_k: top-activating images stored per unit.
+        batch_size: masked copies per tail call (None: by float count, see `DEFAULT_BATCH`);
+            it changes the speed only, and is not stored.
+    """
+
+    seed: int = 0
+    greedy_layer: str | None = None
+    greedy_steps: int = 10
+    greedy_seeds: int = 5
+    top_k: int = TOP_K
+    batch_size: int | None = DEFAULT_BATCH
+
+
+RESULTS_NAME = "z_results.h5"
+
+
+def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequence[str] | None = None,
+                config: ZConfig = ZConfig(), progress: bool = True,
+                log: Callable[[str], None] = print) -> Path:
+    """Run (or resume, or skip when finished) the Z study and return `out_dir/z_results.h5`.
+
+    Example:
+        net = load_network("demo")
+        path = run_z_study(net, digits_imageset(), "out", config=ZConfig(greedy_steps=5))
+        ZResults.open(path).layer("conv_3")["max_class_drop"]
+
+    Per layer: single-unit ablation, random-direction ablation (seed `config.seed`), L1 norms,
+    class correlations, selectivity, class means, top-activating images; then greedy and
+    random-order ablation for every class on `config.greedy_layer`. Results go to
+    `z_results.h5.partial` layer by layer; an interrupted run resumes there (finished layers are
+    not recomputed) and the file is renamed when complete. A rerun of a finished file computes
+    nothing.
+
+    Args:
+        network: a `kerabl.models.Network`.
+        imageset: a `kerabl.data.ImageSet` (labels and classes are model output indices).
+        out_dir: folder of the results file.
+        layers: target layer names (default: the network's targets).
+        config: protocol options.
+        progress: show progress bars.
+        log: where the one-line notes go (resuming, skipping a finished file).
+
+    Raises:
+        KerablError: an existing file or partial file made with other arguments (the keys are named).
+    """
+    seed, greedy_layer, greedy_steps = config.seed, config.greedy_layer, config.greedy_steps
+    greedy_seeds, top_k, batch_size = config.greedy_seeds, config.top_k, config.batch_size
+    out_path = Path(out_dir) / RESULTS_NAME
+    model = _as_model(network)
+    layers = list(network.targets if layers is None else layers)
+    for name in layers + ([greedy_layer] if greedy_layer else []):
+        _check_layer(model, name)
+    greedy_layer = greedy_layer or _default_greedy_layer(model, layers)
+    data = _study_data(network, imageset)
+    wanted = _study_config(network, data, layers, seed, greedy_layer, greedy_steps, greedy_seeds,
+                           top_k)
+    out = Path(out_path)
+    if out.exists():
+        _check_config(out, _read_config(out), wanted)
+        log(f"{out} is complete with these options: nothing to compute")
+        return out
+    partial = partial_path(out)
+    images = data.images()
+    if partial.exists():
+        _check_config(partial, _read_config(partial), wanted)
+        log(f"resuming {partial}")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _create_partial(partial, wanted, data, images)
+    done = _done_groups(partial)
+    probs = None
+    for layer in layers:
+        if f"layer_{layer}" in done:
+            continue
+        if probs is None:
+            probs = predict_batched(model, images, HEAD_BATCH)[0]
+        eng = _engine(model, images, layer, "tail", batch_size)
+        arrays, attrs = _layer_results(model, eng, data, probs, layer, seed, top_k, progress)
+        _write_group(partial, f"layer_{layer}", arrays, {**attrs, "layer": layer})
+    if "greedy" not in done:
+        eng = _engine(model, images, greedy_layer, "tail", batch_size)
+        _write_group(partial, "greedy", _greedy_results(eng, data, greedy_steps, greedy_seeds, progress),
+                     {"layer": greedy_layer})
+    os.replace(partial, out)
+    return out
