@@ -59,7 +59,9 @@ def command(fn):
     return app.command()(run)
 
 
-ModelOpt = Annotated[Model, typer.Option(help="Network of the model zoo.")]
+ModelOpt = Annotated[str, typer.Option(
+    help="A zoo network (alexnet, vgg16, mobilenet_v2, resnet101, demo), a keras.applications "
+         "name (ResNet50, EfficientNetB0, ...) or a .keras model file.")]
 WeightsOpt = Annotated[str, typer.Option(
     help="'default' (shipped demo weights; Keras's ImageNet weights for keras.applications), "
          "'random' (seeded random weights), or a weights file path.")]
@@ -67,53 +69,78 @@ AlphaOpt = Annotated[float, typer.Option(help="MobileNetV2 width multiplier.")]
 ImagesOpt = Annotated[Optional[Path], typer.Option(
     help="ImageNet images: the paper's layout (folder with images/, the ground-truth file, "
          "meta_clsloc.mat, 50_classes.json) or synset folders (val/n01440764/*.JPEG). "
+         "Or class folders (any names, image_dataset_from_directory convention). "
          "Default: the digits test split (demo model only).")]
 ClassesOpt = Annotated[Optional[str], typer.Option(
-    help="Study classes: hayne50, hayne8, or comma-separated names/WNIDs. "
+    help="Study classes: hayne50, hayne8, or comma-separated names/WNIDs (class folders: "
+         "folder names). "
          "Default: hayne50 for alexnet, hayne8 for the other ImageNet networks.")]
 LayersOpt = Annotated[Optional[str], typer.Option(
     help="Comma-separated target layers (default: the model's default targets).")]
 UnitOpt = Annotated[Unit, typer.Option(help="element: every activation; channel: spatial mean.")]
 PreprocessOpt = Annotated[Optional[str], typer.Option(
-    help="paper, heuritech, vgg16, resnet101, mobilenet_v2 or none (default: the model's own).")]
+    help="paper, heuritech, none, scale (/255), caffe, tf, torch, or a keras.applications name "
+         "(resnet50, ...); default: the model's own (.keras files: none).")]
+CustomOpt = Annotated[Optional[str], typer.Option(
+    help="Custom objects of a .keras file: module:name, comma-separated (a module alone is "
+         "imported, registering its serialisables; a module may be a .py path).")]
+ClassIndexOpt = Annotated[Optional[Path], typer.Option(
+    help="Class folders: JSON object folder name -> model output index (default: sorted "
+         "folder order).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of every random choice (recorded in results).")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 
-def _network(model: Model, weights: str, alpha: float, seed: int, preprocess: Optional[str]):
+def _network(model: str, weights: str, alpha: float, seed: int, preprocess: Optional[str],
+             custom_objects: Optional[str] = None):
     import dataclasses
 
-    from kerabl.models import load_network
+    from kerabl.data import check_preprocess
+    from kerabl.networks import is_model_file, load_any_network
 
+    if preprocess:
+        check_preprocess(preprocess)
     chosen = None if weights == "random" else weights
     if chosen not in (None, "default"):
         chosen = Path(weights)
-    net = load_network(model.value, chosen, alpha=alpha, seed=seed)
+    net = load_any_network(model, chosen, alpha=alpha, seed=seed, custom_objects=custom_objects)
     if chosen is None:
-        typer.echo(f"note: {model.value} uses random weights ({net.weights_id}); "
+        typer.echo(f"note: {model} uses random weights ({net.weights_id}); "
                    "results test the pipeline, not the science", err=True)
+    if is_model_file(model) and not preprocess:
+        typer.echo(f"note: --preprocess not given: {model} gets RGB 0..255 images resized to "
+                   f"{net.input_size} (pass scale, caffe, tf or torch if it expects others)",
+                   err=True)
     return dataclasses.replace(net, preprocess=preprocess) if preprocess else net
 
 
-def _imageset(model: Model, images: Optional[Path], classes: Optional[str]):
-    from kerabl import data
+def _imageset(model: str, images: Optional[Path], classes: Optional[str],
+              class_index: Optional[Path] = None):
+    """The image set and the output count its labels imply (None: only the indices must fit)."""
+    from kerabl import data, folders
 
+    if class_index is not None and images is None:
+        raise KerablError("--class-index applies to class folders: pass --images DIR too")
     if images is None:
-        if model is not Model.demo:
-            raise KerablError(f"--images is required for {model.value}: pass the ImageNet "
-                              "validation folder (paper layout or synset folders)")
+        if model != Model.demo:
+            raise KerablError(f"--images is required for {model}: pass the ImageNet "
+                              "validation folder (paper layout or synset folders) or class "
+                              "folders")
         if classes:
             raise KerablError("--classes applies to ImageNet images; the demo uses all 10 digits")
-        return data.digits_imageset()
-    if not images.exists():
+        return data.digits_imageset(), 10
+    if not images.is_dir():
         raise KerablError(f"image folder {images} does not exist: pass an existing folder")
-    chosen = classes or ("hayne50" if model is Model.alexnet else "hayne8")
+    chosen = classes or ("hayne50" if model == Model.alexnet else "hayne8")
     paper_layout = (images / "images").is_dir() or any(images.glob("ILSVRC2012_val_*"))
-    if paper_layout:
-        listed = chosen if chosen in ("hayne50", "hayne8") else chosen.split(",")
-        return data.paper_imageset(images, classes=listed)
     listed = None if classes is None else classes.split(",")
-    return data.synset_imageset(images, classes=listed)
+    if class_index is None and paper_layout:
+        listed = chosen if chosen in ("hayne50", "hayne8") else chosen.split(",")
+        return data.paper_imageset(images, classes=listed), 1000
+    if class_index is None and folders.is_synset_layout(images):
+        return data.synset_imageset(images, classes=listed), 1000
+    imageset = folders.folder_imageset(images, classes=listed, class_index=class_index)
+    return imageset, None if class_index else len(folders.class_folders(images))
 
 
 def _layers(text: Optional[str]):
@@ -121,9 +148,10 @@ def _layers(text: Optional[str]):
 
 
 INPUT_OPTIONS = (  # what to study: shared by activations, study, units and reproduce
-    ("model", ModelOpt, Model.demo), ("weights", WeightsOpt, "default"), ("alpha", AlphaOpt, 0.35),
+    ("model", ModelOpt, "demo"), ("weights", WeightsOpt, "default"), ("alpha", AlphaOpt, 0.35),
     ("images", ImagesOpt, None), ("classes", ClassesOpt, None), ("layers", LayersOpt, None),
-    ("preprocess", PreprocessOpt, None), ("seed", SeedOpt, 0))
+    ("preprocess", PreprocessOpt, None), ("seed", SeedOpt, 0),
+    ("custom_objects", CustomOpt, None), ("class_index", ClassIndexOpt, None))
 
 
 def with_options(*groups):
@@ -219,25 +247,76 @@ def study(
     typer.echo(f"results: {path}")
 
 
-def _run_study(out, options: dict, probe_fits: int, shard, progress: bool):
+def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage=None):
     from kerabl.hayne.results import parse_shard
+    from kerabl.hayne.stages import run_h_stage
     from kerabl.hayne.study import run_h_study
 
     h = {name: options[name] for name, _, _ in H_OPTIONS if name != "workers"}
     config = _study_config(seed=options["seed"], probe_fits=probe_fits, **h)
     shard_ = parse_shard(shard) if shard else None
     net, imageset = _inputs(**_inputs_of(options))
-    return run_h_study(net, imageset, out, layers=_layers(options["layers"]), config=config,
-                       shard=shard_, progress=progress, workers=options["workers"],
-                       log=typer.echo)
+    run = functools.partial(run_h_stage, stage) if stage else functools.partial(
+        run_h_study, shard=shard_)
+    return run(net, imageset, out, layers=_layers(options["layers"]), config=config,
+               progress=progress, workers=options["workers"], log=typer.echo)
+
+
+def _stage_command(stage: str, doc: str) -> None:
+    """Register `kerabl <stage>`: one H stage with the options of `kerabl study`."""
+    @with_options(INPUT_OPTIONS, H_OPTIONS)
+    def run(out: Annotated[Path, typer.Option(help="Output folder (as `kerabl study`).")]
+            = Path("kerabl-out"),
+            probe_fits: FitsOpt = 200, progress: ProgressOpt = True, **options) -> None:
+        path = _run_study(out, options, probe_fits, None, progress, stage=stage)
+        typer.echo(f"{stage}: {path}")
+    run.__name__, run.__doc__ = stage, doc
+    command(run)
+
+
+_stage_command("grid", "H stage 1: unit coordinates and grid cells from the activation cache "
+                       "(recorded if absent), stored in OUT/h_stages.h5.")
+_stage_command("probe", "H stage 2: probe scores of the stored cells (after `kerabl grid`).")
+_stage_command("ablate", "H stage 3: rank deficits of the stored cells (after `kerabl probe`); "
+                         "writes OUT/h_results.h5, as `kerabl study` with the same options.")
+
+
+@command
+def layers(
+    model: Annotated[str, typer.Argument(help="A zoo name, keras.applications name or .keras file.")],
+    alpha: AlphaOpt = 0.35,
+    custom_objects: CustomOpt = None,
+) -> None:
+    """Print every layer of a model: kind, output shape, units, cut point, default target."""
+    from kerabl.models import check_alpha
+    from kerabl.networks import layer_table, untrained_model
+
+    check_alpha(model, alpha)
+    built, targets = untrained_model(model, alpha=alpha, custom_objects=custom_objects)
+    rows = layer_table(built, targets)
+    width = max(len(r["name"]) for r in rows)
+    typer.echo(f"{'layer':<{width}}  {'kind':<22} {'output shape':<22} {'units':>10}  cut  target")
+    for r in rows:
+        shape = "?" if r["shape"] is None else str(tuple(r["shape"][1:]))
+        units = "?" if r["units"] is None else str(r["units"])
+        typer.echo(f"{r['name']:<{width}}  {r['kind']:<22} {shape:<22} {units:>10}  "
+                   f"{'yes' if r['cut_point'] else 'no ':<4} {'yes' if r['target'] else 'no'}")
+    typer.echo(f"{len(rows)} layers, {sum(r['cut_point'] for r in rows)} cut points, "
+               f"{len(targets)} default targets: {', '.join(targets)}")
 
 
 @functools.lru_cache(maxsize=1)
-def _inputs(model, weights, alpha, images, classes, layers, preprocess, seed):
+def _inputs(model, weights, alpha, images, classes, layers, preprocess, seed, custom_objects=None,
+            class_index=None):
     """The network and the image set of a command (loaded once when reproduce chains stages).
-    The image set is checked first: bad image arguments fail before a model is built."""
-    imageset = _imageset(model, images, classes)
-    return _network(model, weights, alpha, seed, preprocess), imageset
+    The image set is checked first: bad image arguments fail before a model is built, and the
+    model's outputs are checked against the classes before any forward pass."""
+    from kerabl.folders import check_outputs
+
+    imageset, expected = _imageset(model, images, classes, class_index)
+    net = _network(model, weights, alpha, seed, preprocess, custom_objects)
+    check_outputs(imageset, net.n_classes, expected, net.name)
+    return net, imageset
 
 
 @command
@@ -386,10 +465,10 @@ def reproduce(
     model = options["model"]
     _inputs.cache_clear()
     if probe_fits is None:
-        probe_fits = probe_fits_demo if model is Model.demo else 200
+        probe_fits = probe_fits_demo if model == Model.demo else 200
         typer.echo(f"probe fits per cell: {probe_fits}"
                    + (" (demo default; --probe-fits 200 for the authors' count)"
-                      if model is Model.demo and probe_fits != 200 else ""))
+                      if model == Model.demo and probe_fits != 200 else ""))
     path = _run_study(out, options, probe_fits, None, progress)
     timings = {"H study": time.perf_counter() - start}
     headline = summary(HResults.open(path))
@@ -397,9 +476,9 @@ def reproduce(
     files = _render(path, Path(out) / "figures")
     timings["H figures"] = time.perf_counter() - start - sum(timings.values())
     if z is None:
-        z = model is Model.demo
+        z = model == Model.demo
         if not z:
-            typer.echo(f"Z study not run for {model.value} (hours on a CPU): pass --z, or run "
+            typer.echo(f"Z study not run for {model} (hours on a CPU): pass --z, or run "
                        "`kerabl units --layers ...` for chosen layers")
     if z:
         z_path = _run_units(out, options, None, 10, 5, progress)

@@ -63,10 +63,42 @@ def digits_split(seed: int = DIGITS_SEED, test_fraction: float = DIGITS_TEST_FRA
 # ---------------------------------------------------------------------------------------------
 # Decoding and preprocessing
 
-PREPROCESS = ("paper", "heuritech", "vgg16", "resnet101", "mobilenet_v2", "none")
 HEURITECH_RESIZE = 256
 HEURITECH_MEAN_RGB = (123.68, 116.779, 103.939)
-_KERAS_APPLICATION = {"vgg16": "vgg16", "resnet101": "resnet", "mobilenet_v2": "mobilenet_v2"}
+
+
+def _imagenet_mode(mode: str):
+    def step(batch: np.ndarray) -> np.ndarray:
+        from keras.applications import imagenet_utils
+        return imagenet_utils.preprocess_input(batch, mode=mode)
+    return step
+
+
+def _application_step(module: str):
+    def step(batch: np.ndarray) -> np.ndarray:
+        import importlib
+        return importlib.import_module(f"keras.applications.{module}").preprocess_input(batch)
+    return step
+
+
+# The recipes that follow a direct resize: name -> step on a float32 RGB 0..255 batch. A new
+# recipe of this kind is one entry here; any keras.applications name also works (its own step).
+BATCH_STEPS = {
+    "scale": lambda batch: batch / np.float32(255.0),
+    "caffe": _imagenet_mode("caffe"), "tf": _imagenet_mode("tf"), "torch": _imagenet_mode("torch"),
+    "vgg16": _application_step("vgg16"), "resnet101": _application_step("resnet"),
+    "mobilenet_v2": _application_step("mobilenet_v2")}
+PREPROCESS = ("paper", "heuritech", *BATCH_STEPS, "none")
+
+
+def _batch_step(preprocess: str):
+    """The step after the resize of `preprocess` (a BATCH_STEPS or keras.applications name)."""
+    if preprocess in BATCH_STEPS:
+        return BATCH_STEPS[preprocess]
+    if preprocess in PREPROCESS:
+        return None
+    from kerabl.networks import application_preprocess
+    return application_preprocess(preprocess)
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 
@@ -127,9 +159,9 @@ def check_preprocess(preprocess: str) -> None:
         check_preprocess("paper")      # fine
         check_preprocess("imagenet")   # KerablError listing the recipes
     """
-    if preprocess not in PREPROCESS:
+    if preprocess not in PREPROCESS and _batch_step(preprocess) is None:
         raise KerablError(f"unknown preprocessing {preprocess!r}: choose one of "
-                          f"{', '.join(PREPROCESS)}")
+                          f"{', '.join(PREPROCESS)} or a keras.applications name (resnet50)")
 
 
 def preprocess_images(images: np.ndarray | Sequence[np.ndarray], size: Sequence[int],
@@ -150,9 +182,12 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], size: Sequence[
     - "heuritech": the convnets-keras `preprocess_image_batch` recipe: resize to 256 x 256,
       subtract the RGB mean [123.68, 116.779, 103.939], centre crop `size` (227 x 227:
       rows and columns 14..240), channel order RGB (its default `color_mode="rgb"`).
-    - "vgg16", "resnet101", "mobilenet_v2": direct resize, then that `keras.applications`
-      module's `preprocess_input` (caffe BGR mean subtraction; caffe; scale to [-1, 1]).
-    - "none": the images are already network inputs (in-memory sets): only checked and stacked.
+    - "vgg16", "resnet101", "mobilenet_v2", or any keras.applications name (resnet50,
+      efficientnetb0, ...): direct resize, then that application's `preprocess_input`.
+    - "scale" (/255), "caffe" (BGR, ImageNet mean subtracted), "tf" (to [-1, 1]), "torch"
+      (/255, ImageNet mean and std): direct resize, then that step (`BATCH_STEPS`).
+    - "none": no normalisation: in-memory images are network inputs, only checked and stacked;
+      decoded files (uint8) are resized to `size`, RGB 0..255.
 
     Args:
         images: uint8 RGB images, a (N, H, W, 3) array or a list of (H_i, W_i, 3) arrays
@@ -172,17 +207,17 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], size: Sequence[
             raise KerablError(f"images must be (H, W, 3) RGB arrays, got shape {np.shape(image)}; "
                               "decode files with load_image")
     if preprocess == "none":
+        if images and all(np.asarray(i).dtype == np.uint8 for i in images):
+            return np.stack([_resize(np.asarray(i), size) for i in images])
         if any(np.shape(i)[:2] != size for i in images):
             raise KerablError(f"preprocess 'none' needs images of size {size}: resize them first "
                               "or choose a resizing recipe")
         return np.asarray(images, dtype=np.float32).reshape(len(images), *size, 3)
     batch = np.stack([_preprocess_one(np.asarray(i, dtype=np.uint8), size, preprocess)
                       for i in images]) if images else np.zeros((0, *size, 3), np.float32)
-    if preprocess in _KERAS_APPLICATION:
-        import importlib
-
-        module = importlib.import_module(f"keras.applications.{_KERAS_APPLICATION[preprocess]}")
-        batch = np.asarray(module.preprocess_input(batch), dtype=np.float32)
+    step = _batch_step(preprocess)
+    if step is not None:
+        batch = np.asarray(step(batch), dtype=np.float32)
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 

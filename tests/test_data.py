@@ -110,7 +110,7 @@ def test_keras_application_recipes():
 
 def test_preprocess_rejects_bad_input():
     with pytest.raises(KerablError, match="unknown preprocessing"):
-        preprocess_images([_rgb(1, 2, 3)], (3, 3), "caffe")
+        preprocess_images([_rgb(1, 2, 3)], (3, 3), "bogus")
     with pytest.raises(KerablError, match="size"):
         preprocess_images([np.zeros((3, 3, 3), np.float32)], (4, 4), "none")
     with pytest.raises(KerablError, match=r"\(H, W, 3\)"):

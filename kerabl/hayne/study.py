@@ -105,11 +105,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    layers = list(layers or network.targets)
-    unknown = [name for name in layers if name not in {l.name for l in network.model.layers}]
-    if unknown:
-        raise KerablError(f"unknown layer {unknown[0]!r} for model {network.name}: "
-                          f"choose from {', '.join(network.targets)}")
+    layers = target_layers(network, layers)
     cache_path = Path(cache_path or out_dir / "activations.h5")
     preprocess = network.preprocess
 
@@ -134,6 +130,16 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
                 writer.write_pair(ci, li, **sweep.pair(state, li))
                 advance(1)
     return writer.finish()
+
+
+def target_layers(network, layers: Sequence[str] | None) -> list[str]:
+    """`layers` (default: the network's targets), each checked to be a layer of the model."""
+    layers = list(layers or network.targets)
+    unknown = [name for name in layers if name not in {l.name for l in network.model.layers}]
+    if unknown:
+        raise KerablError(f"unknown layer {unknown[0]!r} for model {network.name}: "
+                          f"choose from {', '.join(network.targets)}")
+    return layers
 
 
 def _writer_args(network, imageset, layers, config: HConfig) -> dict:
@@ -171,7 +177,8 @@ class _Sweep:
             self._ablators[layer] = self._engine(self.network.model, layer)
         return self._ablators[layer]
 
-    def start_class(self, ci: int) -> dict:
+    def start_class(self, ci: int, forward: bool = True) -> dict:
+        """Class `ci`'s image rows and other classes; with `forward`, its images and ranks."""
         from kerabl.engine import predict_batched
         from kerabl.hayne.ablation import true_class_rank
         from kerabl.hayne.grid import choose_others
@@ -181,6 +188,8 @@ class _Sweep:
         target_rows = imageset.rows_of(imageset.classes[ci])
         others = choose_others(n_classes, ci, self.config.others, self.config.seed)
         other_rows = np.concatenate([imageset.rows_of(imageset.classes[o]) for o in others])
+        if not forward:
+            return dict(ci=ci, target_rows=target_rows, other_rows=other_rows, others=others)
         images = imageset.load(net.input_size, net.preprocess, rows=target_rows)
         labels = np.asarray(imageset.labels)[target_rows]
         scores = predict_batched(net.model, images, 64)[0]
@@ -188,30 +197,48 @@ class _Sweep:
                     images=images, labels=labels, rank_before=true_class_rank(scores, labels))
 
     def pair(self, state: dict, li: int) -> dict:
-        from kerabl.hayne.ablation import mean_rank_deficit
-        from kerabl.masks import cell_masks
+        """Every stage of pair (class state["ci"], layer li): grid, probes, ablation."""
+        acts = self.activations(state, li)
+        found = self.grid(state, acts)
+        found.update(self.probes(state, li, acts, found["grid"]))
+        found.update(self.ablate(state, li, acts, found["grid"]))
+        return found
+
+    def activations(self, state: dict, li: int) -> np.ndarray:
+        """Cached activations of the class's images, then its other classes' images."""
+        rows = np.concatenate([state["target_rows"], state["other_rows"]])
+        return self.cache.read(self.layers[li], rows=rows)
+
+    def grid(self, state: dict, acts: np.ndarray) -> dict:
+        """Stage `grid`: unit coordinates and the equal-count grid."""
         from kerabl.hayne.grid import coordinates, equal_count_grid
 
-        config, layer = self.config, self.layers[li]
-        target_rows, other_rows = state["target_rows"], state["other_rows"]
-        acts = self.cache.read(layer, rows=np.concatenate([target_rows, other_rows]))
-        n_target = len(target_rows)
+        n_target = len(state["target_rows"])
         selectivity, magnitude = coordinates(acts[:n_target].mean(0, dtype=np.float64),
                                              acts[n_target:].mean(0, dtype=np.float64))
-        grid = equal_count_grid(selectivity, magnitude, tuple(config.grid),
-                                legacy_bounds=config.legacy_bounds)
-        scores = self._probe_scores(acts, n_target, grid.cells, state["ci"], li)
+        grid = equal_count_grid(selectivity, magnitude, tuple(self.config.grid),
+                                legacy_bounds=self.config.legacy_bounds)
+        return dict(selectivity=selectivity, magnitude=magnitude, grid=grid)
 
+    def probes(self, state: dict, li: int, acts: np.ndarray, grid) -> dict:
+        """Stage `probe`: the probe scores of each cell."""
+        return self._probe_scores(acts, len(state["target_rows"]), grid.cells, state["ci"], li)
+
+    def ablate(self, state: dict, li: int, acts: np.ndarray, grid) -> dict:
+        """Stage `ablate`: the true class's ranks with each cell ablated, their mean deficit."""
+        from kerabl.hayne.ablation import mean_rank_deficit
+        from kerabl.masks import cell_masks
+
+        layer = self.layers[li]
         ablator = self._ablator(layer)
         if self._can_use_cache(ablator, layer):
-            ablator.set_activations(acts[:n_target])
+            ablator.set_activations(acts[:len(state["target_rows"])])
         else:
             ablator.set_images(state["images"])
-        masks = cell_masks(ablator.shape, grid.cells, config.unit)
+        masks = cell_masks(ablator.shape, grid.cells, self.config.unit)
         rank_after = ablator.ranks(masks, state["labels"])
-        deficit = mean_rank_deficit(state["rank_before"], rank_after, clip=config.clip)
-        return dict(selectivity=selectivity, magnitude=magnitude, grid=grid,
-                    rank_after=rank_after, deficit=deficit, **scores)
+        deficit = mean_rank_deficit(state["rank_before"], rank_after, clip=self.config.clip)
+        return dict(rank_after=rank_after, deficit=deficit)
 
     def _can_use_cache(self, ablator, layer) -> bool:
         """Cached activations feed the tail only when they are the exact layer output."""

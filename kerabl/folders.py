@@ -1,0 +1,137 @@
+"""Class folders: one sub-folder of images per class, Keras's `image_dataset_from_directory`
+convention, any folder names.
+
+- `folder_imageset(folder, classes=None, class_index=None)`: the image set; output index of a
+  class = its folder's position in sorted order, or the index a `--class-index` JSON gives it.
+- `read_class_index(path)`: that JSON (folder name -> output index).
+- `is_synset_layout(folder)`: whether every class folder is an ImageNet WNID (`n01440764`).
+- `check_outputs(imageset, n_outputs, expected, model)`: the model's output count fits the
+  classes (before any forward pass).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+from kerabl.data import IMAGE_SUFFIXES, ImageSet, _from_classes
+from kerabl.errors import KerablError
+
+WNID = re.compile(r"n\d{8}")
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The sub-folder names of `folder`, sorted (hidden ones skipped)."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def is_synset_layout(folder: str | Path) -> bool:
+    """Whether `folder`'s sub-folders are all ImageNet WNIDs (and there is at least one).
+
+    Example:
+        is_synset_layout("val")   # True for val/n01440764/, val/n01443537/, ...
+    """
+    names = class_folders(Path(folder))
+    return bool(names) and all(WNID.fullmatch(n) for n in names)
+
+
+def read_class_index(path: str | Path) -> dict[str, int]:
+    """A JSON object folder name -> model output index.
+
+    Example:
+        read_class_index("classes.json")   # {"cats": 0, "dogs": 1}
+    """
+    try:
+        mapping = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise KerablError(f"cannot read class index {path} ({err}): give a JSON object "
+                          "folder name -> output index") from None
+    if not isinstance(mapping, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in mapping.values()):
+        raise KerablError(f"class index {path} must be a JSON object folder name -> output "
+                          "index (an integer >= 0)")
+    if len(set(mapping.values())) != len(mapping):
+        raise KerablError(f"class index {path} gives two folders the same output index: give "
+                          "each folder its own")
+    return {str(k): int(v) for k, v in mapping.items()}
+
+
+def folder_imageset(folder: str | Path, classes: Sequence[str] | None = None,
+                    class_index: str | Path | dict | None = None) -> ImageSet:
+    """Images in one sub-folder per class (any names; files found recursively, sorted).
+
+    Example:
+        images = folder_imageset("flowers")                    # daisy -> 0, rose -> 1, ...
+        images = folder_imageset("flowers", classes=["rose", "daisy"])
+        images = folder_imageset("flowers", class_index="flowers.json")
+
+    Args:
+        folder: the folder of class folders.
+        classes: folder names in study order (default: every folder, sorted; with a class
+            index, every folder it names).
+        class_index: a JSON file (or dict) folder name -> model output index; default: the
+            folder's position in sorted order, as `image_dataset_from_directory` labels it.
+
+    Raises:
+        KerablError: a missing folder, an unknown class, a class without images, or fewer than
+            two classes (a study compares a class with the others).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KerablError(f"image folder {folder} does not exist: pass the folder of class "
+                          "folders")
+    names = class_folders(folder)
+    if class_index is None:
+        index = {name: k for k, name in enumerate(names)}
+    else:
+        index = class_index if isinstance(class_index, dict) else read_class_index(class_index)
+        missing = [n for n in index if n not in names]
+        if missing:
+            raise KerablError(f"class index names folder {missing[0]!r}, which is not in "
+                              f"{folder}: fix the JSON or the folder")
+    chosen = [str(c).strip() for c in classes] if classes else list(index)
+    unknown = [c for c in chosen if c not in index]
+    if unknown:
+        raise KerablError(f"class {unknown[0]!r} is not a class folder of {folder}"
+                          + (" named in the class index" if class_index is not None else "")
+                          + f": choose from {', '.join(sorted(index))}")
+    if len(chosen) < 2:
+        raise KerablError(f"{folder} gives {len(chosen)} class ({', '.join(chosen) or 'none'}): "
+                          "a study compares each class with others; give at least two class "
+                          "folders")
+    files_per_class = []
+    for name in chosen:
+        files = sorted(p for p in (folder / name).rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise KerablError(f"no images in class folder {folder / name}: add images "
+                              f"({', '.join(IMAGE_SUFFIXES)}) or remove the folder")
+        files_per_class.append(files)
+    return _from_classes("class-folders", folder, [index[c] for c in chosen], chosen,
+                         files_per_class)
+
+
+def check_outputs(imageset: ImageSet, n_outputs: int, expected: int | None, model: str) -> None:
+    """Refuse a model whose output count does not fit the image set's classes.
+
+    Example:
+        check_outputs(folder_imageset("flowers"), 5, expected=5, model="flowers")   # fine
+
+    Args:
+        imageset: the study's images.
+        n_outputs: the model's class-score count.
+        expected: the count the images' labelling implies (sorted class folders: their number;
+            ImageNet layouts: 1000), or None when only the indices must fit (a class index).
+        model: the model's name, for the message.
+    """
+    if expected is not None and n_outputs != expected:
+        raise KerablError(f"model {model} has {n_outputs} outputs but the images are labelled "
+                          f"for {expected} classes: pass a model with {expected} outputs, or "
+                          "--class-index FILE.json mapping each folder to its output index")
+    top = max(imageset.classes)
+    if top >= n_outputs:
+        raise KerablError(f"class {imageset.class_names[imageset.classes.index(top)]} has output "
+                          f"index {top} but model {model} has {n_outputs} outputs: fix the "
+                          "class index or pass the model trained on these classes")
