@@ -56,6 +56,8 @@ def command(fn):
         except KerablError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        finally:
+            _inputs.cache_clear()  # a model file may change between two commands of a process
     return app.command()(run)
 
 
@@ -92,7 +94,8 @@ ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 
 def _network(model: str, weights: str, alpha: float, seed: int, preprocess: Optional[str],
-             custom_objects: Optional[str] = None):
+             custom_objects: Optional[str] = None, notes: Optional[list] = None):
+    """The network; its notes go to `notes` when given (printed once the inputs are checked)."""
     import dataclasses
 
     from kerabl.data import check_preprocess
@@ -104,13 +107,18 @@ def _network(model: str, weights: str, alpha: float, seed: int, preprocess: Opti
     if chosen not in (None, "default"):
         chosen = Path(weights)
     net = load_any_network(model, chosen, alpha=alpha, seed=seed, custom_objects=custom_objects)
+    found = []
     if chosen is None:
-        typer.echo(f"note: {model} uses random weights ({net.weights_id}); "
-                   "results test the pipeline, not the science", err=True)
+        found.append(f"note: {model} uses random weights ({net.weights_id}); "
+                     "results test the pipeline, not the science")
     if is_model_file(model) and not preprocess:
-        typer.echo(f"note: --preprocess not given: {model} gets RGB 0..255 images resized to "
-                   f"{net.input_size} (pass scale, caffe, tf or torch if it expects others)",
-                   err=True)
+        found.append(f"note: --preprocess not given: {model} gets RGB 0..255 images resized to "
+                     f"{net.input_size} (pass scale, caffe, tf or torch if it expects others)")
+    if notes is None:
+        for note in found:
+            typer.echo(note, err=True)
+    else:
+        notes.extend(found)
     return dataclasses.replace(net, preprocess=preprocess) if preprocess else net
 
 
@@ -314,8 +322,11 @@ def _inputs(model, weights, alpha, images, classes, layers, preprocess, seed, cu
     from kerabl.folders import check_outputs
 
     imageset, expected = _imageset(model, images, classes, class_index)
-    net = _network(model, weights, alpha, seed, preprocess, custom_objects)
+    notes: list[str] = []
+    net = _network(model, weights, alpha, seed, preprocess, custom_objects, notes)
     check_outputs(imageset, net.n_classes, expected, net.name)
+    for note in notes:
+        typer.echo(note, err=True)
     return net, imageset
 
 
