@@ -281,7 +281,7 @@ _CONSTANT_VARIABLES = {"bias": 0.0, "beta": 0.0, "moving_mean": 0.0, "gamma": 1.
                        "moving_variance": 1.0}
 
 
-def randomize_weights(model: keras.Model, seed: int) -> keras.Model:
+def randomize_weights(model: keras.Model, seed: int, keep_constant: bool = False) -> keras.Model:
     """Overwrite every variable of `model` from `np.random.default_rng(seed)`; no global state.
 
     Example:
@@ -289,7 +289,9 @@ def randomize_weights(model: keras.Model, seed: int) -> keras.Model:
         randomize_weights(model, seed=3)  # same numbers for the same seed, every time
 
     Kernels (dense, conv and depthwise) get Glorot-uniform values drawn in the order of
-    `model.weights`; biases and BN beta/moving_mean 0; BN gamma/moving_variance 1.
+    `model.weights`; biases and BN beta/moving_mean 0; BN gamma/moving_variance 1. Other
+    variables are refused, or with `keep_constant` left as Keras initialised them when that is
+    one constant (EfficientNet's input Normalization state, ConvNeXt's layer scale).
     Returns the model.
     """
     rng = np.random.default_rng(seed)
@@ -300,6 +302,8 @@ def randomize_weights(model: keras.Model, seed: int) -> keras.Model:
             variable.assign(glorot_uniform(shape, rng))
         elif kind in _CONSTANT_VARIABLES:
             variable.assign(np.full(shape, _CONSTANT_VARIABLES[kind], dtype=np.float32))
+        elif keep_constant and np.ptp(np.asarray(variable)) == 0:
+            continue
         else:
             raise KerablError(f"cannot randomise variable {variable.path!r} of unknown kind: "
                               "load a weights file for this model instead")

@@ -174,8 +174,8 @@ def block_targets(model) -> tuple[str, ...]:
         block_targets(demo_model())
         # ("conv_1", "conv_2", "conv_3", "conv_4", "conv_5", "dense_1", "dense_2")
 
-    A cut point is a target when a conv or dense layer lies between it and the previous target,
-    none of its consumers continues the block (`BLOCK_CONTINUATION`: normalisation or
+    A cut point is a target when a conv or dense layer (or a nested model holding one) lies
+    between it and the previous target, none of its consumers continues the block (`BLOCK_CONTINUATION`: normalisation or
     activation), and it is not the model's output layer.
     """
     from kerabl.graph import _functional, _inbound_layers, cut_points
@@ -189,12 +189,18 @@ def block_targets(model) -> tuple[str, ...]:
             consumers.setdefault(producer.name, []).append(type(layer).__name__)
     targets, since_target = [], False
     for layer in model.layers:
-        since_target = since_target or type(layer).__name__ in CONV_KINDS
+        since_target = since_target or _has_weights_kind(layer)
         continues = any(kind in BLOCK_CONTINUATION for kind in consumers.get(layer.name, []))
         if since_target and layer.name in cuts and not continues and layer.name not in outputs:
             targets.append(layer.name)
             since_target = False
     return tuple(targets)
+
+
+def _has_weights_kind(layer) -> bool:
+    """A conv or dense layer, or a nested model holding one (ConvNeXt's stem)."""
+    inner = getattr(layer, "layers", None) or []
+    return type(layer).__name__ in CONV_KINDS or any(map(_has_weights_kind, inner))
 
 
 def layer_table(model, targets) -> list[dict]:
@@ -278,7 +284,7 @@ def load_any_network(spec: str, weights: str | Path | None = "default", *, alpha
         model = _application_model(constructor, use_default)
         weights_id = f"keras-imagenet:{name}" if use_default else None
     if weights is None:
-        models.randomize_weights(model, seed)
+        models.randomize_weights(model, seed, keep_constant=True)
         weights_id = f"random:{seed}"
     elif not use_default:
         weights_id = models.load_weights_file(name, model, weights)

@@ -3,7 +3,6 @@ layers), class folders with any names, the preprocess steps, `kerabl layers`, th
 `grid` -> `probe` -> `ablate` against `kerabl study`, and bad input refused with one line before
 any forward pass."""
 
-import contextlib
 import importlib.util
 import json
 import sys
@@ -14,15 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import kerabl.hayne.study
 from kerabl.data import preprocess_images
 from kerabl.errors import KerablError
 from kerabl.folders import folder_imageset
 from kerabl.hayne.results import HResults
-from kerabl.models import build_model, default_targets
+from kerabl.models import build_model, default_targets, randomize_weights
 from kerabl.networks import block_targets, input_size_of, load_any_network
 
-from test_cli import assert_one_line_error, invoke
+from test_cli import assert_one_line_error, invoke, one_process  # noqa: F401 (a fixture)
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SMALL = ["--grid", "2x2", "--probe-fits", "2", "--heldout-folds", "2", "--no-progress"]
@@ -43,11 +41,6 @@ def _example():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def one_process(monkeypatch):
-    monkeypatch.setattr(kerabl.hayne.study, "probe_pool", lambda workers: contextlib.nullcontext(None))
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +94,19 @@ def test_resnet50_random_weights_and_its_block_outputs():
     assert len(net.targets) == 17
 
 
+def test_random_weights_keep_constant_state_only_when_asked():
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Normalization(name="norm")(inputs)   # mean 0, variance 1, count 0
+    outputs = keras.layers.Dense(2, name="out")(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    with pytest.raises(KerablError, match="cannot randomise variable"):
+        randomize_weights(model, 0)
+    randomize_weights(model, 0, keep_constant=True)
+    norm = model.get_layer("norm")
+    assert float(np.sum(norm.variance)) == 3.0 and float(np.sum(np.abs(norm.mean))) == 0.0
+    assert np.ptp(np.asarray(model.get_layer("out").kernel)) > 0
+
+
 def test_preprocess_steps_give_known_numbers():
     image = np.full((2, 3, 3), [10, 20, 30], np.uint8)
     np.testing.assert_allclose(preprocess_images([image], (4, 4), "scale")[0, 0, 0],
@@ -151,8 +157,8 @@ def test_layers_command_lists_units_cut_points_and_targets(custom_model):
     assert "2 default targets: conv, hidden" in result.output
 
 
-def test_keras_file_with_custom_layer_studied_stage_by_stage_equals_study(
-        custom_model, tmp_path, one_process):
+@pytest.mark.usefixtures("one_process")
+def test_keras_file_with_custom_layer_studied_stage_by_stage_equals_study(custom_model, tmp_path):
     path, _, images = custom_model
     common = ["--model", path, "--images", images, "--preprocess", "scale", *SMALL]
     result = invoke("study", "--out", tmp_path / "study", *common)
@@ -194,6 +200,8 @@ def test_bad_input_is_one_line_before_any_forward_pass(custom_model, tmp_path, m
     out = tmp_path / "out"
     more = tmp_path / "four"
     _example().make_images(more, 1, classes=("a", "b", "c", "d"))
+    index = tmp_path / "index.json"
+    index.write_text(json.dumps({"a": 0, "b": 1, "d": 5}))
     (tmp_path / "one" / "only").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "one" / "only" / "x.png")
     grey = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Flatten(),
@@ -205,6 +213,8 @@ def test_bad_input_is_one_line_before_any_forward_pass(custom_model, tmp_path, m
         (["--model", path, "--images", images], ["'Doubled'", "--custom-objects"]),
         (["--model", path, "--images", more, "--custom-objects", f"{layer_file}:Doubled"],
          ["3 outputs", "4 classes", "--class-index"]),
+        (["--model", path, "--images", more, "--custom-objects", f"{layer_file}:Doubled",
+          "--class-index", index], ["output index 5", "3 outputs"]),
         (["--model", tmp_path / "grey.keras", "--images", images], ["(None, 16, 16, 1)"]),
         (["--model", path, "--images", tmp_path / "one"], ["at least two"]),
         (["--model", "NoSuchNet", "--images", images], ["unknown model 'NoSuchNet'"]),
@@ -229,7 +239,8 @@ def test_example_script_trains_a_model_kerabl_studies(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_resnet50_random_on_two_paper_classes_and_two_layers(hayne50, tmp_path, one_process):
+@pytest.mark.usefixtures("one_process")
+def test_resnet50_random_on_two_paper_classes_and_two_layers(hayne50, tmp_path):
     from kerabl.data import paper_imageset
     from kerabl.imagenet import wnids
 
