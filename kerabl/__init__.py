@@ -1,11 +1,13 @@
 """kerabl: unit-ablation studies of image CNNs in Keras 3.
 
 - `kerabl.models`, `kerabl.data`, `kerabl.imagenet`: the model zoo and weights, image sets.
+- `kerabl.networks`, `kerabl.folders`: keras.applications names and .keras files; class folders.
 - `kerabl.graph`: the one Keras graph walker (cut points, heads, tails, channel-wise chains).
 - `kerabl.masks`: unit kinds, mask arrays, mask layers and `ablated(...)`.
 - `kerabl.engine`: the ablation engines (head once, tail per mask; the paper's and full references).
 - `kerabl.activations`: the self-describing HDF5 activation cache.
-- `kerabl.hayne`: the H study (`grid`, `probes`, `ablation`, `study`, `results`, `stats`, `figures`).
+- `kerabl.hayne`: the H study (`grid`, `probes`, `ablation`, `study`, `stages`, `results`, `stats`,
+  `figures`).
 - `kerabl.zhou`: the Z study (`attributes`, `ablation`, `study`, `results`, `figures`).
 
 Example:
@@ -29,9 +31,12 @@ _LAZY = {
     "digits_imageset": "kerabl.data",
     "paper_imageset": "kerabl.data",
     "synset_imageset": "kerabl.data",
+    "load_any_network": "kerabl.networks",
+    "folder_imageset": "kerabl.folders",
     "record_activations": "kerabl.activations",
     "HConfig": "kerabl.hayne.study",
     "run_h_study": "kerabl.hayne.study",
+    "run_h_stage": "kerabl.hayne.stages",
     "HResults": "kerabl.hayne.results",
     "ZConfig": "kerabl.zhou.study",
     "run_z_study": "kerabl.zhou.study",

@@ -17,8 +17,9 @@ from kerabl.errors import KerablError
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Unit-ablation studies of image CNNs (Hayne et al. 2022; Zhou et al. 2018).\n\n"
-         "Stages: activations -> study (grid, probes, cell ablation: the H study); units (the Z "
-         "study); figures, export, merge; reproduce chains them; bench measures speed.")
+         "Stages: activations -> study (grid, probes, cell ablation: the H study; or grid -> "
+         "probe -> ablate one by one); units (the Z study); figures, export, merge; reproduce "
+         "chains them; layers lists a model's layers; bench measures speed.")
 
 
 DEMO_PROBE_FITS = 10

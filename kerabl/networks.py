@@ -286,8 +286,9 @@ def load_any_network(spec: str, weights: str | Path | None = "default", *, alpha
     if weights is None:
         models.randomize_weights(model, seed, keep_constant=True)
         weights_id = f"random:{seed}"
-    elif not use_default:
-        weights_id = models.load_weights_file(name, model, weights)
+    elif not use_default:  # a file's name is no zoo name: never the heuritech loader
+        label = Path(spec).name if is_model_file(spec) else name
+        weights_id = models.load_weights_file(label, model, weights)
     return models.Network(name=name, model=model, weights_id=weights_id,
                           targets=block_targets(model), input_size=input_size_of(model, name),
                           preprocess=preprocess, n_classes=output_count_of(model, name))

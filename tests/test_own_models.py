@@ -235,6 +235,14 @@ def test_example_script_trains_a_model_kerabl_studies(tmp_path):
     model.save(tmp_path / "patterns.keras")
     net = load_any_network(str(tmp_path / "patterns.keras"))
     assert net.targets == ("conv_1", "conv_2", "dense_1") and net.input_size == (32, 32)
+    assert net.weights_id.startswith("sha256:") and net.preprocess == "none"
+    random = load_any_network(str(tmp_path / "patterns.keras"), None, seed=4)
+    assert random.weights_id == "random:4"
+    model.save_weights(tmp_path / "trained.weights.h5")
+    again = load_any_network(str(tmp_path / "patterns.keras"), tmp_path / "trained.weights.h5")
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    assert not np.allclose(random.model.predict_on_batch(x), net.model.predict_on_batch(x))
+    np.testing.assert_allclose(again.model.predict_on_batch(x), net.model.predict_on_batch(x))
 
 
 @pytest.mark.slow
