@@ -95,8 +95,8 @@ ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 
 def _network(model: str, weights: str, alpha: float, seed: int, preprocess: Optional[str],
-             custom_objects: Optional[str] = None, notes: Optional[list] = None):
-    """The network; its notes go to `notes` when given (printed once the inputs are checked)."""
+             custom_objects: Optional[str] = None):
+    """The network and its notes for the user (printed once the inputs are checked)."""
     import dataclasses
 
     from kerabl.data import check_preprocess
@@ -108,19 +108,14 @@ def _network(model: str, weights: str, alpha: float, seed: int, preprocess: Opti
     if chosen not in (None, "default"):
         chosen = Path(weights)
     net = load_any_network(model, chosen, alpha=alpha, seed=seed, custom_objects=custom_objects)
-    found = []
+    notes = []
     if chosen is None:
-        found.append(f"note: {model} uses random weights ({net.weights_id}); "
+        notes.append(f"note: {model} uses random weights ({net.weights_id}); "
                      "results test the pipeline, not the science")
     if is_model_file(model) and not preprocess:
-        found.append(f"note: --preprocess not given: {model} gets RGB 0..255 images resized to "
+        notes.append(f"note: --preprocess not given: {model} gets RGB 0..255 images resized to "
                      f"{net.input_size} (pass scale, caffe, tf or torch if it expects others)")
-    if notes is None:
-        for note in found:
-            typer.echo(note, err=True)
-    else:
-        notes.extend(found)
-    return dataclasses.replace(net, preprocess=preprocess) if preprocess else net
+    return (dataclasses.replace(net, preprocess=preprocess) if preprocess else net), notes
 
 
 def _imageset(model: str, images: Optional[Path], classes: Optional[str],
@@ -323,8 +318,7 @@ def _inputs(model, weights, alpha, images, classes, layers, preprocess, seed, cu
     from kerabl.folders import check_outputs
 
     imageset, expected = _imageset(model, images, classes, class_index)
-    notes: list[str] = []
-    net = _network(model, weights, alpha, seed, preprocess, custom_objects, notes)
+    net, notes = _network(model, weights, alpha, seed, preprocess, custom_objects)
     check_outputs(imageset, net.n_classes, expected, net.name)
     for note in notes:
         typer.echo(note, err=True)
