@@ -23,7 +23,11 @@ WNID = re.compile(r"n\d{8}")
 
 
 def class_folders(folder: Path) -> list[str]:
-    """The sub-folder names of `folder`, sorted (hidden ones skipped)."""
+    """The sub-folder names of `folder`, sorted (hidden ones skipped).
+
+    Example:
+        class_folders("flowers")   # ["daisy", "rose", "tulip"]
+    """
     return sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
 
 

@@ -114,7 +114,11 @@ def _import(module_name: str):
 
 
 def is_model_file(spec: str) -> bool:
-    """Whether `spec` names a model file rather than a model name."""
+    """Whether `spec` names a model file rather than a model name.
+
+    Example:
+        is_model_file("runs/mine.keras"), is_model_file("ResNet50")   # (True, False)
+    """
     return str(spec).endswith((".keras", ".h5")) or "/" in str(spec)
 
 
@@ -159,7 +163,11 @@ def input_size_of(model, name: str) -> tuple[int, int]:
 
 
 def output_count_of(model, name: str) -> int:
-    """The class count of a model with one (None, n_classes) output; else a `KerablError`."""
+    """The class count of a model with one (None, n_classes) output; else a `KerablError`.
+
+    Example:
+        output_count_of(keras.applications.ResNet50(weights=None), "ResNet50")   # 1000
+    """
     shape = model.output_shape
     if isinstance(shape, list) or len(shape) != 2 or shape[-1] is None:
         raise KerablError(f"model {name} gives output {shape}; the studies need one "
@@ -282,7 +290,7 @@ def load_any_network(spec: str, weights: str | Path | None = "default", *, alpha
             raise KerablError("--custom-objects applies to .keras files, not to applications")
         name, preprocess = constructor.__name__, constructor.__name__.lower()
         model = _application_model(constructor, use_default)
-        weights_id = f"keras-imagenet:{name}" if use_default else None
+        weights_id = arrays_digest(model) if use_default else None
     if weights is None:
         models.randomize_weights(model, seed, keep_constant=True)
         weights_id = f"random:{seed}"
@@ -320,6 +328,22 @@ def _unknown_model(spec: str) -> KerablError:
     return KerablError(f"unknown model {spec!r}: choose one of {', '.join(MODEL_NAMES)}, a "
                        "keras.applications name (ResNet50, EfficientNetB0, ...) or a .keras file "
                        "path")
+
+
+def arrays_digest(model) -> str:
+    """`"arrays-sha256:<hex>"` of a model's weight arrays, in `model.weights` order.
+
+    Example:
+        arrays_digest(keras.applications.ResNet50())   # identifies Keras's ImageNet download
+    """
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(np.ascontiguousarray(np.asarray(variable)).tobytes())
+    return "arrays-sha256:" + digest.hexdigest()
 
 
 def _application_model(constructor, imagenet: bool):

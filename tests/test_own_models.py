@@ -18,7 +18,7 @@ from kerabl.errors import KerablError
 from kerabl.folders import folder_imageset
 from kerabl.hayne.results import HResults
 from kerabl.models import build_model, default_targets, randomize_weights
-from kerabl.networks import block_targets, input_size_of, load_any_network
+from kerabl.networks import arrays_digest, block_targets, input_size_of, load_any_network
 
 from test_cli import assert_one_line_error, invoke, one_process  # noqa: F401 (a fixture)
 
@@ -236,6 +236,8 @@ def test_example_script_trains_a_model_kerabl_studies(tmp_path):
     net = load_any_network(str(tmp_path / "patterns.keras"))
     assert net.targets == ("conv_1", "conv_2", "dense_1") and net.input_size == (32, 32)
     assert net.weights_id.startswith("sha256:") and net.preprocess == "none"
+    other = randomize_weights(example.pattern_model(), 1)
+    assert arrays_digest(net.model) == arrays_digest(model) != arrays_digest(other)
     random = load_any_network(str(tmp_path / "patterns.keras"), None, seed=4)
     assert random.weights_id == "random:4"
     model.save_weights(tmp_path / "trained.weights.h5")
