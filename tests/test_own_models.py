@@ -155,6 +155,8 @@ def test_layers_command_lists_units_cut_points_and_targets(custom_model):
     assert rows["doubled"][-3:] == ["784", "yes", "no"]  # no conv/dense since the last target
     assert rows["hidden"][-3:] == ["8", "yes", "yes"] and rows["predictions"][-1] == "no"
     assert "2 default targets: conv, hidden" in result.output
+    listed = invoke("--help").output
+    assert all(name in listed for name in ("grid", "probe", "ablate", "layers"))
 
 
 @pytest.mark.usefixtures("one_process")
