@@ -452,13 +452,14 @@ def crosscheck(
         help="The run's weights file (not needed for the shipped demo or random weights).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="The run's image folder (ImageNet runs).")] = None,
     tolerance: Annotated[float, typer.Option(help="Largest |diff| counted as equal in the listing.")] = 1e-9,
+    progress: ProgressOpt = True,
 ) -> None:
     """Re-run the study's baseline and every cell's ablation in PyTorch (forward hooks) and compare."""
     from kerabl.crosscheck import crosscheck as run_crosscheck
 
     _results_kind(results)
     summary = run_crosscheck(results, out, weights=weights, images=images, tolerance=tolerance,
-                             log=typer.echo)
+                             progress=progress, log=typer.echo)
     typer.echo(f"port csv: {summary.port_csv}")
     typer.echo(summary.line())
 

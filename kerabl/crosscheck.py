@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,8 +183,9 @@ def hook_points(name: str, net, keras_model) -> dict[str, object]:
         layers = [lay for lay in keras_model.layers if isinstance(lay, keras_kind)]
         modules = [(i, m) for i, m in enumerate(seq) if isinstance(m, torch_kind)]
         for lay, (i, module) in zip(layers, modules):
-            relu = getattr(lay, "activation", None) is keras.activations.relu
-            points[lay.name] = seq[i + 1] if relu else module
+            activation = getattr(lay, "activation", None)
+            points[lay.name] = (seq[i + 1] if activation is keras.activations.relu else
+                                net.softmax if activation is keras.activations.softmax else module)
     return points
 
 
@@ -253,6 +255,17 @@ def chw_mask(shape: tuple, units: np.ndarray, unit: str) -> np.ndarray:
     return mask
 
 
+def _writable(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise KerablError(f"cannot create {folder} ({error.strerror}): choose a writable --out") \
+            from None
+    if not os.access(folder, os.W_OK):
+        raise KerablError(f"{folder} is not writable: choose a writable --out")
+    return folder
+
+
 @dataclass(frozen=True)
 class CrosscheckSummary:
     """What `crosscheck` measured (see its docstring)."""
@@ -319,8 +332,41 @@ def _imageset_of(res, images):
     return imageset
 
 
-def crosscheck(results, out_dir, *, weights=None, images=None, tolerance: float = 0.0,
-               log: Callable[[str], None] = print) -> CrosscheckSummary:
+def _class_in_torch(ci, name, res, imageset, net, port, points, deficits, rows, advance,
+                    counts):
+    """Baseline and every cell of class position `ci` in torch; fills `deficits` and `rows`."""
+    from kerabl.hayne.ablation import mean_rank_deficit, true_class_rank
+
+    torch = import_torch()
+    unit, clip, m = res.config["unit"], bool(res.config["clip"]), res.grid_shape[1]
+    n_ranks, equal_ranks = counts
+    valid = res.image_rows[ci] >= 0
+    image_rows = res.image_rows[ci][valid]
+    x = torch.from_numpy(np.ascontiguousarray(
+        imageset.load(net.input_size, res.config["preprocess"], rows=image_rows)
+        .transpose(0, 3, 1, 2)))
+    labels = imageset.labels[image_rows]
+    before = true_class_rank(TorchAblator(port, port).outputs(x, None), labels)
+    n_ranks += before.size
+    equal_ranks += int((before == res.rank_before[ci][valid]).sum())
+    for li, layer in enumerate(res.layers):
+        shape = tuple(int(d) for d in net.model.get_layer(layer).output.shape[1:])
+        membership = res.units(ci, layer)["membership"]
+        ablator = TorchAblator(port, points[layer])
+        for k in range(res.deficit.shape[2]):
+            units = np.flatnonzero(membership == k)
+            after = true_class_rank(ablator.outputs(x, chw_mask(shape, units, unit)), labels)
+            n_ranks += after.size
+            equal_ranks += int((after == res.rank_after[ci, li, k][valid]).sum())
+            deficits[ci, li, k] = mean_rank_deficit(before, after[None], clip=clip)[0]
+            rows.append([name, int(res.class_index[ci]), layer, k, k // m, k % m, units.size,
+                         "", "", "", "", repr(float(deficits[ci, li, k])), "", ""])
+        advance(1)
+    return n_ranks, equal_ranks
+
+
+def crosscheck(results, out_dir, *, weights=None, images=None, tolerance: float = 1e-9,
+               progress: bool = True, log: Callable[[str], None] = print) -> CrosscheckSummary:
     """Re-run an H study's baseline and every stored cell's ablation in torch and compare.
 
     Example:
@@ -330,22 +376,23 @@ def crosscheck(results, out_dir, *, weights=None, images=None, tolerance: float 
     The network is rebuilt in torch (`torch_from_keras`) with the run's weights (random ones
     from their seed; a file: pass it as `weights`, its digest must be the run's); the images are
     the run's (`images`: the folder of an ImageNet run, or the run's `ImageSet`; its name is
-    checked against the run's). Per class, the target
-    images are preprocessed as in the run and transposed to (N, C, H, W); per layer and cell the
-    cell's units (from the stored membership, converted with `hwc_to_chw`) are zeroed by a forward
-    hook; ranks are `true_class_rank` of the softmax outputs, deficits clipped as in the run.
+    checked against the run's). Per class, the target images are preprocessed as in the run and
+    transposed to (N, C, H, W); per layer and cell the cell's units (from the stored membership,
+    converted with `hwc_to_chw`) are zeroed by a forward hook; ranks are `true_class_rank` of the
+    softmax outputs, deficits clipped as in the run.
 
     Writes `out_dir/port.csv` (the port's numbers in `kerabl export`'s schema: the cell columns
     and `deficit`; the port computes no probe or RSA scores, those fields are empty),
     `out_dir/kerabl.csv` (`kerabl export` of the results) and `out_dir/compare.png`/`.pdf`.
     """
     from kerabl.compare import compare_csv
-    from kerabl.hayne.ablation import mean_rank_deficit, true_class_rank
     from kerabl.hayne.results import CSV_COLUMNS, HResults, export_csv
+    from kerabl.progress import progress_bar
     from kerabl.store import write_csv_atomic
 
-    torch = import_torch()
+    import_torch()
     res = HResults.open(results)
+    out_dir = _writable(Path(out_dir))
     imageset = _imageset_of(res, images)
     net = _network_of(res, weights)
     port = torch_from_keras(net.name, net.model)
@@ -354,34 +401,15 @@ def crosscheck(results, out_dir, *, weights=None, images=None, tolerance: float 
     if unknown:
         raise KerablError(f"layer {unknown[0]} has no hook point in the torch port of {net.name}:"
                           f" crosscheck layers among {', '.join(sorted(points))}")
-    unit, clip, m = res.config["unit"], bool(res.config["clip"]), res.grid_shape[1]
     rows, n_ranks, equal_ranks = [], 0, 0
     deficits = np.full(res.deficit.shape, np.nan)
-    for ci, name in enumerate(res.classes):
-        valid = res.image_rows[ci] >= 0
-        image_rows = res.image_rows[ci][valid]
-        x = torch.from_numpy(np.ascontiguousarray(
-            imageset.load(net.input_size, res.config["preprocess"], rows=image_rows)
-            .transpose(0, 3, 1, 2)))
-        labels = imageset.labels[image_rows]
-        before = true_class_rank(TorchAblator(port, port).outputs(x, None), labels)
-        n_ranks += before.size
-        equal_ranks += int((before == res.rank_before[ci][valid]).sum())
-        for li, layer in enumerate(res.layers):
-            shape = tuple(int(d) for d in net.model.get_layer(layer).output.shape[1:])
-            membership = res.units(ci, layer)["membership"]
-            ablator = TorchAblator(port, points[layer])
-            for k in range(res.deficit.shape[2]):
-                units = np.flatnonzero(membership == k)
-                after = true_class_rank(ablator.outputs(x, chw_mask(shape, units, unit)), labels)
-                n_ranks += after.size
-                equal_ranks += int((after == res.rank_after[ci, li, k][valid]).sum())
-                deficits[ci, li, k] = mean_rank_deficit(before, after[None], clip=clip)[0]
-                rows.append([name, int(res.class_index[ci]), layer, k, k // m, k % m, units.size,
-                             "", "", "", "", repr(float(deficits[ci, li, k])), "", ""])
-            log(f"{name} {layer}: done")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    bar = progress_bar("crosscheck: class x layer", res.deficit.shape[0] * res.deficit.shape[1],
+                       enabled=progress)
+    with bar as advance:
+        for ci, name in enumerate(res.classes):
+            n_ranks, equal_ranks = _class_in_torch(
+                ci, name, res, imageset, net, port, points, deficits, rows, advance,
+                (n_ranks, equal_ranks))
     port_csv = write_csv_atomic(out_dir / PORT_CSV, CSV_COLUMNS, rows)
     keras_csv = export_csv(res.path, out_dir / KERAS_CSV)
     comparison = compare_csv(keras_csv, port_csv, tolerance=tolerance, out_dir=out_dir)

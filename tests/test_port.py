@@ -26,19 +26,30 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def keras_at(model, layer, x):
-    sub = keras.Model(model.inputs, model.get_layer(layer).output)
-    return np.asarray(sub.predict_on_batch(x))
+def keras_at(model, layers, x):
+    """The outputs of `layers` (one sub-model, one pass)."""
+    sub = keras.Model(model.inputs, [model.get_layer(layer).output for layer in layers])
+    return [np.asarray(out) for out in sub.predict_on_batch(x)]
 
 
-def torch_at(net, module, x_nhwc):
+def torch_at(net, modules, x_nhwc):
+    """The outputs of `modules` (forward hooks, one pass), channels last like Keras."""
     seen = {}
-    handle = module.register_forward_hook(lambda m, i, o: seen.setdefault("out", o.detach()))
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, o.detach()))
+               for n, m in enumerate(modules)]
     with torch.inference_mode():
         net(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
-    handle.remove()
-    out = seen["out"].numpy()
-    return out.transpose(0, 2, 3, 1) if out.ndim == 4 else out
+    for handle in handles:
+        handle.remove()
+    outs = [seen[n].numpy() for n in range(len(modules))]
+    return [out.transpose(0, 2, 3, 1) if out.ndim == 4 else out for out in outs]
+
+
+def assert_same_outputs(name, keras_model, net, layers, x):
+    points = hook_points(name, net, keras_model)
+    torch_outs = torch_at(net, [points[layer] for layer in layers], x)
+    for keras_out, torch_out in zip(keras_at(keras_model, layers, x), torch_outs):
+        assert_close(keras_out, torch_out)
 
 
 def assert_close(keras_out, torch_out):
@@ -67,9 +78,7 @@ def test_demo_keras_weights_in_torch_give_the_same_outputs():
     net = load_network("demo")
     port = torch_from_keras("demo", net.model)
     x = digits_imageset().load((32, 32), "none", rows=np.arange(0, 450, 15))
-    points = hook_points("demo", port, net.model)
-    for layer in ("conv_2", "pool_5", "dense_1"):
-        assert_close(keras_at(net.model, layer, x), torch_at(port, points[layer], x))
+    assert_same_outputs("demo", net.model, port, ("conv_2", "pool_5", "dense_1"), x)
     keras_probs = np.asarray(net.model.predict_on_batch(x))
     with torch.inference_mode():
         torch_probs = port(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
@@ -91,22 +100,21 @@ def test_state_dict_round_trip_and_misfit(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.realdata
-@pytest.mark.parametrize("name, layers", [
-    ("vgg16", ("block1_conv2", "block5_pool", "fc2")),
-    ("alexnet_torchvision", ("conv_2", "pool_5", "dense_1", "dense_3")),
-    ("resnet50_torchvision", ("conv1_relu", "conv3_block1_out", "conv5_block3_out", "predictions")),
+@pytest.mark.parametrize("name, layers, n_images", [
+    ("vgg16", ("block1_conv2", "block5_pool", "fc1", "fc2"), 1),  # one image: VGG16 is slow
+    ("alexnet_torchvision", ("conv_2", "pool_5", "dense_1", "dense_3"), 2),
+    ("resnet50_torchvision", ("conv1_relu", "conv3_block1_out", "conv5_block3_out", "predictions"), 2),
 ])
-def test_torchvision_state_dicts_give_keras_the_same_outputs(tmp_path, hayne50, name, layers):
+def test_torchvision_state_dicts_give_keras_the_same_outputs(tmp_path, hayne50, name, layers,
+                                                            n_images):
     port = random_state(name, 0)
     path = tmp_path / f"{name}.pth"
     torch.save(port.state_dict(), path)
     net = load_network(name, path)
     assert net.preprocess == "torchvision" and net.weights_id.startswith("sha256:")
     images = paper_imageset(hayne50, classes=["schooner"])
-    x = images.load(net.input_size, net.preprocess, rows=[0, 1])
-    points = hook_points(name, port, net.model)
-    for layer in layers:
-        assert_close(keras_at(net.model, layer, x), torch_at(port, points[layer], x))
+    x = images.load(net.input_size, net.preprocess, rows=np.arange(n_images))
+    assert_same_outputs(name, net.model, port, layers, x)
 
 
 def test_convert_writes_keras_weights_and_missing_torch_is_one_line(tmp_path, monkeypatch):
@@ -134,6 +142,12 @@ def test_convert_writes_keras_weights_and_missing_torch_is_one_line(tmp_path, mo
     assert result.stderr.strip().splitlines() == [f"error: {convert.TORCH_EXTRA}"]
 
 
+def test_crosscheck_of_a_missing_file_is_one_line(tmp_path):
+    result = invoke("crosscheck", tmp_path / "absent.h5", "--out", tmp_path / "cc")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "cc").exists()
+
+
 def test_chw_mask_zeroes_the_converted_units():
     mask = chw_mask((2, 2, 3), np.array([3, 11]), "element")
     assert mask.shape == (3, 2, 2) and mask.sum() == 10
@@ -154,7 +168,7 @@ def test_crosscheck_of_a_small_demo_study(tmp_path):
         results = run_h_study(net, small, out, layers=["conv_2", "pool_5", "dense_1"],
                               config=HConfig(**{**config.__dict__, "unit": unit}),
                               progress=False, workers=1, log=lambda m: None)
-        summary = crosscheck(results, out / "cc", log=lambda m: None, images=small)
+        summary = crosscheck(results, out / "cc", images=small, progress=False, log=lambda m: None)
         assert summary.cells == 2 * 3 * 4 and summary.equal_deficits == summary.cells
         assert summary.ranks_equal == summary.ranks_compared > 0
         assert summary.line().startswith("cells: 24 compared, 24 with equal deficits, max |deficit diff| 0,")
