@@ -60,7 +60,7 @@ def _plain_network(name: str):
         head = [nn.Linear(flat, hidden), nn.ReLU(), nn.Dropout(), nn.Linear(hidden, hidden),
                 nn.ReLU(), nn.Dropout(), nn.Linear(hidden, classes)]
     pool = {"vgg16": nn.AdaptiveAvgPool2d(7), "alexnet_torchvision": nn.AdaptiveAvgPool2d(6)}
-    return _Net(nn.Sequential(*layers), pool.get(name, nn.Identity()), nn.Sequential(*head))
+    return _plain_net(nn.Sequential(*layers), pool.get(name, nn.Identity()), nn.Sequential(*head))
 
 
 def _net_classes():
@@ -134,7 +134,7 @@ def _net_classes():
     return Net, ResNet50
 
 
-def _Net(*args):
+def _plain_net(*args):
     return _net_classes()[0](*args)
 
 
