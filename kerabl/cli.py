@@ -31,6 +31,8 @@ class Model(str, Enum):
     mobilenet_v2 = "mobilenet_v2"
     resnet101 = "resnet101"
     demo = "demo"
+    alexnet_torchvision = "alexnet_torchvision"
+    resnet50_torchvision = "resnet50_torchvision"
 
 
 class Unit(str, Enum):
@@ -67,7 +69,8 @@ ModelOpt = Annotated[str, typer.Option(
          "name (ResNet50, EfficientNetB0, ...) or a .keras model file.")]
 WeightsOpt = Annotated[str, typer.Option(
     help="'default' (shipped demo weights; Keras's ImageNet weights for keras.applications), "
-         "'random' (seeded random weights), or a weights file path.")]
+         "'random' (seeded random weights), or a weights file path (.pth: a torchvision state "
+         "dict, needs kerabl[torch]).")]
 AlphaOpt = Annotated[float, typer.Option(help="MobileNetV2 width multiplier.")]
 ImagesOpt = Annotated[Optional[Path], typer.Option(
     help="ImageNet images: the paper's layout (folder with images/, the ground-truth file, "
@@ -82,8 +85,8 @@ LayersOpt = Annotated[Optional[str], typer.Option(
     help="Comma-separated target layers (default: the model's default targets).")]
 UnitOpt = Annotated[Unit, typer.Option(help="element: every activation; channel: spatial mean.")]
 PreprocessOpt = Annotated[Optional[str], typer.Option(
-    help="paper, heuritech, none, scale (/255), caffe, tf, torch, or a keras.applications name "
-         "(resnet50, ...); default: the model's own (.keras files: none).")]
+    help="paper, heuritech, torchvision, none, scale (/255), caffe, tf, torch, or a keras.applications name "
+         "(resnet50, ...); default: the model's own (.keras files: none; torchvision for .pth weights).")]
 CustomOpt = Annotated[Optional[str], typer.Option(
     help="Custom objects of a .keras file: module:name, comma-separated (a module alone is "
          "imported, registering its serialisables; a module may be a .py path).")]
@@ -510,6 +513,58 @@ def headline_text(headline: dict) -> str:
         f"{reg['r2_selectivity']:.3f} ({reg['n_cells']} cells)",
         f"probe vs deficit: Pearson r {corr['pearson_r']:.3f}, Spearman rho "
         f"{corr['spearman_rho']:.3f}"])
+
+
+@command
+def convert(
+    state_dict: Annotated[Path, typer.Argument(help="Torch state dict (.pth) in torchvision's layout.")],
+    model: Annotated[Model, typer.Option(help="Network the weights are for (demo, vgg16, "
+                                              "alexnet_torchvision, resnet50_torchvision).")],
+    out: Annotated[Path, typer.Option(help="Keras weights file to write (.weights.h5).")],
+) -> None:
+    """Convert a torch state dict into Keras weights once (then --weights FILE.weights.h5)."""
+    from kerabl.convert import convert_file
+
+    typer.echo(f"weights: {convert_file(state_dict, model.value, out)}")
+
+
+@command
+def crosscheck(
+    results: Annotated[Path, typer.Argument(help="H results file (h_results.h5).")],
+    out: Annotated[Path, typer.Option(help="Folder for port.csv, kerabl.csv and the figure.")] = Path("crosscheck"),
+    weights: Annotated[Optional[Path], typer.Option(
+        help="The run's weights file (not needed for the shipped demo or random weights).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="The run's image folder (ImageNet runs).")] = None,
+    tolerance: Annotated[float, typer.Option(help="Largest |diff| counted as equal in the listing.")] = 1e-9,
+    progress: ProgressOpt = True,
+) -> None:
+    """Re-run the study's baseline and every cell's ablation in PyTorch (forward hooks) and compare."""
+    from kerabl.crosscheck import crosscheck as run_crosscheck
+
+    _results_kind(results)
+    summary = run_crosscheck(results, out, weights=weights, images=images, tolerance=tolerance,
+                             progress=progress, log=typer.echo)
+    typer.echo(f"port csv: {summary.port_csv}")
+    typer.echo(summary.line())
+
+
+@command
+def compare(
+    a: Annotated[Path, typer.Argument(help="Cell CSV (kerabl export's schema).")],
+    b: Annotated[Path, typer.Argument(help="Cell CSV to compare with A.")],
+    tolerance: Annotated[float, typer.Option(help="Largest |diff| of deficit or probe that passes.")] = 1e-9,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the scatter figure.")] = None,
+) -> None:
+    """Join two cell CSVs on (class, layer, cell); exit 1 when a cell differs or is missing."""
+    from kerabl.compare import compare_csv
+
+    comparison = compare_csv(a, b, tolerance=tolerance, out_dir=out)
+    for line in comparison.lines():
+        typer.echo(line)
+    if comparison.figure:
+        typer.echo(f"figure: {comparison.figure[0]}")
+    if not comparison.ok:
+        raise typer.Exit(1)
 
 
 @command

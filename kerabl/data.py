@@ -88,7 +88,7 @@ BATCH_STEPS = {
     "caffe": _imagenet_mode("caffe"), "tf": _imagenet_mode("tf"), "torch": _imagenet_mode("torch"),
     "vgg16": _application_step("vgg16"), "resnet101": _application_step("resnet"),
     "mobilenet_v2": _application_step("mobilenet_v2")}
-PREPROCESS = ("paper", "heuritech", *BATCH_STEPS, "none")
+PREPROCESS = ("paper", "heuritech", "torchvision", *BATCH_STEPS, "none")
 
 
 def _batch_step(preprocess: str):
@@ -149,7 +149,30 @@ def _preprocess_one(image: np.ndarray, size: tuple[int, int], preprocess: str) -
                               f"{size} is larger; use 'paper' or a size of at most 256")
         square = _resize(image, (HEURITECH_RESIZE, HEURITECH_RESIZE))
         return _centre_crop(square, size) - np.asarray(HEURITECH_MEAN_RGB, dtype=np.float32)
+    if preprocess == "torchvision":
+        return _torchvision_one(image, size)
     return _resize(image, size)
+
+
+TORCHVISION_RESIZE = 256
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+
+
+def _torchvision_one(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """torchvision's ImageNet eval transform: Resize(256) (shorter side, Pillow bilinear),
+    CenterCrop(size) (offsets int(round((H - h) / 2))), ToTensor (/ 255), Normalize(mean, std)."""
+    if max(size) > TORCHVISION_RESIZE:
+        raise KerablError(f"torchvision preprocessing crops from {TORCHVISION_RESIZE} px: size "
+                          f"{size} is larger; use a size of at most 256")
+    h, w = image.shape[:2]
+    short = TORCHVISION_RESIZE
+    resized = _resize(image, (short, int(short * w / h)) if h <= w else (int(short * h / w), short))
+    top = int(round((resized.shape[0] - size[0]) / 2.0))
+    left = int(round((resized.shape[1] - size[1]) / 2.0))
+    crop = resized[top:top + size[0], left:left + size[1]] / np.float32(255)
+    mean = np.asarray(TORCHVISION_MEAN, np.float32)
+    return (crop - mean) / np.asarray(TORCHVISION_STD, np.float32)
 
 
 def check_preprocess(preprocess: str) -> None:
@@ -186,6 +209,9 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], size: Sequence[
       efficientnetb0, ...): direct resize, then that application's `preprocess_input`.
     - "scale" (/255), "caffe" (BGR, ImageNet mean subtracted), "tf" (to [-1, 1]), "torch"
       (/255, ImageNet mean and std): direct resize, then that step (`BATCH_STEPS`).
+    - "torchvision": torchvision's ImageNet eval transform: shorter side resized to 256 (aspect
+      kept), centre crop `size`, RGB / 255, minus mean (0.485, 0.456, 0.406), over std
+      (0.229, 0.224, 0.225): the torchvision models' default.
     - "none": no normalisation: in-memory images are network inputs, only checked and stacked;
       decoded files (uint8) are resized to `size`, RGB 0..255.
 

@@ -1,7 +1,8 @@
 """The model zoo and its weight loaders.
 
 - `load_network(name, weights)`: a `Network` (model, weights digest, default targets, input size,
-  preprocessing name) for alexnet, vgg16, mobilenet_v2, resnet101 or demo.
+  preprocessing name) for alexnet, vgg16, mobilenet_v2, resnet101, demo, alexnet_torchvision or
+  resnet50_torchvision (the last two in `kerabl.convert`, which also reads torch state dicts).
 - `build_model(name)`, `alexnet_model()`, `demo_model(batch_norm, channel_dropout)`: the
   architectures, weights untouched.
 - `randomize_weights(model, seed)`: deterministic random weights without global random state.
@@ -29,14 +30,19 @@ import tensorflow as tf
 
 from kerabl.errors import KerablError
 
-MODEL_NAMES = ("alexnet", "vgg16", "mobilenet_v2", "resnet101", "demo")
+MODEL_NAMES = ("alexnet", "vgg16", "mobilenet_v2", "resnet101", "demo", "alexnet_torchvision",
+               "resnet50_torchvision")
+TORCHVISION_MODELS = ("alexnet_torchvision", "resnet50_torchvision")
 KERAS_APPS = ("vgg16", "mobilenet_v2", "resnet101")
 MOBILENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 INPUT_SIZES = {"alexnet": (227, 227), "vgg16": (224, 224), "mobilenet_v2": (224, 224),
-               "resnet101": (224, 224), "demo": (32, 32)}
+               "resnet101": (224, 224), "demo": (32, 32), "alexnet_torchvision": (224, 224),
+               "resnet50_torchvision": (224, 224)}
 PREPROCESS = {"alexnet": "paper", "vgg16": "vgg16", "mobilenet_v2": "mobilenet_v2",
-              "resnet101": "resnet101", "demo": "none"}
-N_CLASSES = {"alexnet": 1000, "vgg16": 1000, "mobilenet_v2": 1000, "resnet101": 1000, "demo": 10}
+              "resnet101": "resnet101", "demo": "none", "alexnet_torchvision": "torchvision",
+              "resnet50_torchvision": "torchvision"}
+N_CLASSES = {"alexnet": 1000, "vgg16": 1000, "mobilenet_v2": 1000, "resnet101": 1000, "demo": 10,
+             "alexnet_torchvision": 1000, "resnet50_torchvision": 1000}
 ALEXNET_FILE = "alexnet_weights.h5"
 ALEXNET_SOURCE = "the heuritech convnets-keras release (github.com/heuritech/convnets-keras)"
 DEMO_FILE = "demo.weights.h5"
@@ -251,6 +257,9 @@ def build_model(name: str, *, alpha: float = 0.35) -> keras.Model:
         return alexnet_model()
     if name == "demo":
         return demo_model()
+    if name in TORCHVISION_MODELS:
+        from kerabl import convert
+        return getattr(convert, f"{name}_model")()
     return _keras_app(name, float(alpha))
 
 
@@ -564,6 +573,9 @@ def _default_weights_path(name: str, alpha: float) -> Path:
     if name == "alexnet":
         raise KerablError(f"alexnet has no default weights: download {ALEXNET_FILE} from "
                           f"{ALEXNET_SOURCE} and pass its path (--weights PATH)")
+    if name in TORCHVISION_MODELS:
+        raise KerablError(f"{name} has no default weights: pass torchvision's state dict "
+                          "(--weights FILE.pth) or its `kerabl convert` output (.weights.h5)")
     file_name = keras_app_file(name, alpha)
     entry = read_manifest().get(file_name, {})
     try:
@@ -609,7 +621,7 @@ def default_targets(name: str, model: keras.Model) -> tuple[str, ...]:
         # ("conv_1", "conv_2", "conv_3", "conv_4", "conv_5", "dense_1", "dense_2")
     """
     check_name(name)
-    if name in ("alexnet", "demo"):
+    if name in ("alexnet", "demo", "alexnet_torchvision"):
         return ALEXNET_TARGETS
     if name == "mobilenet_v2":
         return _mobilenet_block_outputs(model)
@@ -641,12 +653,15 @@ def load_network(name: str, weights: str | Path | None = "default", *, alpha: fl
         net = load_network("demo")                          # the shipped digits model
         net = load_network("vgg16", weights=None, seed=1)   # random, "random:1"
         net = load_network("alexnet", "alexnet_weights.h5") # heuritech file
+        net = load_network("vgg16", "vgg16-397923af.pth")   # torchvision state dict (torch)
 
     Args:
         name: one of `MODEL_NAMES`.
         weights: "default" (demo: weights/demo.weights.h5; keras apps: Keras's ImageNet file
-            from its cache or download; alexnet: none, pass the path), a path, or None for
-            random weights deterministic in `seed`.
+            from its cache or download; alexnet and the torchvision models: none, pass the
+            path), a path, or None for random weights deterministic in `seed`. A `.pth` / `.pt`
+            path is a torch state dict in torchvision's layout (`kerabl.convert`); the network's
+            preprocessing is then "torchvision".
         alpha: MobileNetV2 width (ignored by the other models).
         seed: seed of the random weights (used only when `weights` is None).
 
@@ -656,6 +671,15 @@ def load_network(name: str, weights: str | Path | None = "default", *, alpha: fl
     check_alpha(check_name(name), alpha)
     use_default = isinstance(weights, str) and weights == "default"
     path = _default_weights_path(name, alpha) if use_default else weights
+    if path is not None and Path(path).suffix.lower() in (".pth", ".pt"):
+        from kerabl.convert import load_state_dict_file
+
+        model = build_model(name, alpha=alpha)
+        weights_id = load_state_dict_file(name, model, path)
+        return Network(name=name, model=model, weights_id=weights_id,
+                       targets=default_targets(name, model), input_size=INPUT_SIZES[name],
+                       preprocess="none" if name == "demo" else "torchvision",
+                       n_classes=N_CLASSES[name])
     if path is not None:
         weights_id = check_weights_file(name, path)  # fail before the (slow) build
     model = build_model(name, alpha=alpha)
