@@ -281,7 +281,31 @@ _CONSTANT_VARIABLES = {"bias": 0.0, "beta": 0.0, "moving_mean": 0.0, "gamma": 1.
                        "moving_variance": 1.0}
 
 
-def randomize_weights(model: keras.Model, seed: int) -> keras.Model:
+def he_uniform(shape: tuple[int, ...], fan_in: int, rng: np.random.Generator) -> np.ndarray:
+    """He-uniform values (limit sqrt(6 / fan_in)): variance kept through a ReLU layer.
+
+    Example:
+        w = he_uniform((3, 3, 48, 1), 9, np.random.default_rng(0))   # a depthwise kernel
+    """
+    limit = np.float32(np.sqrt(6.0 / max(fan_in, 1)))
+    values = rng.random(shape, dtype=np.float32)
+    values *= 2 * limit
+    values -= limit
+    return values
+
+
+_CONSTANT_VARIABLES = {"bias": 0.0, "beta": 0.0, "moving_mean": 0.0, "gamma": 1.0,
+                       "moving_variance": 1.0}
+RANDOM_SCALING = {"mobilenet_v2": "he"}   # Glorot kernels leave its outputs constant (1/1000)
+
+
+def _fan_in(layer, shape: tuple[int, ...]) -> int:
+    """Inputs seen by one output unit: a depthwise kernel sees its receptive field only."""
+    receptive = int(np.prod(shape[:-2]))
+    return receptive if isinstance(layer, keras.layers.DepthwiseConv2D) else receptive * shape[-2]
+
+
+def randomize_weights(model: keras.Model, seed: int, scaling: str = "glorot") -> keras.Model:
     """Overwrite every variable of `model` from `np.random.default_rng(seed)`; no global state.
 
     Example:
@@ -289,14 +313,23 @@ def randomize_weights(model: keras.Model, seed: int) -> keras.Model:
         randomize_weights(model, seed=3)  # same numbers for the same seed, every time
 
     Kernels (dense, conv and depthwise) get Glorot-uniform values drawn in the order of
-    `model.weights`; biases and BN beta/moving_mean 0; BN gamma/moving_variance 1.
+    `model.weights`; biases and BN beta/moving_mean 0; BN gamma/moving_variance 1. With
+    `scaling="he"` convolution kernels get He-uniform values from their true fan-in (a
+    depthwise kernel: its receptive field), which keeps the signal alive through a deep network
+    whose batch normalisation, at its default statistics, does not rescale it (MobileNetV2).
     Returns the model.
     """
+    if scaling not in ("glorot", "he"):
+        raise KerablError(f"unknown weight scaling {scaling!r}: use glorot or he")
     rng = np.random.default_rng(seed)
+    owner = {id(v): layer for layer in model.layers for v in layer.weights}
     for variable in model.weights:
         kind = variable.name
         shape = tuple(variable.shape)
-        if kind.endswith("kernel"):
+        layer = owner.get(id(variable))
+        if kind.endswith("kernel") and scaling == "he" and len(shape) == 4:
+            variable.assign(he_uniform(shape, _fan_in(layer, shape), rng))
+        elif kind.endswith("kernel"):
             variable.assign(glorot_uniform(shape, rng))
         elif kind in _CONSTANT_VARIABLES:
             variable.assign(np.full(shape, _CONSTANT_VARIABLES[kind], dtype=np.float32))
@@ -656,8 +689,9 @@ def load_network(name: str, weights: str | Path | None = "default", *, alpha: fl
         weights_id = check_weights_file(name, path)  # fail before the (slow) build
     model = build_model(name, alpha=alpha)
     if path is None:
-        randomize_weights(model, seed)
-        weights_id = f"random:{seed}"
+        scaling = RANDOM_SCALING.get(name, "glorot")
+        randomize_weights(model, seed, scaling)
+        weights_id = f"random:{seed}" if scaling == "glorot" else f"random-{scaling}:{seed}"
     else:
         _load_checked(name, model, Path(path).expanduser())
     return Network(name=name, model=model, weights_id=weights_id,
