@@ -270,15 +270,15 @@ def glorot_uniform(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarr
     else:
         receptive = int(np.prod(shape[:-2]))
         fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-    limit = np.float32(np.sqrt(6.0 / (fan_in + fan_out)))
+    return _uniform(shape, np.sqrt(6.0 / (fan_in + fan_out)), rng)
+
+
+def _uniform(shape: tuple[int, ...], limit: float, rng: np.random.Generator) -> np.ndarray:
+    limit = np.float32(limit)
     values = rng.random(shape, dtype=np.float32)
     values *= 2 * limit
     values -= limit
     return values
-
-
-_CONSTANT_VARIABLES = {"bias": 0.0, "beta": 0.0, "moving_mean": 0.0, "gamma": 1.0,
-                       "moving_variance": 1.0}
 
 
 def he_uniform(shape: tuple[int, ...], fan_in: int, rng: np.random.Generator) -> np.ndarray:
@@ -287,11 +287,7 @@ def he_uniform(shape: tuple[int, ...], fan_in: int, rng: np.random.Generator) ->
     Example:
         w = he_uniform((3, 3, 48, 1), 9, np.random.default_rng(0))   # a depthwise kernel
     """
-    limit = np.float32(np.sqrt(6.0 / max(fan_in, 1)))
-    values = rng.random(shape, dtype=np.float32)
-    values *= 2 * limit
-    values -= limit
-    return values
+    return _uniform(shape, np.sqrt(6.0 / max(fan_in, 1)), rng)
 
 
 _CONSTANT_VARIABLES = {"bias": 0.0, "beta": 0.0, "moving_mean": 0.0, "gamma": 1.0,

@@ -26,7 +26,7 @@ import numpy as np
 from kerabl.contents import contents_digest, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
-from kerabl.validate import check_live_outputs
+from kerabl.validate import check_grid_fits, check_live_outputs
 
 UNITS = ("element", "channel")
 ENGINE_NAMES = ("fast", "paper")
@@ -119,6 +119,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     files, note = image_files(imageset, cache_path)
     writer_args = _writer_args(network, imageset, layers, config)
     writer_args["config"]["contents"] = contents_digest(files)
+    check_grid_fits(tuple(config.grid), dict(zip(layers, writer_args["n_units"])))
     writer = HResultsWriter(out_dir / results_name(shard), shard=shard, log=log,
                             contents_note=note, **writer_args)
     if writer.complete:
