@@ -250,12 +250,14 @@ def test_interrupted_activations_resume_to_an_uninterrupted_run(tmp_path, sig):
     proc = _kerabl("activations", "--out", tmp_path / "cut.h5", *args)
     partial = tmp_path / "cut.h5.partial"
 
-    def ready():
-        with contextlib.suppress(Exception), h5py.File(partial, "r") as f:
-            return int(f.attrs["rows_done"]) >= 20
-        return False
+    seen = []
 
-    _stop_when(proc, ready, sig)
+    def ready():   # the writer holds the HDF5 lock: wait a second after the partial appears
+        seen.append(time.time()) if partial.exists() and not seen else None
+        return bool(seen) and time.time() - seen[0] > 1.0
+
+    code = _stop_when(proc, ready, sig)
+    assert code == (130 if sig == signal.SIGTERM else -9)
     assert not (tmp_path / "cut.h5").exists()
     rerun = invoke("activations", "--out", tmp_path / "cut.h5", *args)
     assert rerun.exit_code == 0, rerun.output
