@@ -322,6 +322,16 @@ def _changes(stored: dict, wanted: dict, changed: Sequence[str] = ()) -> list[st
             if _attr(stored.get(k)) != wanted[k]]
 
 
+def _not_a_cache(path: Path) -> str:
+    """Why an existing file cannot be used: a damaged HDF5 file, or another kind of file."""
+    with open(path, "rb") as fh:
+        damaged = fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    if damaged:
+        return (f"{path} is a damaged HDF5 file (truncated or overwritten): delete it and rerun "
+                "to record the activations again")
+    return f"{path} exists and is not a kerabl activation cache: choose another path or remove it"
+
+
 def stored_files(path: Path) -> list | None:
     """The `/files` table of a cache or `.partial` (None when absent or unreadable).
 
@@ -494,8 +504,7 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
     if path.exists():
         stored = _stored_attrs(path)
         if stored is None:
-            raise KerablError(f"{path} exists and is not a kerabl activation cache: choose "
-                              "another path or remove the file")
+            raise KerablError(_not_a_cache(path))
         changes = (_changes(stored, wanted, changed_files(known, files))
                    if stored.get("complete") else ["complete: False -> True"])
         if not changes:

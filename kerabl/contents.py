@@ -8,7 +8,7 @@
 - `image_files(imageset, cache_path)`: the table, reusing an activation cache's, and a note
   naming the changed files.
 
-In-memory image sets (the digits) have a single row hashing their array.
+In-memory image sets (the digits) have a single row hashing their array (`array_table`).
 """
 
 from __future__ import annotations
@@ -40,10 +40,8 @@ def file_table(imageset, known: Sequence[Sequence] | None = None) -> list[list]:
     """
     from kerabl.errors import KerablError
 
-    if imageset.paths is None:
-        array = np.ascontiguousarray(imageset.images)
-        return [["<in-memory images>", int(array.nbytes), 0,
-                 hashlib.sha256(array.tobytes()).hexdigest()]]
+    if getattr(imageset, "paths", None) is None:
+        return array_table(imageset.images)
     previous = {row[0]: row for row in (known or [])}
     table = []
     for path in imageset.paths:
@@ -58,6 +56,16 @@ def file_table(imageset, known: Sequence[Sequence] | None = None) -> list[list]:
                               "remove it from the image folder") from None
         table.append(list(row))
     return table
+
+
+def array_table(images) -> list[list]:
+    """The one-row table of in-memory images (their array hashed).
+
+    Example:
+        array_table(np.zeros((2, 8, 8, 3), "float32"))   # [["<in-memory images>", 1536, 0, "..."]]
+    """
+    array = np.ascontiguousarray(images)
+    return [["<in-memory images>", int(array.nbytes), 0, hashlib.sha256(array.tobytes()).hexdigest()]]
 
 
 def contents_digest(table: Sequence[Sequence]) -> str:

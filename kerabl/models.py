@@ -578,6 +578,9 @@ def _load_checked(name: str, model: keras.Model, path: Path) -> None:
             model.load_weights(path)
     except KerablError:
         raise
+    except OSError as error:  # h5py cannot read what the header promises
+        raise KerablError(f"{path} is a damaged weights file ({_one_line(error)}): fetch or "
+                          "save it again") from None
     except Exception as error:  # noqa: BLE001 - any loader failure means the file does not fit
         raise KerablError(f"{path} does not fit the {name} architecture ({_one_line(error)}): "
                           "pass the weights file made for this model") from None

@@ -23,19 +23,26 @@ LIVE_PROBE_IMAGES = 8     # images of the first two classes the liveness check r
 CONSTANT_SPREAD = 1e-6    # outputs that differ less than this across images count as constant
 
 
-def check_live_outputs(network, imageset) -> None:
+def check_live_outputs(network, imageset=None, *, images=None, labels=None) -> None:
     """Stop when the network gives (nearly) the same outputs for different images.
 
     Example:
         check_live_outputs(load_network("demo"), digits_imageset())   # passes silently
+        check_live_outputs(net, images=x, labels=y)                   # already loaded inputs
+
+    The first `LIVE_PROBE_IMAGES / 2` images of the first two classes run.
     """
     from kerabl.engine import predict_batched
 
-    rows = np.concatenate([imageset.rows_of(c)[:LIVE_PROBE_IMAGES // 2]
-                           for c in imageset.classes[:2]])
+    classes = list(imageset.classes if imageset is not None else np.unique(labels))[:2]
+    labels = np.asarray(imageset.labels if imageset is not None else labels)
+    rows = np.concatenate([np.flatnonzero(labels == c)[:LIVE_PROBE_IMAGES // 2] for c in classes])
     if len(rows) < 2:
         return
-    images = imageset.load(network.input_size, network.preprocess, rows=rows)
+    if images is None:
+        images = imageset.load(network.input_size, network.preprocess, rows=rows)
+    else:
+        images = np.asarray(images)[rows]
     scores = predict_batched(network.model, images, len(rows))[0]
     if float(np.ptp(scores, axis=0).max()) <= CONSTANT_SPREAD:
         raise KerablError(

@@ -170,6 +170,19 @@ def test_byte_corrupted_activations_is_one_line(images, tmp_path):
     one_line_error(study(images, out), "activations.h5")
 
 
+def test_truncated_cache_and_a_z_file_for_merge_say_what_they_are(images, tmp_path):
+    out = tmp_path / "out"
+    assert study(images, out).exit_code == 0
+    cache = out / "activations.h5"
+    cache.write_bytes(cache.read_bytes()[:4096])
+    (out / "h_results.h5").unlink()
+    one_line_error(study(images, out), "damaged HDF5 file (truncated")
+    z = tmp_path / "z_results.h5"
+    with h5py.File(z, "w") as f:
+        f.attrs["kind"] = "kerabl.z-results"
+    one_line_error(invoke("merge", z, "--out", tmp_path / "m.h5"), "holds Z results")
+
+
 def test_a_dead_network_stops_the_study(images, tmp_path):
     from kerabl.models import demo_model
 

@@ -168,6 +168,9 @@ def _create(path: Path, layout: _Layout) -> None:
 
 
 def _check_kind(f: h5py.File, path: Path) -> None:
+    if f.attrs.get("kind") == "kerabl.z-results":
+        raise KerablError(f"{path} holds Z results (`kerabl units`); this needs H results: pass "
+                          "an h_results.h5 written by `kerabl study`")
     if f.attrs.get("kind") != KIND:
         raise KerablError(f"{path} is not a kerabl results file (kind={f.attrs.get('kind')!r}); "
                           "pass a file written by `kerabl study`")
@@ -430,7 +433,7 @@ class HResults:
             if not bool(f.attrs["complete"]) and not allow_partial:
                 done = f["done"][()]
                 raise KerablError(f"{path} is incomplete ({int(done.sum())} of {done.size} pairs "
-                                  "done); rerun to finish it or open with allow_partial=True")
+                                  "done); rerun the command that wrote it to finish it")
             return cls(path, f)
 
     def units(self, ci: int, layer) -> dict:

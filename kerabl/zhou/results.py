@@ -28,8 +28,12 @@ def _read_config(path: Path) -> dict[str, Any]:
     import h5py
 
     with h5py.File(path, "r") as f:
+        if f.attrs.get("kind") == "kerabl.h-results":
+            raise KerablError(f"{path} holds H results (`kerabl study`), not Z results: pass a "
+                              "z_results.h5 written by `kerabl units`")
         if f.attrs.get("kind") != Z_KIND:
-            raise KerablError(f"{path} is not a kerabl Z results file: pass another out_path")
+            raise KerablError(f"{path} is not a kerabl Z results file: pass a z_results.h5 "
+                              "written by `kerabl units`")
         return json.loads(f.attrs["config"])
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from kerabl.engine import DEFAULT_BATCH, HEAD_BATCH, _engine, _Engine, _TailEngine, predict_batched
 from kerabl.graph import _as_model, _check_layer
-from kerabl.contents import contents_digest, image_files
+from kerabl.contents import array_table, contents_digest, describe_changes, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
 from kerabl.validate import check_live_outputs
@@ -241,8 +241,12 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
         _check_layer(model, name)
     greedy_layer = greedy_layer or _default_greedy_layer(model, layers)
     data = _study_data(network, imageset)
-    check_live_outputs(network, imageset)
-    files, note = image_files(imageset, Path(out_dir) / "activations.h5")
+    images = None
+    if getattr(imageset, "paths", None) is None:   # in memory: hashed as loaded
+        images = data.images()
+        files, note = array_table(images), describe_changes([])
+    else:
+        files, note = image_files(imageset, Path(out_dir) / "activations.h5")
     wanted = _study_config(network, data, layers, seed, greedy_layer, greedy_steps, greedy_seeds,
                            top_k)
     wanted["contents"] = contents_digest(files)
@@ -251,7 +255,8 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
         log(f"{out} is complete with these options: nothing to compute")
         return out
     partial = partial_path(out)
-    images = data.images()
+    images = data.images() if images is None else images
+    check_live_outputs(network, images=images, labels=data.labels)
     if partial.exists() and _check_config(partial, _read_config(partial), wanted, note, log):
         log(f"resuming {partial}")
     else:
@@ -259,14 +264,16 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
         _create_partial(partial, wanted, data, images)
     done = _done_groups(partial)
     probs = None
-    for layer in layers:
-        if f"layer_{layer}" in done:
-            continue
-        if probs is None:
-            probs = predict_batched(model, images, HEAD_BATCH)[0]
-        eng = _engine(model, images, layer, "tail", batch_size)
-        arrays, attrs = _layer_results(model, eng, data, probs, layer, seed, top_k, progress)
-        _write_group(partial, f"layer_{layer}", arrays, {**attrs, "layer": layer})
+    todo = [layer for layer in layers if f"layer_{layer}" not in done]
+    with progress_bar("Z study: layers", len(layers), enabled=progress,
+                      done=len(layers) - len(todo)) as advance:
+        for layer in todo:
+            if probs is None:
+                probs = predict_batched(model, images, HEAD_BATCH)[0]
+            eng = _engine(model, images, layer, "tail", batch_size)
+            arrays, attrs = _layer_results(model, eng, data, probs, layer, seed, top_k, progress)
+            _write_group(partial, f"layer_{layer}", arrays, {**attrs, "layer": layer})
+            advance(1)
     if "greedy" not in done:
         eng = _engine(model, images, greedy_layer, "tail", batch_size)
         _write_group(partial, "greedy", _greedy_results(eng, data, greedy_steps, greedy_seeds, progress),
