@@ -120,7 +120,7 @@ def test_open_errors(tmp_path):
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
         f.attrs["kind"] = "something"
-    with pytest.raises(KerablError, match="not a kerabl results file"):
+    with pytest.raises(KerablError, match="not a kerabl H results file"):
         HResults.open(other)
 
 

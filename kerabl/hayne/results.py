@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.store import config_differences, partial_path, write_csv_atomic
+from kerabl.store import check_results_kind, config_differences, partial_path, write_csv_atomic
 
 KIND = "kerabl.h-results"
 SCHEMA = 1
@@ -168,12 +168,7 @@ def _create(path: Path, layout: _Layout) -> None:
 
 
 def _check_kind(f: h5py.File, path: Path) -> None:
-    if f.attrs.get("kind") == "kerabl.z-results":
-        raise KerablError(f"{path} holds Z results (`kerabl units`); this needs H results: pass "
-                          "an h_results.h5 written by `kerabl study`")
-    if f.attrs.get("kind") != KIND:
-        raise KerablError(f"{path} is not a kerabl results file (kind={f.attrs.get('kind')!r}); "
-                          "pass a file written by `kerabl study`")
+    check_results_kind(path, f.attrs.get("kind"), KIND)
     if int(f.attrs.get("schema", -1)) != SCHEMA:
         raise KerablError(f"{path} has results schema {f.attrs.get('schema')}, this kerabl reads "
                           f"{SCHEMA}; rerun with this version or use the kerabl that wrote it")
