@@ -140,6 +140,26 @@ def test_read_only_output_folders(images, tmp_path):
         folder.chmod(0o755)
 
 
+def test_unwritable_output_folders_as_root_sees_them(images, tmp_path, monkeypatch):
+    """What a user without write permission gets (root writes anywhere, so it is simulated)."""
+    import kerabl.lock
+    import kerabl.validate
+
+    def refuse(path, *args):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    with monkeypatch.context() as patched:   # os.access is the os module's: patched briefly
+        patched.setattr(kerabl.validate.os, "access", lambda path, mode: False)
+        activations = invoke("activations", "--out", tmp_path / "a.h5")
+        export = invoke("export", tmp_path / "r.h5", "--out", tmp_path / "r.csv")
+    one_line_error(activations, "is not writable")
+    one_line_error(export, "is not writable")
+    monkeypatch.setattr(kerabl.lock.os, "open", refuse)
+    for command in ("study", "units", "reproduce"):
+        one_line_error(invoke(command, "--out", tmp_path / "out"), "cannot write in",
+                       "Permission denied")
+
+
 def test_a_read_only_results_file_path_is_one_line(images, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "out" / "x.h5"))

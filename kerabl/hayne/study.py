@@ -26,7 +26,7 @@ import numpy as np
 from kerabl.contents import contents_digest, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
-from kerabl.validate import check_grid_fits, check_live_outputs
+from kerabl.validate import check_grid_fits, check_live_outputs, check_study_images
 
 UNITS = ("element", "channel")
 ENGINE_NAMES = ("fast", "paper")
@@ -115,6 +115,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     cache_path = Path(cache_path or out_dir / "activations.h5")
     preprocess = network.preprocess
 
+    check_study_images(imageset)
     check_live_outputs(network, imageset)
     files, note = image_files(imageset, cache_path)
     writer_args = _writer_args(network, imageset, layers, config)
