@@ -132,6 +132,7 @@ def test_random_weights_follow_the_stated_recipe():
     assert w.dtype == np.float32 and abs(w.max() - np.sqrt(6 / 150)) < 0.01
 
 
+@pytest.mark.slow
 def test_random_mobilenet_is_a_live_network():
     """He-uniform kernels from the true fan-in: outputs vary across images (Glorot: all 0.001)."""
     net = load_network("mobilenet_v2", weights=None, seed=0)
