@@ -10,7 +10,9 @@ File layout: `/layers/<name>` (N, n_units) float32 or float16, chunked and compr
 `/labels` (N,) model output indices; `/classes` (K,) the study's classes in study order;
 `/rows/<output index>` the row indices of each class. Attributes: `kerabl_cache`, `complete`,
 `rows_done`, the fingerprint (`model`, `weights_id`, `layers`, `dataset`, `preprocess`,
-`unit`, `dtype`, `n_images`, `input_size`), `class_names`, `layer_shapes`, `kerabl_version`.
+`unit`, `dtype`, `n_images`, `input_size`, `contents`: a digest of every image file's bytes),
+`class_names`, `layer_shapes`, `kerabl_version`; `/files` (JSON) holds each image file's name,
+size, modification time and hash (`kerabl.contents`), so a rerun hashes only changed files.
 Element units are a layer output flattened in Keras (H, W, C) order; channel units are the
 spatial mean of each channel (dense layers: the neurons either way).
 """
@@ -35,7 +37,7 @@ CHUNK_ROWS = 32          # = the default batch size: each batch writes whole chu
 CHUNK_COLS = 16384
 COMPRESSION = "lzf"
 FINGERPRINT = ("model", "weights_id", "layers", "dataset", "preprocess", "unit", "dtype",
-               "n_images", "input_size")
+               "n_images", "input_size", "contents")
 _logger = logging.getLogger(__name__)
 
 
@@ -303,17 +305,46 @@ def _n_units(shape: tuple[int, ...], unit: str) -> int:
 
 
 def _fingerprint(model_name, weights_id, layers, imageset, preprocess, unit, dtype,
-                 input_size) -> dict:
+                 input_size, contents: str) -> dict:
     return {"model": str(model_name), "weights_id": str(weights_id),
             "layers": json.dumps(list(layers)), "dataset": imageset.name,
             "preprocess": preprocess, "unit": unit, "dtype": dtype,
-            "n_images": int(len(imageset.labels)), "input_size": json.dumps(list(input_size))}
+            "n_images": int(len(imageset.labels)), "input_size": json.dumps(list(input_size)),
+            "contents": contents}
 
 
-def _changes(stored: dict, wanted: dict) -> list[str]:
-    """'key: old -> new' for every fingerprint entry that differs."""
-    return [f"{k}: {_attr(stored.get(k))} -> {wanted[k]}" for k in FINGERPRINT
+def _changes(stored: dict, wanted: dict, changed: Sequence[str] = ()) -> list[str]:
+    """'key: old -> new' for every fingerprint entry that differs (changed images by name)."""
+    from kerabl.contents import describe_changes
+
+    return [describe_changes(changed) if k == "contents" and stored.get(k) else
+            f"{k}: {_attr(stored.get(k))} -> {wanted[k]}" for k in FINGERPRINT
             if _attr(stored.get(k)) != wanted[k]]
+
+
+def _not_a_cache(path: Path) -> str:
+    """Why an existing file cannot be used: a damaged HDF5 file, or another kind of file."""
+    with open(path, "rb") as fh:
+        damaged = fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    if damaged:
+        return (f"{path} is a damaged HDF5 file (truncated or overwritten): delete it and rerun "
+                "to record the activations again")
+    return f"{path} exists and is not a kerabl activation cache: choose another path or remove it"
+
+
+def stored_files(path: Path) -> list | None:
+    """The `/files` table of a cache or `.partial` (None when absent or unreadable).
+
+    Example:
+        stored_files(Path("out/activations.h5"))   # [[name, size, mtime_ns, sha256], ...]
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return json.loads(f["files"][()]) if "files" in f else None
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _stored_attrs(path: Path) -> dict | None:
@@ -347,9 +378,12 @@ def _check_arguments(model, layers, unit, dtype, batch_size) -> None:
                           f"{', '.join(l.name for l in model.layers)}")
 
 
-def _create(path: Path, wanted: dict, imageset, layers, shapes, unit, dtype):
+def _create(path: Path, wanted: dict, imageset, layers, shapes, unit, dtype, files):
     """A fresh `.partial` file with empty datasets and every attribute but `complete`."""
+    import h5py
+
     from kerabl import __version__
+    from kerabl.contents import encode
 
     f = _open_for_writing(path, shapes, unit, dtype, mode="w")
     f.attrs.update({"kerabl_cache": True, "complete": False, "rows_done": 0, **wanted,
@@ -358,6 +392,7 @@ def _create(path: Path, wanted: dict, imageset, layers, shapes, unit, dtype):
                     "kerabl_version": __version__})
     n = len(imageset.labels)
     f.create_dataset("labels", data=np.asarray(imageset.labels, dtype=np.int64))
+    f.create_dataset("files", data=encode(files), dtype=h5py.string_dtype())
     f.create_dataset("classes", data=np.asarray(imageset.classes, dtype=np.int64))
     rows = f.create_group("rows")
     for c in imageset.classes:
@@ -382,11 +417,15 @@ def _open_for_writing(path: Path, shapes: dict, unit: str, dtype: str, mode: str
     return h5py.File(path, mode, rdcc_nbytes=block + (8 << 20), rdcc_nslots=100003, rdcc_w0=1.0)
 
 
-def _resume_or_create(partial: Path, wanted: dict, imageset, layers, shapes, unit, dtype, log):
+def _resume_or_create(partial: Path, wanted: dict, imageset, layers, shapes, unit, dtype, log,
+                      files):
     """The `.partial` file to continue (same fingerprint) or a fresh one."""
+    from kerabl.contents import changed_files
+
     if partial.exists():
         stored = _stored_attrs(partial)
-        changes = None if stored is None else _changes(stored, wanted)
+        changes = None if stored is None else _changes(
+            stored, wanted, changed_files(stored_files(partial), files))
         if changes == []:
             f = _open_for_writing(partial, shapes, unit, dtype, mode="r+")
             log(f"resuming {partial} at image {int(f.attrs['rows_done'])} of {wanted['n_images']}")
@@ -394,14 +433,14 @@ def _resume_or_create(partial: Path, wanted: dict, imageset, layers, shapes, uni
         reason = "unreadable" if stored is None else "; ".join(changes)
         log(f"discarding {partial} ({reason}): starting afresh")
         partial.unlink()
-    return _create(partial, wanted, imageset, layers, shapes, unit, dtype)
+    return _create(partial, wanted, imageset, layers, shapes, unit, dtype, files)
 
 
 def record_activations(network_or_model, imageset, layers: Sequence[str] | None, path,
                        *, unit: str = "element", preprocess: str | None = None,
                        batch_size: int = 32, dtype: str = "float32",
                        model_name: str | None = None, weights_id: str | None = None,
-                       progress: bool = True,
+                       progress: bool = True, files: list | None = None,
                        log: Callable[[str], None] | None = None) -> ActivationCache:
     """Record every image's activations at `layers` into a self-describing HDF5 cache.
 
@@ -411,9 +450,9 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
         x = cache.read("conv_5", rows=cache.labels == 780)
 
     The file is made once per (model, weights_id, layers, dataset, preprocess, unit, dtype,
-    n_images, input_size): with the same arguments an existing file is returned without a
-    forward pass; with different ones it is recomputed and `log` says what changed
-    ("preprocess: paper -> heuritech"). Rows are written to `<path>.partial` (its `rows_done`
+    n_images, input_size, image contents): with the same arguments an existing file is returned
+    without a forward pass; with different ones it is recomputed and `log` says what changed
+    ("preprocess: paper -> heuritech", "2 images changed (a.JPEG, b.JPEG)"). Rows are written to `<path>.partial` (its `rows_done`
     attribute flushed after each batch) and the file is renamed to `path` when complete; a
     rerun after an interruption continues from `rows_done` (a `.partial` left unreadable by a
     kill during a write is discarded, with a message). Memory holds one batch of activations
@@ -433,6 +472,8 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
         dtype: storage dtype, "float32" or "float16" (reads are float32).
         model_name, weights_id: identify a bare keras model (override a Network's).
         progress: show a rich progress bar.
+        files: the image set's `kerabl.contents.file_table` when the caller has it (default:
+            computed here, hashing only files changed since the existing cache).
         log: where messages go (default: this module's `logging` logger at WARNING, which
             Python shows without any logging setup).
 
@@ -453,14 +494,19 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
     from kerabl.data import check_preprocess
 
     check_preprocess(preprocess)
+    from kerabl.contents import changed_files, contents_digest, file_table
+
     path = Path(path)
-    wanted = _fingerprint(name, wid, layers, imageset, preprocess, unit, dtype, size)
+    known = stored_files(path) if path.exists() else None
+    files = files if files is not None else file_table(imageset, known)
+    wanted = _fingerprint(name, wid, layers, imageset, preprocess, unit, dtype, size,
+                          contents_digest(files))
     if path.exists():
         stored = _stored_attrs(path)
         if stored is None:
-            raise KerablError(f"{path} exists and is not a kerabl activation cache: choose "
-                              "another path or remove the file")
-        changes = _changes(stored, wanted) if stored.get("complete") else ["complete: False -> True"]
+            raise KerablError(_not_a_cache(path))
+        changes = (_changes(stored, wanted, changed_files(known, files))
+                   if stored.get("complete") else ["complete: False -> True"])
         if not changes:
             return ActivationCache(path)
         log(f"recomputing {path}: " + "; ".join(changes))
@@ -471,7 +517,8 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
     path.parent.mkdir(parents=True, exist_ok=True)
     forward = _activation_fn(model, layers)
     n = wanted["n_images"]
-    with _resume_or_create(partial, wanted, imageset, layers, shapes, unit, dtype, log) as f:
+    with _resume_or_create(partial, wanted, imageset, layers, shapes, unit, dtype, log,
+                           files) as f:
         done = int(f.attrs["rows_done"])
         with progress_bar(f"activations {name}", n, enabled=progress, done=done) as advance:
             todo = np.arange(done, n)

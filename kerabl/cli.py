@@ -4,6 +4,7 @@ Bad input raises `KerablError`, printed as one line with exit status 2."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from enum import Enum
@@ -51,17 +52,58 @@ class Engine(str, Enum):
 
 
 def command(fn):
-    """Register a stage: a `KerablError` becomes one line on stderr and exit status 2."""
+    """Register a stage: a `KerablError` or an OS error becomes one line on stderr and exit
+    status 2; Ctrl-C and SIGTERM stop it with one line and status 130 (finished work is kept)."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        from kerabl.validate import os_error_line
+
         try:
-            return fn(*args, **kwargs)
+            with _terminate_as_interrupt():
+                return fn(*args, **kwargs)
         except KerablError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        except OSError as err:
+            typer.echo(f"error: {os_error_line(err)}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: finished work is kept; rerun the same command to resume",
+                       err=True)
+            raise typer.Exit(130) from None
         finally:
             _inputs.cache_clear()  # a model file may change between two commands of a process
     return app.command()(run)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (what a batch scheduler sends) raises KeyboardInterrupt, as Ctrl-C does."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@app.callback()
+def _options(verbose: Annotated[bool, typer.Option(
+        help="Show TensorFlow's own log output (start-up lines, warnings).")] = False) -> None:
+    """Quiet TensorFlow unless --verbose (set before TensorFlow is imported; a value the user
+    set in TF_CPP_MIN_LOG_LEVEL is kept)."""
+    if not verbose:
+        from kerabl.validate import quiet_tensorflow
+        quiet_tensorflow()
 
 
 ModelOpt = Annotated[str, typer.Option(
@@ -102,6 +144,9 @@ def _network(model: str, weights: str, alpha: float, seed: int, preprocess: Opti
     """The network and its notes for the user (printed once the inputs are checked)."""
     import dataclasses
 
+    from kerabl.validate import import_tensorflow
+
+    import_tensorflow()
     from kerabl.data import check_preprocess
     from kerabl.networks import is_model_file, load_any_network
 
@@ -189,6 +234,18 @@ def activations(
     progress: ProgressOpt = True, **options,
 ) -> None:
     """Record target-layer activations of every image into a self-describing HDF5 cache."""
+    from kerabl.lock import output_lock
+    from kerabl.validate import check_at_least, check_output_file
+
+    _check_inputs(options)
+    check_at_least(batch_size, 1, "--batch-size")
+    if out.parent.is_dir():
+        check_output_file(out)
+    with output_lock(out.parent, "kerabl activations"):
+        _record(out, unit, batch_size, dtype, progress, options)
+
+
+def _record(out, unit, batch_size, dtype, progress, options: dict) -> None:
     from kerabl.activations import record_activations
 
     net, imageset = _inputs(**_inputs_of(options))
@@ -203,13 +260,9 @@ def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, leg
                   probe_fits: int, probe_max_units: int, heldout_folds: int, srs: bool,
                   engine: Engine, probe_solver: Solver):
     from kerabl.hayne.study import HConfig
+    from kerabl.validate import check_h_options
 
-    try:
-        shape = tuple(int(v) for v in grid.lower().split("x"))
-    except ValueError:
-        raise KerablError(f"--grid must look like 4x4, got {grid!r}") from None
-    if others != "all" and not (others.startswith("random-") and others[7:].isdigit()):
-        raise KerablError(f"--others must be 'all' or 'random-K' (e.g. random-10), got {others!r}")
+    shape = check_h_options(grid, others, seed, probe_fits, probe_max_units, heldout_folds, None)
     return HConfig(grid=shape, unit=unit.value, others=others, seed=seed, clip=clip,
                    legacy_bounds=legacy_bounds, probe_fits=probe_fits,
                    probe_max_units=probe_max_units, heldout_folds=heldout_folds, srs=srs,
@@ -250,8 +303,32 @@ def study(
     probe_fits: FitsOpt = 200, shard: ShardOpt = None, progress: ProgressOpt = True, **options,
 ) -> None:
     """The H study: grid, probes and cell ablation for every class x layer (resumable)."""
-    path = _run_study(out, options, probe_fits, shard, progress)
+    from kerabl.lock import output_lock
+
+    _check_study(options, probe_fits)
+    with output_lock(out, "kerabl study"):
+        path = _run_study(out, options, probe_fits, shard, progress)
     typer.echo(f"results: {path}")
+
+
+def _check_inputs(options: dict, study: bool = False) -> None:
+    """The shared options, checked before a model is built or a file is created."""
+    from kerabl.validate import check_at_least, check_listed_once, check_study_images
+
+    check_listed_once(options["classes"], "--classes")
+    check_listed_once(options["layers"], "--layers")
+    check_at_least(options["seed"], 0, "--seed")
+    if study:
+        check_study_images(_imageset(options["model"], options["images"], options["classes"],
+                                     options["class_index"])[0])
+
+
+def _check_study(options: dict, probe_fits: int) -> None:
+    from kerabl.validate import check_h_options
+
+    _check_inputs(options, study=True)
+    check_h_options(options["grid"], options["others"], options["seed"], probe_fits,
+                    options["probe_max_units"], options["heldout_folds"], options["workers"])
 
 
 def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage=None):
@@ -275,7 +352,11 @@ def _stage_command(stage: str, doc: str) -> None:
     def run(out: Annotated[Path, typer.Option(help="Output folder (as `kerabl study`).")]
             = Path("kerabl-out"),
             probe_fits: FitsOpt = 200, progress: ProgressOpt = True, **options) -> None:
-        path = _run_study(out, options, probe_fits, None, progress, stage=stage)
+        from kerabl.lock import output_lock
+
+        _check_study(options, probe_fits)
+        with output_lock(out, f"kerabl {stage}"):
+            path = _run_study(out, options, probe_fits, None, progress, stage=stage)
         typer.echo(f"{stage}: {path}")
     run.__name__, run.__doc__ = stage, doc
     command(run)
@@ -395,7 +476,9 @@ def export(
 ) -> None:
     """Write a results file as CSV (H: one row per class x layer x cell; Z: per layer x unit)."""
     from kerabl.hayne.results import HResults, export_csv
+    from kerabl.validate import check_output_file
 
+    check_output_file(out)
     if _results_kind(results) == "kerabl.z-results":
         from kerabl.zhou.results import export_units_csv
         export_units_csv(results, out)
@@ -412,7 +495,9 @@ def merge(
 ) -> None:
     """Join shard results (from `--shard i/n`) into one file; refuses inconsistent shards."""
     from kerabl.hayne.results import merge as merge_results
+    from kerabl.validate import check_output_file
 
+    check_output_file(out)
     for shard in shards:
         _results_kind(shard)
     typer.echo(f"merged: {merge_results(shards, out)}")
@@ -429,7 +514,14 @@ def units(
     progress: ProgressOpt = True, **options,
 ) -> None:
     """The Z study: single-unit ablation, unit attributes, greedy and random-direction baselines."""
-    path = _run_units(out, options, greedy_layer, greedy_steps, greedy_seeds, progress)
+    from kerabl.lock import output_lock
+    from kerabl.validate import check_at_least
+
+    _check_inputs(options, study=True)
+    check_at_least(greedy_steps, 1, "--greedy-steps")
+    check_at_least(greedy_seeds, 1, "--greedy-seeds")
+    with output_lock(out, "kerabl units"):
+        path = _run_units(out, options, greedy_layer, greedy_steps, greedy_seeds, progress)
     typer.echo(f"results: {path}")
 
 
@@ -464,11 +556,9 @@ def reproduce(
     With no arguments: the demo model on the digits test split, written to ./kerabl-out.
     The paper's AlexNet: --model alexnet --weights alexnet_weights.h5 --images DIR.
     """
-    import json
     import time
 
-    from kerabl.hayne.results import HResults
-    from kerabl.hayne.stats import summary
+    from kerabl.lock import output_lock
 
     start = time.perf_counter()
     model = options["model"]
@@ -478,6 +568,19 @@ def reproduce(
         typer.echo(f"probe fits per cell: {probe_fits}"
                    + (" (demo default; --probe-fits 200 for the authors' count)"
                       if model == Model.demo and probe_fits != 200 else ""))
+    _check_study(options, probe_fits)
+    with output_lock(out, "kerabl reproduce"):
+        _reproduce(out, probe_fits, z, progress, options, start)
+
+
+def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> None:
+    import json
+    import time
+
+    from kerabl.hayne.results import HResults
+    from kerabl.hayne.stats import summary
+
+    model = options["model"]
     path = _run_study(out, options, probe_fits, None, progress)
     timings = {"H study": time.perf_counter() - start}
     headline = summary(HResults.open(path))

@@ -551,8 +551,8 @@ def synset_imageset(folder: str | Path, classes: Sequence[str] | None = None) ->
         if not classes:
             raise KerablError(f"{folder} has no WNID sub-folders (like n01440764/): check the "
                               "layout")
-    classes = [str(c).strip() for c in classes]
-    ids = [imagenet.index_of(w) for w in classes]
+    ids = [imagenet.index_of(str(c).strip()) for c in classes]
+    classes = [imagenet.wnids()[i] for i in ids]   # class names given as their WNIDs
     files_per_class = []
     for wnid in classes:
         sub = folder / wnid

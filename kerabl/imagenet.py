@@ -64,6 +64,7 @@ def index_of(wnid: str) -> int:
     Example:
         index_of("n01440764")  # 0
         index_of("n04147183")  # 780 (schooner)
+        index_of("tench")      # 0: a class name (unique in `class_names()`) is accepted too
 
     Raises:
         KerablError: `wnid` is not one of the 1000 ILSVRC2012 classes.
@@ -71,8 +72,11 @@ def index_of(wnid: str) -> int:
     try:
         return _positions()[wnid]
     except KeyError:
-        raise KerablError(f"unknown ImageNet WNID {wnid!r}: use one of the 1000 ILSVRC2012 "
-                          "class WNIDs (e.g. n01440764)") from None
+        names = class_names()
+        if wnid in names and names.count(wnid) == 1:
+            return names.index(wnid)
+        raise KerablError(f"unknown ImageNet class {wnid!r}: use one of the 1000 ILSVRC2012 "
+                          "class WNIDs (e.g. n01440764) or names (e.g. tench)") from None
 
 
 def _scalar(field) -> object:

@@ -279,18 +279,39 @@ def glorot_uniform(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarr
     else:
         receptive = int(np.prod(shape[:-2]))
         fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-    limit = np.float32(np.sqrt(6.0 / (fan_in + fan_out)))
+    return _uniform(shape, np.sqrt(6.0 / (fan_in + fan_out)), rng)
+
+
+def _uniform(shape: tuple[int, ...], limit: float, rng: np.random.Generator) -> np.ndarray:
+    limit = np.float32(limit)
     values = rng.random(shape, dtype=np.float32)
     values *= 2 * limit
     values -= limit
     return values
 
 
+def he_uniform(shape: tuple[int, ...], fan_in: int, rng: np.random.Generator) -> np.ndarray:
+    """He-uniform values (limit sqrt(6 / fan_in)): variance kept through a ReLU layer.
+
+    Example:
+        w = he_uniform((3, 3, 48, 1), 9, np.random.default_rng(0))   # a depthwise kernel
+    """
+    return _uniform(shape, np.sqrt(6.0 / max(fan_in, 1)), rng)
+
+
 _CONSTANT_VARIABLES = {"bias": 0.0, "beta": 0.0, "moving_mean": 0.0, "gamma": 1.0,
                        "moving_variance": 1.0}
+RANDOM_SCALING = {"mobilenet_v2": "he"}   # Glorot kernels leave its outputs constant (1/1000)
 
 
-def randomize_weights(model: keras.Model, seed: int, keep_constant: bool = False) -> keras.Model:
+def _fan_in(layer, shape: tuple[int, ...]) -> int:
+    """Inputs seen by one output unit: a depthwise kernel sees its receptive field only."""
+    receptive = int(np.prod(shape[:-2]))
+    return receptive if isinstance(layer, keras.layers.DepthwiseConv2D) else receptive * shape[-2]
+
+
+def randomize_weights(model: keras.Model, seed: int, scaling: str = "glorot",
+                      keep_constant: bool = False) -> keras.Model:
     """Overwrite every variable of `model` from `np.random.default_rng(seed)`; no global state.
 
     Example:
@@ -298,16 +319,25 @@ def randomize_weights(model: keras.Model, seed: int, keep_constant: bool = False
         randomize_weights(model, seed=3)  # same numbers for the same seed, every time
 
     Kernels (dense, conv and depthwise) get Glorot-uniform values drawn in the order of
-    `model.weights`; biases and BN beta/moving_mean 0; BN gamma/moving_variance 1. Other
-    variables are refused, or with `keep_constant` left as Keras initialised them when that is
-    one constant (EfficientNet's input Normalization state, ConvNeXt's layer scale).
+    `model.weights`; biases and BN beta/moving_mean 0; BN gamma/moving_variance 1. With
+    `scaling="he"` convolution kernels get He-uniform values from their true fan-in (a
+    depthwise kernel: its receptive field), which keeps the signal alive through a deep network
+    whose batch normalisation, at its default statistics, does not rescale it (MobileNetV2).
+    Other variables are refused, or with `keep_constant` left as Keras initialised them when
+    that is one constant (EfficientNet's input Normalization state, ConvNeXt's layer scale).
     Returns the model.
     """
+    if scaling not in ("glorot", "he"):
+        raise KerablError(f"unknown weight scaling {scaling!r}: use glorot or he")
     rng = np.random.default_rng(seed)
+    owner = {id(v): layer for layer in model.layers for v in layer.weights}
     for variable in model.weights:
         kind = variable.name
         shape = tuple(variable.shape)
-        if kind.endswith("kernel"):
+        layer = owner.get(id(variable))
+        if kind.endswith("kernel") and scaling == "he" and len(shape) == 4:
+            variable.assign(he_uniform(shape, _fan_in(layer, shape), rng))
+        elif kind.endswith("kernel"):
             variable.assign(glorot_uniform(shape, rng))
         elif kind in _CONSTANT_VARIABLES:
             variable.assign(np.full(shape, _CONSTANT_VARIABLES[kind], dtype=np.float32))
@@ -562,6 +592,9 @@ def _load_checked(name: str, model: keras.Model, path: Path) -> None:
             model.load_weights(path)
     except KerablError:
         raise
+    except OSError as error:  # h5py cannot read what the header promises
+        raise KerablError(f"{path} is a damaged weights file ({_one_line(error)}): fetch or "
+                          "save it again") from None
     except Exception as error:  # noqa: BLE001 - any loader failure means the file does not fit
         raise KerablError(f"{path} does not fit the {name} architecture ({_one_line(error)}): "
                           "pass the weights file made for this model") from None
@@ -684,8 +717,9 @@ def load_network(name: str, weights: str | Path | None = "default", *, alpha: fl
         weights_id = check_weights_file(name, path)  # fail before the (slow) build
     model = build_model(name, alpha=alpha)
     if path is None:
-        randomize_weights(model, seed)
-        weights_id = f"random:{seed}"
+        scaling = RANDOM_SCALING.get(name, "glorot")
+        randomize_weights(model, seed, scaling)
+        weights_id = f"random:{seed}" if scaling == "glorot" else f"random-{scaling}:{seed}"
     else:
         _load_checked(name, model, Path(path).expanduser())
     return Network(name=name, model=model, weights_id=weights_id,

@@ -20,6 +20,10 @@ def progress_bar(description: str, total: int, *, enabled: bool = True, done: in
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
+    from rich.console import Console
+
+    if transient and not Console(stderr=False).is_terminal:
+        enabled = False   # a transient bar leaves a blank line where it cannot be erased
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
                   transient=transient) as bar:

@@ -3,6 +3,8 @@
 - `partial_path(path)`: `PATH.partial`, where a run writes until it is complete (and resumes).
 - `config_differences(old, new)`: 'key: old -> new' for every differing key (all of them).
 - `write_csv_atomic(path, header, rows)`: a CSV written to `PATH.tmp`, then renamed.
+- `check_results_kind(path, kind, wanted)`: an H or Z results file where the other (or another
+  file) was given is one line naming what it holds and which command writes the wanted one.
 
 A reader never sees a half-written file under the final name: an interrupted run leaves only
 `PATH.partial` (or `PATH.tmp`), which the next run resumes or replaces. The activation cache itself
@@ -16,6 +18,11 @@ import json
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from kerabl.errors import KerablError
+
+RESULTS_KINDS = {"kerabl.h-results": ("H", "h_results.h5", "kerabl study"),
+                 "kerabl.z-results": ("Z", "z_results.h5", "kerabl units")}
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -58,3 +65,20 @@ def write_csv_atomic(path: str | os.PathLike, header: Sequence[str],
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def check_results_kind(path, kind, wanted: str) -> None:
+    """Raise a one-line `KerablError` unless the file's `kind` attribute is `wanted`.
+
+    Example:
+        check_results_kind("z_results.h5", "kerabl.z-results", "kerabl.h-results")
+        # KerablError: z_results.h5 holds Z results (`kerabl units`), not H results: ...
+    """
+    if kind == wanted:
+        return
+    name, file_name, command = RESULTS_KINDS[wanted]
+    hint = f"pass a {file_name} written by `{command}`"
+    if kind in RESULTS_KINDS:
+        other, _, writer = RESULTS_KINDS[kind]
+        raise KerablError(f"{path} holds {other} results (`{writer}`), not {name} results: {hint}")
+    raise KerablError(f"{path} is not a kerabl {name} results file (kind={kind!r}): {hint}")

@@ -153,7 +153,7 @@ def test_synset_layout(tmp_path):
     assert abs(x[0, 0, 0, 1] - 200) <= 2 and abs(x[2, 0, 0, 0] - 200) <= 2   # BGR
     with pytest.raises(KerablError, match="n01443537"):
         synset_imageset(tmp_path, classes=["n01443537"])
-    with pytest.raises(KerablError, match="unknown ImageNet WNID"):
+    with pytest.raises(KerablError, match="unknown ImageNet class"):
         synset_imageset(tmp_path, classes=["n00000001"])
 
 

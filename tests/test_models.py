@@ -57,7 +57,7 @@ def alexnet_loaded(alexnet_network):
 def test_every_network_builds_with_random_weights(name, n_targets, first, last):
     net = load_network(name, weights=None, seed=2)
     names = {layer.name for layer in net.model.layers}
-    assert net.weights_id == "random:2"
+    assert net.weights_id == ("random-he:2" if name == "mobilenet_v2" else "random:2")
     assert len(net.targets) == n_targets and (net.targets[0], net.targets[-1]) == (first, last)
     assert set(net.targets) <= names
     assert net.model.output.shape == (None, net.n_classes)
@@ -130,6 +130,19 @@ def test_random_weights_follow_the_stated_recipe():
     assert np.abs(depthwise).max() <= limit and np.abs(depthwise).max() > 0.8 * limit
     w = models.glorot_uniform((100, 50), np.random.default_rng(0))
     assert w.dtype == np.float32 and abs(w.max() - np.sqrt(6 / 150)) < 0.01
+
+
+@pytest.mark.slow
+def test_random_mobilenet_is_a_live_network():
+    """He-uniform kernels from the true fan-in: outputs vary across images (Glorot: all 0.001)."""
+    net = load_network("mobilenet_v2", weights=None, seed=0)
+    depthwise = net.model.get_layer("block_1_depthwise").weights[0].numpy()
+    assert np.abs(depthwise).max() <= np.sqrt(6 / 9) and np.abs(depthwise).max() > 0.8 * np.sqrt(6 / 9)
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 224, 224, 3)).astype("float32")
+    p = net.model.predict_on_batch(x)
+    assert p.std(axis=0).max() > 1e-3 and p.max() > 0.01
+    glorot = randomize_weights(build_model("mobilenet_v2", alpha=0.35), seed=0)
+    assert glorot.predict_on_batch(x).std(axis=0).max() < 1e-6   # why mobilenet_v2 scales by fan-in
 
 
 # --- LRN -------------------------------------------------------------------------------------

@@ -201,7 +201,7 @@ def test_bad_input_is_one_line_before_any_forward_pass(custom_model, tmp_path, m
     path, layer_file, images = custom_model
     out = tmp_path / "out"
     more = tmp_path / "four"
-    _example().make_images(more, 1, classes=("a", "b", "c", "d"))
+    _example().make_images(more, 2, classes=("a", "b", "c", "d"))
     index = tmp_path / "index.json"
     index.write_text(json.dumps({"a": 0, "b": 1, "d": 5}))
     (tmp_path / "one" / "only").mkdir(parents=True)

@@ -94,12 +94,24 @@ def test_config_mismatch_names_the_key(tmp_path):
     with pytest.raises(KerablError, match=r"grid: \[2, 2\] -> \[3, 3\].*delete"):
         writer(path, config={**CONFIG, "grid": [3, 3]})
     part = tmp_path / "p.h5"
-    writer(part)
+    run(writer(part), pairs=[(0, 0)])   # one finished pair: a different config is refused
     with pytest.raises(KerablError, match=r"seed: 0 -> 1"):
         writer(part, config={**CONFIG, "seed": 1})
     with pytest.raises(KerablError, match="shard"):
         writer(part, shard=(0, 2))
     assert HResults.open(path).config == CONFIG   # the finished file is untouched
+
+
+def test_an_empty_partial_of_another_config_is_replaced_and_said(tmp_path):
+    part = tmp_path / "p.h5"
+    writer(part)
+    said = []
+    w = HResultsWriter(part, config={**CONFIG, "seed": 1}, log=said.append, **LAYOUT)
+    assert len(said) == 1 and "holds no finished pair" in said[0] and "seed: 0 -> 1" in said[0]
+    assert not w.complete and w.is_done(*w.pairs()[0]) is False
+    same = []
+    HResultsWriter(part, config={**CONFIG, "seed": 1}, log=same.append, **LAYOUT)
+    assert same == []   # the replacement is this run's: resumed silently
 
 
 def test_open_errors(tmp_path):
@@ -108,7 +120,7 @@ def test_open_errors(tmp_path):
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
         f.attrs["kind"] = "something"
-    with pytest.raises(KerablError, match="not a kerabl results file"):
+    with pytest.raises(KerablError, match="not a kerabl H results file"):
         HResults.open(other)
 
 

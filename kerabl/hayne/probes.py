@@ -260,7 +260,8 @@ def paper_probe_score(X, y, *, n_fits: int = 200, max_units: int = 100, seed: in
     X, y = _check_xy(X, y)
     _check_solver(solver)
     if n_fits < 1 or max_units < 1:
-        raise KerablError(f"n_fits={n_fits} and max_units={max_units} must be at least 1")
+        raise KerablError(f"probe fits per cell ({n_fits}) and units per fit ({max_units}) must "
+                          "be at least 1")
     draws = _column_draws(X.shape[1], n_fits, max_units, seed)
     predict = _sklearn_predictions if solver == "sklearn" else _batched_predictions
     pred = predict(X, y, draws)

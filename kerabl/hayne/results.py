@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.store import config_differences, partial_path, write_csv_atomic
+from kerabl.store import check_results_kind, config_differences, partial_path, write_csv_atomic
 
 KIND = "kerabl.h-results"
 SCHEMA = 1
@@ -168,9 +168,7 @@ def _create(path: Path, layout: _Layout) -> None:
 
 
 def _check_kind(f: h5py.File, path: Path) -> None:
-    if f.attrs.get("kind") != KIND:
-        raise KerablError(f"{path} is not a kerabl results file (kind={f.attrs.get('kind')!r}); "
-                          "pass a file written by `kerabl study`")
+    check_results_kind(path, f.attrs.get("kind"), KIND)
     if int(f.attrs.get("schema", -1)) != SCHEMA:
         raise KerablError(f"{path} has results schema {f.attrs.get('schema')}, this kerabl reads "
                           f"{SCHEMA}; rerun with this version or use the kerabl that wrote it")
@@ -219,13 +217,18 @@ class HResultsWriter:
         max_images: most target-class images of a class (P).
         max_others: most "other" classes of a class.
         shard: (i, n) to write only pairs k = ci * L + li with k % n == i, or None for all.
+        log: where a replacement is said. A file whose config differs from this run's only in
+            `contents` (the images changed) is replaced, and so is a partial file of another
+            config that holds no finished pair; any other difference is refused.
+        contents_note: what changed in the images (named in the replacement message).
 
     Attributes:
         complete: True when `path` already holds this run, finished (nothing to do).
     """
 
     def __init__(self, path, *, config: dict, classes, class_index, layers, n_units, grid_shape,
-                 max_images: int, max_others: int, shard: tuple[int, int] | None = None):
+                 max_images: int, max_others: int, shard: tuple[int, int] | None = None,
+                 log=None, contents_note: str = "the image contents changed"):
         self.path = Path(path)
         self.partial_path = partial_path(self.path)
         self.shard = shard
@@ -246,22 +249,41 @@ class HResultsWriter:
             raise KerablError(f"{len(layers)} layers but {len(self.layout.n_units)} unit counts; "
                               "pass one per layer")
         self.complete = False
-        if self.path.exists():
-            self._check_existing(self.path)
+        self._log = log or (lambda message: None)
+        self._contents_note = contents_note
+        if self.path.exists() and self._check_existing(self.path):
             self.complete = True
-        elif self.partial_path.exists():
-            self._check_existing(self.partial_path)
+        elif self.partial_path.exists() and self._check_existing(self.partial_path):
+            pass
         else:
             self.partial_path.parent.mkdir(parents=True, exist_ok=True)
             _create(self.partial_path, self.layout)
 
-    def _check_existing(self, path: Path) -> None:
-        with h5py.File(path, "r") as f:
-            _check_kind(f, path)
-            differences = _Layout.read(f).differences(self.layout)
-        if differences:
+    def _check_existing(self, path: Path) -> bool:
+        """True when `path` holds this run; False when it was replaceable and is removed."""
+        try:
+            with h5py.File(path, "r") as f:
+                _check_kind(f, path)
+                stored = _Layout.read(f)
+                n_done = int(f["done"][()].sum())
+        except (OSError, KeyError) as err:
+            raise KerablError(f"{path} is damaged ({str(err).splitlines()[0][:120]}): delete it "
+                              "and rerun") from None
+        differences = stored.differences(self.layout)
+        if not differences:
+            return True
+        keys = {k for k in set(stored.config) | set(self.layout.config)
+                if stored.config.get(k) != self.layout.config.get(k)}
+        if keys == {"contents"} and stored.as_dict() == self.layout.as_dict():
+            self._log(f"{self._contents_note} since {path} was written: recomputing it")
+        elif path == self.partial_path and n_done == 0:
+            self._log(f"replacing {path}: it holds no finished pair and was written by a "
+                      f"different run ({'; '.join(differences)})")
+        else:
             raise KerablError(f"{path} was written by a different run ({'; '.join(differences)}); "
                               f"delete {path} or use another --out")
+        path.unlink()
+        return False
 
     def pairs(self) -> list[tuple[int, int]]:
         """(class position, layer position) pairs of this writer's shard, in order."""
@@ -406,7 +428,7 @@ class HResults:
             if not bool(f.attrs["complete"]) and not allow_partial:
                 done = f["done"][()]
                 raise KerablError(f"{path} is incomplete ({int(done.sum())} of {done.size} pairs "
-                                  "done); rerun to finish it or open with allow_partial=True")
+                                  "done); rerun the command that wrote it to finish it")
             return cls(path, f)
 
     def units(self, ci: int, layer) -> dict:

@@ -23,8 +23,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from kerabl.contents import contents_digest, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
+from kerabl.validate import check_grid_fits, check_live_outputs, check_study_images
 
 UNITS = ("element", "channel")
 ENGINE_NAMES = ("fast", "paper")
@@ -109,14 +111,20 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     cache_path = Path(cache_path or out_dir / "activations.h5")
     preprocess = network.preprocess
 
+    check_study_images(imageset)
+    check_live_outputs(network, imageset)
+    files, note = image_files(imageset, cache_path)
     writer_args = _writer_args(network, imageset, layers, config)
-    writer = HResultsWriter(out_dir / results_name(shard), shard=shard, **writer_args)
+    writer_args["config"]["contents"] = contents_digest(files)
+    check_grid_fits(tuple(config.grid), dict(zip(layers, writer_args["n_units"])))
+    writer = HResultsWriter(out_dir / results_name(shard), shard=shard, log=log,
+                            contents_note=note, **writer_args)
     if writer.complete:
         log(f"results are complete, nothing to compute: {out_dir / results_name(shard)}")
         return out_dir / results_name(shard)
 
     cache = record_activations(network, imageset, layers, cache_path, unit=config.unit,
-                               preprocess=preprocess, progress=progress, log=log)
+                               preprocess=preprocess, progress=progress, files=files, log=log)
     todo = [(ci, li) for ci, li in writer.pairs() if not writer.is_done(ci, li)]
     sweep = _Sweep(network, imageset, layers, config, cache)
     sweep.workers = workers or os.cpu_count() or 1
@@ -302,10 +310,48 @@ def _cell_probe_scores(x, y, config: HConfig, seed: int) -> tuple[float, float, 
 
 
 def probe_pool(workers: int):
-    """Worker processes for the probes (spawned: they import numpy and scikit-learn only)."""
+    """Worker processes for the probes (spawned: they import numpy and scikit-learn only).
+
+    Each worker ignores Ctrl-C (its parent stops the run) and exits within a second of its
+    parent's end, whatever ended it (`kill -9` included); when the block ends by an exception
+    the pending tasks are cancelled and the workers stopped at once.
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     if workers <= 1:
         return contextlib.nullcontext(None)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return _stopping(ProcessPoolExecutor(max_workers=workers,
+                                         mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_worker_start, initargs=(os.getpid(),)))
+
+
+@contextlib.contextmanager
+def _stopping(pool):
+    try:
+        yield pool
+    except BaseException:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(5)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _worker_start(parent: int) -> None:
+    """In a worker: ignore SIGINT, and exit when the parent process is gone."""
+    import signal
+    import threading
+    import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="kerabl-parent-watch").start()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.store import write_csv_atomic
+from kerabl.store import check_results_kind, write_csv_atomic
 from kerabl.zhou.attributes import ATTRIBUTES
 
 
@@ -28,8 +28,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     import h5py
 
     with h5py.File(path, "r") as f:
-        if f.attrs.get("kind") != Z_KIND:
-            raise KerablError(f"{path} is not a kerabl Z results file: pass another out_path")
+        check_results_kind(path, f.attrs.get("kind"), Z_KIND)
         return json.loads(f.attrs["config"])
 
 

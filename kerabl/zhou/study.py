@@ -18,8 +18,10 @@ import numpy as np
 
 from kerabl.engine import DEFAULT_BATCH, HEAD_BATCH, _engine, _Engine, _TailEngine, predict_batched
 from kerabl.graph import _as_model, _check_layer
+from kerabl.contents import array_table, contents_digest, describe_changes, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
+from kerabl.validate import check_live_outputs
 from kerabl.store import config_differences, partial_path
 from kerabl.zhou.ablation import _direction_drops, _greedy, _random_order, _unit_drops
 from kerabl.zhou.attributes import TOP_K, attribute_drop_correlations, class_correlation, class_means, l1_norms, selectivity_index, top_activating
@@ -72,11 +74,24 @@ def _study_config(network, data: _StudyData, layers: Sequence[str], seed: int, g
             "greedy_seeds": list(range(int(greedy_seeds))), "top_k": int(top_k)}
 
 
-def _check_config(path: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
+def _check_config(path: Path, stored: dict[str, Any], wanted: dict[str, Any],
+                  note: str = "the image contents changed", log=None) -> bool:
+    """True when `path` holds this run. A file that differs only in the image contents, or a
+    partial file that holds no finished layer, is removed (and that is said): False."""
     changes = config_differences(stored, wanted)
-    if changes:
+    if not changes:
+        return True
+    keys = {k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k)}
+    if keys == {"contents"}:
+        (log or print)(f"{note} since {path} was written: recomputing it")
+    elif path.name.endswith(".partial") and not _done_groups(path):
+        (log or print)(f"replacing {path}: it holds no finished layer and was made with other "
+                       f"options ({'; '.join(changes)})")
+    else:
         raise KerablError(f"{path} was made with other options ({'; '.join(changes)}): "
                           "pass the same options or another output folder")
+    path.unlink()
+    return False
 
 
 def _default_greedy_layer(model, layers: Sequence[str]) -> str:
@@ -226,31 +241,39 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
         _check_layer(model, name)
     greedy_layer = greedy_layer or _default_greedy_layer(model, layers)
     data = _study_data(network, imageset)
+    images = None
+    if getattr(imageset, "paths", None) is None:   # in memory: hashed as loaded
+        images = data.images()
+        files, note = array_table(images), describe_changes([])
+    else:
+        files, note = image_files(imageset, Path(out_dir) / "activations.h5")
     wanted = _study_config(network, data, layers, seed, greedy_layer, greedy_steps, greedy_seeds,
                            top_k)
+    wanted["contents"] = contents_digest(files)
     out = Path(out_path)
-    if out.exists():
-        _check_config(out, _read_config(out), wanted)
+    if out.exists() and _check_config(out, _read_config(out), wanted, note, log):
         log(f"{out} is complete with these options: nothing to compute")
         return out
     partial = partial_path(out)
-    images = data.images()
-    if partial.exists():
-        _check_config(partial, _read_config(partial), wanted)
+    images = data.images() if images is None else images
+    check_live_outputs(network, images=images, labels=data.labels)
+    if partial.exists() and _check_config(partial, _read_config(partial), wanted, note, log):
         log(f"resuming {partial}")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         _create_partial(partial, wanted, data, images)
     done = _done_groups(partial)
     probs = None
-    for layer in layers:
-        if f"layer_{layer}" in done:
-            continue
-        if probs is None:
-            probs = predict_batched(model, images, HEAD_BATCH)[0]
-        eng = _engine(model, images, layer, "tail", batch_size)
-        arrays, attrs = _layer_results(model, eng, data, probs, layer, seed, top_k, progress)
-        _write_group(partial, f"layer_{layer}", arrays, {**attrs, "layer": layer})
+    todo = [layer for layer in layers if f"layer_{layer}" not in done]
+    with progress_bar("Z study: layers", len(layers), enabled=progress,
+                      done=len(layers) - len(todo)) as advance:
+        for layer in todo:
+            if probs is None:
+                probs = predict_batched(model, images, HEAD_BATCH)[0]
+            eng = _engine(model, images, layer, "tail", batch_size)
+            arrays, attrs = _layer_results(model, eng, data, probs, layer, seed, top_k, progress)
+            _write_group(partial, f"layer_{layer}", arrays, {**attrs, "layer": layer})
+            advance(1)
     if "greedy" not in done:
         eng = _engine(model, images, greedy_layer, "tail", batch_size)
         _write_group(partial, "greedy", _greedy_results(eng, data, greedy_steps, greedy_seeds, progress),

@@ -1,0 +1,62 @@
+"""One run per output folder: an exclusive lock file that says who holds it.
+
+- `output_lock(folder, command)`: a context holding `folder/.kerabl.lock` (created, with the
+  folder, when missing); a second run on the same folder stops with one line naming the holder.
+  The lock is an `flock`: the system releases it when its process ends, even by `kill -9`.
+  A run that wrote nothing leaves nothing: the lock file and a folder it created go with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+from kerabl.errors import KerablError
+
+LOCK_NAME = ".kerabl.lock"
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold the output folder's lock for the block.
+
+    Example:
+        with output_lock("kerabl-out", "kerabl study"):
+            ...   # another `kerabl study --out kerabl-out` now stops with exit status 2
+    """
+    import fcntl
+
+    folder = Path(folder)
+    created = not folder.exists()
+    if folder.exists() and not folder.is_dir():
+        raise KerablError(f"--out {folder} is a file: name a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise KerablError(f"cannot write in {folder} ({err.strerror}): choose a writable --out") \
+            from None
+    held = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            raise KerablError(f"{folder} is in use by {holder}: wait for it to finish or choose "
+                              "another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (f"{command} (pid {os.getpid()} on {socket.gethostname()}, started "
+                       f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n").encode(), 0)
+        yield folder
+    finally:
+        with contextlib.suppress(OSError):
+            if held and [p.name for p in folder.iterdir()] == [LOCK_NAME]:   # nothing written
+                (folder / LOCK_NAME).unlink()
+                if created:
+                    folder.rmdir()
+        os.close(fd)

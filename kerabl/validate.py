@@ -1,0 +1,200 @@
+"""Checks run before a study builds a model or writes a file: each failure is one `KerablError`.
+
+- `check_live_outputs(network, imageset)`: the network's outputs vary across images (a network
+  whose outputs are constant gives ranks equal to the class index and NaN statistics).
+- `check_listed_once`, `check_at_least`, `check_h_options`: command-line options.
+- `check_study_images(imageset)`: classes named once, two or more, two images or more each.
+- `check_grid_fits(grid, n_units)`: a unit per grid cell in every layer.
+- `check_output_file(path)`: a file's folder exists and is writable, the path is no folder.
+- `os_error_line(err)`, `quiet_tensorflow()`, `import_tensorflow()`: the terminal's lines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from kerabl.errors import KerablError
+
+LIVE_PROBE_IMAGES = 8     # images of the first two classes the liveness check runs
+CONSTANT_SPREAD = 1e-6    # outputs that differ less than this across images count as constant
+
+
+def check_live_outputs(network, imageset=None, *, images=None, labels=None) -> None:
+    """Stop when the network gives (nearly) the same outputs for different images.
+
+    Example:
+        check_live_outputs(load_network("demo"), digits_imageset())   # passes silently
+        check_live_outputs(net, images=x, labels=y)                   # already loaded inputs
+
+    The first `LIVE_PROBE_IMAGES / 2` images of the first two classes run.
+    """
+    from kerabl.engine import predict_batched
+
+    classes = list(imageset.classes if imageset is not None else np.unique(labels))[:2]
+    labels = np.asarray(imageset.labels if imageset is not None else labels)
+    rows = np.concatenate([np.flatnonzero(labels == c)[:LIVE_PROBE_IMAGES // 2] for c in classes])
+    if len(rows) < 2:
+        return
+    if images is None:
+        images = imageset.load(network.input_size, network.preprocess, rows=rows)
+    else:
+        images = np.asarray(images)[rows]
+    scores = predict_batched(network.model, images, len(rows))[0]
+    if float(np.ptp(scores, axis=0).max()) <= CONSTANT_SPREAD:
+        raise KerablError(
+            f"{network.name} with weights {network.weights_id} gives the same outputs "
+            f"(to {CONSTANT_SPREAD:g}) for {len(rows)} different images: its ranks and "
+            "deficits would be meaningless; use other weights")
+
+
+def check_listed_once(text: str | None, option: str) -> None:
+    """A comma-separated option names each item once.
+
+    Example:
+        check_listed_once("conv_1,conv_1", "--layers")   # KerablError: conv_1 is listed twice
+    """
+    items = [item.strip() for item in (text or "").split(",") if item.strip()]
+    twice = sorted({item for item in items if items.count(item) > 1})
+    if twice:
+        raise KerablError(f"{twice[0]} is listed twice in {option}: name each once")
+
+
+def check_at_least(value: int | None, least: int, option: str, why: str = "") -> None:
+    """An integer option is at least `least` (None passes: the default applies).
+
+    Example:
+        check_at_least(-5, 0, "--seed")   # KerablError: --seed must be at least 0, got -5
+    """
+    if value is not None and value < least:
+        raise KerablError(f"{option} must be at least {least}{why}, got {value}")
+
+
+def check_h_options(grid: str, others: str, seed: int, probe_fits: int, probe_max_units: int,
+                    heldout_folds: int, workers: int | None) -> tuple[int, int]:
+    """The H study's options, checked before anything is loaded; returns the grid shape.
+
+    Example:
+        check_h_options("4x4", "random-10", 0, 200, 100, 5, None)   # (4, 4)
+    """
+    parts = grid.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise KerablError(f"--grid must be two positive integers like 4x4, got {grid!r}")
+    match = re.fullmatch(r"random-(\d+)", others)
+    if others != "all" and match is None:
+        raise KerablError(f"--others must be 'all' or 'random-K' (e.g. random-10), got {others!r}")
+    if match is not None and int(match.group(1)) < 1:
+        raise KerablError(f"--others {others} draws no other class: K must be at least 1 "
+                          "(e.g. random-10), or use all")
+    check_at_least(seed, 0, "--seed")
+    check_at_least(probe_fits, 1, "--probe-fits")
+    check_at_least(probe_max_units, 1, "--probe-max-units")
+    check_at_least(heldout_folds, 2, "--heldout-folds")
+    check_at_least(workers, 1, "--workers")
+    return int(parts[0]), int(parts[1])
+
+
+def check_study_images(imageset) -> None:
+    """A study's image set: classes named once, at least two, two images or more each.
+
+    Example:
+        check_study_images(digits_imageset())   # passes: 10 classes of ~45 images
+    """
+    classes, names = list(imageset.classes), list(imageset.class_names)
+    twice = [n for c, n in zip(classes, names) if classes.count(c) > 1]
+    if twice:
+        raise KerablError(f"class {twice[0]} is listed twice in --classes (by name and WNID, or "
+                          "twice): name each class once")
+    if len(classes) < 2:
+        raise KerablError(f"the study needs at least two classes (the other classes' images are "
+                          f"the probes' negatives), got {', '.join(names) or 'none'}: name two or "
+                          "more in --classes")
+    for c, name in zip(classes, names):
+        n = len(imageset.rows_of(c))
+        if n < 2:
+            raise KerablError(f"class {name} has {n} image: the probes and the rank deficits "
+                              "need at least 2 per class; add images or drop the class")
+
+
+def check_grid_fits(grid: tuple[int, int], n_units: dict[str, int]) -> None:
+    """Every layer has at least one unit per grid cell.
+
+    Example:
+        check_grid_fits((4, 4), {"conv_1": 8192})   # passes
+    """
+    cells = grid[0] * grid[1]
+    small = {layer: n for layer, n in n_units.items() if n < cells}
+    if small:
+        layer, n = next(iter(small.items()))
+        raise KerablError(f"--grid {grid[0]}x{grid[1]} has {cells} cells but layer {layer} has "
+                          f"only {n} units: use a smaller grid or other layers")
+
+
+def check_output_file(path: Path, option: str = "--out") -> None:
+    """A file to write: its folder exists and is writable, and it is not a folder.
+
+    Example:
+        check_output_file(Path("out/results.csv"))   # KerablError when out/ is missing
+    """
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise KerablError(f"{option} {path} is a folder: name a file inside it, e.g. "
+                          f"{path / 'results.csv'}")
+    if not folder.is_dir():
+        raise KerablError(f"{option} {path}: folder {folder} does not exist; create it or "
+                          "choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise KerablError(f"{option} {path}: folder {folder} is not writable; choose another path")
+
+
+def os_error_line(err: OSError) -> str:
+    """An OS error as one line naming the path (permissions, a missing folder, a full disk).
+
+    Example:
+        os_error_line(PermissionError(13, "Permission denied", "out/x.h5"))
+        # 'out/x.h5: Permission denied; check the path and its permissions, or free disk space'
+    """
+    reason = err.strerror or (str(err).splitlines() or [type(err).__name__])[0][:160]
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{reason}; check the path and its permissions, or free disk space"
+
+
+def quiet_tensorflow() -> None:
+    """TensorFlow's C++ start-up lines and retracing warnings off, unless the user set the level.
+
+    Example:
+        quiet_tensorflow()   # then import tensorflow: no oneDNN / CUDA / cpu_feature_guard lines
+    """
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").addFilter(
+        lambda record: "triggered tf.function retracing" not in record.getMessage())
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow and start its CPU device; with TF_CPP_MIN_LOG_LEVEL 3 the C++ lines
+    it writes while starting (absl's, which ignore that level) are dropped.
+
+    Example:
+        import_tensorflow()   # then build models: the terminal shows kerabl's lines only
+    """
+    import sys
+
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3":
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow as tf
+
+            tf.config.list_logical_devices("CPU")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
