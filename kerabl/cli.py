@@ -47,6 +47,11 @@ class Engine(str, Enum):
     paper = "paper"
 
 
+class Control(str, Enum):
+    none = "none"
+    permuted_labels = "permuted-labels"
+
+
 def command(fn):
     """Register a stage: a `KerablError` becomes one line on stderr and exit status 2."""
     @functools.wraps(fn)
@@ -166,7 +171,7 @@ def activations(
 
 def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, legacy_bounds: bool,
                   probe_fits: int, probe_max_units: int, heldout_folds: int, srs: bool,
-                  engine: Engine, probe_solver: Solver):
+                  engine: Engine, probe_solver: Solver, control: Control = Control.none):
     from kerabl.hayne.study import HConfig
 
     try:
@@ -178,7 +183,7 @@ def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, leg
     return HConfig(grid=shape, unit=unit.value, others=others, seed=seed, clip=clip,
                    legacy_bounds=legacy_bounds, probe_fits=probe_fits,
                    probe_max_units=probe_max_units, heldout_folds=heldout_folds, srs=srs,
-                   engine=engine.value, probe_solver=probe_solver.value)
+                   engine=engine.value, probe_solver=probe_solver.value, control=control.value)
 
 
 GridOpt = Annotated[str, typer.Option(help="Grid shape: selectivity strips x magnitude cells.")]
@@ -197,6 +202,9 @@ SolverOpt = Annotated[Solver, typer.Option(
          "LogisticRegression loop (lbfgs may stop early, so a prediction can differ).")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     help="Processes fitting the probes (default: one per CPU core); results do not depend on it.")]
+ControlOpt = Annotated[Control, typer.Option(
+    help="permuted-labels: the whole study with the class labels shuffled among the images "
+         "(seeded by --seed, recorded in the results): a sound held-out probe sits at chance.")]
 ShardOpt = Annotated[Optional[str], typer.Option(
     help="Run shard i of n (0-based, e.g. 3/8); join the shard files with `kerabl merge`.")]
 
@@ -205,7 +213,8 @@ H_OPTIONS = (  # the H protocol: shared by study and reproduce
     ("others", OthersOpt, "random-10"), ("clip", ClipOpt, True),
     ("legacy_bounds", LegacyOpt, False), ("probe_max_units", MaxUnitsOpt, 100),
     ("heldout_folds", FoldsOpt, 5), ("srs", SrsOpt, True), ("engine", EngineOpt, Engine.fast),
-    ("probe_solver", SolverOpt, Solver.batched), ("workers", WorkersOpt, None))
+    ("probe_solver", SolverOpt, Solver.batched), ("control", ControlOpt, Control.none),
+    ("workers", WorkersOpt, None))
 
 
 @command

@@ -28,6 +28,7 @@ from kerabl.progress import progress_bar
 
 UNITS = ("element", "channel")
 ENGINE_NAMES = ("fast", "paper")
+CONTROLS = ("none", "permuted-labels")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class HConfig:
     srs: bool = True
     engine: str = "fast"
     probe_solver: str = "batched"
+    control: str = "none"
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -58,6 +60,8 @@ class HConfig:
             raise KerablError(f"unknown engine {self.engine!r}: use fast or paper")
         if self.probe_solver not in ("batched", "sklearn"):
             raise KerablError(f"unknown probe solver {self.probe_solver!r}: use batched or sklearn")
+        if self.control not in CONTROLS:
+            raise KerablError(f"unknown control {self.control!r}: use none or permuted-labels")
         if len(self.grid) != 2 or min(self.grid) < 1:
             raise KerablError(f"grid must be two positive integers, got {self.grid}")
 
@@ -112,6 +116,11 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
                           f"choose from {', '.join(network.targets)}")
     cache_path = Path(cache_path or out_dir / "activations.h5")
     preprocess = network.preprocess
+    if config.control == "permuted-labels":
+        from kerabl.hayne.controls import permuted_labels
+        imageset = permuted_labels(imageset, config.seed)
+        log(f"control: class labels permuted among the images (seed {config.seed}); "
+            "every class is a random set of images")
 
     writer_args = _writer_args(network, imageset, layers, config)
     writer = HResultsWriter(out_dir / results_name(shard), shard=shard, **writer_args)
@@ -201,6 +210,8 @@ class _Sweep:
         grid = equal_count_grid(selectivity, magnitude, tuple(config.grid),
                                 legacy_bounds=config.legacy_bounds)
         scores = self._probe_scores(acts, n_target, grid.cells, state["ci"], li)
+        scores["probe_fold"], scores["probe_fold_sd"] = self._fold_scores(acts, n_target,
+                                                                          state["ci"], li)
 
         ablator = self._ablator(layer)
         if self._can_use_cache(ablator, layer):
@@ -220,6 +231,17 @@ class _Sweep:
         return (self.config.engine == "fast" and self.config.unit == "element"
                 and np.dtype(self.cache.attrs.get("dtype", "float32")) == np.float32
                 and is_cut_point(self.network.model, layer))
+
+    def _fold_scores(self, acts, n_target, ci, li):
+        from kerabl.hayne.heldout import fold_probe_summary
+        from kerabl.hayne.probes import single_threaded
+
+        config = self.config
+        with single_threaded():
+            return fold_probe_summary(acts, n_target, grid_shape=tuple(config.grid),
+                                      legacy_bounds=config.legacy_bounds,
+                                      folds=config.heldout_folds, max_units=config.probe_max_units,
+                                      seed=cell_seed(config.seed, ci, li, 2 ** 31 - 1))
 
     def _probe_scores(self, acts, n_target, cells, ci, li) -> dict:
         config = self.config
