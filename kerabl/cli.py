@@ -51,6 +51,11 @@ class Engine(str, Enum):
     paper = "paper"
 
 
+class Control(str, Enum):
+    none = "none"
+    permuted_labels = "permuted-labels"
+
+
 def command(fn):
     """Register a stage: a `KerablError` or an OS error becomes one line on stderr and exit
     status 2; Ctrl-C and SIGTERM stop it with one line and status 130 (finished work is kept)."""
@@ -258,7 +263,7 @@ def _record(out, unit, batch_size, dtype, progress, options: dict) -> None:
 
 def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, legacy_bounds: bool,
                   probe_fits: int, probe_max_units: int, heldout_folds: int, srs: bool,
-                  engine: Engine, probe_solver: Solver):
+                  engine: Engine, probe_solver: Solver, control: Control = Control.none):
     from kerabl.hayne.study import HConfig
     from kerabl.validate import check_h_options
 
@@ -266,7 +271,7 @@ def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, leg
     return HConfig(grid=shape, unit=unit.value, others=others, seed=seed, clip=clip,
                    legacy_bounds=legacy_bounds, probe_fits=probe_fits,
                    probe_max_units=probe_max_units, heldout_folds=heldout_folds, srs=srs,
-                   engine=engine.value, probe_solver=probe_solver.value)
+                   engine=engine.value, probe_solver=probe_solver.value, control=control.value)
 
 
 GridOpt = Annotated[str, typer.Option(help="Grid shape: selectivity strips x magnitude cells.")]
@@ -285,6 +290,9 @@ SolverOpt = Annotated[Solver, typer.Option(
          "LogisticRegression loop (lbfgs may stop early, so a prediction can differ).")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     help="Processes fitting the probes (default: one per CPU core); results do not depend on it.")]
+ControlOpt = Annotated[Control, typer.Option(
+    help="permuted-labels: the whole study with the class labels shuffled among the images "
+         "(seeded by --seed, recorded in the results): a sound held-out probe sits at chance.")]
 ShardOpt = Annotated[Optional[str], typer.Option(
     help="Run shard i of n (0-based, e.g. 3/8); join the shard files with `kerabl merge`.")]
 
@@ -293,7 +301,8 @@ H_OPTIONS = (  # the H protocol: shared by study and reproduce
     ("others", OthersOpt, "random-10"), ("clip", ClipOpt, True),
     ("legacy_bounds", LegacyOpt, False), ("probe_max_units", MaxUnitsOpt, 100),
     ("heldout_folds", FoldsOpt, 5), ("srs", SrsOpt, True), ("engine", EngineOpt, Engine.fast),
-    ("probe_solver", SolverOpt, Solver.batched), ("workers", WorkersOpt, None))
+    ("probe_solver", SolverOpt, Solver.batched), ("control", ControlOpt, Control.none),
+    ("workers", WorkersOpt, None))
 
 
 @command
@@ -420,7 +429,8 @@ def figures(
     """Render the figures of stored results (never recomputes, loads no model).
 
     One results file: its figures in OUT. Several: each file's figures in OUT/<n>-<model>/,
-    and Fig 3 of all H files side by side in OUT/fig3_networks.
+    and Fig 3, the probe contrast and the interaction coefficients of all H files side by side
+    in OUT/fig3_networks, OUT/fig_probe_contrast and OUT/fig_interaction.
     """
     if len(results) == 1:
         paths = _render(results[0], out, class_name, layer)
@@ -442,7 +452,12 @@ def _render_several(results: list[Path], out: Path, class_name, layer) -> list:
             h_files.append(path)
             labels.append(model)
     if len(h_files) > 1:
+        from kerabl.hayne.figures import fig_interaction_coefficients, fig_probe_contrast, _run_label
+
+        runs = [_run_label(HResults.open(p), name) for p, name in zip(h_files, labels)]
         paths += fig_network_means(h_files, labels, out / "fig3_networks")
+        paths += fig_probe_contrast(h_files, runs, out / "fig_probe_contrast")
+        paths += fig_interaction_coefficients(h_files, runs, out / "fig_interaction")
     return paths
 
 
@@ -588,8 +603,10 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
     files = _render(path, Path(out) / "figures")
     timings["H figures"] = time.perf_counter() - start - sum(timings.values())
     if z is None:
-        z = model == Model.demo
-        if not z:
+        z = model == Model.demo and options["control"] is Control.none
+        if not z and options["control"] is not Control.none:
+            typer.echo("Z study not run under a control (pass --z to run it on the true labels)")
+        elif not z:
             typer.echo(f"Z study not run for {model} (hours on a CPU): pass --z, or run "
                        "`kerabl units --layers ...` for chosen layers")
     if z:
@@ -606,16 +623,30 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
 
 
 def headline_text(headline: dict) -> str:
-    """The abstract's numbers in four lines (cells as (selectivity strip, magnitude cell))."""
+    """The abstract's numbers (cells as (selectivity strip, magnitude cell)), the nested test of
+    the interaction and the class-bootstrap intervals."""
     deficit, probe = headline["largest_deficit"], headline["highest_probe"]
-    reg, corr = headline["regression"], headline["correlation"]["probe"]
-    return "\n".join([
+    test, corr = headline["interaction"], headline["correlation"]["probe"]
+    ci = test["interval"]["selectivity_x_magnitude"]
+    lines = [
         f"largest mean rank deficit: cell {tuple(deficit['cell'])} = {deficit['mean']:.3f}",
-        f"highest mean probe score:  cell {tuple(probe['cell'])} = {probe['mean']:.3f}",
-        f"deficit ~ sel + mag + sel x mag: R^2 {reg['r2_full']:.3f}; selectivity alone "
-        f"{reg['r2_selectivity']:.3f} ({reg['n_cells']} cells)",
-        f"probe vs deficit: Pearson r {corr['pearson_r']:.3f}, Spearman rho "
-        f"{corr['spearman_rho']:.3f}"])
+        f"highest mean probe score:  cell {tuple(probe['cell'])} = {probe['mean']:.3f}"]
+    if "highest_probe_fold" in headline:
+        fold = headline["highest_probe_fold"]
+        lines.append(f"highest held-out probe (grid rebuilt per fold): cell {tuple(fold['cell'])} = "
+                     f"{fold['mean']:.3f}" + ("" if headline.get("control", "none") == "none" else
+                                              "; largest |class mean - 0.5| "
+                                              f"{headline['probe_fold_chance_offset']:.3f}"))
+    return "\n".join(lines + [
+        f"deficit ~ sel + mag (class, layer effects): R^2 {test['r2_additive']:.3f}; + sel x mag: "
+        f"R^2 {test['r2_interaction']:.3f}; F({test['df'][0]}, {test['df'][1]}) = {test['f']:.1f}, "
+        f"p = {test['p_value']:.2g} ({test['n_cells']} cells)",
+        f"sel x mag coefficient {test['coef_interaction']['selectivity_x_magnitude']:.3f}, 95 % "
+        f"interval [{ci[0]:.3f}, {ci[1]:.3f}] (bootstrap over {test['n_classes']} classes)",
+        f"probe vs deficit: Pearson r {corr['pearson_r']:.3f} [{corr['pearson_interval'][0]:.3f}, "
+        f"{corr['pearson_interval'][1]:.3f}], Spearman rho {corr['spearman_rho']:.3f} "
+        f"[{corr['spearman_interval'][0]:.3f}, {corr['spearman_interval'][1]:.3f}]"]
+        + ([f"control: {headline['control']}"] if headline.get("control", "none") != "none" else []))
 
 
 @command

@@ -185,7 +185,7 @@ def test_render_writes_every_figure(results_path, tmp_path):
     paths = figures.render_h_figures(results_path, tmp_path / "figs", allow_partial=True)
     names = sorted(p.name for p in paths)
     stems = ["fig1_units_plane", "fig2a_probe_grids", "fig2b_deficit_grids",
-             "fig3_network_means", "fig_probe_vs_deficit"]
+             "fig3_network_means", "fig_probe_vs_deficit", "fig_probe_contrast", "fig_interaction"]
     assert names == sorted(f"{s}.{ext}" for s in stems for ext in ("png", "pdf"))
     for path in paths:
         head = path.read_bytes()[:8]
@@ -222,7 +222,26 @@ print(json.dumps({{"n": len(paths), "pyplot": "matplotlib.pyplot" in sys.modules
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"n": 5, "pyplot": False}
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"n": 7, "pyplot": False}
+
+
+def test_probe_contrast_and_interaction_figures(complete_path):
+    from kerabl.hayne.stats import interaction_test, majority_probe_level
+
+    res = HResults.open(complete_path)
+    fig = figures.build_probe_contrast([res, res], ["true", "control"])
+    probe_mean = figures.fig3_arrays([res])[0, 0]
+    np.testing.assert_allclose(fig.axes[4].images[0].get_array(), probe_mean)
+    assert np.isnan(np.asarray(fig.axes[2].images[0].get_array(), float)).all()  # no fold probe
+    assert f"{majority_probe_level(res):.3f}" in fig.axes[0].get_title()
+    assert majority_probe_level(res) == pytest.approx(np.exp(-36.04365338911715 * 4 / 12))
+    fig = figures.build_interaction_coefficients([res], ["toy"])
+    test = interaction_test(res)
+    points = fig.axes[0].lines[0].get_ydata()
+    np.testing.assert_allclose(points, [test["coef_interaction"][k] for k in
+                                        ("selectivity", "magnitude", "selectivity_x_magnitude")])
+    with pytest.raises(KerablError, match="one label"):
+        figures.build_probe_contrast([res], [])
 
 
 def test_fig1_units_in_no_cell_are_masked():

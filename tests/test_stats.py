@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from kerabl.hayne.stats import deficit_regression, probe_deficit_correlation, summary
+from kerabl.errors import KerablError
+from kerabl.hayne.stats import deficit_regression, interaction_fit, probe_deficit_correlation, summary
 
 
 def synthetic(deficit_of, seed=0, C=3, L=2):
@@ -46,3 +47,53 @@ def test_correlation_and_summary():
     assert out["largest_deficit"]["mean"] == pytest.approx(np.nanmax(
         np.nanmean(np.where(res.done[:, :, None], res.deficit, np.nan), axis=(0, 1))))
     assert out["regression"]["r2_full"] == pytest.approx(1.0)
+
+
+def clustered(seed, interaction, C=12, L=2, K=16, slope_sd=0.0):
+    """Cells of C classes x L layers: class and layer effects, sel + mag, an interaction whose
+    slope varies between classes by slope_sd, and noise."""
+    rng = np.random.default_rng(seed)
+    sel, mag = rng.normal(size=(2, C, L, K))
+    slope = interaction + slope_sd * rng.normal(size=(C, 1, 1))
+    deficit = (rng.normal(size=(C, 1, 1)) + rng.normal(size=(1, L, 1)) + 0.5 * sel + 0.3 * mag
+               + slope * sel * mag + 0.5 * rng.normal(size=(C, L, K)))
+    ids = np.indices((C, L, K))
+    return deficit.ravel(), sel.ravel(), mag.ravel(), ids[0].ravel(), ids[1].ravel()
+
+
+def test_nested_test_finds_the_interaction_only_when_present():
+    present = interaction_fit(*clustered(0, 0.3), n_boot=200)
+    absent = interaction_fit(*clustered(0, 0.0), n_boot=200)
+    assert present["p_value"] < 1e-6 and absent["p_value"] > 0.2
+    assert present["r2_interaction"] > present["r2_additive"] + 0.02
+    assert absent["r2_interaction"] - absent["r2_additive"] < 0.005
+    lo, hi = present["interval"]["selectivity_x_magnitude"]
+    assert 0 < lo < 0.3 < hi and absent["interval"]["selectivity_x_magnitude"][0] < 0
+    for fit in (present, absent):    # F from the two R^2: the same fits
+        df2 = fit["df"][1]
+        assert fit["df"] == [1, 12 * 2 * 16 - (1 + 11 + 1 + 3)]
+        assert fit["f"] == pytest.approx((fit["r2_interaction"] - fit["r2_additive"])
+                                         / (1 - fit["r2_interaction"]) * df2)
+    assert present["coef_additive"]["selectivity"] == pytest.approx(0.5, abs=0.1)
+    with pytest.raises(KerablError, match="too few"):
+        interaction_fit(*(a[:5] for a in clustered(0, 0.3)))
+
+
+@pytest.mark.slow
+def test_class_bootstrap_interval_covers_the_true_coefficient():
+    covered = [
+        lo <= 0.2 <= hi
+        for seed in range(200)
+        for lo, hi in [interaction_fit(*clustered(seed, 0.2, slope_sd=0.15), n_boot=200,
+                                       seed=seed)["interval"]["selectivity_x_magnitude"]]]
+    assert 0.88 <= np.mean(covered) <= 0.99, np.mean(covered)
+
+
+def test_summary_has_the_test_and_intervals():
+    res = synthetic(lambda s, m: s * m + 0.1 * s)
+    out = summary(res)
+    assert out["interaction"]["p_value"] < 1e-6 and out["control"] == "none"
+    corr = out["correlation"]["probe"]
+    assert corr["pearson_interval"][0] <= corr["pearson_r"] <= corr["pearson_interval"][1]
+    assert "highest_probe_fold" not in out      # no fold probe stored in this table
+    json.dumps(out)

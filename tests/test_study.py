@@ -67,7 +67,7 @@ def test_results_file_is_complete(baseline, digits3):
     assert res.config["probe_fits"] == 2 and res.config["grid"] == [2, 2]
     assert res.config["model"] == "demo" and res.config["classes"] == ["0", "4", "7"]
     for name in ("probe", "probe_heldout", "deficit", "srs_tau", "srs_rho",
-                 "cell_selectivity", "cell_magnitude"):
+                 "cell_selectivity", "cell_magnitude", "probe_fold", "probe_fold_sd"):
         assert getattr(res, name).shape == (3, 2, 4) and np.isfinite(getattr(res, name)).all()
     assert (res.deficit >= 0).all() and res.deficit.max() > 0
     assert ((res.probe > 0) & (res.probe <= 1)).all()
@@ -183,3 +183,18 @@ def test_unknown_layer_is_refused_before_any_file(demo, digits3, tmp_path):
     with pytest.raises(KerablError, match="unknown layer 'conv_9'"):
         _run(demo, digits3, tmp_path, layers=["conv_9"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_permuted_labels_control(demo, digits3, tmp_path):
+    from kerabl.hayne.controls import permuted_labels
+
+    control = permuted_labels(digits3, seed=0)
+    assert not np.array_equal(control.labels, digits3.labels)
+    np.testing.assert_array_equal(np.sort(control.labels), np.sort(digits3.labels))
+    path = _run(demo, digits3, tmp_path, config=dataclasses.replace(CONFIG, control="permuted-labels"))
+    res = HResults.open(path)
+    assert res.config["control"] == "permuted-labels" and res.config["seed"] == 0
+    np.testing.assert_array_equal(res.image_rows[0, :len(control.rows_of(control.classes[0]))],
+                                  control.rows_of(control.classes[0]))
+    with pytest.raises(KerablError, match="unknown control"):
+        HConfig(control="shuffled")

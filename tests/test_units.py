@@ -506,3 +506,44 @@ def test_shortcut_equals_plain_tail_on_random_alexnet():
     assert len(np.unique(preds[0])) > 1       # not one class for every image
     dense_flops = 2 * 6 * 6 * (36 * 4096 + 4096 * 4096 + 4096 * 1000)
     assert 0 < fast.shortcut_flops < 0.9 * dense_flops    # dead ReLUs skipped in dense_2, _3
+
+
+def test_most_hurt_class_counts_ties_and_breaks_them_with_the_seed():
+    from kerabl.zhou.heldout import most_hurt_class
+
+    drop = np.array([[0.5, 0.5, 0.1], [0.0, 1.0, 0.0], [0.2, 0.2, 0.2]])
+    hurt, tied = most_hurt_class(drop, seed=0)
+    np.testing.assert_array_equal(tied, [2, 1, 3])
+    assert hurt[0] in (0, 1) and hurt[1] == 1
+    np.testing.assert_array_equal(hurt, most_hurt_class(drop, seed=0)[0])
+    many, _ = most_hurt_class(np.tile([[0.5, 0.5, 0.0]], (200, 1)), seed=1)
+    assert set(many) == {0, 1} and 70 < (many == 0).sum() < 130   # not always the lowest index
+    with pytest.raises(KerablError, match="units, classes"):
+        most_hurt_class(np.zeros(3))
+
+
+def test_split_greedy_chooses_on_one_half_and_scores_the_other(tiny):
+    from kerabl.engine import _engine
+    from kerabl.zhou.heldout import split_greedy
+
+    images, labels = np.tile(X, (2, 1)), np.tile(Y, 2)   # class 1: two strong, two weak images
+    eng = _engine(tiny, images, "hidden", "tail", None)
+    choosing, held_out, order = split_greedy(eng, labels, 1, steps=2, seed=0)
+    assert order[0] == 1                                  # the unit that feeds class 1
+    np.testing.assert_allclose(choosing[1:], 0.0)
+    np.testing.assert_allclose(held_out[1:], 0.0)
+    # each half has two of the four images; together one strong image per weak one
+    assert {choosing[0], held_out[0]} <= {0.0, 0.5, 1.0} and choosing[0] + held_out[0] == 1.0
+    with pytest.raises(KerablError, match="at least 2"):
+        split_greedy(eng, np.r_[labels[:-1], 7], 7, steps=1)
+
+
+def test_z_study_stores_split_curves_and_ties(tmp_path):
+    z = z_results.ZResults.open(study(tmp_path / "z"))
+    g = z.greedy
+    assert g["curves_choosing_half"].shape == g["curves_heldout_half"].shape == (3, 3)
+    assert g["order_choosing_half"].shape == (3, 2) and int(g["split_seed"]) == 0
+    d = z.layer("hidden")
+    np.testing.assert_array_equal(d["hurt_ties"], [3, 1, 1])   # unit 0 hurts no class: a 3-way tie
+    np.testing.assert_array_equal(d["hurt_class"][1:], [1, 2])
+    assert z.config["greedy_split"] == "halves" and z.config["tie_break"] == "random"

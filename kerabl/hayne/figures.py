@@ -13,6 +13,11 @@ is a `matplotlib.figure.Figure` on its own Agg canvas.
   `fig3_arrays`, `build_fig3`, `fig_network_means`.
 - Probe score vs rank deficit per cell, with the least-squares line and r:
   `probe_deficit_arrays`, `build_probe_vs_deficit`, `fig_probe_vs_deficit`.
+- The probes side by side (paper metric, cross-validation on the all-image grid, the fold-grid
+  held-out probe, rank deficit), one row per results file, e.g. true labels above a
+  `--control permuted-labels` run: `build_probe_contrast`, `fig_probe_contrast`.
+- The interaction test's coefficients with their class-bootstrap intervals, per network:
+  `build_interaction_coefficients`, `fig_interaction_coefficients`.
 - `render_h_figures(results_path, out_dir)`: all of them for one results file.
 - `save_figure(fig, out_stem, formats)`: 150 dpi PNG / PDF with a tight bounding box.
 """
@@ -35,7 +40,8 @@ __all__ = [
     "fig2_arrays", "build_fig2", "fig_class_layer_grids",
     "fig3_arrays", "build_fig3", "fig_network_means",
     "probe_deficit_arrays", "build_probe_vs_deficit", "fig_probe_vs_deficit",
-    "render_h_figures", "save_figure",
+    "build_probe_contrast", "fig_probe_contrast", "build_interaction_coefficients",
+    "fig_interaction_coefficients", "render_h_figures", "save_figure",
 ]
 
 #: Per-cell metrics that Fig 2 can show, with their colour-bar labels and colour maps.
@@ -43,6 +49,7 @@ GRID_METRICS = {
     "probe": ("probe score (paper metric)", "viridis"),
     "probe_heldout": ("held-out probe balanced accuracy", "viridis"),
     "deficit": ("mean rank deficit", "magma"),
+    "probe_fold": ("held-out probe, grid rebuilt per fold", "viridis"),
     "srs_tau": ("RDM Kendall tau", "cividis"),
     "srs_rho": ("RDM Spearman rho", "cividis"),
 }
@@ -584,6 +591,114 @@ def fig_probe_vs_deficit(res, out_stem: str | Path, *,
     return save_figure(build_probe_vs_deficit(res), out_stem, formats)
 
 
+# ----------------------------------------------------------------------------- probes and statistics
+
+CONTRAST_METRICS = ("probe", "probe_heldout", "probe_fold", "deficit")
+
+
+def build_probe_contrast(results_list: Sequence, labels: Sequence[str]) -> Figure:
+    """Per results file (row): the grids averaged over classes and layers of the paper metric,
+    the cross-validated probe on the grid of all images, the fold-grid held-out probe and the
+    rank deficit; the paper metric's title gives its majority-class level.
+
+    Example:
+        fig = build_probe_contrast(["out/h_results.h5", "control/h_results.h5"],
+                                   ["true labels", "permuted labels"])
+        fig.axes[2].images[0].get_array()   # true labels: the fold-grid held-out probe grid
+
+    Returns:
+        The Figure; axes 4r + c hold row r's panel c (colour bars follow).
+    """
+    from kerabl.hayne.stats import majority_probe_level
+
+    results_list = [_results(r) for r in results_list]
+    if len(labels) != len(results_list) or not results_list:
+        raise KerablError(f"{len(results_list)} results but {len(labels)} labels; "
+                          "give one label per results file")
+    means = np.stack([[_nanmean(fig2_arrays(r, metric)[0], axis=(0, 1)) for metric in
+                       CONTRAST_METRICS] for r in results_list])
+    fig = _new_figure(13.0, 0.6 + 2.9 * len(labels), layout="constrained")
+    axes = fig.subplots(len(labels), len(CONTRAST_METRICS), squeeze=False)
+    titles = {"probe": "paper metric", "probe_heldout": "CV probe, grid of all images",
+              "probe_fold": "held-out probe, grid per fold", "deficit": "rank deficit"}
+    for col, metric in enumerate(CONTRAST_METRICS):
+        cmap_name = GRID_METRICS.get(metric, ("", "viridis"))[1]
+        vmin, vmax = _finite_range(means[:, col])
+        if metric in ("probe_heldout", "probe_fold"):
+            vmin, vmax = min(vmin, 0.5), max(vmax, 0.5)
+        for row, (res, name) in enumerate(zip(results_list, labels)):
+            ax = axes[row, col]
+            image = _grid_image(ax, means[row, col], _cmap(cmap_name), vmin, vmax)
+            _annotate_cells(ax, means[row, col], image)
+            extra = {"probe": f"\n(all 'other' scores {majority_probe_level(res):.3f})",
+                     "probe_heldout": "\n(chance 0.5)", "probe_fold": "\n(chance 0.5)"}
+            ax.set_title(f"{titles[metric]}{extra.get(metric, '')}", fontsize=FONT)
+            ax.set_xlabel("magnitude cell", fontsize=FONT)
+            ax.set_ylabel(f"{name}\nselectivity strip" if col == 0 else "selectivity strip",
+                          fontsize=FONT)
+        fig.colorbar(image, ax=list(axes[:, col]), shrink=0.8).ax.tick_params(labelsize=FONT - 1)
+    fig.suptitle("mean over classes and layers", fontsize=FONT + 1)
+    return fig
+
+
+def fig_probe_contrast(results_list: Sequence, labels: Sequence[str], out_stem: str | Path, *,
+                       formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Write the probe contrast (see `build_probe_contrast`).
+
+    Example:
+        fig_probe_contrast(["out/h.h5", "control/h.h5"], ["true", "permuted"], "fig_probe_contrast")
+    """
+    return save_figure(build_probe_contrast(results_list, labels), out_stem, formats)
+
+
+def build_interaction_coefficients(results_list: Sequence, labels: Sequence[str]) -> Figure:
+    """Coefficients of the interaction model (sel, mag, sel x mag; class and layer effects) with
+    their 95 % class-bootstrap intervals, one marker per network, the nested test in the legend.
+
+    Example:
+        fig = build_interaction_coefficients(["alexnet/h.h5", "vgg16/h.h5"], ["AlexNet", "VGG16"])
+
+    The numbers come from `kerabl.hayne.stats.interaction_test`.
+    """
+    from kerabl.hayne.stats import interaction_test
+
+    results_list = [_results(r) for r in results_list]
+    if len(labels) != len(results_list) or not results_list:
+        raise KerablError(f"{len(results_list)} results but {len(labels)} labels; "
+                          "give one label per results file")
+    names = ("selectivity", "magnitude", "selectivity_x_magnitude")
+    fig = _new_figure(6.5, 3.6)
+    ax = fig.add_subplot()
+    width = 0.7 / len(labels)
+    for n, (res, label) in enumerate(zip(results_list, labels)):
+        test = interaction_test(res)
+        x = np.arange(3) + (n - (len(labels) - 1) / 2) * width
+        est = np.array([test["coef_interaction"][k] for k in names])
+        ci = np.array([test["interval"][k] for k in names])
+        ax.errorbar(x, est, yerr=np.abs(ci.T - est), fmt="o", capsize=3, markersize=4,
+                    label=f"{label}: R^2 {test['r2_additive']:.3f} -> {test['r2_interaction']:.3f}, "
+                          f"F test {_p_text(test['p_value'])}")
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xticks(np.arange(3), ["selectivity", "magnitude", "sel x mag"], fontsize=FONT)
+    ax.set_ylabel("effect on mean rank deficit\n(per SD, within class and layer)", fontsize=FONT)
+    ax.tick_params(labelsize=FONT)
+    ax.legend(fontsize=FONT - 1, frameon=False, loc="best")
+    ax.set_title("deficit ~ sel + mag + sel x mag + class + layer; 95 % class-bootstrap intervals",
+                 fontsize=FONT)
+    return fig
+
+
+def fig_interaction_coefficients(results_list: Sequence, labels: Sequence[str],
+                                 out_stem: str | Path, *,
+                                 formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Write the coefficient figure (see `build_interaction_coefficients`).
+
+    Example:
+        fig_interaction_coefficients(["out/h.h5"], ["demo"], "figures/fig_interaction")
+    """
+    return save_figure(build_interaction_coefficients(results_list, labels), out_stem, formats)
+
+
 # ----------------------------------------------------------------------------- all of them
 
 def render_h_figures(results_path: str | Path, out_dir: str | Path, *,
@@ -606,7 +721,8 @@ def render_h_figures(results_path: str | Path, out_dir: str | Path, *,
 
     Returns:
         The written paths: fig1_units_plane, fig2a_probe_grids, fig2b_deficit_grids,
-        fig3_network_means, fig_probe_vs_deficit, each in every format.
+        fig3_network_means, fig_probe_vs_deficit, fig_probe_contrast, fig_interaction, each in
+        every format.
     """
     from kerabl.hayne.results import HResults
 
@@ -623,4 +739,12 @@ def render_h_figures(results_path: str | Path, out_dir: str | Path, *,
         *fig_class_layer_grids(res, "deficit", out / "fig2b_deficit_grids", formats=formats),
         *fig_network_means([res], [label], out / "fig3_network_means", formats=formats),
         *fig_probe_vs_deficit(res, out / "fig_probe_vs_deficit", formats=formats),
+        *fig_probe_contrast([res], [_run_label(res, label)], out / "fig_probe_contrast",
+                            formats=formats),
+        *fig_interaction_coefficients([res], [label], out / "fig_interaction", formats=formats),
     ]
+
+
+def _run_label(res, label: str) -> str:
+    control = res.config.get("control", "none")
+    return label if control == "none" else f"{label}, {control}"

@@ -11,7 +11,9 @@ Layout (C classes, L layers, K = n * m cells, P = max images per class, U_l unit
 File attributes: `kind` = "kerabl.h-results", `schema` = 1, `config` (JSON), `versions`
 (JSON), `shard` ("i/n" or ""), `complete` (bool). Datasets: `classes`, `class_index`,
 `layers`, `grid_shape`, `n_units`; (C, L, K) float64 `probe`, `probe_heldout`, `deficit`,
-`srs_tau`, `srs_rho`, `cell_selectivity`, `cell_magnitude` (NaN until done) and int64
+`srs_tau`, `srs_rho`, `cell_selectivity`, `cell_magnitude`, `probe_fold`, `probe_fold_sd`
+(the held-out probe with the grid rebuilt in each fold: mean and spread over folds; NaN until
+done, and NaN when read from a file written without them) and int64
 `cell_count` (-1); `done` (C, L); `others` (C, max_others); `image_rows`, `rank_before`
 (C, P); `rank_after` (C, L, K, P) int32; group `units/<layer>/` with `selectivity`,
 `magnitude` (C, U_l) float32, `membership` (C, U_l), `sel_edges` (C, n + 1),
@@ -38,7 +40,8 @@ from kerabl.store import check_results_kind, config_differences, partial_path, w
 KIND = "kerabl.h-results"
 SCHEMA = 1
 CELL_FLOATS = ("probe", "probe_heldout", "deficit", "srs_tau", "srs_rho",
-               "cell_selectivity", "cell_magnitude")
+               "cell_selectivity", "cell_magnitude", "probe_fold", "probe_fold_sd")
+FOLD_FLOATS = ("probe_fold", "probe_fold_sd")   # absent from files written before them: NaN
 CELL_ARRAYS = CELL_FLOATS + ("cell_count",)
 UNIT_ARRAYS = ("selectivity", "magnitude", "membership", "sel_edges", "mag_edges")
 CLASS_ARRAYS = ("image_rows", "rank_before", "others")
@@ -314,7 +317,8 @@ class HResultsWriter:
             f["others"][ci] = _padded(others, self.layout.max_others, "others", np.int64)
 
     def write_pair(self, ci: int, li: int, *, selectivity, magnitude, grid, rank_after, deficit,
-                   probe, probe_heldout, srs_tau, srs_rho) -> None:
+                   probe, probe_heldout, srs_tau, srs_rho, probe_fold=None,
+                   probe_fold_sd=None) -> None:
         """Store pair (ci, li): unit coordinates, the grid, per-cell scores; mark it done.
 
         Args:
@@ -322,6 +326,8 @@ class HResultsWriter:
             grid: the `kerabl.hayne.grid.Grid` of these units.
             rank_after: (K, n_images) rank of the true class with each cell ablated.
             deficit, probe, probe_heldout, srs_tau, srs_rho: (K,) per-cell values.
+            probe_fold, probe_fold_sd: (K,) held-out probe with the grid rebuilt per fold, mean
+                and standard deviation over folds (`kerabl.hayne.heldout`); None stores NaN.
         """
         k, u = self.layout.n_cells, self.layout.n_units[li]
         sel = np.asarray(selectivity, dtype=np.float64).ravel()
@@ -342,7 +348,9 @@ class HResultsWriter:
         counts = np.array([c.size for c in grid.cells], dtype=np.int64)
         values = {name: _cell_vector(v, k, name) for name, v in (
             ("probe", probe), ("probe_heldout", probe_heldout), ("deficit", deficit),
-            ("srs_tau", srs_tau), ("srs_rho", srs_rho))}
+            ("srs_tau", srs_tau), ("srs_rho", srs_rho),
+            ("probe_fold", np.full(k, np.nan) if probe_fold is None else probe_fold),
+            ("probe_fold_sd", np.full(k, np.nan) if probe_fold_sd is None else probe_fold_sd))}
         values["cell_selectivity"] = np.array([sel[c].mean() if c.size else np.nan for c in grid.cells])
         values["cell_magnitude"] = np.array([mag[c].mean() if c.size else np.nan for c in grid.cells])
         with self._open() as f:
@@ -377,6 +385,13 @@ class HResultsWriter:
         return self.path
 
 
+def _cell_dataset(f: h5py.File, name: str, index=()) -> np.ndarray:
+    """`f[name][index]`; NaN of the probe shape for a fold dataset the file was written without."""
+    if name in FOLD_FLOATS and name not in f:
+        return np.full(f["probe"].shape, np.nan)[index]
+    return f[name][index]
+
+
 class HResults:
     """A finished H results file, read-only: (C, L, K) arrays in memory, units on demand.
 
@@ -406,7 +421,7 @@ class HResults:
         self.grid_shape = layout.grid_shape
         self.n_units = np.asarray(layout.n_units, dtype=np.int64)
         for name in CELL_ARRAYS + CLASS_ARRAYS + ("done", "rank_after"):
-            setattr(self, name, f[name][()])
+            setattr(self, name, _cell_dataset(f, name))
 
     @classmethod
     def open(cls, path, allow_partial: bool = False) -> "HResults":
@@ -447,7 +462,7 @@ class HResults:
 
 CSV_COLUMNS = ("class", "class_index", "layer", "cell", "sel_bin", "mag_bin", "n_units",
                "cell_selectivity", "cell_magnitude", "probe", "probe_heldout", "deficit",
-               "srs_tau", "srs_rho")
+               "srs_tau", "srs_rho", "probe_fold", "probe_fold_sd")
 
 
 def export_csv(results_path, csv_path) -> Path:
@@ -467,7 +482,9 @@ def export_csv(results_path, csv_path) -> Path:
         probe_heldout: cross-validated balanced accuracy of a standardised logistic regression;
         deficit: mean rank deficit of the target-class images with the cell ablated;
         srs_tau, srs_rho: Kendall tau / Spearman rho between the cell's image RDM and the
-        class template RDM. Missing values are empty fields.
+        class template RDM; probe_fold, probe_fold_sd: held-out balanced accuracy with the
+        grid rebuilt inside each training fold, mean and standard deviation over folds.
+        Missing values are empty fields.
 
     Returns:
         The CSV path (written under a temporary name, then renamed).
@@ -490,7 +507,7 @@ def export_csv(results_path, csv_path) -> Path:
 def _pair_values(f: h5py.File, layout: _Layout, ci: int, li: int) -> dict:
     """Every stored number of pair (ci, li)."""
     g = f[f"units/{layout.layers[li]}"]
-    values = {name: f[name][ci, li] for name in CELL_ARRAYS + ("rank_after",)}
+    values = {name: _cell_dataset(f, name, (ci, li)) for name in CELL_ARRAYS + ("rank_after",)}
     values.update({f"units/{name}": g[name][ci] for name in UNIT_ARRAYS})
     return values
 

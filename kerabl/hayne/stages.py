@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.hayne.study import (PROBE_FIELDS, HConfig, _Sweep, _writer_args, probe_pool,
+from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, probe_pool,
                                 results_name, target_layers)
 from kerabl.progress import progress_bar
 from kerabl.store import config_differences
@@ -108,7 +108,7 @@ class StageFile:
         return dict(selectivity=a["selectivity"], magnitude=a["magnitude"], grid=grid)
 
     def write_probes(self, ci: int, li: int, scores: dict) -> None:
-        self._write("probe", ci, li, {name: scores[name] for name in PROBE_FIELDS})
+        self._write("probe", ci, li, dict(scores))   # every field of `_Sweep.probes`
 
     def probes(self, ci: int, li: int) -> dict:
         return self._read("probe", ci, li)

@@ -30,6 +30,7 @@ from kerabl.validate import check_grid_fits, check_live_outputs, check_study_ima
 
 UNITS = ("element", "channel")
 ENGINE_NAMES = ("fast", "paper")
+CONTROLS = ("none", "permuted-labels")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class HConfig:
     srs: bool = True
     engine: str = "fast"
     probe_solver: str = "batched"
+    control: str = "none"
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -60,6 +62,8 @@ class HConfig:
             raise KerablError(f"unknown engine {self.engine!r}: use fast or paper")
         if self.probe_solver not in ("batched", "sklearn"):
             raise KerablError(f"unknown probe solver {self.probe_solver!r}: use batched or sklearn")
+        if self.control not in CONTROLS:
+            raise KerablError(f"unknown control {self.control!r}: use none or permuted-labels")
         if len(self.grid) != 2 or min(self.grid) < 1:
             raise KerablError(f"grid must be two positive integers, got {self.grid}")
 
@@ -110,6 +114,11 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     layers = target_layers(network, layers)
     cache_path = Path(cache_path or out_dir / "activations.h5")
     preprocess = network.preprocess
+    if config.control == "permuted-labels":
+        from kerabl.hayne.controls import permuted_labels
+        imageset = permuted_labels(imageset, config.seed)
+        log(f"control: class labels permuted among the images (seed {config.seed}); "
+            "every class is a random set of images")
 
     check_study_images(imageset)
     check_live_outputs(network, imageset)
@@ -229,8 +238,12 @@ class _Sweep:
         return dict(selectivity=selectivity, magnitude=magnitude, grid=grid)
 
     def probes(self, state: dict, li: int, acts: np.ndarray, grid) -> dict:
-        """Stage `probe`: the probe scores of each cell."""
-        return self._probe_scores(acts, len(state["target_rows"]), grid.cells, state["ci"], li)
+        """Stage `probe`: the probe scores of each cell, and the leak-free held-out probe."""
+        n_target = len(state["target_rows"])
+        scores = self._probe_scores(acts, n_target, grid.cells, state["ci"], li)
+        scores["probe_fold"], scores["probe_fold_sd"] = self._fold_scores(acts, n_target,
+                                                                          state["ci"], li)
+        return scores
 
     def ablate(self, state: dict, li: int, acts: np.ndarray, grid) -> dict:
         """Stage `ablate`: the true class's ranks with each cell ablated, their mean deficit."""
@@ -255,6 +268,17 @@ class _Sweep:
         return (self.config.engine == "fast" and self.config.unit == "element"
                 and np.dtype(self.cache.attrs.get("dtype", "float32")) == np.float32
                 and is_cut_point(self.network.model, layer))
+
+    def _fold_scores(self, acts, n_target, ci, li):
+        from kerabl.hayne.heldout import fold_probe_summary
+        from kerabl.hayne.probes import single_threaded
+
+        config = self.config
+        with single_threaded():
+            return fold_probe_summary(acts, n_target, grid_shape=tuple(config.grid),
+                                      legacy_bounds=config.legacy_bounds,
+                                      folds=config.heldout_folds, max_units=config.probe_max_units,
+                                      seed=cell_seed(config.seed, ci, li, 2 ** 31 - 1))
 
     def _probe_scores(self, acts, n_target, cells, ci, li) -> dict:
         config = self.config

@@ -114,7 +114,9 @@ def build_attribute_scatter(z: ZResults | str | os.PathLike, layer: str) -> Figu
 
 def build_greedy_curves(z: ZResults | str | os.PathLike, classes: Sequence[int] | None = None
                         ) -> Figure:
-    """Class accuracy vs units ablated: greedy order against random orders (mean +- std).
+    """Class accuracy vs units ablated: greedy order against random orders (mean +- std), and
+    (in results that have it) the greedy order chosen on one half of the class's images, scored
+    on that half and on the other.
 
     Example:
         fig = build_greedy_curves(ZResults.open("z.h5"), classes=[0, 3])
@@ -130,6 +132,11 @@ def build_greedy_curves(z: ZResults | str | os.PathLike, classes: Sequence[int] 
     for ax, c in zip(axes, picks):
         mean, spread = g["random"][c].mean(axis=0), g["random"][c].std(axis=0)
         ax.plot(steps, g["curves"][c], marker="o", ms=3, label="greedy", color="C3")
+        if "curves_heldout_half" in g:      # chosen on one half of the images, scored on the other
+            ax.plot(steps, g["curves_choosing_half"][c], ls="--", color="C1",
+                    label="greedy, choosing half")
+            ax.plot(steps, g["curves_heldout_half"][c], marker="s", ms=3, color="C0",
+                    label="greedy, held-out half")
         ax.plot(steps, mean, label="random order", color="C7")
         ax.fill_between(steps, mean - spread, mean + spread, color="C7", alpha=0.3)
         ax.set_title(z.class_names[c])

@@ -24,6 +24,7 @@ from kerabl.progress import progress_bar
 from kerabl.validate import check_live_outputs
 from kerabl.store import config_differences, partial_path
 from kerabl.zhou.ablation import _direction_drops, _greedy, _random_order, _unit_drops
+from kerabl.zhou.heldout import most_hurt_class, split_greedy
 from kerabl.zhou.attributes import TOP_K, attribute_drop_correlations, class_correlation, class_means, l1_norms, selectivity_index, top_activating
 from kerabl.zhou.results import Z_KIND, _read_config, display_images
 
@@ -71,7 +72,8 @@ def _study_config(network, data: _StudyData, layers: Sequence[str], seed: int, g
             "classes": data.classes.tolist(), "unit": "channel", "seed": int(seed),
             "input_size": list(network.input_size), "preprocess": network.preprocess,
             "greedy_layer": greedy_layer, "greedy_steps": int(greedy_steps),
-            "greedy_seeds": list(range(int(greedy_seeds))), "top_k": int(top_k)}
+            "greedy_seeds": list(range(int(greedy_seeds))), "top_k": int(top_k),
+            "greedy_split": "halves", "tie_break": "random"}
 
 
 def _check_config(path: Path, stored: dict[str, Any], wanted: dict[str, Any],
@@ -153,6 +155,7 @@ def _layer_results(model, eng: _TailEngine, data: _StudyData, probs: np.ndarray,
     top, maps = top_activating(eng.acts, min(top_k, len(data.labels)))
     arrays = {key: units[key] for key in ("class_acc", "base_class_acc", "overall_drop",
                                           "class_drop", "max_class_drop", "argmax_class")}
+    arrays["hurt_class"], arrays["hurt_ties"] = most_hurt_class(units["class_drop"], seed)
     arrays.update(attrs, class_corr=corr, class_means=class_means(eng.acts, data.labels, data.classes),
                   top_images=top, top_maps=maps,
                   rand_max_class_drop=directions["max_class_drop"],
@@ -162,8 +165,8 @@ def _layer_results(model, eng: _TailEngine, data: _StudyData, probs: np.ndarray,
 
 
 def _greedy_results(eng: _Engine, data: _StudyData, steps: int, n_seeds: int,
-                    progress: bool) -> dict[str, np.ndarray]:
-    curves, orders, random = [], [], []
+                    progress: bool, seed: int = 0) -> dict[str, np.ndarray]:
+    curves, orders, random, split = [], [], [], []
     with progress_bar("greedy ablation", len(data.classes), enabled=progress,
                       transient=True) as advance:
         for class_ in data.classes:
@@ -171,8 +174,12 @@ def _greedy_results(eng: _Engine, data: _StudyData, steps: int, n_seeds: int,
             curves.append(curve)
             orders.append(order)
             random.append(_random_order(eng, data.labels, int(class_), steps, range(n_seeds), None))
+            split.append(split_greedy(eng, data.labels, int(class_), steps, seed))
             advance(1)
-    return {"curves": np.stack(curves), "order": np.stack(orders), "random": np.stack(random)}
+    return {"curves": np.stack(curves), "order": np.stack(orders), "random": np.stack(random),
+            "curves_choosing_half": np.stack([s[0] for s in split]),
+            "curves_heldout_half": np.stack([s[1] for s in split]),
+            "order_choosing_half": np.stack([s[2] for s in split])}
 
 
 @dataclass(frozen=True)
@@ -276,7 +283,8 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
             advance(1)
     if "greedy" not in done:
         eng = _engine(model, images, greedy_layer, "tail", batch_size)
-        _write_group(partial, "greedy", _greedy_results(eng, data, greedy_steps, greedy_seeds, progress),
-                     {"layer": greedy_layer})
+        _write_group(partial, "greedy",
+                     _greedy_results(eng, data, greedy_steps, greedy_seeds, progress, seed),
+                     {"layer": greedy_layer, "split_seed": seed})
     os.replace(partial, out)
     return out
