@@ -10,10 +10,11 @@
 Layout (C classes, L layers, K = n * m cells, P = max images per class, U_l units of layer l).
 File attributes: `kind` = "kerabl.h-results", `schema` = 1, `config` (JSON), `versions`
 (JSON), `shard` ("i/n" or ""), `complete` (bool). Datasets: `classes`, `class_index`,
-`layers`, `grid_shape`, `n_units`; (C, L, K) float64 `probe`, `probe_heldout`, `deficit`,
-`srs_tau`, `srs_rho`, `cell_selectivity`, `cell_magnitude` (NaN until done) and int64
+`layers`, `grid_shape`, `n_units`; (C, L, K) float64 `probe`, `probe_loss`, `probe_heldout`,
+`deficit`, `srs_tau`, `srs_rho`, `cell_selectivity`, `cell_magnitude` (NaN until done) and int64
 `cell_count` (-1); `done` (C, L); `others` (C, max_others); `image_rows`, `rank_before`
-(C, P); `rank_after` (C, L, K, P) int32; group `units/<layer>/` with `selectivity`,
+(C, P: the plain network's ranks); `rank_baseline` (C, L, P) int32 (the layer's engine with an
+all-ones mask: deficit = rank_after - rank_baseline); `rank_after` (C, L, K, P) int32; group `units/<layer>/` with `selectivity`,
 `magnitude` (C, U_l) float32, `membership` (C, U_l), `sel_edges` (C, n + 1),
 `mag_edges` (C, n, m + 1). Every padded or unwritten entry is -1 or NaN.
 
@@ -38,7 +39,7 @@ from kerabl.store import config_differences, partial_path, write_csv_atomic
 KIND = "kerabl.h-results"
 SCHEMA = 1
 CELL_FLOATS = ("probe", "probe_heldout", "deficit", "srs_tau", "srs_rho",
-               "cell_selectivity", "cell_magnitude")
+               "cell_selectivity", "cell_magnitude", "probe_loss")
 CELL_ARRAYS = CELL_FLOATS + ("cell_count",)
 UNIT_ARRAYS = ("selectivity", "magnitude", "membership", "sel_edges", "mag_edges")
 CLASS_ARRAYS = ("image_rows", "rank_before", "others")
@@ -153,6 +154,7 @@ def _create(path: Path, layout: _Layout) -> None:
         f.create_dataset("others", data=np.full((c, layout.max_others), -1, dtype=np.int64))
         f.create_dataset("image_rows", data=np.full((c, p), -1, dtype=np.int64))
         f.create_dataset("rank_before", data=np.full((c, p), -1, dtype=np.int64))
+        f.create_dataset("rank_baseline", shape=(c, n_l, p), dtype=np.int32, fillvalue=-1)
         f.create_dataset("rank_after", shape=(c, n_l, k, p), dtype=np.int32, fillvalue=-1,
                          chunks=(1, 1, k, max(p, 1)), compression="gzip")
         for layer, u in zip(layout.layers, layout.n_units):
@@ -292,14 +294,17 @@ class HResultsWriter:
             f["others"][ci] = _padded(others, self.layout.max_others, "others", np.int64)
 
     def write_pair(self, ci: int, li: int, *, selectivity, magnitude, grid, rank_after, deficit,
-                   probe, probe_heldout, srs_tau, srs_rho) -> None:
+                   probe, probe_heldout, srs_tau, srs_rho, probe_loss=None,
+                   rank_baseline=None) -> None:
         """Store pair (ci, li): unit coordinates, the grid, per-cell scores; mark it done.
 
         Args:
             selectivity, magnitude: (U_l,) unit coordinates.
             grid: the `kerabl.hayne.grid.Grid` of these units.
             rank_after: (K, n_images) rank of the true class with each cell ablated.
-            deficit, probe, probe_heldout, srs_tau, srs_rho: (K,) per-cell values.
+            deficit, probe, probe_heldout, srs_tau, srs_rho, probe_loss: (K,) per-cell values
+                (probe_loss: the mean training log loss, probe = exp(-probe_loss); NaN if None).
+            rank_baseline: (n_images,) ranks through the same engine with an all-ones mask.
         """
         k, u = self.layout.n_cells, self.layout.n_units[li]
         sel = np.asarray(selectivity, dtype=np.float64).ravel()
@@ -317,10 +322,15 @@ class HResultsWriter:
                               f"{self.layout.max_images})")
         padded_after = np.full((k, self.layout.max_images), -1, dtype=np.int32)
         padded_after[:, :after.shape[1]] = after
+        padded_baseline = np.full(self.layout.max_images, -1, dtype=np.int32)
+        if rank_baseline is not None:
+            padded_baseline[:after.shape[1]] = np.asarray(rank_baseline).ravel()
+        if probe_loss is None:
+            probe_loss = np.full(k, np.nan)
         counts = np.array([c.size for c in grid.cells], dtype=np.int64)
         values = {name: _cell_vector(v, k, name) for name, v in (
             ("probe", probe), ("probe_heldout", probe_heldout), ("deficit", deficit),
-            ("srs_tau", srs_tau), ("srs_rho", srs_rho))}
+            ("srs_tau", srs_tau), ("srs_rho", srs_rho), ("probe_loss", probe_loss))}
         values["cell_selectivity"] = np.array([sel[c].mean() if c.size else np.nan for c in grid.cells])
         values["cell_magnitude"] = np.array([mag[c].mean() if c.size else np.nan for c in grid.cells])
         with self._open() as f:
@@ -328,6 +338,7 @@ class HResultsWriter:
                 f[name][ci, li] = v
             f["cell_count"][ci, li] = counts
             f["rank_after"][ci, li] = padded_after
+            f["rank_baseline"][ci, li] = padded_baseline
             g = f[f"units/{self.layout.layers[li]}"]
             g["selectivity"][ci] = sel.astype(np.float32)
             g["magnitude"][ci] = mag.astype(np.float32)
@@ -367,8 +378,9 @@ class HResults:
         config, versions: the run's configuration and library versions.
         classes, class_index, layers, grid_shape, n_units, shard, complete.
         probe, probe_heldout, deficit, srs_tau, srs_rho, cell_selectivity, cell_magnitude,
-        cell_count: (C, L, K); done: (C, L); rank_before, image_rows: (C, P);
-        rank_after: (C, L, K, P); others: (C, max_others).
+        probe_loss, cell_count: (C, L, K); done: (C, L); rank_before, image_rows: (C, P);
+        rank_baseline: (C, L, P); rank_after: (C, L, K, P); others: (C, max_others).
+        Files written before `probe_loss` / `rank_baseline` existed read them as NaN / -1.
     """
 
     def __init__(self, path: Path, f: h5py.File):
@@ -383,8 +395,13 @@ class HResults:
         self.layers = list(layout.layers)
         self.grid_shape = layout.grid_shape
         self.n_units = np.asarray(layout.n_units, dtype=np.int64)
-        for name in CELL_ARRAYS + CLASS_ARRAYS + ("done", "rank_after"):
-            setattr(self, name, f[name][()])
+        for name in CELL_ARRAYS + CLASS_ARRAYS + ("done", "rank_after", "rank_baseline"):
+            if name in f:
+                setattr(self, name, f[name][()])
+            else:       # an older file
+                shape = f["rank_after"].shape[:2] + f["rank_after"].shape[3:]
+                setattr(self, name, np.full(f["probe"].shape if name == "probe_loss" else shape,
+                                            np.nan if name == "probe_loss" else -1))
 
     @classmethod
     def open(cls, path, allow_partial: bool = False) -> "HResults":
@@ -425,7 +442,7 @@ class HResults:
 
 CSV_COLUMNS = ("class", "class_index", "layer", "cell", "sel_bin", "mag_bin", "n_units",
                "cell_selectivity", "cell_magnitude", "probe", "probe_heldout", "deficit",
-               "srs_tau", "srs_rho")
+               "srs_tau", "srs_rho", "probe_loss")
 
 
 def export_csv(results_path, csv_path) -> Path:
@@ -445,7 +462,8 @@ def export_csv(results_path, csv_path) -> Path:
         probe_heldout: cross-validated balanced accuracy of a standardised logistic regression;
         deficit: mean rank deficit of the target-class images with the cell ablated;
         srs_tau, srs_rho: Kendall tau / Spearman rho between the cell's image RDM and the
-        class template RDM. Missing values are empty fields.
+        class template RDM; probe_loss: the mean training log loss (probe = exp(-probe_loss)).
+        Missing values are empty fields.
 
     Returns:
         The CSV path (written under a temporary name, then renamed).
@@ -468,7 +486,7 @@ def export_csv(results_path, csv_path) -> Path:
 def _pair_values(f: h5py.File, layout: _Layout, ci: int, li: int) -> dict:
     """Every stored number of pair (ci, li)."""
     g = f[f"units/{layout.layers[li]}"]
-    values = {name: f[name][ci, li] for name in CELL_ARRAYS + ("rank_after",)}
+    values = {name: f[name][ci, li] for name in CELL_ARRAYS + ("rank_after", "rank_baseline")}
     values.update({f"units/{name}": g[name][ci] for name in UNIT_ARRAYS})
     return values
 
