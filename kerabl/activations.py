@@ -10,7 +10,8 @@ File layout: `/layers/<name>` (N, n_units) float32 or float16, chunked and compr
 `/labels` (N,) model output indices; `/classes` (K,) the study's classes in study order;
 `/rows/<output index>` the row indices of each class. Attributes: `kerabl_cache`, `complete`,
 `rows_done`, the fingerprint (`model`, `weights_id`, `layers`, `dataset`, `preprocess`,
-`unit`, `dtype`, `n_images`, `input_size`), `class_names`, `layer_shapes`, `kerabl_version`.
+`unit`, `dtype`, `n_images`, `input_size`, `decoder`: "opencv" for "paper", else "pillow"),
+`class_names`, `layer_shapes`, `kerabl_version`.
 Element units are a layer output flattened in Keras (H, W, C) order; channel units are the
 spatial mean of each channel (dense layers: the neurons either way).
 """
@@ -35,7 +36,7 @@ CHUNK_ROWS = 32          # = the default batch size: each batch writes whole chu
 CHUNK_COLS = 16384
 COMPRESSION = "lzf"
 FINGERPRINT = ("model", "weights_id", "layers", "dataset", "preprocess", "unit", "dtype",
-               "n_images", "input_size")
+               "n_images", "input_size", "decoder")
 _logger = logging.getLogger(__name__)
 
 
@@ -307,7 +308,8 @@ def _fingerprint(model_name, weights_id, layers, imageset, preprocess, unit, dty
     return {"model": str(model_name), "weights_id": str(weights_id),
             "layers": json.dumps(list(layers)), "dataset": imageset.name,
             "preprocess": preprocess, "unit": unit, "dtype": dtype,
-            "n_images": int(len(imageset.labels)), "input_size": json.dumps(list(input_size))}
+            "n_images": int(len(imageset.labels)), "input_size": json.dumps(list(input_size)),
+            "decoder": "opencv" if preprocess == "paper" else "pillow"}
 
 
 def _changes(stored: dict, wanted: dict) -> list[str]:
