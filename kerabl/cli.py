@@ -47,19 +47,10 @@ class Engine(str, Enum):
     paper = "paper"
 
 
-class Protocol(str, Enum):
-    default = "default"
-    authors = "authors"
-
-
-class Objective(str, Enum):
-    liblinear = "liblinear"
-    lbfgs = "lbfgs"
-
-
-class SrsMatrix(str, Enum):
-    upper = "upper"
-    full = "full"
+# protocol choices of the H study: one str Enum each (typer lists the values in --help)
+Protocol = Enum("Protocol", {"default": "default", "authors": "authors"}, type=str)
+Objective = Enum("Objective", {"liblinear": "liblinear", "lbfgs": "lbfgs"}, type=str)
+SrsMatrix = Enum("SrsMatrix", {"upper": "upper", "full": "full"}, type=str)
 
 
 def command(fn):

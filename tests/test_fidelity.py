@@ -270,9 +270,8 @@ def test_all_ones_mask_gives_zero_deficit_on_imagenet_networks(hayne50, name):
     images = paper_imageset(hayne50, classes="hayne8")
     rows = np.array([0, len(images) - 1])
     x = images.load(net.input_size, net.preprocess, rows=rows)
-    targets = list(net.targets)
-    layers = sorted({targets[0], targets[len(targets) // 2], targets[-1]}, key=targets.index)
-    deficits = _all_ones_deficits(net.model, layers, x, np.asarray(images.labels)[rows])
+    layer = net.targets[len(net.targets) // 2]            # a deep tail; the demo tests every layer
+    deficits = _all_ones_deficits(net.model, [layer], x, np.asarray(images.labels)[rows])
     assert (deficits == 0).all()
 
 
