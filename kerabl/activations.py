@@ -10,9 +10,10 @@ File layout: `/layers/<name>` (N, n_units) float32 or float16, chunked and compr
 `/labels` (N,) model output indices; `/classes` (K,) the study's classes in study order;
 `/rows/<output index>` the row indices of each class. Attributes: `kerabl_cache`, `complete`,
 `rows_done`, the fingerprint (`model`, `weights_id`, `layers`, `dataset`, `preprocess`,
-`unit`, `dtype`, `n_images`, `input_size`, `contents`: a digest of every image file's bytes),
-`class_names`, `layer_shapes`, `kerabl_version`; `/files` (JSON) holds each image file's name,
-size, modification time and hash (`kerabl.contents`), so a rerun hashes only changed files.
+`unit`, `dtype`, `n_images`, `input_size`, `contents`: a digest of every image file's bytes,
+`decoder`: "opencv" for "paper", else "pillow"), `class_names`, `layer_shapes`,
+`kerabl_version`; `/files` (JSON) holds each image file's name, size, modification time and
+hash (`kerabl.contents`), so a rerun hashes only changed files.
 Element units are a layer output flattened in Keras (H, W, C) order; channel units are the
 spatial mean of each channel (dense layers: the neurons either way).
 """
@@ -37,7 +38,7 @@ CHUNK_ROWS = 32          # = the default batch size: each batch writes whole chu
 CHUNK_COLS = 16384
 COMPRESSION = "lzf"
 FINGERPRINT = ("model", "weights_id", "layers", "dataset", "preprocess", "unit", "dtype",
-               "n_images", "input_size", "contents")
+               "n_images", "input_size", "contents", "decoder")
 _logger = logging.getLogger(__name__)
 
 
@@ -310,7 +311,7 @@ def _fingerprint(model_name, weights_id, layers, imageset, preprocess, unit, dty
             "layers": json.dumps(list(layers)), "dataset": imageset.name,
             "preprocess": preprocess, "unit": unit, "dtype": dtype,
             "n_images": int(len(imageset.labels)), "input_size": json.dumps(list(input_size)),
-            "contents": contents}
+            "contents": contents, "decoder": "opencv" if preprocess == "paper" else "pillow"}
 
 
 def _changes(stored: dict, wanted: dict, changed: Sequence[str] = ()) -> list[str]:

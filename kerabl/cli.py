@@ -54,6 +54,10 @@ class Engine(str, Enum):
 class Control(str, Enum):
     none = "none"
     permuted_labels = "permuted-labels"
+# protocol choices of the H study: one str Enum each (typer lists the values in --help)
+Protocol = Enum("Protocol", {"default": "default", "authors": "authors"}, type=str)
+Objective = Enum("Objective", {"liblinear": "liblinear", "lbfgs": "lbfgs"}, type=str)
+SrsMatrix = Enum("SrsMatrix", {"upper": "upper", "full": "full"}, type=str)
 
 
 def command(fn):
@@ -263,15 +267,36 @@ def _record(out, unit, batch_size, dtype, progress, options: dict) -> None:
 
 def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, legacy_bounds: bool,
                   probe_fits: int, probe_max_units: int, heldout_folds: int, srs: bool,
-                  engine: Engine, probe_solver: Solver, control: Control = Control.none):
+                  engine: Engine, probe_solver: Solver, control: Control = Control.none,
+                  protocol: Protocol = Protocol.default,
+                  probe_objective: Objective = Objective.liblinear,
+                  srs_matrix: SrsMatrix = SrsMatrix.upper, model: str = "demo"):
     from kerabl.hayne.study import HConfig
     from kerabl.validate import check_h_options
 
     shape = check_h_options(grid, others, seed, probe_fits, probe_max_units, heldout_folds, None)
-    return HConfig(grid=shape, unit=unit.value, others=others, seed=seed, clip=clip,
-                   legacy_bounds=legacy_bounds, probe_fits=probe_fits,
-                   probe_max_units=probe_max_units, heldout_folds=heldout_folds, srs=srs,
-                   engine=engine.value, probe_solver=probe_solver.value, control=control.value)
+    config = HConfig(grid=shape, unit=unit.value, others=others, seed=seed, clip=clip,
+                     legacy_bounds=legacy_bounds, probe_fits=probe_fits,
+                     probe_max_units=probe_max_units, heldout_folds=heldout_folds, srs=srs,
+                     engine=engine.value, probe_solver=probe_solver.value,
+                     control=control.value, probe_objective=probe_objective.value,
+                     srs_matrix=srs_matrix.value)
+    return _authors_config(config, model) if protocol is Protocol.authors else config
+
+
+def _authors_config(config, model: str):
+    """`HConfig.authors(model)`, keeping every option given a value other than its default."""
+    import dataclasses
+
+    from kerabl.hayne.study import HConfig
+
+    default, authors = HConfig(), HConfig.authors(model)
+    changed = {k: v for k, v in dataclasses.asdict(config).items() if v != getattr(default, k)}
+    chosen = dataclasses.replace(authors, **changed)
+    listed = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(chosen).items()
+                       if v != getattr(default, k))
+    typer.echo(f"protocol authors ({model}): {listed}", err=True)
+    return chosen
 
 
 GridOpt = Annotated[str, typer.Option(help="Grid shape: selectivity strips x magnitude cells.")]
@@ -287,7 +312,17 @@ EngineOpt = Annotated[Engine, typer.Option(
     help="fast: cached activations, tail only; paper: Lambda mask rebuilt per cell, full forward.")]
 SolverOpt = Annotated[Solver, typer.Option(
     help="batched: the exact optimum of every probe fit at once; sklearn: the authors' "
-         "LogisticRegression loop (lbfgs may stop early, so a prediction can differ).")]
+         "LogisticRegression loop (it may stop early, so a prediction can differ).")]
+ProtocolOpt = Annotated[Protocol, typer.Option(
+    help="authors: every choice of the authors' code for this model (their grid bounds, "
+         "full-matrix srs, liblinear or lbfgs probe, others; mobilenet_v2: its 104 Conv/BN "
+         "targets); options given other values than their defaults still apply.")]
+ObjectiveOpt = Annotated[Objective, typer.Option(
+    help="Probe objective: liblinear (the authors' scikit-learn <= 0.20: intercept penalised) "
+         "or lbfgs (unpenalised intercept; their MobileNetV2 code).")]
+SrsMatrixOpt = Annotated[SrsMatrix, typer.Option(
+    help="srs over the RDMs' upper triangles, or the authors' full matrices (diagonal "
+         "included; NaN for a zero-variance image).")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     help="Processes fitting the probes (default: one per CPU core); results do not depend on it.")]
 ControlOpt = Annotated[Control, typer.Option(
@@ -302,7 +337,9 @@ H_OPTIONS = (  # the H protocol: shared by study and reproduce
     ("legacy_bounds", LegacyOpt, False), ("probe_max_units", MaxUnitsOpt, 100),
     ("heldout_folds", FoldsOpt, 5), ("srs", SrsOpt, True), ("engine", EngineOpt, Engine.fast),
     ("probe_solver", SolverOpt, Solver.batched), ("control", ControlOpt, Control.none),
-    ("workers", WorkersOpt, None))
+    ("workers", WorkersOpt, None), ("protocol", ProtocolOpt, Protocol.default),
+    ("probe_objective", ObjectiveOpt, Objective.liblinear),
+    ("srs_matrix", SrsMatrixOpt, SrsMatrix.upper))
 
 
 @command
@@ -346,12 +383,17 @@ def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage
     from kerabl.hayne.study import run_h_study
 
     h = {name: options[name] for name, _, _ in H_OPTIONS if name != "workers"}
-    config = _study_config(seed=options["seed"], probe_fits=probe_fits, **h)
+    config = _study_config(seed=options["seed"], probe_fits=probe_fits, model=options["model"], **h)
     shard_ = parse_shard(shard) if shard else None
     net, imageset = _inputs(**_inputs_of(options))
     run = functools.partial(run_h_stage, stage) if stage else functools.partial(
         run_h_study, shard=shard_)
-    return run(net, imageset, out, layers=_layers(options["layers"]), config=config,
+    layers = _layers(options["layers"])
+    if layers is None and options["protocol"] is Protocol.authors \
+            and options["model"] == "mobilenet_v2":   # their Conv and BN outputs
+        from kerabl.models import paper_targets
+        layers = list(paper_targets(options["model"], net.model))
+    return run(net, imageset, out, layers=layers, config=config,
                progress=progress, workers=options["workers"], log=typer.echo)
 
 

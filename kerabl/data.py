@@ -121,6 +121,32 @@ def load_image(path: str | Path) -> np.ndarray:
         raise KerablError(f"cannot read image {path}: {err}; replace or remove the file") from None
 
 
+def load_image_cv2(path: str | Path) -> np.ndarray:
+    """Decode one image file as the authors did, `cv2.imread(path)` (BGR), returned as uint8 RGB.
+
+    Example:
+        image = load_image_cv2("images/ILSVRC2012_val_00000011.JPEG")   # (256, 341, 3) RGB
+
+    Raises:
+        KerablError: the file is missing or OpenCV cannot decode it.
+    """
+    import cv2
+
+    image = cv2.imread(str(path)) if Path(path).is_file() else None
+    if image is None:
+        raise KerablError(f"cannot read image {path}: OpenCV cannot decode it; replace or "
+                          "remove the file")
+    return np.ascontiguousarray(image[..., ::-1])
+
+
+def _cv2_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`cv2.resize(image, (w, h))` as the authors call it (bilinear, no antialiasing), float32."""
+    import cv2
+
+    h, w = size
+    return cv2.resize(np.ascontiguousarray(image), (w, h)).astype(np.float32)
+
+
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a uint8 RGB image to `size` = (h, w), as float32."""
     from PIL import Image
@@ -142,7 +168,7 @@ def _centre_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _preprocess_one(image: np.ndarray, size: tuple[int, int], preprocess: str) -> np.ndarray:
     """One uint8 RGB image -> float32 (h, w, 3) network input (no keras-application step)."""
     if preprocess == "paper":
-        return _resize(image, size)[..., ::-1]
+        return _cv2_resize(image, size)[..., ::-1]
     if preprocess == "heuritech":
         if min(size) > HEURITECH_RESIZE:
             raise KerablError(f"heuritech preprocessing crops from {HEURITECH_RESIZE} px: size "
@@ -196,12 +222,12 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], size: Sequence[
         batch.shape  # (len(paths), 227, 227, 3), BGR, values 0..255
 
     Recipes (`PREPROCESS`); every resize is Pillow's bilinear resize to `size` = (h, w), no
-    aspect-ratio keeping:
+    aspect-ratio keeping, except "paper":
 
-    - "paper": the authors' AlexNet code (`cv2.imread` then `cv2.resize`): direct resize,
-      values 0..255 as float, channel order BGR, no crop, no mean subtraction. Pillow's
-      bilinear filter widens its support when shrinking (antialiasing) and cv2's does not, so
-      values can differ slightly from the authors' pixels.
+    - "paper": the authors' AlexNet code (`cv2.imread` then `cv2.resize`): OpenCV's own
+      bilinear resize (no antialiasing; Pillow's bilinear widens its support when shrinking,
+      a different filter), values 0..255 as float, channel order BGR, no crop, no mean
+      subtraction. Image sets decode its files with `cv2.imread` (`load_image_cv2`).
     - "heuritech": the convnets-keras `preprocess_image_batch` recipe: resize to 256 x 256,
       subtract the RGB mean [123.68, 116.779, 103.939], centre crop `size` (227 x 227:
       rows and columns 14..240), channel order RGB (its default `color_mode="rgb"`).
@@ -329,8 +355,8 @@ class ImageSet:
             if self.images is not None:
                 yield preprocess_images(self.images[chunk], size, "none")
             else:
-                yield preprocess_images([load_image(self.paths[r]) for r in chunk], size,
-                                        preprocess)
+                decode = load_image_cv2 if preprocess == "paper" else load_image
+                yield preprocess_images([decode(self.paths[r]) for r in chunk], size, preprocess)
 
     def load(self, size: Sequence[int], preprocess: str,
              rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:

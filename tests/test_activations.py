@@ -153,8 +153,8 @@ def test_interrupted_run_resumes_and_matches(tiny_model, file_set, tmp_path, mon
     expected = _conv_expected(pixels[..., ::-1]).reshape(N_IMAGES, -1)   # paper = BGR
     np.testing.assert_allclose(whole.read("conv"), expected, atol=1e-5)
 
-    original = data.load_image
-    monkeypatch.setattr(data, "load_image", _raise_on_call(original, 5))   # batch 2 (0-based)
+    original = data.load_image_cv2
+    monkeypatch.setattr(data, "load_image_cv2", _raise_on_call(original, 5))   # batch 2 (0-based)
     target = tmp_path / "cut.h5"
     with pytest.raises(KerablError, match="img4.png"):
         _record(tiny_model, imageset, target, batch_size=2, preprocess="paper")
@@ -163,7 +163,7 @@ def test_interrupted_run_resumes_and_matches(tiny_model, file_set, tmp_path, mon
     with h5py.File(partial, "r") as f:
         assert f.attrs["rows_done"] == 4 and not f.attrs["complete"]
 
-    monkeypatch.setattr(data, "load_image", original)
+    monkeypatch.setattr(data, "load_image_cv2", original)
     calls = _counting(monkeypatch)
     messages = []
     resumed = _record(tiny_model, imageset, target, batch_size=2, preprocess="paper",
@@ -180,7 +180,7 @@ def test_partial_with_other_arguments_starts_afresh(tiny_model, file_set, tmp_pa
                                                     monkeypatch):
     imageset, _ = file_set
     target = tmp_path / "cut.h5"
-    monkeypatch.setattr(data, "load_image", _raise_on_call(data.load_image, 3))
+    monkeypatch.setattr(data, "load_image_cv2", _raise_on_call(data.load_image_cv2, 3))
     with pytest.raises(KerablError):
         _record(tiny_model, imageset, target, batch_size=2, preprocess="paper")
     monkeypatch.undo()

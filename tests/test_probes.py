@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
 
 from kerabl.errors import KerablError
-from kerabl.hayne.probes import (fit_logistic_batched, heldout_probe_score, image_rdm, paper_probe_score,
-                           rsa_scores, template_rdm)
+from kerabl.hayne.probes import (fit_logistic_batched, hard_log_loss, heldout_probe_score, image_rdm,
+                                 paper_probe_loss, paper_probe_score, rsa_scores, template_rdm)
 
 
 def problem(seed, n=120, units=30, signal=0.4):
@@ -17,24 +16,28 @@ def problem(seed, n=120, units=30, signal=0.4):
     return rng.normal(size=(n, units)) + signal * y[:, None] * rng.normal(size=units), y
 
 
-def test_paper_score_equals_direct_sklearn_loop():
+@pytest.mark.parametrize("objective, solver", [("liblinear", "liblinear"), ("lbfgs", "lbfgs")])
+def test_paper_score_equals_direct_sklearn_loop(objective, solver):
     X, y = problem(0)
     rng = np.random.default_rng(5)
     losses = []
     for _ in range(4):
         cols = rng.choice(X.shape[1], size=10, replace=False)
-        pred = LogisticRegression(random_state=0).fit(X[:, cols], y).predict(X[:, cols])
-        losses.append(log_loss(y, pred.astype(float), labels=[0, 1]))
+        clf = LogisticRegression(random_state=0, solver=solver).fit(X[:, cols], y)
+        losses.append(hard_log_loss(y, clf.predict(X[:, cols])))
     expected = np.exp(-np.mean(losses))
-    assert paper_probe_score(X, y, n_fits=4, max_units=10, seed=5, solver="sklearn") == expected
-    assert paper_probe_score(X, y, n_fits=4, max_units=10, seed=5) == pytest.approx(expected, abs=1e-12)
+    kw = dict(n_fits=4, max_units=10, seed=5, objective=objective)
+    assert paper_probe_score(X, y, solver="sklearn", **kw) == expected
+    assert paper_probe_score(X, y, **kw) == pytest.approx(expected, abs=1e-12)
+    assert paper_probe_loss(X, y, **kw) == pytest.approx(np.mean(losses), abs=1e-12)
     assert expected < 1.0
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_batched_equals_sklearn(seed):
+@pytest.mark.parametrize("objective", ["liblinear", "lbfgs"])
+def test_batched_equals_sklearn(seed, objective):
     X, y = problem(seed, units=40)
-    kw = dict(n_fits=8, max_units=12, seed=seed)
+    kw = dict(n_fits=8, max_units=12, seed=seed, objective=objective)
     assert paper_probe_score(X, y, solver="batched", **kw) == pytest.approx(
         paper_probe_score(X, y, solver="sklearn", **kw), abs=1e-12)
 
@@ -86,7 +89,7 @@ def test_batched_predictions_equal_tightly_converged_sklearn(seed, units):
     X, y = problem(seed, n=150, units=units, signal=0.6)
     X = np.maximum(X, 0.0)                         # ReLU-like activations, many zeros
     draws = _column_draws(units, 6, 12, seed)      # units=9: every draw is the same set
-    pred = _batched_predictions(X, y, draws)
+    pred = _batched_predictions(X, y, draws, "lbfgs")
     np.testing.assert_array_equal(pred, tight_predictions(X, y, draws))
     if units == 9:
         assert (pred == pred[0]).all()

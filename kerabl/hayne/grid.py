@@ -161,12 +161,13 @@ def equal_count_grid(selectivity, magnitude, shape: tuple[int, int] = (4, 4),
     unit is in exactly one cell. Edges are the midpoints between the last unit of a part
     and the first of the next, and the smallest / largest value at the ends.
 
-    `legacy_bounds=True` is the authors' assignment: selectivity bounds q = np.percentile
-    at equal steps, strip i = units with q_i <= s <= q_{i+1} (a unit on a bound is in two
-    strips); magnitude bounds are percentiles over the units strictly inside the strip
-    only (NaN bounds and empty cells when none is), and cell (i, j) = strip units with
-    inclusive magnitude bounds. `cells` holds these lists, `membership` each unit's first
-    cell (-1 for none), the edges are the percentile bounds.
+    `legacy_bounds=True` is the authors' `grid_space`: selectivity bounds q_i = the sorted
+    selectivities at position int(i / n * N) for i < n, and q_n = the largest; strip i = units
+    with q_i <= s <= q_{i+1} (a unit on a bound is in two strips); magnitude bounds the same
+    rule over the units strictly inside the strip only (q_i < s < q_{i+1}; NaN bounds and empty
+    cells when none is), and cell (i, j) = strip units within the inclusive magnitude bounds
+    (so a unit can be in two cells, or in none). `cells` holds these lists, `membership` each
+    unit's first cell (-1 for none), the edges are those bounds.
 
     Args:
         selectivity: (n_units,) selectivity of each unit.
@@ -190,8 +191,14 @@ def equal_count_grid(selectivity, magnitude, shape: tuple[int, int] = (4, 4),
                 sel_edges=_split_edges(sel, strips), mag_edges=mag_edges, cells=cells)
 
 
+def _sorted_bounds(values: np.ndarray, parts: int) -> np.ndarray:
+    """The authors' bounds: sorted values at int(i / parts * N) for i < parts, then the largest."""
+    ordered = np.sort(values)
+    return np.array([ordered[int(i / parts * ordered.size)] for i in range(parts)] + [ordered[-1]])
+
+
 def _legacy_grid(sel: np.ndarray, mag: np.ndarray, n: int, m: int) -> Grid:
-    sel_edges = np.percentile(sel, np.linspace(0, 100, n + 1))
+    sel_edges = _sorted_bounds(sel, n)
     mag_edges = np.full((n, m + 1), np.nan)
     cells: list[np.ndarray] = []
     for i in range(n):
@@ -199,7 +206,7 @@ def _legacy_grid(sel: np.ndarray, mag: np.ndarray, n: int, m: int) -> Grid:
         strip = (sel >= lo) & (sel <= hi)
         inside = (sel > lo) & (sel < hi)
         if inside.any():
-            mag_edges[i] = np.percentile(mag[inside], np.linspace(0, 100, m + 1))
+            mag_edges[i] = _sorted_bounds(mag[inside], m)
         for j in range(m):
             in_cell = strip & (mag >= mag_edges[i, j]) & (mag <= mag_edges[i, j + 1])
             cells.append(np.flatnonzero(in_cell).astype(np.int64))

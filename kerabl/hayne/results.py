@@ -10,12 +10,13 @@
 Layout (C classes, L layers, K = n * m cells, P = max images per class, U_l units of layer l).
 File attributes: `kind` = "kerabl.h-results", `schema` = 1, `config` (JSON), `versions`
 (JSON), `shard` ("i/n" or ""), `complete` (bool). Datasets: `classes`, `class_index`,
-`layers`, `grid_shape`, `n_units`; (C, L, K) float64 `probe`, `probe_heldout`, `deficit`,
-`srs_tau`, `srs_rho`, `cell_selectivity`, `cell_magnitude`, `probe_fold`, `probe_fold_sd`
-(the held-out probe with the grid rebuilt in each fold: mean and spread over folds; NaN until
-done, and NaN when read from a file written without them) and int64
+`layers`, `grid_shape`, `n_units`; (C, L, K) float64 `probe`, `probe_loss`, `probe_heldout`,
+`deficit`, `srs_tau`, `srs_rho`, `cell_selectivity`, `cell_magnitude`, `probe_fold`,
+`probe_fold_sd` (the held-out probe with the grid rebuilt in each fold: mean and spread over
+folds) (NaN until done) and int64
 `cell_count` (-1); `done` (C, L); `others` (C, max_others); `image_rows`, `rank_before`
-(C, P); `rank_after` (C, L, K, P) int32; group `units/<layer>/` with `selectivity`,
+(C, P: the plain network's ranks); `rank_baseline` (C, L, P) int32 (the layer's engine with an
+all-ones mask: deficit = rank_after - rank_baseline); `rank_after` (C, L, K, P) int32; group `units/<layer>/` with `selectivity`,
 `magnitude` (C, U_l) float32, `membership` (C, U_l), `sel_edges` (C, n + 1),
 `mag_edges` (C, n, m + 1). Every padded or unwritten entry is -1 or NaN.
 
@@ -40,8 +41,9 @@ from kerabl.store import check_results_kind, config_differences, partial_path, w
 KIND = "kerabl.h-results"
 SCHEMA = 1
 CELL_FLOATS = ("probe", "probe_heldout", "deficit", "srs_tau", "srs_rho",
-               "cell_selectivity", "cell_magnitude", "probe_fold", "probe_fold_sd")
-FOLD_FLOATS = ("probe_fold", "probe_fold_sd")   # absent from files written before them: NaN
+               "cell_selectivity", "cell_magnitude", "probe_loss", "probe_fold", "probe_fold_sd")
+# absent from files written before them: read as NaN (floats) or -1 (ranks)
+OPTIONAL = ("probe_loss", "probe_fold", "probe_fold_sd", "rank_baseline")
 CELL_ARRAYS = CELL_FLOATS + ("cell_count",)
 UNIT_ARRAYS = ("selectivity", "magnitude", "membership", "sel_edges", "mag_edges")
 CLASS_ARRAYS = ("image_rows", "rank_before", "others")
@@ -156,6 +158,7 @@ def _create(path: Path, layout: _Layout) -> None:
         f.create_dataset("others", data=np.full((c, layout.max_others), -1, dtype=np.int64))
         f.create_dataset("image_rows", data=np.full((c, p), -1, dtype=np.int64))
         f.create_dataset("rank_before", data=np.full((c, p), -1, dtype=np.int64))
+        f.create_dataset("rank_baseline", shape=(c, n_l, p), dtype=np.int32, fillvalue=-1)
         f.create_dataset("rank_after", shape=(c, n_l, k, p), dtype=np.int32, fillvalue=-1,
                          chunks=(1, 1, k, max(p, 1)), compression="gzip")
         for layer, u in zip(layout.layers, layout.n_units):
@@ -317,15 +320,17 @@ class HResultsWriter:
             f["others"][ci] = _padded(others, self.layout.max_others, "others", np.int64)
 
     def write_pair(self, ci: int, li: int, *, selectivity, magnitude, grid, rank_after, deficit,
-                   probe, probe_heldout, srs_tau, srs_rho, probe_fold=None,
-                   probe_fold_sd=None) -> None:
+                   probe, probe_heldout, srs_tau, srs_rho, probe_loss=None,
+                   rank_baseline=None, probe_fold=None, probe_fold_sd=None) -> None:
         """Store pair (ci, li): unit coordinates, the grid, per-cell scores; mark it done.
 
         Args:
             selectivity, magnitude: (U_l,) unit coordinates.
             grid: the `kerabl.hayne.grid.Grid` of these units.
             rank_after: (K, n_images) rank of the true class with each cell ablated.
-            deficit, probe, probe_heldout, srs_tau, srs_rho: (K,) per-cell values.
+            deficit, probe, probe_heldout, srs_tau, srs_rho, probe_loss: (K,) per-cell values
+                (probe_loss: the mean training log loss, probe = exp(-probe_loss); NaN if None).
+            rank_baseline: (n_images,) ranks through the same engine with an all-ones mask.
             probe_fold, probe_fold_sd: (K,) held-out probe with the grid rebuilt per fold, mean
                 and standard deviation over folds (`kerabl.hayne.heldout`); None stores NaN.
         """
@@ -345,10 +350,15 @@ class HResultsWriter:
                               f"{self.layout.max_images})")
         padded_after = np.full((k, self.layout.max_images), -1, dtype=np.int32)
         padded_after[:, :after.shape[1]] = after
+        padded_baseline = np.full(self.layout.max_images, -1, dtype=np.int32)
+        if rank_baseline is not None:
+            padded_baseline[:after.shape[1]] = np.asarray(rank_baseline).ravel()
+        if probe_loss is None:
+            probe_loss = np.full(k, np.nan)
         counts = np.array([c.size for c in grid.cells], dtype=np.int64)
         values = {name: _cell_vector(v, k, name) for name, v in (
             ("probe", probe), ("probe_heldout", probe_heldout), ("deficit", deficit),
-            ("srs_tau", srs_tau), ("srs_rho", srs_rho),
+            ("srs_tau", srs_tau), ("srs_rho", srs_rho), ("probe_loss", probe_loss),
             ("probe_fold", np.full(k, np.nan) if probe_fold is None else probe_fold),
             ("probe_fold_sd", np.full(k, np.nan) if probe_fold_sd is None else probe_fold_sd))}
         values["cell_selectivity"] = np.array([sel[c].mean() if c.size else np.nan for c in grid.cells])
@@ -358,6 +368,7 @@ class HResultsWriter:
                 f[name][ci, li] = v
             f["cell_count"][ci, li] = counts
             f["rank_after"][ci, li] = padded_after
+            f["rank_baseline"][ci, li] = padded_baseline
             g = f[f"units/{self.layout.layers[li]}"]
             g["selectivity"][ci] = sel.astype(np.float32)
             g["magnitude"][ci] = mag.astype(np.float32)
@@ -386,8 +397,11 @@ class HResultsWriter:
 
 
 def _cell_dataset(f: h5py.File, name: str, index=()) -> np.ndarray:
-    """`f[name][index]`; NaN of the probe shape for a fold dataset the file was written without."""
-    if name in FOLD_FLOATS and name not in f:
+    """`f[name][index]`; for an `OPTIONAL` dataset the file was written without, NaN of the
+    probe's shape (cell values) or -1 of the (C, L, P) rank shape (`rank_baseline`)."""
+    if name in OPTIONAL and name not in f:
+        if name == "rank_baseline":
+            return np.full(f["rank_after"].shape[:2] + f["rank_after"].shape[3:], -1)[index]
         return np.full(f["probe"].shape, np.nan)[index]
     return f[name][index]
 
@@ -404,8 +418,9 @@ class HResults:
         config, versions: the run's configuration and library versions.
         classes, class_index, layers, grid_shape, n_units, shard, complete.
         probe, probe_heldout, deficit, srs_tau, srs_rho, cell_selectivity, cell_magnitude,
-        cell_count: (C, L, K); done: (C, L); rank_before, image_rows: (C, P);
-        rank_after: (C, L, K, P); others: (C, max_others).
+        probe_loss, cell_count: (C, L, K); done: (C, L); rank_before, image_rows: (C, P);
+        rank_baseline: (C, L, P); rank_after: (C, L, K, P); others: (C, max_others).
+        Files written before `probe_loss` / `rank_baseline` existed read them as NaN / -1.
     """
 
     def __init__(self, path: Path, f: h5py.File):
@@ -420,7 +435,7 @@ class HResults:
         self.layers = list(layout.layers)
         self.grid_shape = layout.grid_shape
         self.n_units = np.asarray(layout.n_units, dtype=np.int64)
-        for name in CELL_ARRAYS + CLASS_ARRAYS + ("done", "rank_after"):
+        for name in CELL_ARRAYS + CLASS_ARRAYS + ("done", "rank_after", "rank_baseline"):
             setattr(self, name, _cell_dataset(f, name))
 
     @classmethod
@@ -462,7 +477,7 @@ class HResults:
 
 CSV_COLUMNS = ("class", "class_index", "layer", "cell", "sel_bin", "mag_bin", "n_units",
                "cell_selectivity", "cell_magnitude", "probe", "probe_heldout", "deficit",
-               "srs_tau", "srs_rho", "probe_fold", "probe_fold_sd")
+               "srs_tau", "srs_rho", "probe_fold", "probe_fold_sd", "probe_loss")
 
 
 def export_csv(results_path, csv_path) -> Path:
@@ -483,7 +498,8 @@ def export_csv(results_path, csv_path) -> Path:
         deficit: mean rank deficit of the target-class images with the cell ablated;
         srs_tau, srs_rho: Kendall tau / Spearman rho between the cell's image RDM and the
         class template RDM; probe_fold, probe_fold_sd: held-out balanced accuracy with the
-        grid rebuilt inside each training fold, mean and standard deviation over folds.
+        grid rebuilt inside each training fold, mean and standard deviation over folds;
+        probe_loss: the mean training log loss (probe = exp(-probe_loss)).
         Missing values are empty fields.
 
     Returns:
@@ -507,7 +523,8 @@ def export_csv(results_path, csv_path) -> Path:
 def _pair_values(f: h5py.File, layout: _Layout, ci: int, li: int) -> dict:
     """Every stored number of pair (ci, li)."""
     g = f[f"units/{layout.layers[li]}"]
-    values = {name: _cell_dataset(f, name, (ci, li)) for name in CELL_ARRAYS + ("rank_after",)}
+    values = {name: _cell_dataset(f, name, (ci, li))
+              for name in CELL_ARRAYS + ("rank_after", "rank_baseline")}
     values.update({f"units/{name}": g[name][ci] for name in UNIT_ARRAYS})
     return values
 

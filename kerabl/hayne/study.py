@@ -1,7 +1,8 @@
 """The H study end to end: activations -> coordinates and grid -> probes -> cell ablation -> results.
 
-- `HConfig`: every protocol choice of the paper, defaults = the authors' choices (with their
-  grid-boundary bug fixed; `legacy_bounds=True` keeps it).
+- `HConfig`: every protocol choice of the paper; defaults = the authors' choices except the
+  grid bounds (`legacy_bounds=True` gives theirs) and the srs matrices (`srs_matrix="full"`);
+  `HConfig.authors(network)` = every choice of the authors' code for that network.
 - `run_h_study(network, imageset, out_dir, ...)`: the sweep over class x layer pairs. It appends to
   the results file as it goes, resumes where an interrupted run stopped, computes nothing when the
   results are complete, and runs one deterministic shard of the pairs when asked (`shard=(i, n)`).
@@ -35,10 +36,12 @@ CONTROLS = ("none", "permuted-labels")
 
 @dataclass(frozen=True)
 class HConfig:
-    """Protocol options of the H study; defaults are the authors' choices.
+    """Protocol options of the H study; defaults are the authors' choices except where theirs
+    is a bug (the README's deviation table lists each difference).
 
     Example:
         HConfig(grid=(4, 4), others="all", probe_fits=50)
+        HConfig.authors("alexnet")       # alexnet_ablation.py exactly, bugs included
     """
 
     grid: tuple[int, int] = (4, 4)
@@ -54,6 +57,25 @@ class HConfig:
     engine: str = "fast"
     probe_solver: str = "batched"
     control: str = "none"
+    probe_objective: str = "liblinear"
+    srs_matrix: str = "upper"
+
+    @classmethod
+    def authors(cls, network: str = "alexnet", **changes) -> "HConfig":
+        """Every choice of the authors' code: `alexnet_ablation.py` (used for every network but
+        MobileNetV2), or for "mobilenet_v2" `mobilenet_paper_results.py` (every other image as
+        "other", the lbfgs probe). Their grid bounds, full-matrix srs, liblinear probe, random-10
+        others; `changes` override single fields.
+
+        Example:
+            HConfig.authors("mobilenet_v2").others    # "all"
+        """
+        choices = dict(legacy_bounds=True, srs_matrix="full", probe_objective="liblinear",
+                       others="random-10", grid=(4, 4), unit="element", clip=True,
+                       probe_fits=200, probe_max_units=100)
+        if network == "mobilenet_v2":
+            choices.update(others="all", probe_objective="lbfgs")
+        return cls(**{**choices, **changes})
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -64,6 +86,11 @@ class HConfig:
             raise KerablError(f"unknown probe solver {self.probe_solver!r}: use batched or sklearn")
         if self.control not in CONTROLS:
             raise KerablError(f"unknown control {self.control!r}: use none or permuted-labels")
+        if self.probe_objective not in ("liblinear", "lbfgs"):
+            raise KerablError(f"unknown probe objective {self.probe_objective!r}: "
+                              "use liblinear or lbfgs")
+        if self.srs_matrix not in ("upper", "full"):
+            raise KerablError(f"unknown srs matrix {self.srs_matrix!r}: use upper or full")
         if len(self.grid) != 2 or min(self.grid) < 1:
             raise KerablError(f"grid must be two positive integers, got {self.grid}")
 
@@ -246,8 +273,9 @@ class _Sweep:
         return scores
 
     def ablate(self, state: dict, li: int, acts: np.ndarray, grid) -> dict:
-        """Stage `ablate`: the true class's ranks with each cell ablated, their mean deficit."""
-        from kerabl.hayne.ablation import mean_rank_deficit
+        """Stage `ablate`: the true class's ranks with each cell ablated and with none (an
+        all-ones mask through the same engine), their mean deficit."""
+        from kerabl.hayne.ablation import baseline_and_ablated_ranks, mean_rank_deficit
         from kerabl.masks import cell_masks
 
         layer = self.layers[li]
@@ -257,9 +285,9 @@ class _Sweep:
         else:
             ablator.set_images(state["images"])
         masks = cell_masks(ablator.shape, grid.cells, self.config.unit)
-        rank_after = ablator.ranks(masks, state["labels"])
-        deficit = mean_rank_deficit(state["rank_before"], rank_after, clip=self.config.clip)
-        return dict(rank_after=rank_after, deficit=deficit)
+        rank_baseline, rank_after = baseline_and_ablated_ranks(ablator, masks, state["labels"])
+        deficit = mean_rank_deficit(rank_baseline, rank_after, clip=self.config.clip)
+        return dict(rank_after=rank_after, rank_baseline=rank_baseline, deficit=deficit)
 
     def _can_use_cache(self, ablator, layer) -> bool:
         """Cached activations feed the tail only when they are the exact layer output."""
@@ -305,11 +333,12 @@ def bounded_map(pool, fn, tasks, in_flight: int = 4):
         yield pending.popleft().result()
 
 
-PROBE_FIELDS = ("probe", "probe_heldout", "srs_tau", "srs_rho")
+PROBE_FIELDS = ("probe", "probe_heldout", "srs_tau", "srs_rho", "probe_loss")
 
 
-def cell_probe_scores(task) -> tuple[float, float, float, float]:
-    """Probe scores of one cell: paper metric, held-out metric, Kendall tau and Spearman rho.
+def cell_probe_scores(task) -> tuple[float, float, float, float, float]:
+    """Probe scores of one cell: paper metric, held-out metric, Kendall tau, Spearman rho and
+    the paper metric's mean loss (paper metric = exp(-loss)).
 
     Runs in a worker process when the sweep has a pool: it imports no TensorFlow.
     """
@@ -319,18 +348,20 @@ def cell_probe_scores(task) -> tuple[float, float, float, float]:
         return _cell_probe_scores(*task)
 
 
-def _cell_probe_scores(x, y, config: HConfig, seed: int) -> tuple[float, float, float, float]:
-    from kerabl.hayne.probes import heldout_probe_score, paper_probe_score, rsa_scores
+def _cell_probe_scores(x, y, config: HConfig,
+                       seed: int) -> tuple[float, float, float, float, float]:
+    from kerabl.hayne.probes import heldout_probe_score, paper_probe_loss, rsa_scores
 
     if x.shape[1] == 0:
-        return (np.nan,) * 4
-    probe = paper_probe_score(x, y, n_fits=config.probe_fits, max_units=config.probe_max_units,
-                              seed=seed, solver=config.probe_solver)
+        return (np.nan,) * 5
+    loss = paper_probe_loss(x, y, n_fits=config.probe_fits, max_units=config.probe_max_units,
+                            seed=seed, solver=config.probe_solver,
+                            objective=config.probe_objective)
     heldout = heldout_probe_score(x, y, folds=config.heldout_folds,
                                   max_units=config.probe_max_units, seed=seed,
                                   solver=config.probe_solver)
-    tau, rho = rsa_scores(x, y) if config.srs else (np.nan, np.nan)
-    return probe, heldout, tau, rho
+    tau, rho = rsa_scores(x, y, config.srs_matrix) if config.srs else (np.nan, np.nan)
+    return float(np.exp(-loss)), heldout, tau, rho, loss
 
 
 def probe_pool(workers: int):

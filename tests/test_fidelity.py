@@ -1,0 +1,285 @@
+"""The authors' formulas written out literally (DESIGN section 2) on small arrays with known answers,
+and `--protocol authors` / `HConfig.authors()` checked against them: their grid_space bounds, the
+liblinear probe with scikit-learn 0.20's log_loss (eps = 1e-15), the full-matrix srs, and baseline
+ranks from the same graph (an all-ones mask gives every deficit exactly 0)."""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.linear_model import LogisticRegression
+
+from kerabl.data import digits_imageset, paper_imageset
+from kerabl.hayne.grid import equal_count_grid
+from kerabl.hayne.probes import (fit_logistic_batched, hard_log_loss, paper_probe_loss,
+                                 paper_probe_score, rsa_scores)
+from kerabl.hayne.study import HConfig, run_h_study
+
+# ---------------------------------------------------------------------------------------------
+# The authors' formulas, literally
+
+
+def authors_grid_space(sel, mag):
+    """Their grid_space: bounds are sorted values at int(i/4 * N), magnitude bounds from the units
+    strictly inside the strip, all four bounds inclusive. Returns the 16 cells' unit lists."""
+    y_sorted = np.sort(sel)
+    n = len(sel)
+    bounds = [y_sorted[int(i / 4 * n)] for i in range(4)] + [y_sorted[-1]]
+    cells = []
+    for i in range(4):
+        lower, upper = bounds[i], bounds[i + 1]
+        x_sorted = np.sort(mag[(sel > lower) & (sel < upper)])
+        x_bounds = [x_sorted[int(k / 4 * len(x_sorted))] for k in range(4)] + [x_sorted[-1]]
+        for j in range(4):
+            cells.append([u for u in range(n) if lower <= sel[u] <= upper
+                          and x_bounds[j] <= mag[u] <= x_bounds[j + 1]])
+    return cells
+
+
+def log_loss_020(y_true, y_pred, eps=1e-15):
+    """scikit-learn 0.20's log_loss for 0/1 labels and a 1-d y_pred, step by step."""
+    transformed = np.asarray(y_true)[:, None]
+    transformed = np.append(1 - transformed, transformed, axis=1)
+    y_pred = np.clip(np.asarray(y_pred), eps, 1 - eps)[:, np.newaxis]
+    y_pred = np.append(1 - y_pred, y_pred, axis=1)
+    y_pred /= y_pred.sum(axis=1)[:, np.newaxis]
+    return (-(transformed * np.log(y_pred)).sum(axis=1)).mean()
+
+
+def authors_probe_loss(X, y):
+    """LogisticRegression(random_state=0) of scikit-learn 0.20 (liblinear), hard predictions."""
+    clf = LogisticRegression(random_state=0, solver="liblinear").fit(X, y)
+    return log_loss_020(y, clf.predict(X))
+
+
+def authors_srs(X, y):
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # a zero-variance image: NaN
+        rdm = 1 - np.corrcoef(X)
+    template = np.ones_like(rdm)
+    for i in range(len(y)):
+        for j in range(len(y)):
+            if i == j or (y[i] == 1 and y[j] == 1):
+                template[i, j] = 0
+    return stats.kendalltau(rdm, template)[0], stats.spearmanr(rdm, template, axis=None)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Grid
+
+# 18 units: selectivity 0..17 gives bounds y_sorted[int(i/4 * 18)] = 0, 4, 9, 13 and 17 (the
+# interpolated percentiles would be 0, 4.25, 8.5, 12.75, 17). Inside each strip the magnitudes
+# are 0, 1, 2(, 3); the boundary units 0, 4, 9, 13 and 17 have magnitudes 0.5, 1.5, 1, 2 and 5.
+GRID_MAG = np.array([0.5, 0, 1, 2, 1.5, 0, 1, 2, 3, 1.0, 0, 1, 2, 2.0, 0, 1, 2, 5.0])
+GRID_CELLS = [[1], [0, 1, 2], [2, 3, 4], [3],                 # strip 0: units 0..4
+              [5, 6, 9], [4, 6, 7, 9], [7, 8], [8],           # strip 1: units 4..9
+              [10], [9, 10, 11], [9, 11, 12, 13], [12, 13],   # strip 2: units 9..13
+              [14], [14, 15], [13, 15, 16], [13, 16]]         # strip 3: units 13..17
+
+
+def test_authors_grid_by_hand():
+    sel = np.arange(18, dtype=float)
+    assert authors_grid_space(sel, GRID_MAG) == GRID_CELLS
+    grid = equal_count_grid(sel, GRID_MAG, legacy_bounds=True)
+    assert [c.tolist() for c in grid.cells] == GRID_CELLS
+    assert grid.sel_edges.tolist() == [0, 4, 9, 13, 17]
+    # boundary units 4, 9 and 13 are in two strips; unit 17 (magnitude 5) is in no cell
+    assert grid.membership[[4, 9, 13, 17]].tolist() == [2, 4, 10, -1]
+
+
+@pytest.mark.parametrize("seed, n_units", [(0, 37), (1, 200), (2, 1001)])
+def test_legacy_grid_is_authors_grid_space(seed, n_units):
+    rng = np.random.default_rng(seed)
+    sel, mag = rng.normal(size=(2, n_units)).round(1)      # rounded: many units on the bounds
+    grid = equal_count_grid(sel, mag, legacy_bounds=True)
+    assert [c.tolist() for c in grid.cells] == authors_grid_space(sel, mag)
+
+
+# ---------------------------------------------------------------------------------------------
+# Probe: liblinear's objective and the eps = 1e-15 loss
+
+
+def test_log_loss_eps_by_hand():
+    right, wrong = -np.log(1 - 1e-15), -np.log(1e-15)
+    assert wrong == pytest.approx(34.538776, abs=1e-6)
+    assert hard_log_loss([1, 1, 0], [0, 1, 0]) == pytest.approx((wrong + 2 * right) / 3, rel=1e-12)
+    for y, pred in [([1, 0, 1, 0], [1, 1, 0, 0]), ([0, 0, 1], [0, 0, 1]), ([1, 0], [0, 1])]:
+        assert hard_log_loss(y, pred) == log_loss_020(np.array(y), np.array(pred))
+
+
+def probe_problem(seed, n=90, units=6):
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) < n // 3).astype(int)
+    X = np.maximum(rng.normal(size=(n, units)) + 0.5 * y[:, None] * rng.normal(size=units), 0)
+    return 3.0 + X, y                              # far from 0: the intercept penalty matters
+
+
+def test_liblinear_objective_optimum():
+    X, y = probe_problem(0)
+    Xb = np.concatenate([X, np.ones((len(y), 1))], axis=1)[None]
+    w = fit_logistic_batched(Xb, y, penalise_intercept=True)[0]
+    ref = LogisticRegression(solver="liblinear", tol=1e-12, max_iter=100000).fit(X, y)
+    np.testing.assert_allclose(w, np.r_[ref.coef_[0], ref.intercept_], atol=1e-5)
+    unpenalised = fit_logistic_batched(Xb, y)[0]
+    assert abs(unpenalised[-1] - w[-1]) > 0.1      # the two objectives differ here
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_probe_score_is_authors_liblinear_fit_when_all_units_are_used(seed):
+    X, y = probe_problem(seed)
+    expected = authors_probe_loss(X, y)
+    assert paper_probe_loss(X, y, n_fits=5, seed=seed) == pytest.approx(expected, abs=1e-12)
+    assert paper_probe_score(X, y, n_fits=5, seed=seed) == pytest.approx(np.exp(-expected),
+                                                                         abs=1e-12)
+    assert paper_probe_loss(X, y, n_fits=5, seed=seed, solver="sklearn") == pytest.approx(
+        expected, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# srs
+
+
+def test_full_matrix_srs_is_scipy_on_full_matrices():
+    X, y = probe_problem(4, n=30, units=8)
+    tau, rho = rsa_scores(X, y, matrix="full")
+    assert (tau, rho) == pytest.approx(authors_srs(X, y), abs=1e-12)
+    assert abs(rsa_scores(X, y)[0] - tau) > 1e-3   # the upper triangle is another statistic
+    X[5] = 2.0                                     # a zero-variance image: NaN, as theirs
+    assert np.isnan(rsa_scores(X, y, matrix="full")).all()
+    assert np.isfinite(rsa_scores(X, y)).all()
+
+
+def test_full_matrix_srs_by_hand():
+    # 3 images: 0 and 1 targets (correlation 1), 2 other (correlation -1 with both). Full RDM
+    # flattened [0,0,2, 0,0,2, 2,2,0], template [0,0,1, 0,0,1, 1,1,0]: the same order, tau = 1.
+    X = np.array([[0.0, 1.0], [0.0, 2.0], [1.0, 0.0]])
+    y = np.array([1, 1, 0])
+    assert rsa_scores(X, y, matrix="full") == pytest.approx((1.0, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# --protocol authors
+
+
+def test_protocol_authors_selects_the_authors_choices():
+    from kerabl.cli import Model, Protocol, Solver, SrsMatrix, Objective, Engine, Unit, _study_config
+
+    kw = dict(grid="4x4", unit=Unit.element, others="random-10", seed=0, clip=True,
+              legacy_bounds=False, probe_fits=200, probe_max_units=100, heldout_folds=5, srs=True,
+              engine=Engine.fast, probe_solver=Solver.batched, probe_objective=Objective.liblinear,
+              srs_matrix=SrsMatrix.upper)
+    default = _study_config(**kw)
+    assert default == HConfig() and not default.legacy_bounds and default.srs_matrix == "upper"
+    alexnet = _study_config(**kw, protocol=Protocol.authors, model=Model.alexnet)
+    assert alexnet == HConfig.authors("alexnet")
+    assert (alexnet.legacy_bounds, alexnet.srs_matrix, alexnet.probe_objective,
+            alexnet.others) == (True, "full", "liblinear", "random-10")
+    mnv2 = _study_config(**kw, protocol=Protocol.authors, model=Model.mobilenet_v2)
+    assert (mnv2.others, mnv2.probe_objective, mnv2.legacy_bounds) == ("all", "lbfgs", True)
+    kept = _study_config(**{**kw, "others": "all", "probe_fits": 20}, protocol=Protocol.authors,
+                         model=Model.alexnet)
+    assert (kept.others, kept.probe_fits, kept.legacy_bounds) == ("all", 20, True)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from kerabl.models import load_network
+
+    return load_network("demo")
+
+
+@pytest.fixture(scope="module")
+def authors_run(demo, tmp_path_factory):
+    imageset = digits_imageset().subset([1, 3, 8])
+    out = tmp_path_factory.mktemp("authors")
+    path = run_h_study(demo, imageset, out, layers=["conv_5", "dense_1"],
+                       config=HConfig.authors("demo", probe_fits=3, heldout_folds=2),
+                       progress=False, workers=1, log=lambda message: None)
+    return imageset, out, path
+
+
+def test_protocol_authors_on_the_demo_matches_the_literal_formulas(authors_run):
+    from kerabl.activations import open_cache
+    from kerabl.hayne.results import HResults
+
+    imageset, out, path = authors_run
+    res = HResults.open(path)
+    cache = open_cache(out / "activations.h5")
+    for ci in range(len(res.classes)):
+        n = int((res.image_rows[ci] >= 0).sum())
+        others = res.others[ci][res.others[ci] >= 0]
+        rows = np.concatenate([res.image_rows[ci][:n]]
+                              + [imageset.rows_of(imageset.classes[o]) for o in others])
+        y = np.r_[np.ones(n, dtype=int), np.zeros(len(rows) - n, dtype=int)]
+        for li, layer in enumerate(res.layers):
+            acts = cache.read(layer, rows=rows)
+            a, o = acts[:n].mean(0, dtype=np.float64), acts[n:].mean(0, dtype=np.float64)
+            sel, mag = (a - o) / np.sqrt(2), (a + o) / np.sqrt(2)
+            cells = authors_grid_space(sel, mag)
+            assert res.cell_count[ci, li].tolist() == [len(c) for c in cells]
+            for k, cell in enumerate(cells):
+                x = acts[:, cell].astype(np.float64)
+                tau, rho = authors_srs(x, y)
+                np.testing.assert_allclose([res.srs_tau[ci, li, k], res.srs_rho[ci, li, k]],
+                                           [tau, rho], atol=1e-12)
+                if len(cell) <= 100:               # every fit uses every unit: one liblinear fit
+                    expected = authors_probe_loss(x, y)
+                    assert res.probe_loss[ci, li, k] == pytest.approx(expected, abs=1e-12)
+                    assert res.probe[ci, li, k] == pytest.approx(np.exp(-expected), abs=1e-12)
+            after = res.rank_after[ci, li, :, :n].astype(np.int64)
+            before = res.rank_baseline[ci, li, :n].astype(np.int64)
+            np.testing.assert_array_equal(res.deficit[ci, li],
+                                          np.clip(after - before, 0, None).mean(-1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Baseline and ablated ranks from one graph
+
+
+def _all_ones_deficits(model, layers, images, labels, engine="fast"):
+    from kerabl.hayne.ablation import ENGINES, baseline_and_ablated_ranks, mean_rank_deficit
+
+    deficits = []
+    for layer in layers:
+        ablator = ENGINES[engine](model, layer)
+        ablator.set_images(images)
+        ones = np.ones((3, *ablator.shape), dtype=np.float32)
+        before, after = baseline_and_ablated_ranks(ablator, ones, labels)
+        deficits.append(mean_rank_deficit(before, after, clip=False))
+    return np.array(deficits)
+
+
+@pytest.mark.parametrize("engine", ["fast", "paper"])
+def test_all_ones_mask_gives_zero_deficit_on_the_demo(demo, engine):
+    images = digits_imageset()
+    rows = np.arange(0, len(images), 9)
+    x = images.load(demo.input_size, demo.preprocess, rows=rows)
+    layers = demo.targets if engine == "fast" else demo.targets[::3]
+    deficits = _all_ones_deficits(demo.model, layers, x, np.asarray(images.labels)[rows], engine)
+    assert deficits.shape == (len(layers), 3) and (deficits == 0).all()
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["alexnet", "vgg16", "resnet101"])
+def test_all_ones_mask_gives_zero_deficit_on_imagenet_networks(hayne50, name):
+    from kerabl.models import load_network
+
+    net = load_network(name, None, seed=0)
+    images = paper_imageset(hayne50, classes="hayne8")
+    rows = np.array([0, len(images) - 1])
+    x = images.load(net.input_size, net.preprocess, rows=rows)
+    layer = net.targets[len(net.targets) // 2]            # a deep tail; the demo tests every layer
+    deficits = _all_ones_deficits(net.model, [layer], x, np.asarray(images.labels)[rows])
+    assert (deficits == 0).all()
+
+
+@pytest.mark.realdata
+def test_paper_preprocessing_is_cv2_imread_and_resize(hayne50):
+    import cv2
+
+    images = paper_imageset(hayne50, classes="hayne8")
+    path = images.paths[3]
+    expected = cv2.resize(cv2.imread(str(path)), (227, 227)).astype(np.float32)
+    np.testing.assert_array_equal(images.load((227, 227), "paper", rows=[3])[0], expected)
