@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from kerabl.engine import DEFAULT_BATCH, HEAD_BATCH, _engine, _Engine, _TailEngine, predict_batched
+from kerabl.engine import DEFAULT_BATCH, HEAD_BATCH, TailAblator, _engine, _Engine, predict_batched
 from kerabl.graph import _as_model, _check_layer
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
@@ -125,7 +125,7 @@ def _write_group(partial: Path, name: str, arrays: Mapping[str, np.ndarray],
         group.attrs["done"] = True
 
 
-def _layer_results(model, eng: _TailEngine, data: _StudyData, probs: np.ndarray, layer: str,
+def _layer_results(model, eng: TailAblator, data: _StudyData, probs: np.ndarray, layer: str,
                    seed: int, top_k: int, progress: bool) -> tuple[dict, dict]:
     units = _unit_drops(eng, data.labels, data.classes, None, progress, f"units {layer}")
     directions = _direction_drops(eng, data.labels, data.classes, seed, None, progress,
