@@ -20,7 +20,7 @@ from kerabl.engine import DEFAULT_BATCH, HEAD_BATCH, TailAblator, _engine, _Engi
 from kerabl.graph import _as_model, _check_layer
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
-from kerabl.store import config_differences, partial_path
+from kerabl.store import config_differences, finish_partial, partial_path
 from kerabl.zhou.ablation import _direction_drops, _greedy, _random_order, _unit_drops
 from kerabl.zhou.attributes import TOP_K, attribute_drop_correlations, class_correlation, class_means, l1_norms, selectivity_index, top_activating
 from kerabl.zhou.results import Z_KIND, _read_config, display_images
@@ -255,5 +255,4 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
         eng = _engine(model, images, greedy_layer, "tail", batch_size)
         _write_group(partial, "greedy", _greedy_results(eng, data, greedy_steps, greedy_seeds, progress),
                      {"layer": greedy_layer})
-    os.replace(partial, out)
-    return out
+    return finish_partial(out)
