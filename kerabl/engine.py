@@ -124,7 +124,7 @@ def fast_tail(model, layer: str, precision: str = "float32"):
 
     Args:
         model: a functional Keras model.
-        layer: the cut layer (see `kerabl.masking.tail_model`).
+        layer: the cut layer (see `kerabl.graph.tail_model`).
         precision: "float32" (equal to the model up to float rounding) or "bfloat16".
 
     Returns:
