@@ -1,15 +1,16 @@
 """The ablation engines: the network head run once, the tail run on masked copies of its output.
 
-- `TailAblator`: the fast engine. The target layer's output for a set of images is computed (or
-  read from the activation cache) once; each mask multiplies it and only the network tail runs,
-  inside one `tf.function` whose input signature is fixed, so changing the mask, the cell or the
-  class never retraces. Masks and images are batched up to `BATCH_FLOATS` activation floats per
-  call; grouped convolutions run as one convolution per group (faster with oneDNN on a CPU);
+- `TailAblator`: the one tail engine. The target layer's output for a set of images is computed
+  (or read from the activation cache) once; masks (full-shape, or channel keep-vectors) multiply
+  it, or unit directions are projected out of it, and only the network tail runs, inside one
+  `tf.function` whose input signature is fixed, so changing the masks, the cell or the class
+  never retraces. Masks and images are batched up to `BATCH_FLOATS` tail-input floats per call;
+  grouped convolutions run as one convolution per group (faster with oneDNN on a CPU);
   `precision="bfloat16"` runs a mixed-bfloat16 tail, `storage="float16"` keeps the activations
-  in half precision.
-- `ChannelEngine` (`tail_engine(...)`): the same head-once engine for channel keep-masks and
-  projections, answering predicted classes, with the exact Dense shortcut where the graph has
-  one; `FullEngine`: its reference, the model rebuilt with a mask layer and run whole.
+  in half precision; `shortcut=True` uses the exact Dense shortcut for channel keep-masks where
+  the graph has one. It answers class scores and true-class ranks (the H study) and predicted
+  classes (the Z study; `tail_engine(...)` builds one for a layer and a set of images).
+- `_FullEngine`: the Z study's reference, the model rebuilt with a mask layer and run whole.
 - `PaperAblator`: the reference engine of the H study, the authors' procedure: per cell, the
   whole model is rebuilt with a literal `Lambda` mask after the target layer and runs.
 - `fast_tail(model, layer, precision)`: the tail model the fast engines run.
@@ -33,6 +34,20 @@ from kerabl.graph import _apply_chain, _as_model, _check_layer, channel_shortcut
 # float32). On 2 CPU cores one call per mask, with a class's images split into chunks of this
 # size, was fastest (kerabl.bench measures it); on a GPU, a larger value batches several masks.
 BATCH_FLOATS = 32 * 1024 * 1024
+
+
+# The Dense shortcut's calls hold at most this many Dense pre-activation floats.
+SHORTCUT_FLOATS = BATCH_FLOATS // 4
+
+
+# Images per call of the head (and of the full engine when batch_size is None).
+HEAD_BATCH = 64
+
+
+# The engines of the Z study's channel sweeps: the tail engine and its full-forward reference.
+# Their batch_size (masked copies per tail call) defaults to None: by float count.
+CHANNEL_ENGINES = ("tail", "full")
+DEFAULT_BATCH = None
 
 
 PRECISIONS = ("float32", "bfloat16")
@@ -109,7 +124,7 @@ def fast_tail(model, layer: str, precision: str = "float32"):
 
     Args:
         model: a functional Keras model.
-        layer: the cut layer (see `kerabl.masking.tail_model`).
+        layer: the cut layer (see `kerabl.graph.tail_model`).
         precision: "float32" (equal to the model up to float rounding) or "bfloat16".
 
     Returns:
@@ -138,94 +153,232 @@ def fast_tail(model, layer: str, precision: str = "float32"):
                                     call_function=call_function)
 
 
-def _chunks(n_masks: int, n_images: int, per_image: int, batch_floats: int):
-    """(mask slice, image slice) pairs covering all masks x images, each within `batch_floats`."""
-    images_per_call = max(1, min(n_images, batch_floats // max(per_image, 1)))
-    masks_per_call = max(1, batch_floats // max(per_image * n_images, 1))
-    if images_per_call < n_images:
-        masks_per_call = 1
+def _chunks(n_masks: int, n_images: int, per_copy: int, batch_floats: int,
+            batch_size: int | None = None):
+    """(mask slice, image slice) pairs covering all masks x images: `batch_size` masked copies
+    per call, or as many as hold `batch_floats` floats of `per_copy` each (at least one). A
+    mask's images are split only when its copies do not fit, and then one mask runs per call."""
+    copies = batch_size or max(1, batch_floats // max(per_copy, 1))
+    images_per_call = max(1, min(n_images, copies))
+    masks_per_call = max(1, copies // images_per_call)
     for m in range(0, n_masks, masks_per_call):
         for i in range(0, n_images, images_per_call):
             yield slice(m, m + masks_per_call), slice(i, i + images_per_call)
 
 
-class TailAblator:
-    """Fast engine for one target layer: mask the cached layer output, run only the tail.
+class _Engine:
+    """Answers `predict(keep)`: the predicted class of every image under each channel keep-mask."""
+
+    n_channels: int
+
+    def predict(self, keep: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_projected(self, directions: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        raise KerablError("random directions need engine='tail': the full engine only zeroes units")
+
+
+def _skip_zero_inputs(x, kernel):
+    """`x @ kernel` over the inputs that are nonzero in some row of `x` (at most 90 % of them;
+    otherwise the plain product): the terms left out are exact zeros, so only the summation order
+    changes."""
+    import tensorflow as tf
+
+    nonzero = tf.reshape(tf.where(tf.reduce_max(tf.abs(x), axis=0) > 0), [-1])
+    return tf.cond(10 * tf.size(nonzero) < 9 * tf.shape(x)[1],
+                   lambda: (tf.matmul(tf.gather(x, nonzero, axis=1), tf.gather(kernel, nonzero)),
+                            tf.size(nonzero)),
+                   lambda: (tf.matmul(x, kernel), tf.shape(x)[1]))
+
+
+def _run_chain(steps: Sequence, x):
+    """`dense_chain` steps on flat rows, each Dense skipping the inputs that are zero in every row;
+    returns the outputs and the FLOPs of the products run."""
+    import tensorflow as tf
+
+    flops = tf.constant(0, tf.int64)
+    for kind, lay in steps:
+        if kind == "activation":
+            x = lay(x)
+            continue
+        rows = tf.cast(tf.shape(x)[0], tf.int64)
+        x, kept = _skip_zero_inputs(x, lay.kernel)
+        flops += 2 * rows * tf.cast(kept, tf.int64) * int(lay.kernel.shape[1])
+        if lay.use_bias:
+            x = x + lay.bias
+        if lay.activation is not None:
+            x = lay.activation(x)
+    return x, flops
+
+
+def _shortcut_function(model, cut):
+    """The traced per-mask correction of the Dense pre-activation of `cut` and the layers after
+    it -> (predicted classes (G, N), FLOPs); and whether those FLOPs are counted (only when the
+    layers after the Dense are a `dense_chain`)."""
+    import tensorflow as tf
+
+    dense = model.get_layer(cut.dense)
+    kernel = dense.kernel
+    positions, valid = tf.constant(cut.positions), tf.constant(cut.valid)
+    activation, width = dense.activation, int(kernel.shape[1])
+    steps = dense_chain(model, cut.dense)
+    if steps is None:
+        tail = fast_tail(model, cut.dense)
+
+        def rest(x):
+            return tail(x, training=False), tf.constant(0, tf.int64)
+    else:
+        def rest(x):
+            return _run_chain(steps, x)
+
+    def corrected(dense_in, dense_pre, drops, weight):
+        g, n = tf.shape(drops)[0], tf.shape(dense_in)[0]
+        rows = tf.reshape(tf.gather(positions, drops), [g, -1])                 # (G, K*S)
+        scale = tf.reshape(tf.gather(valid, drops) * weight[..., None], [g, 1, -1])
+        picked = tf.transpose(tf.gather(dense_in, rows, axis=1), [1, 0, 2])     # (G, N, K*S)
+        delta = tf.matmul(picked * scale, tf.gather(kernel, rows))             # (G, N, D)
+        out, flops = rest(tf.reshape(activation(dense_pre[None] - delta), [-1, width]))
+        if steps is not None:
+            flops += 2 * tf.cast(tf.size(delta), tf.int64) * tf.cast(tf.shape(rows)[1], tf.int64)
+        return tf.reshape(tf.argmax(out, axis=-1, output_type=tf.int32), [g, n]), flops
+
+    fn = tf.function(corrected, input_signature=[
+        tf.TensorSpec((None, int(kernel.shape[0])), tf.float32),
+        tf.TensorSpec((None, width), tf.float32), tf.TensorSpec((None, None), tf.int32),
+        tf.TensorSpec((None, None), tf.float32)])
+    return fn, steps is not None
+
+
+class TailAblator(_Engine):
+    """The tail engine for one target layer: its output computed (or read from the activation
+    cache) once, then only the network tail runs on masked or projected copies of it.
 
     Example:
         ablator = TailAblator(model, "conv_3")
         ablator.set_images(images)                  # or set_activations(acts) from a cache
-        ranks = ablator.ranks(masks, labels)        # (n_masks, n_images)
+        ranks = ablator.ranks(masks, labels)        # (n_masks, n_images), full-shape masks
+        preds = ablator.predict(keep)               # (G, n_images) classes, keep (G, C) 0/1
 
-    The tail model comes from `fast_tail` (`kerabl.masking.tail_model` with grouped convolutions
-    split); a target inside a residual block gets its skip tensors as extra inputs, which are
-    unmasked and computed by the head model. The tail is built and traced once per ablator:
-    `traces` stays 1 whatever the masks, classes and image counts.
+    One `tf.function` with a fixed input signature multiplies the layer output by masks (full
+    shape, or channel keep-vectors broadcast over positions) or removes directions from it
+    (`predict_projected`), then runs the tail from `fast_tail`; a target inside a residual block
+    gets its skip tensors as extra inputs, unmasked and computed by the head. Changing the masks,
+    the class or the image count never retraces: `traces` stays 1. Masks and images are batched
+    by `_chunks`: `batch_size` copies per call, else `batch_floats` tail-input floats.
+
+    With `shortcut=True` and a `channel_shortcut` at the layer, `predict` on 0/1 keep masks
+    corrects the Dense pre-activation per mask and runs only the layers after the Dense
+    (`SHORTCUT_FLOATS` pre-activation floats per call); `shortcut_flops` counts its products.
 
     Args:
         model: a functional Keras model.
         layer: the target layer.
-        batch_floats: most activation floats per tail call (see `BATCH_FLOATS`).
+        batch_floats: most tail-input floats per call (see `BATCH_FLOATS`).
         precision: "float32" or "bfloat16" (mixed-precision tail; ranks may differ slightly).
         storage: dtype of the stored activations, "float32" or "float16" (half the memory;
             values beyond float16's range are refused).
+        batch_size: masked copies per call instead of the float count (None: by floats).
+        shortcut: use the exact Dense shortcut where the layer has one.
     """
 
     def __init__(self, model, layer: str, batch_floats: int = BATCH_FLOATS,
-                 precision: str = "float32", storage: str = "float32"):
+                 precision: str = "float32", storage: str = "float32", *,
+                 batch_size: int | None = None, shortcut: bool = False):
         import tensorflow as tf
-
-        from kerabl.graph import head_model
 
         if storage not in STORAGES:
             raise KerablError(f"storage must be one of {', '.join(STORAGES)}; got {storage!r}")
         self.layer = layer
         self.precision = precision
         self.storage = storage
+        self.batch_floats = batch_floats
+        self.batch_size = batch_size
         self._model = model
         self._head = None
-        self._head_model = head_model
         self._tail = fast_tail(model, layer, precision)
         inputs = self._tail.inputs
         specs = [tf.TensorSpec((None, *t.shape[1:]), storage) for t in inputs]
-        mask_spec = tf.TensorSpec((None, *inputs[0].shape[1:]), tf.float32)
         self.shape = tuple(int(d) for d in specs[0].shape[1:])
-        self.batch_floats = batch_floats
+        self.n_channels = self.shape[-1]
+        self._n_outputs = int(self._tail.outputs[0].shape[-1])
+        vectors = tf.TensorSpec((None,) * len(self.shape) + (self.n_channels,), tf.float32)
         self.traces = 0
-        tail = self._tail
+        tail, shape, channels = self._tail, self.shape, self.n_channels
 
-        def masked_tail(act, mask, *extras):
+        def masked_tail(act, vectors, project, *extras):
             self.traces += 1  # runs only while tracing
-            n_masks = tf.shape(mask)[0]
+            n, n_images = tf.shape(vectors)[0], tf.shape(act)[0]
             act = tf.cast(act, tf.float32)
-            x = tf.expand_dims(mask, 1) * tf.expand_dims(act, 0)
-            x = tf.reshape(x, tf.concat([[-1], tf.shape(act)[1:]], 0))
-            tiled = [tf.tile(tf.cast(e, tf.float32), [n_masks] + [1] * (len(e.shape) - 1))
+
+            def masked():
+                return tf.expand_dims(vectors, 1) * tf.expand_dims(act, 0)
+
+            def projected():
+                coef = tf.einsum("b...c,gc->gb...", act, tf.reshape(vectors, [-1, channels]))
+                return act[None] - coef[..., None] * tf.expand_dims(vectors, 1)
+
+            x = tf.reshape(tf.cond(project, projected, masked), [-1, *shape])
+            tiled = [tf.tile(tf.cast(e, tf.float32), [n] + [1] * (len(e.shape) - 1))
                      for e in extras]
             out = tail([x, *tiled] if tiled else x, training=False)
-            return tf.reshape(tf.cast(out, tf.float32), [n_masks, tf.shape(act)[0], -1])
+            scores = tf.reshape(tf.cast(out, tf.float32), [n, n_images, -1])
+            return scores, tf.argmax(scores, axis=-1, output_type=tf.int32)
 
         # A partial per ablator: TensorFlow keys its frequent-retracing warning on the function's
         # code, so plain closures of several layers' ablators would look like one retracing function.
-        self._fn = tf.function(functools.partial(masked_tail),
-                               input_signature=[specs[0], mask_spec, *specs[1:]])
+        self._fn = tf.function(functools.partial(masked_tail), input_signature=[
+            specs[0], vectors, tf.TensorSpec((), tf.bool), *specs[1:]])
         self._inputs: list[np.ndarray] = []
+        self.cut = channel_shortcut(model, layer) if shortcut and len(inputs) == 1 else None
+        self.shortcut_fn = None
+        # FLOPs of the shortcut's products so far (inputs skipped as zero not counted); None
+        # without a shortcut, or when the layers after its Dense are not a `dense_chain`.
+        self.shortcut_flops: int | None = None
+        if self.cut is not None:
+            self.shortcut_fn, counted = _shortcut_function(model, self.cut)
+            self.shortcut_flops = 0 if counted else None
+
+    @property
+    def acts(self) -> np.ndarray:
+        """The stored target-layer output, (N, *shape)."""
+        return self._inputs[0]
+
+    @property
+    def trace_count(self) -> int:
+        """Traces of the tail function and of the shortcut function: 1 each, whatever the masks."""
+        fns = [self._fn] + ([self.shortcut_fn] if self.shortcut_fn else [])
+        return sum(fn.experimental_get_tracing_count() for fn in fns)
 
     def _store(self, arrays: list[np.ndarray]) -> None:
-        """Keep the tail inputs in the storage dtype, refusing values it cannot hold."""
+        """Keep the tail inputs in the storage dtype, refusing values it cannot hold; with the
+        shortcut, compute the Dense inputs (N, F) and pre-activations (N, D) once."""
+        import tensorflow as tf
+
         if self.storage == "float16":
             big = max(float(np.abs(a).max(initial=0.0)) for a in arrays)
             if big > float(np.finfo(np.float16).max):  # a float16 bound would overflow `big`
                 raise KerablError(f"{self.layer} activations reach {big:.3g}, beyond float16's "
                                   "range: use storage='float32'")
         self._inputs = [np.ascontiguousarray(a, dtype=self.storage) for a in arrays]
+        if self.cut is None:
+            return
+        acts = self._inputs[0].astype(np.float32, copy=False)
+        dense = self._model.get_layer(self.cut.dense)
+        flat = [np.asarray(_apply_chain(self.cut.chain, tf.constant(acts[i:i + HEAD_BATCH])))
+                .reshape(min(HEAD_BATCH, len(acts) - i), -1)
+                for i in range(0, len(acts), HEAD_BATCH)]
+        self.dense_in = np.concatenate(flat)
+        pre = tf.matmul(tf.constant(self.dense_in), dense.kernel)
+        self.dense_pre = (pre + dense.bias if dense.use_bias else pre).numpy()
 
-    def set_images(self, images: np.ndarray, batch_size: int = 64) -> None:
+    def set_images(self, images: np.ndarray, batch_size: int = HEAD_BATCH) -> None:
         """Compute the target layer's output (and any skip tensors) for `images` once."""
         import tensorflow as tf
 
+        from kerabl.graph import head_model
+
         if self._head is None:
-            head = self._head_model(self._model, self.layer)
+            head = head_model(self._model, self.layer)
             self._head = tf.function(functools.partial(head, training=False), input_signature=[
                 tf.TensorSpec((None, *head.inputs[0].shape[1:]), tf.float32)])
         parts = [self._head(tf.constant(images[i:i + batch_size], tf.float32))
@@ -244,23 +397,36 @@ class TailAblator:
             raise KerablError(f"{self.layer} is not a cut point: use set_images")
         self._store([np.asarray(acts).reshape((-1, *self.shape))])
 
-    def outputs(self, masks: np.ndarray) -> np.ndarray:
-        """Network outputs with each mask applied: (n_masks, n_images, n_outputs)."""
+    def _run(self, vectors: np.ndarray, project: bool, rows, classes: bool) -> np.ndarray:
+        """Tail scores (N_masks, N, n_outputs), or with `classes` their argmax (N_masks, N)."""
         import tensorflow as tf
 
         if not self._inputs:
             raise KerablError("no activations yet: call set_images or set_activations first")
-        masks = np.asarray(masks, dtype=np.float32).reshape((-1, *self.shape))
-        n_images = len(self._inputs[0])
-        per_image = int(np.prod(self.shape))
-        out = None
-        for ms, ims in _chunks(len(masks), n_images, per_image, self.batch_floats):
-            part = self._fn(*[tf.constant(self._inputs[0][ims]), tf.constant(masks[ms]),
-                              *[tf.constant(e[ims]) for e in self._inputs[1:]]]).numpy()
-            if out is None:
-                out = np.empty((len(masks), n_images, part.shape[-1]), dtype=np.float32)
-            out[ms, ims] = part
+        inputs = self._inputs if rows is None else [x[rows] for x in self._inputs]
+        n_images = len(inputs[0])
+        per_copy = sum(int(np.prod(x.shape[1:])) for x in inputs)
+        if classes:
+            out = np.empty((len(vectors), n_images), dtype=np.int64)
+        else:
+            out = np.empty((len(vectors), n_images, self._n_outputs), dtype=np.float32)
+        flag = tf.constant(project)
+        for ms, ims in _chunks(len(vectors), n_images, per_copy, self.batch_floats,
+                               self.batch_size):
+            scores, preds = self._fn(tf.constant(inputs[0][ims]), tf.constant(vectors[ms]), flag,
+                                     *[tf.constant(e[ims]) for e in inputs[1:]])
+            out[ms, ims] = (preds if classes else scores).numpy()
         return out
+
+    def _channel_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """(G, C) keep-masks or directions as (G, 1, ..., 1, C), broadcast over positions."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        return vectors.reshape((-1, *[1] * (len(self.shape) - 1), self.n_channels))
+
+    def outputs(self, masks: np.ndarray) -> np.ndarray:
+        """Network outputs with each mask applied: (n_masks, n_images, n_outputs)."""
+        masks = np.asarray(masks, dtype=np.float32).reshape((-1, *self.shape))
+        return self._run(masks, False, None, classes=False)
 
     def ranks(self, masks: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Rank of each image's true class under each mask: (n_masks, n_images)."""
@@ -268,6 +434,43 @@ class TailAblator:
 
         out = self.outputs(masks)
         return np.stack([true_class_rank(o, labels) for o in out])
+
+    def predict(self, keep, rows=None):
+        """Predicted classes (G, N) with the channels where a keep row (G, C) is 0 zeroed, on the
+        images `rows` (default all); through the Dense shortcut where it applies."""
+        drops = None if self.cut is None else self._drops(keep)
+        if drops is None:
+            return self._run(self._channel_vectors(keep), False, rows, classes=True)
+        index, weight = drops
+        dense_in, dense_pre = ((self.dense_in, self.dense_pre) if rows is None
+                               else (self.dense_in[rows], self.dense_pre[rows]))
+        out = np.empty((len(index), len(dense_in)), dtype=np.int64)
+        for ms, ims in _chunks(len(index), len(dense_in), dense_pre.shape[1], SHORTCUT_FLOATS,
+                               self.batch_size):
+            preds, flops = self.shortcut_fn(dense_in[ims], dense_pre[ims], index[ms], weight[ms])
+            if self.shortcut_flops is not None:
+                self.shortcut_flops += int(flops)
+            out[ms, ims] = preds.numpy()
+        return out
+
+    def predict_projected(self, directions, rows=None):
+        """Predicted classes (G, N) with each unit direction (G, C) removed at every position:
+        a -> a - (a . d) d."""
+        return self._run(self._channel_vectors(directions), True, rows, classes=True)
+
+    def _drops(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Zeroed channels of 0/1 keep masks as padded (G, K) indices and 0/1 weights; None when
+        the masks are not 0/1 or drop so many channels that the plain tail is cheaper."""
+        keep = np.asarray(keep)
+        if not np.isin(keep, (0.0, 1.0)).all():
+            return None
+        dropped = keep == 0
+        k = max(1, int(dropped.sum(axis=1).max(initial=0)))
+        if 2 * k * self.cut.positions.shape[1] > self.dense_in.shape[1]:
+            return None
+        order = np.argsort(~dropped, axis=1, kind="stable")[:, :k]
+        weight = np.take_along_axis(dropped, order, axis=1).astype(np.float32)
+        return (order * weight).astype(np.int32), weight
 
 
 class PaperAblator:
@@ -337,232 +540,10 @@ def predict_batched(model, images: np.ndarray, batch_size: int) -> list[np.ndarr
     return [np.concatenate([p[j] for p in parts]).astype(np.float32) for j in range(len(parts[0]))]
 
 
-# Masked copies of the layer output per tail call (masks x images); None: by float count, at
-# most BATCH_FLOATS layer-output floats (SHORTCUT_FLOATS Dense pre-activation floats) per call.
-# The engines of the Z study's channel sweeps: the tail engine and its full-forward reference.
-CHANNEL_ENGINES = ("tail", "full")
-DEFAULT_BATCH = None
-
-
-SHORTCUT_FLOATS = 8 * 1024 * 1024
-
-
-# Images per call of the head (and of the full engine when batch_size is None).
-HEAD_BATCH = 64
-
-
-class _Engine:
-    """Answers `predict(keep)`: the predicted class of every image under each channel keep-mask."""
-
-    n_channels: int
-
-    def predict(self, keep: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        raise NotImplementedError
-
-    def predict_projected(self, directions: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        raise KerablError("random directions need engine='tail': the full engine only zeroes units")
-
-
-def _skip_zero_inputs(x, kernel):
-    """`x @ kernel` over the inputs that are nonzero in some row of `x` (at most 90 % of them;
-    otherwise the plain product): the terms left out are exact zeros, so only the summation order
-    changes."""
-    import tensorflow as tf
-
-    nonzero = tf.reshape(tf.where(tf.reduce_max(tf.abs(x), axis=0) > 0), [-1])
-    return tf.cond(10 * tf.size(nonzero) < 9 * tf.shape(x)[1],
-                   lambda: (tf.matmul(tf.gather(x, nonzero, axis=1), tf.gather(kernel, nonzero)),
-                            tf.size(nonzero)),
-                   lambda: (tf.matmul(x, kernel), tf.shape(x)[1]))
-
-
-def _run_chain(steps: Sequence, x):
-    """`dense_chain` steps on flat rows, each Dense skipping the inputs that are zero in every row;
-    returns the outputs and the FLOPs of the products run."""
-    import tensorflow as tf
-
-    flops = tf.constant(0, tf.int64)
-    for kind, lay in steps:
-        if kind == "activation":
-            x = lay(x)
-            continue
-        rows = tf.cast(tf.shape(x)[0], tf.int64)
-        x, kept = _skip_zero_inputs(x, lay.kernel)
-        flops += 2 * rows * tf.cast(kept, tf.int64) * int(lay.kernel.shape[1])
-        if lay.use_bias:
-            x = x + lay.bias
-        if lay.activation is not None:
-            x = lay.activation(x)
-    return x, flops
-
-
-class _TailEngine(_Engine):
-    """Layer output computed once; the tail runs on masked or projected copies, several masks
-    per call (`batch_size` copies, or by default `BATCH_FLOATS` floats per call). With a
-    `ChannelShortcut` (and 0/1 keep masks), only the Dense pre-activation's correction and the
-    layers after the Dense run."""
-
-    def __init__(self, model, layer: str, images: np.ndarray, batch_size: int | None,
-                 shortcut: bool = True):
-        import tensorflow as tf
-
-        from kerabl.engine import fast_tail
-        from kerabl.graph import head_model
-
-        self.head = head_model(model, layer)
-        shapes = [tuple(int(d) for d in x.shape[1:]) for x in self.head.outputs]
-        self.n_channels = shapes[0][-1]
-        self.batch_size = batch_size
-        tail = fast_tail(model, layer)
-        specs = [tf.TensorSpec((None, *shape), tf.float32) for shape in shapes]
-        vec = tf.TensorSpec((None, self.n_channels), tf.float32)
-        ones = [1] * len(shapes[0])
-
-        def run(copies, extras, n):
-            tiled = [tf.reshape(tf.repeat(e[None], n, axis=0), tf.concat([[-1], tf.shape(e)[1:]], 0))
-                     for e in extras]
-            flat = tf.reshape(copies, tf.concat([[-1], tf.shape(copies)[2:]], 0))
-            out = tail([flat, *tiled] if tiled else flat, training=False)
-            return tf.reshape(tf.argmax(out, axis=-1, output_type=tf.int32), [n, -1])
-
-        def masked(act, keep, *extras):
-            copies = act[None] * tf.reshape(keep, [-1, 1, *ones[:-1], self.n_channels])
-            return run(copies, extras, tf.shape(keep)[0])
-
-        def projected(act, dirs, *extras):
-            coef = tf.einsum("b...c,gc->gb...", act, dirs)[..., None]
-            copies = act[None] - coef * tf.reshape(dirs, [-1, 1, *ones[:-1], self.n_channels])
-            return run(copies, extras, tf.shape(dirs)[0])
-
-        self.masked_fn = tf.function(masked, input_signature=[specs[0], vec, *specs[1:]])
-        self.projected_fn = tf.function(projected, input_signature=[specs[0], vec, *specs[1:]])
-        self.cut = channel_shortcut(model, layer) if shortcut and len(shapes) == 1 else None
-        self.shortcut_fn = None
-        # FLOPs of the shortcut's products so far (inputs skipped as zero not counted); None
-        # without a shortcut, or when the layers after its Dense are not a `dense_chain`.
-        self.shortcut_flops: int | None = None
-        if self.cut is not None:
-            self._build_shortcut(model)
-        self.set_images(images)
-
-    def set_images(self, images: np.ndarray) -> None:
-        """Run the head on `images` (and, with the shortcut, compute the Dense inputs (N, F) and
-        pre-activations (N, D)): the per-image work that every later sweep reuses."""
-        import tensorflow as tf
-
-        self.inputs = predict_batched(self.head, images, HEAD_BATCH)
-        self.acts = self.inputs[0]
-        if self.cut is None:
-            return
-        dense = self.dense
-        flat = [np.asarray(_apply_chain(self.cut.chain, tf.constant(self.acts[i:i + HEAD_BATCH])))
-                .reshape(min(HEAD_BATCH, len(self.acts) - i), -1)
-                for i in range(0, len(self.acts), HEAD_BATCH)]
-        self.dense_in = np.concatenate(flat)
-        pre = tf.matmul(tf.constant(self.dense_in), dense.kernel)
-        self.dense_pre = (pre + dense.bias if dense.use_bias else pre).numpy()
-
-    def _build_shortcut(self, model) -> None:
-        """The traced per-mask correction of the Dense pre-activation, and the layers after it."""
-        import tensorflow as tf
-
-        from kerabl.engine import fast_tail
-
-        dense = self.dense = model.get_layer(self.cut.dense)
-        kernel = dense.kernel
-        positions, valid = tf.constant(self.cut.positions), tf.constant(self.cut.valid)
-        activation, width = dense.activation, int(kernel.shape[1])
-        steps = dense_chain(model, self.cut.dense)
-        if steps is None:
-            tail = fast_tail(model, self.cut.dense)
-
-            def rest(x):
-                return tail(x, training=False), tf.constant(0, tf.int64)
-        else:
-            self.shortcut_flops = 0
-
-            def rest(x):
-                return _run_chain(steps, x)
-
-        def corrected(dense_in, dense_pre, drops, weight):
-            g, n = tf.shape(drops)[0], tf.shape(dense_in)[0]
-            rows = tf.reshape(tf.gather(positions, drops), [g, -1])                 # (G, K*S)
-            scale = tf.reshape(tf.gather(valid, drops) * weight[..., None], [g, 1, -1])
-            picked = tf.transpose(tf.gather(dense_in, rows, axis=1), [1, 0, 2])     # (G, N, K*S)
-            delta = tf.matmul(picked * scale, tf.gather(kernel, rows))             # (G, N, D)
-            out, flops = rest(tf.reshape(activation(dense_pre[None] - delta), [-1, width]))
-            if steps is not None:
-                flops += 2 * tf.cast(tf.size(delta), tf.int64) * tf.cast(tf.shape(rows)[1], tf.int64)
-            return tf.reshape(tf.argmax(out, axis=-1, output_type=tf.int32), [g, n]), flops
-
-        self.shortcut_fn = tf.function(corrected, input_signature=[
-            tf.TensorSpec((None, int(kernel.shape[0])), tf.float32),
-            tf.TensorSpec((None, width), tf.float32), tf.TensorSpec((None, None), tf.int32),
-            tf.TensorSpec((None, None), tf.float32)])
-
-    def _drops(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Zeroed channels of 0/1 keep masks as padded (G, K) indices and 0/1 weights; None when
-        the masks are not 0/1 or drop so many channels that the plain tail is cheaper."""
-        keep = np.asarray(keep)
-        if not np.isin(keep, (0.0, 1.0)).all():
-            return None
-        dropped = keep == 0
-        k = max(1, int(dropped.sum(axis=1).max(initial=0)))
-        if 2 * k * self.cut.positions.shape[1] > self.dense_in.shape[1]:
-            return None
-        order = np.argsort(~dropped, axis=1, kind="stable")[:, :k]
-        weight = np.take_along_axis(dropped, order, axis=1).astype(np.float32)
-        return (order * weight).astype(np.int32), weight
-
-    def _sweep(self, fn, vectors, inputs: list[np.ndarray], per_copy: int,
-               budget: int) -> np.ndarray:
-        n, count = len(inputs[0]), len(vectors[0])
-        copies = self.batch_size or max(1, budget // per_copy)
-        block = min(n, copies)
-        group = max(1, copies // block)
-        out = np.empty((count, n), dtype=np.int64)
-        for g in range(0, count, group):
-            for b in range(0, n, block):
-                part = [x[b:b + block] for x in inputs]
-                args = [part[0], *[v[g:g + group] for v in vectors], *part[1:]]
-                out[g:g + group, b:b + block] = fn(*args).numpy()
-        return out
-
-    def _plain(self, fn, vectors: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-        inputs = self.inputs if rows is None else [x[rows] for x in self.inputs]
-        per_copy = sum(int(np.prod(x.shape[1:])) for x in self.inputs)
-        return self._sweep(fn, [np.asarray(vectors, dtype=np.float32)], inputs, per_copy,
-                           BATCH_FLOATS)
-
-    def predict(self, keep, rows=None):
-        drops = None if self.cut is None else self._drops(keep)
-        if drops is None:
-            return self._plain(self.masked_fn, keep, rows)
-        inputs = [self.dense_in, self.dense_pre]
-        if rows is not None:
-            inputs = [x[rows] for x in inputs]
-        def call(dense_in, d, w, pre):
-            preds, flops = self.shortcut_fn(dense_in, pre, d, w)
-            if self.shortcut_flops is not None:
-                self.shortcut_flops += int(flops)
-            return preds
-
-        return self._sweep(call, list(drops), inputs, self.dense_pre.shape[1], SHORTCUT_FLOATS)
-
-    def predict_projected(self, directions, rows=None):
-        return self._plain(self.projected_fn, directions, rows)
-
-    @property
-    def trace_count(self) -> int:
-        fns = [self.masked_fn, self.projected_fn] + ([self.shortcut_fn] if self.shortcut_fn else [])
-        return sum(fn.experimental_get_tracing_count() for fn in fns)
-
-
 class _FullEngine(_Engine):
     """The model rebuilt with a mask layer after the target; a full forward pass per mask."""
 
-    def __init__(self, model, layer: str, images: np.ndarray, batch_size: int | None,
-                 shortcut: bool = True):
+    def __init__(self, model, layer: str, images: np.ndarray, batch_size: int | None):
         from kerabl.masks import masked_model, n_units
 
         self.masked = masked_model(model, [layer])
@@ -586,6 +567,7 @@ class _FullEngine(_Engine):
 
 def _engine(network_or_model, images, layer: str, engine: str, batch_size: int | None,
             shortcut: bool = True) -> _Engine:
+    """A "tail" (`TailAblator`, images set) or "full" (`_FullEngine`) engine for channel sweeps."""
     if engine not in CHANNEL_ENGINES:
         raise KerablError(f"engine {engine!r} is unknown: use one of {', '.join(CHANNEL_ENGINES)}")
     if batch_size is not None and batch_size < 1:
@@ -593,18 +575,22 @@ def _engine(network_or_model, images, layer: str, engine: str, batch_size: int |
     model = _as_model(network_or_model)
     _check_layer(model, layer)
     images = np.asarray(images, dtype=np.float32)
-    cls = _TailEngine if engine == "tail" else _FullEngine
-    return cls(model, layer, images, batch_size, shortcut)
+    if engine == "full":
+        return _FullEngine(model, layer, images, batch_size)
+    eng = TailAblator(model, layer, batch_size=batch_size, shortcut=shortcut)
+    eng.set_images(images)
+    return eng
 
 
 def tail_engine(network_or_model, images: np.ndarray, layer: str, *,
-                batch_size: int | None = DEFAULT_BATCH, shortcut: bool = True) -> _Engine:
+                batch_size: int | None = DEFAULT_BATCH, shortcut: bool = True) -> TailAblator:
     """The tail engine of `single_unit_ablation` for one layer, for sweeps timed step by step.
 
     Example:
         eng = tail_engine(net, images, "conv_5")       # head run once; eng.cut: the shortcut
         preds = eng.predict(keep)                      # (G, N) predicted classes, keep (G, C) 0/1
 
+    A `TailAblator` with the Dense shortcut (unless `shortcut=False`) and `images` set:
     `predict(keep, rows=None)` zeroes the channels where a keep row is 0; `predict_projected`
     removes directions; `trace_count` stays 1 per traced function whatever the masks.
     """

@@ -294,11 +294,20 @@ def _consumers(model, layer) -> list:
     return [other for other in model.layers if any(p is layer for p in _inbound_layers(other))]
 
 
-# Layers that act on each channel alone and keep an all-zero channel all zero (at inference).
-CHANNELWISE = ("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
-               "AveragePooling2D", "AveragePooling3D", "ZeroPadding1D", "ZeroPadding2D",
-               "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D", "Flatten", "Dropout",
-               "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "Identity")
+def _kind(layer, classes: Sequence[type]) -> bool:
+    """Whether `layer` is an instance of one of `classes` that keeps its class's `call` (a
+    subclass that computes something else is not taken for it)."""
+    return any(isinstance(layer, cls) and type(layer).call is cls.call for cls in classes)
+
+
+def _channelwise() -> tuple[type, ...]:
+    """Layers that act on each channel alone and keep an all-zero channel all zero (at inference)."""
+    from keras import layers as k
+
+    return (k.MaxPooling1D, k.MaxPooling2D, k.MaxPooling3D, k.AveragePooling1D,
+            k.AveragePooling2D, k.AveragePooling3D, k.ZeroPadding1D, k.ZeroPadding2D,
+            k.ZeroPadding3D, k.Cropping1D, k.Cropping2D, k.Cropping3D, k.Flatten, k.Dropout,
+            k.SpatialDropout1D, k.SpatialDropout2D, k.SpatialDropout3D, k.Identity)
 
 
 @dataclass
@@ -358,11 +367,13 @@ def channel_shortcut(network_or_model, layer: str) -> ChannelShortcut | None:
         channel_shortcut(alexnet, "conv_5")   # ChannelShortcut(dense="dense_1", ...)
         channel_shortcut(alexnet, "conv_4")   # None: a convolution follows
 
-    It applies when the layer's output feeds, through a single path of `CHANNELWISE` layers
+    It applies when the layer's output feeds, through a single path of channel-wise layers
     (pooling, padding, cropping, flatten, dropout), one Dense layer on flat inputs, with float32
     computation; the layout (which Dense inputs each channel feeds) is read from one-channel
     indicator inputs, found from the graph, not from layer names.
     """
+    import keras
+
     model = _as_model(network_or_model)
     current = _check_layer(model, layer)
     shape = tuple(int(d) for d in current.output.shape[1:])
@@ -372,9 +383,9 @@ def channel_shortcut(network_or_model, layer: str) -> ChannelShortcut | None:
         if len(after) != 1 or len(_inbound_layers(after[0])) != 1:
             return None
         current = after[0]
-        if type(current).__name__ == "Dense":
+        if _kind(current, (keras.layers.Dense,)):
             break
-        if type(current).__name__ not in CHANNELWISE:
+        if not _kind(current, _channelwise()):
             return None
         chain.append(current)
     dense = current
@@ -394,19 +405,25 @@ def channel_shortcut(network_or_model, layer: str) -> ChannelShortcut | None:
     return ChannelShortcut(layer, tuple(chain), dense.name, positions, valid)
 
 
-# Layers that are the identity at inference (a chain after the shortcut's Dense may hold them).
-INFERENCE_IDENTITY = ("Dropout", "AlphaDropout", "GaussianDropout", "GaussianNoise",
-                      "ActivityRegularization", "Identity")
+def _inference_identity() -> tuple[type, ...]:
+    """Layers that are the identity at inference (a chain after the shortcut's Dense may hold them)."""
+    from keras import layers as k
+
+    return (k.Dropout, k.AlphaDropout, k.GaussianDropout, k.GaussianNoise,
+            k.ActivityRegularization, k.Identity)
 
 
 def dense_chain(network_or_model, dense: str) -> list | None:
     """The layers after Dense `dense` up to the model output as steps ("dense", layer) and
     ("activation", layer), or None unless they form one path of float32 Dense layers on flat inputs,
-    Activation / ReLU / Softmax layers and `INFERENCE_IDENTITY` layers.
+    Activation / ReLU / Softmax layers and layers that are the identity at inference (dropout,
+    noise, activity regularisation, Identity).
 
     Example:
         dense_chain(alexnet, "dense_1")   # dense_2, relu; dense_3; softmax (dropouts dropped)
     """
+    import keras
+
     model = _as_model(network_or_model)
     current, steps = _check_layer(model, dense), []
     if len(model.outputs) != 1:
@@ -417,15 +434,14 @@ def dense_chain(network_or_model, dense: str) -> list | None:
         if len(after) != 1 or len(_inbound_layers(after[0])) != 1:
             return None
         current = after[0]
-        kind = type(current).__name__
-        if kind == "Dense":
+        if _kind(current, (keras.layers.Dense,)):
             if (len(current.input.shape) != 2 or current.dtype_policy.name != "float32"
                     or getattr(current, "quantization_mode", None)
                     or getattr(current, "lora_enabled", False)):
                 return None
             steps.append(("dense", current))
-        elif kind in ("Activation", "ReLU", "Softmax"):
+        elif _kind(current, (keras.layers.Activation, keras.layers.ReLU, keras.layers.Softmax)):
             steps.append(("activation", current))
-        elif kind not in INFERENCE_IDENTITY:
+        elif not _kind(current, _inference_identity()):
             return None
     return steps

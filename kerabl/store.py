@@ -1,6 +1,7 @@
 """The one file protocol of both studies: write under a temporary name, rename when complete.
 
 - `partial_path(path)`: `PATH.partial`, where a run writes until it is complete (and resumes).
+- `finish_partial(path)`: rename `PATH.partial` to `PATH` once the run is complete.
 - `config_differences(old, new)`: 'key: old -> new' for every differing key (all of them).
 - `write_csv_atomic(path, header, rows)`: a CSV written to `PATH.tmp`, then renamed.
 - `check_results_kind(path, kind, wanted)`: an H or Z results file where the other (or another
@@ -33,6 +34,17 @@ def partial_path(path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     return path.with_name(path.name + ".partial")
+
+
+def finish_partial(path: str | os.PathLike) -> Path:
+    """Rename the complete `PATH.partial` to `path` (replacing any file there); returns `path`.
+
+    Example:
+        finish_partial("out/h_results.h5")   # out/h_results.h5.partial -> out/h_results.h5
+    """
+    path = Path(path)
+    os.replace(partial_path(path), path)
+    return path
 
 
 def config_differences(old: dict, new: dict, ignore: Sequence[str] = ()) -> list[str]:

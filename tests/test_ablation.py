@@ -198,3 +198,47 @@ def test_float16_storage_refuses_values_beyond_its_range(toy):
         warnings.simplefilter("error")   # the check itself must not overflow
         with pytest.raises(KerablError, match="beyond float16's range"):
             ablator.set_activations(HIDDEN * 1e5)
+
+
+# ----------------------------------------------------------------------------- one engine, both studies
+
+
+def _residual_model():
+    """conv_a -> conv_b -> add(conv_a, conv_b) -> flatten -> dense: conv_b is not a cut point."""
+    inputs = keras.Input((4, 4, 2))
+    a = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="conv_a")(inputs)
+    b = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="conv_b")(a)
+    x = keras.layers.Flatten()(keras.layers.Add()([a, b]))
+    model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax", name="out")(x))
+    rng = np.random.default_rng(7)
+    model.set_weights([rng.normal(0, 1, w.shape).astype("float32") for w in model.get_weights()])
+    return model
+
+
+def test_one_engine_answers_masks_keep_vectors_and_directions_with_one_trace():
+    from kerabl.engine import _FullEngine
+    from kerabl.masks import keep_masks
+
+    model = _residual_model()
+    images = np.random.default_rng(8).normal(0, 1, (6, 4, 4, 2)).astype("float32")
+    fast = TailAblator(model, "conv_b", batch_floats=200)   # skip tensor as extra input; 2 calls
+    fast.set_images(images)
+    keep = keep_masks(3, [[], [0], [2], [0, 1]])
+    full_masks = np.broadcast_to(keep[:, None, None, :], (4, 4, 4, 3))
+    scores = fast.outputs(full_masks)
+    paper = PaperAblator(model, "conv_b")
+    paper.set_images(images)
+    np.testing.assert_allclose(scores, paper.outputs(full_masks), rtol=1e-5, atol=1e-7)   # fast == paper
+    preds = fast.predict(keep)
+    np.testing.assert_array_equal(preds, scores.argmax(axis=-1))     # keep-vector == full mask
+    full = _FullEngine(model, "conv_b", images, batch_size=None)
+    np.testing.assert_array_equal(preds, full.predict(keep))           # tail == full
+    assert len(np.unique(preds)) > 1                                    # not one class everywhere
+    # removing direction e_c zeroes channel c exactly: the same predictions as dropping it
+    np.testing.assert_array_equal(fast.predict_projected(np.eye(3)), fast.predict(keep_masks(3, [[0], [1], [2]])))
+    np.testing.assert_array_equal(fast.predict(keep, rows=np.array([4, 1])), preds[:, [4, 1]])
+    fast.set_images(images[:2])                                         # another image count
+    np.testing.assert_array_equal(fast.predict(keep), preds[:, :2])
+    assert fast.traces == 1 and fast.trace_count == 1
+    with pytest.raises(KerablError, match="full engine only zeroes"):
+        full.predict_projected(np.eye(3))

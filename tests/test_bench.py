@@ -8,9 +8,10 @@ import pytest
 
 from kerabl.engine import _chunks, fast_tail, TailAblator
 from kerabl.masks import cell_masks
-from kerabl.bench import (extrapolate, fast_cell_over_targets, format_table, layer_flops,
-                          model_flops, probe_cell_seconds, random_cells, run_bench, shortcut_flops,
-                          tail_flops, target_tail_flops)
+from kerabl.bench import run_bench
+from kerabl.bench.cases import probe_cell_seconds, random_cells
+from kerabl.bench.flops import layer_flops, model_flops, shortcut_flops, tail_flops, target_tail_flops
+from kerabl.bench.report import extrapolate, fast_cell_over_targets, format_table
 from kerabl.errors import KerablError
 from kerabl.masks import lambda_masked_model
 

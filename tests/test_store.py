@@ -2,7 +2,7 @@
 
 import pytest
 
-from kerabl.store import config_differences, partial_path, write_csv_atomic
+from kerabl.store import config_differences, finish_partial, partial_path, write_csv_atomic
 
 
 def test_config_differences_names_every_key():
@@ -15,6 +15,14 @@ def test_config_differences_names_every_key():
 
 def test_partial_path_sits_beside_the_file(tmp_path):
     assert partial_path(tmp_path / "r.h5") == tmp_path / "r.h5.partial"
+
+
+def test_finish_partial_renames_over_the_final_name(tmp_path):
+    final = tmp_path / "r.h5"
+    final.write_bytes(b"old")
+    partial_path(final).write_bytes(b"new")
+    assert finish_partial(str(final)) == final
+    assert final.read_bytes() == b"new" and not partial_path(final).exists()
 
 
 def test_csv_is_renamed_only_when_complete(tmp_path):

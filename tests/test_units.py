@@ -207,8 +207,7 @@ def test_no_retrace_across_units(demo_random):
     z_ablation._unit_drops(eng, labels, range(10), None, False, "")
     z_ablation._direction_drops(eng, labels, range(10), 0, None, False, "")
     z_ablation._greedy(eng, labels, 3, 2, None)
-    assert eng.masked_fn.experimental_get_tracing_count() == 1
-    assert eng.projected_fn.experimental_get_tracing_count() == 1
+    assert eng.traces == 1 and eng.trace_count == 1      # masks and directions: one function
 
 
 def test_attribute_drop_correlations():
@@ -393,6 +392,40 @@ def test_no_shortcut_through_weighted_or_branching_layers(demo_random):
     two = keras.Model(inputs, keras.layers.Add()([keras.layers.Dense(2)(flat),
                                                   keras.layers.Dense(2)(flat)]))
     assert graph.channel_shortcut(two, "conv") is None            # two consumers
+
+
+class _RenamedDense(keras.layers.Dense):
+    """A Dense under another class name: computes what Dense computes."""
+
+
+class _ScaledDense(keras.layers.Dense):
+    """A Dense subclass whose call computes something else."""
+
+    def call(self, inputs):
+        return 2 * super().call(inputs)
+
+
+class Dense(keras.layers.Layer):
+    """Not a keras Dense, though its class has the name."""
+
+    def call(self, inputs):
+        return inputs
+
+
+def test_layer_kinds_are_classes_not_names():
+    inputs = keras.Input((2, 2, 3))
+    flat = keras.layers.Flatten()(keras.layers.Conv2D(3, 1, name="conv")(inputs))
+    for cls, found in ((_RenamedDense, True), (_ScaledDense, False)):
+        x = cls(4, name="d")(flat)
+        model = keras.Model(inputs, keras.layers.Dense(2, name="out")(keras.layers.Dropout(0.5)(x)))
+        assert (graph.channel_shortcut(model, "conv") is not None) == found
+    model = keras.Model(inputs, Dense()(flat))
+    assert graph.channel_shortcut(model, "conv") is None                 # named Dense, is not one
+    x = keras.layers.Dense(4, name="first")(flat)
+    scaled = keras.Model(inputs, _ScaledDense(2, name="last")(x))
+    assert graph.dense_chain(scaled, "first") is None
+    renamed = keras.Model(inputs, _RenamedDense(2, name="last")(x))
+    assert [lay.name for _, lay in graph.dense_chain(renamed, "first")] == ["last"]
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, None])

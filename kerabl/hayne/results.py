@@ -36,7 +36,8 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.store import check_results_kind, config_differences, partial_path, write_csv_atomic
+from kerabl.store import (check_results_kind, config_differences, finish_partial, partial_path,
+                          write_csv_atomic)
 
 KIND = "kerabl.h-results"
 SCHEMA = 1
@@ -391,7 +392,7 @@ class HResultsWriter:
             if not all(done[ci, li] for ci, li in self.pairs()):
                 return None
             f.attrs["complete"] = True
-        os.replace(self.partial_path, self.path)
+        finish_partial(self.path)
         self.complete = True
         return self.path
 

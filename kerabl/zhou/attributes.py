@@ -173,7 +173,9 @@ def _kernel_layer_norms(layer) -> np.ndarray | None:
     if kernel is None:
         return None
     w = np.abs(np.asarray(kernel.numpy() if hasattr(kernel, "numpy") else kernel))
-    if type(layer).__name__ == "DepthwiseConv2D":
+    import keras
+
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
         return w.sum(axis=(0, 1)).reshape(-1)
     return w.reshape(-1, w.shape[-1]).sum(axis=0)
 
@@ -190,6 +192,8 @@ def l1_norms(model, layer: str) -> np.ndarray:
     Returns:
         (U,) float64.
     """
+    import keras
+
     model = _as_model(model)
     current = _check_layer(model, layer)
     for _ in range(len(model.layers)):
@@ -197,7 +201,7 @@ def l1_norms(model, layer: str) -> np.ndarray:
         if norms is not None:
             return norms.astype(np.float64)
         inbound = _inbound_layers(current)
-        if type(current).__name__ == "Concatenate":
+        if isinstance(current, keras.layers.Concatenate):
             return np.concatenate([l1_norms(model, parent.name) for parent in inbound])
         if len(inbound) != 1:
             break

@@ -1,4 +1,4 @@
-"""Figures of the Z study, drawn from a stored results file (`kerabl.units.ZResults`) only.
+"""Figures of the Z study, drawn from a stored results file (`kerabl.zhou.results.ZResults`) only.
 
 - `build_drop_curves(z, key)`: per layer, units sorted by drop (descending), unit directions
   against random directions.

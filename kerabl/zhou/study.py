@@ -16,13 +16,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from kerabl.engine import DEFAULT_BATCH, HEAD_BATCH, _engine, _Engine, _TailEngine, predict_batched
+from kerabl.engine import DEFAULT_BATCH, HEAD_BATCH, TailAblator, _engine, _Engine, predict_batched
 from kerabl.graph import _as_model, _check_layer
 from kerabl.contents import array_table, contents_digest, describe_changes, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
+from kerabl.store import config_differences, finish_partial, partial_path
 from kerabl.validate import check_live_outputs
-from kerabl.store import config_differences, partial_path
 from kerabl.zhou.ablation import _direction_drops, _greedy, _random_order, _unit_drops
 from kerabl.zhou.heldout import most_hurt_class, split_greedy
 from kerabl.zhou.attributes import TOP_K, attribute_drop_correlations, class_correlation, class_means, l1_norms, selectivity_index, top_activating
@@ -142,7 +142,7 @@ def _write_group(partial: Path, name: str, arrays: Mapping[str, np.ndarray],
         group.attrs["done"] = True
 
 
-def _layer_results(model, eng: _TailEngine, data: _StudyData, probs: np.ndarray, layer: str,
+def _layer_results(model, eng: TailAblator, data: _StudyData, probs: np.ndarray, layer: str,
                    seed: int, top_k: int, progress: bool) -> tuple[dict, dict]:
     units = _unit_drops(eng, data.labels, data.classes, None, progress, f"units {layer}")
     directions = _direction_drops(eng, data.labels, data.classes, seed, None, progress,
@@ -286,5 +286,4 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
         _write_group(partial, "greedy",
                      _greedy_results(eng, data, greedy_steps, greedy_seeds, progress, seed),
                      {"layer": greedy_layer, "split_seed": seed})
-    os.replace(partial, out)
-    return out
+    return finish_partial(out)

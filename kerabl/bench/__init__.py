@@ -1,0 +1,102 @@
+"""Speed of the fast ablation engine against the authors' procedure and the machine's floor.
+
+- `run_bench(out, quick=False, root=None)`: the benchmark (`kerabl bench`, `scripts/bench.py`).
+  Each network runs in its own process (its peak RSS is reported): the H sweep with the fast
+  engine (`TailAblator`) against the authors' procedure on sampled cells (their ranks compared),
+  a bfloat16 tail against float32, a Z single-unit sweep of a late layer (demo, AlexNet, VGG16),
+  the tail engine (Dense shortcut where the layer has one) against full forward, and the probes
+  of one cell. Prints one table, the paper-scale extrapolation, writes them as JSON, and ends
+  with the headline ratio line.
+- `kerabl.bench.flops`: FLOP counts and the matmul floor; `kerabl.bench.cases`: the timed cases
+  and their plans; `kerabl.bench.report`: the tables and the paper-scale extrapolation.
+
+Example:
+    result = run_bench("bench.json", quick=True)   # demo model only, well under a minute
+    result["headline"]                              # the last printed line
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from kerabl.bench.cases import STUDY_CLASSES, run_case
+from kerabl.bench.flops import MATMUL_SIZES, matmul_floor, onednn_enabled
+from kerabl.bench.report import (EXTRAPOLATION_COLUMNS, LEGEND, MAIN_COLUMNS, extrapolate,
+                                 extrapolation_note, format_table, headline, table_rows, z_notes)
+
+__all__ = ["run_bench"]
+
+
+def _in_subprocess(name: str, root: str | Path | None, quick: bool) -> dict:
+    """`run_case` in a fresh spawned process, so that its peak memory is its own."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_case, (name, None if root is None else str(root)), dict(quick=quick))
+
+
+def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    """Run the benchmark, print its tables, write them as JSON to `out`, return them.
+
+    Example:
+        result = run_bench("bench.json", quick=True)
+        result["cases"]["demo"]["h"]["ratio"]
+
+    Args:
+        out: JSON file for the results.
+        quick: the demo model only (under a minute).
+        root: the paper's image set, the folder of `images/` (the ImageNet cases are skipped,
+            with a message, when it is None or holds no images).
+        log: where lines go.
+
+    Returns:
+        {"machine", "floor", "cases", "table", "notes", "extrapolation", "skipped", "headline"}.
+    """
+    import os
+    import platform
+
+    import tensorflow as tf
+
+    floor = matmul_floor(MATMUL_SIZES[:2] if quick else MATMUL_SIZES)
+    log(f"matmul floor: {floor['best_gflops']:.1f} GFLOP/s float32 (best of "
+        f"{', '.join(floor['by_size'])}); oneDNN on: {onednn_enabled()}")
+    cases, skipped = {}, []
+    for name in ("demo",) if quick else ("demo", *STUDY_CLASSES):
+        if name != "demo" and (root is None or not (Path(root) / "images").is_dir()):
+            where = "no --images folder given" if root is None else f"no images under {root}"
+            skipped.append(f"{name}: {where} (pass the paper's image set as --images DIR)")
+            log(f"skipped {skipped[-1]}")
+            continue
+        log(f"case {name} ...")
+        cases[name] = _in_subprocess(name, root, quick)
+    rows = table_rows(cases, floor["best_gflops"])
+    workers = os.cpu_count() or 1
+    extra = [] if quick else extrapolate(cases, workers)
+    result = dict(machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
+                               tensorflow=tf.__version__, onednn=onednn_enabled()),
+                  floor=floor, cases=cases, table=rows, notes=z_notes(cases, floor["best_gflops"]),
+                  extrapolation=extra, skipped=skipped, headline=headline(cases))
+    Path(out).write_text(json.dumps(result, indent=1, default=_json_default))
+    log(format_table(rows, MAIN_COLUMNS))
+    log(LEGEND)
+    for note in result["notes"]:
+        log(note)
+    if extra:
+        log("\nPaper-scale study times on this machine (50 images per class, 16 cells):")
+        log(format_table(extra, EXTRAPOLATION_COLUMNS))
+        log(extrapolation_note(extra, workers))
+    log(result["headline"])
+    return result
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,342 @@
+"""The benchmark's cases: one network's H sweep, Z sweep and probes, timed.
+
+- `PLANS`: per network, the layers timed and the cells or units each engine runs.
+- `run_case(name, root)`: one network's cases (`run_bench` runs each in its own process).
+- `h_case(...)`: the H sweep of one class with the fast engine (`TailAblator`) against the
+  authors' procedure on sampled cells (their ranks compared), and a bfloat16 tail against float32.
+- `z_case(...)`: a Z single-unit sweep of a late layer, the tail engine (with the Dense shortcut
+  where the layer has one) against a full forward pass per unit.
+- `probe_case(net)`, `probe_cell_seconds(n_units)`: seconds of one cell's probes.
+- `authors_cell(...)`: one cell as the authors' code does it: rebuild the model, reload its
+  weights from a file, re-read and preprocess the images, Lambda mask, full forward.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from kerabl.bench.flops import SEED, model_flops, peak_rss_mb, shortcut_flops, tail_flops, target_tail_flops
+from kerabl.errors import KerablError
+
+GRID_CELLS = 16
+# Per network: the target layers timed (None: every default target; the rest are interpolated
+# by tail FLOPs in the extrapolation), those whose cells the authors' procedure also runs (None:
+# every timed layer), those whose bfloat16 tail is checked (None: the authors' layers), fast cells
+# timed per layer, and the Z layer (None: no Z case) with the units timed tail-only / full-forward.
+PLANS = {
+    "demo": dict(layers=None, paper_layers=None, fast_cells=16, z_layer="conv_5", z_tail=64,
+                 z_full=8),
+    "demo-quick": dict(layers=None, paper_layers=("conv_1", "conv_4", "dense_2"), fast_cells=4,
+                       z_layer="conv_5", z_tail=32, z_full=4),
+    "alexnet": dict(layers=None, paper_layers=("conv_1", "conv_3", "conv_5", "dense_2"),
+                    fast_cells=4, z_layer="conv_5", z_tail=32, z_full=3),
+    "vgg16": dict(layers=None, paper_layers=("block3_conv1", "fc2"), fast_cells=1,
+                  z_layer="block5_conv3", z_tail=32, z_full=2),
+    "mobilenet_v2": dict(layers=("expanded_conv_project_BN", "block_5_add", "block_11_add",
+                                 "block_16_project_BN"), paper_layers=None, fast_cells=4,
+                         bf16_layers=("block_5_add",), z_layer=None),
+    "resnet101": dict(layers=("conv2_block1_out", "conv4_block6_out", "conv5_block3_out"),
+                      paper_layers=("conv2_block1_out", "conv5_block3_out"), fast_cells=1,
+                      bf16_layers=("conv4_block6_out",), z_layer=None),
+}
+# Paper-scale studies: classes per network; each class x target layer has 16 cells.
+STUDY_CLASSES = {"alexnet": 50, "vgg16": 8, "mobilenet_v2": 8, "resnet101": 8}
+IMAGES_PER_CLASS = 50
+# Probe rows per cell: the target class and 10 other classes (HConfig others='random-10').
+PROBE_ROWS = 11 * IMAGES_PER_CLASS
+
+
+def random_cells(n_units: int, n_cells: int, seed: int) -> list[np.ndarray]:
+    """`n_cells` equal-count groups of a random permutation of the units (timing stand-ins for
+    grid cells: the engines' cost does not depend on which units a cell holds).
+
+    Example:
+        [len(c) for c in random_cells(10, 4, seed=0)]   # [3, 3, 2, 2]
+    """
+    return np.array_split(np.random.default_rng(seed).permutation(n_units), n_cells)
+
+
+def authors_cell(name: str, weights_path: Path, imageset, rows: np.ndarray, layer: str,
+                 mask: np.ndarray, labels: np.ndarray, input_size, preprocess: str) -> np.ndarray:
+    """Ranks under one cell's mask, computed the way the authors' code does.
+
+    Example:
+        ranks = authors_cell("alexnet", w, images, rows, "conv_3", mask, labels, (227, 227), "paper")
+
+    The model is built anew, its weights read from `weights_path`, the images re-read and
+    preprocessed, a `Lambda` mask inserted after `layer`, and the full network run.
+    """
+    from kerabl.hayne.ablation import true_class_rank
+    from kerabl.masks import lambda_masked_model
+    from kerabl.models import build_model
+
+    model = build_model(name)
+    model.load_weights(weights_path)
+    images = imageset.load(input_size, preprocess, rows=rows)
+    scores = lambda_masked_model(model, layer, mask).predict(images, batch_size=64, verbose=0)
+    return true_class_rank(scores, labels)
+
+
+def _timed(fn: Callable[[], object]) -> tuple[object, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def sample_masks(net, layer: str, n: int) -> np.ndarray:
+    """Element masks of the first `n` of `GRID_CELLS` random equal-size cells of `layer`."""
+    from kerabl.masks import cell_masks
+    from kerabl.masks import n_units
+
+    cells = random_cells(n_units(net.model, layer, "element"), GRID_CELLS, SEED)
+    return cell_masks(ablator_shape(net.model, layer), cells[:n], "element")
+
+
+def _h_layer(net, layer: str, images: np.ndarray, labels: np.ndarray, n_fast: int) -> dict:
+    """Fast-engine timings of one layer: build, per-class head, per-cell tail."""
+    from kerabl.engine import TailAblator
+
+    masks = sample_masks(net, layer, n_fast)
+
+    def build():
+        ablator = TailAblator(net.model, layer)
+        ablator.set_images(images)
+        ablator.ranks(masks, labels)  # builds and traces, and warms oneDNN at the timed shapes
+        return ablator
+
+    ablator, build_s = _timed(build)
+    _, head_s = _timed(lambda: ablator.set_images(images))
+    ranks, sweep_s = _timed(lambda: ablator.ranks(masks, labels))
+    tail_s = sweep_s / n_fast
+    flops = tail_flops(net.model, layer) * len(images)
+    return dict(layer=layer, build_s=build_s, head_s=head_s, tail_s=tail_s,
+                cell_s=head_s / GRID_CELLS + tail_s, tail_gflops=flops / tail_s / 1e9,
+                traces=ablator.traces, ranks=ranks, masks=masks, ablator=ablator)
+
+
+def ablator_shape(model, layer: str) -> tuple[int, ...]:
+    """The target layer's output shape without the batch axis."""
+    return tuple(int(d) for d in model.get_layer(layer).output.shape[1:])
+
+
+def _bf16_check(net, layer: str, images, labels, fast: dict) -> dict:
+    """Timing and largest rank change of the bfloat16 tail against float32 on the same cells."""
+    from kerabl.engine import TailAblator
+
+    ablator = TailAblator(net.model, layer, precision="bfloat16")
+    ablator.set_images(images[:1])
+    ablator.ranks(fast["masks"][:1], labels[:1])
+    ablator.set_images(images)
+    ranks, seconds = _timed(lambda: ablator.ranks(fast["masks"], labels))
+    return dict(layer=layer, tail_s=seconds / len(fast["masks"]),
+                max_rank_diff=int(np.abs(ranks - fast["ranks"]).max()))
+
+
+def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], None]) -> dict:
+    """The H sweep of one class: the plan's target layers fast, sampled cells the authors' way."""
+    images = imageset.load(net.input_size, net.preprocess, rows=rows)
+    labels = np.asarray(imageset.labels)[rows]
+    timed_layers = plan.get("layers") or net.targets
+    paper_layers = plan["paper_layers"] or timed_layers
+    bf16_layers = plan.get("bf16_layers") or paper_layers
+    layers, paper, bf16 = [], [], []
+    with tempfile.TemporaryDirectory(prefix="kerabl-bench-") as tmp:
+        weights = Path(tmp) / f"{net.name}.weights.h5"
+        net.model.save_weights(weights)
+        authors_cell(net.name, weights, imageset, rows, paper_layers[0],
+                     sample_masks(net, paper_layers[0], 1)[0], labels, net.input_size,
+                     net.preprocess)  # untimed: warms oneDNN at the full network's shapes
+        for layer in timed_layers:
+            fast = _h_layer(net, layer, images, labels, plan["fast_cells"])
+            log(f"  {net.name} {layer}: fast {fast['cell_s']:.3f} s/cell "
+                f"({fast['tail_gflops']:.0f} GFLOP/s in the tail)")
+            if layer in paper_layers:
+                ranks, seconds = _timed(lambda: authors_cell(
+                    net.name, weights, imageset, rows, layer, fast["masks"][0], labels,
+                    net.input_size, net.preprocess))
+                same = ranks == fast["ranks"][0]
+                paper.append(dict(layer=layer, cell_s=seconds, same_ranks=float(same.mean()),
+                                  max_rank_diff=int(np.abs(ranks - fast["ranks"][0]).max())))
+                log(f"  {net.name} {layer}: authors' procedure {seconds:.3f} s/cell, "
+                    f"ranks equal {same.mean():.0%}")
+            if layer in bf16_layers:
+                bf16.append(_bf16_check(net, layer, images, labels, fast))
+            layers.append({k: v for k, v in fast.items() if k not in ("ranks", "masks", "ablator")})
+    return _h_summary(net, len(rows), layers, paper, bf16)
+
+
+def _h_summary(net, n_images: int, layers: list, paper: list, bf16: list) -> dict:
+    fast_cell = float(np.mean([row["cell_s"] for row in layers]))
+    tail_cell = float(np.mean([row["tail_s"] for row in layers]))
+    paper_cell = float(np.mean([row["cell_s"] for row in paper]))
+    tail_flops_total = sum(row["tail_gflops"] * row["tail_s"] for row in layers)
+    tail_seconds = sum(row["tail_s"] for row in layers)
+    tail_of = {row["layer"]: row["tail_s"] for row in layers}
+    return dict(
+        network=net.name, images=n_images, layers=layers, paper=paper, bf16=bf16,
+        fast_cell_s=fast_cell, paper_cell_s=paper_cell, ratio=paper_cell / fast_cell,
+        tail_cell_s=tail_cell, ratio_cached=paper_cell / tail_cell,
+        tail_gflops=tail_flops_total / tail_seconds,
+        same_ranks=float(np.mean([row["same_ranks"] for row in paper])),
+        max_rank_diff=max(row["max_rank_diff"] for row in paper),
+        bf16_tail_speedup=float(np.mean([tail_of[b["layer"]] / b["tail_s"] for b in bf16])),
+        bf16_max_rank_diff=max(b["max_rank_diff"] for b in bf16),
+        traces=max(row["traces"] for row in layers),
+        full_forward_gflop=model_flops(net.model) / 1e9,
+        target_tail_gflop=[f / 1e9 for f in target_tail_flops(net.model, net.targets)],
+        targets=list(net.targets))
+
+
+def _full_forward_s(net, layer: str, units: np.ndarray, images: np.ndarray) -> float:
+    """Seconds per unit of a full forward pass with a UnitMask zeroing the unit's channel."""
+    from kerabl.masks import ablated, masked_model
+
+    masked = masked_model(net.model, [layer])
+
+    def run(units, images):
+        for u in units:
+            with ablated(masked, {layer: [u]}, unit="channel"):
+                for i in range(0, len(images), 64):
+                    masked.predict_on_batch(images[i:i + 64])
+
+    run(units[:1], images)  # builds and traces the predict function for these batch shapes
+    return _timed(lambda: run(units, images))[1] / len(units)
+
+
+def _z_sweep(net, images: np.ndarray, layer: str, units: np.ndarray, shortcut: bool) -> dict:
+    """The tail engine (`kerabl.engine.tail_engine`) on `units`: build seconds (models, first head pass), head seconds
+    (the head and shortcut set-up on the images, traced already) and sweep seconds. Per unit, the
+    head's seconds count spread over the layer's channels, since one head pass serves the sweep
+    of all of them; model building and tracing count on neither side (the full forward's
+    `masked_model` and its first call are untimed too)."""
+    from kerabl.engine import tail_engine
+    from kerabl.masks import keep_masks
+
+    eng, build_s = _timed(lambda: tail_engine(net.model, images, layer, shortcut=shortcut))
+    head_s = _timed(lambda: eng.set_images(images))[1]
+    keep = keep_masks(eng.n_channels, [[u] for u in units])
+    eng.predict(keep)  # traces, and warms oneDNN at the timed shapes
+    if eng.shortcut_flops is not None:
+        eng.shortcut_flops = 0
+    preds, sweep_s = _timed(lambda: eng.predict(keep))
+    return dict(eng=eng, build_s=build_s, head_s=head_s, sweep_s=sweep_s, preds=preds,
+                flops=eng.shortcut_flops,
+                sweep_unit_s=sweep_s / len(units),
+                unit_s=(sweep_s + head_s * len(units) / eng.n_channels) / len(units))
+
+
+def z_case(net, images: np.ndarray, labels: np.ndarray, plan: dict,
+           log: Callable[[str], None]) -> dict:
+    """Z single-unit sweep of a late layer: the tail engine (with its linear shortcut where the
+    layer has one) against a full forward pass per unit; the plain tail (full-shape channel
+    masks through `TailAblator.outputs`, and `predict` without the shortcut) for reference, its
+    predictions compared."""
+    from kerabl.engine import TailAblator
+    from kerabl.masks import cell_masks
+
+    layer = plan["z_layer"]
+    n_channels = ablator_shape(net.model, layer)[-1]
+    units = np.arange(min(plan["z_tail"], n_channels))
+    fast = _z_sweep(net, images, layer, units, shortcut=True)
+    plain = _z_sweep(net, images, layer, units, shortcut=False)
+    cut = fast["eng"].cut
+    ablator = TailAblator(net.model, layer)
+    ablator.set_images(images)
+    masks = cell_masks(ablator.shape, [[u] for u in units], "channel")
+    ablator.outputs(masks)
+    scores, ablator_s = _timed(lambda: ablator.outputs(masks))
+    same = fast["preds"] == scores.argmax(axis=-1)
+    top2 = np.sort(scores, axis=-1)[..., -2:]
+    full_s = _full_forward_s(net, layer, units[:plan["z_full"]], images)
+    dense_flops = (shortcut_flops(net.model, cut) if cut is not None
+                   else tail_flops(net.model, layer)) * len(images) * len(units)
+    flops = fast["flops"] or dense_flops  # what ran: zero inputs skipped by the Dense chain
+    gflops = flops / fast["sweep_s"] / 1e9
+    log(f"  {net.name} Z {layer}: tail {fast['unit_s']:.4f} s/unit with the head pass "
+        f"({'shortcut via ' + cut.dense if cut else 'no shortcut'}); sweep only: "
+        f"{fast['sweep_unit_s']:.4f}, plain tail {plain['sweep_unit_s']:.4f}, TailAblator "
+        f"{ablator_s / len(units):.4f}; full forward {full_s:.3f} s/unit; predictions equal "
+        f"{same.mean():.1%}; products run {flops / dense_flops:.0%} of the dense FLOPs")
+    return dict(network=net.name, layer=layer, images=len(images), tail_units=len(units),
+                full_units=min(plan["z_full"], len(units)), tail_unit_s=fast["unit_s"],
+                full_unit_s=full_s, ratio=full_s / fast["unit_s"], tail_gflops=gflops,
+                shortcut=cut.dense if cut else None, build_s=fast["build_s"],
+                head_s=fast["head_s"], flops_run=flops / dense_flops, channels=n_channels,
+                dense_unit_flops=dense_flops / len(images) / len(units),
+                sweep_unit_s=fast["sweep_unit_s"], plain_unit_s=plain["unit_s"],
+                plain_sweep_unit_s=plain["sweep_unit_s"],
+                ablator_tail_unit_s=ablator_s / len(units),
+                same_preds=float(same.mean()),
+                min_margin_of_differing=float((top2[..., 1] - top2[..., 0])[~same].min())
+                if not same.all() else None,
+                traces=fast["eng"].trace_count)
+
+
+def _case_data(name: str, root: Path):
+    """The network and its images for one case: digits for demo, hayne8 for ImageNet models."""
+    from kerabl.data import digits_imageset, paper_imageset
+    from kerabl.models import load_network
+
+    if name == "demo":
+        return load_network("demo"), digits_imageset()
+    if root is None or not (Path(root) / "images").is_dir():
+        raise KerablError(f"the paper's images are not at {root}: pass their folder as --images DIR")
+    return load_network(name, weights=None, seed=SEED), paper_imageset(root, classes="hayne8")
+
+
+def probe_cell_seconds(n_units: int, n_target: int = IMAGES_PER_CLASS,
+                       n_rows: int = PROBE_ROWS, seed: int = SEED) -> float:
+    """Seconds of `kerabl.hayne.study.cell_probe_scores` (default `HConfig`) on one cell, in this process.
+
+    Example:
+        probe_cell_seconds(4056)   # 550 images x 4056 units: 200 fits, held-out folds, RSA
+
+    The activations are random and ReLU-like, the target rows shifted up a little so that the
+    probes have something to find; the cost depends on the shape, not on the values.
+    """
+    from kerabl.hayne.study import HConfig, cell_probe_scores
+
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(n_target, dtype=np.int64), np.zeros(n_rows - n_target, dtype=np.int64)]
+    x = rng.standard_normal((n_rows, n_units), dtype=np.float32)
+    x = np.maximum(x + np.float32(0.25) * y[:, None].astype(np.float32), 0.0)
+    return _timed(lambda: cell_probe_scores((x, y, HConfig(), seed)))[1]
+
+
+def probe_case(net, log: Callable[[str], None]) -> dict:
+    """Probe seconds per cell for the smallest and largest cells of the default targets, and
+    their mean over the targets (linear in the cell's unit count between the two)."""
+    from kerabl.masks import n_units
+
+    cell_units = [n_units(net.model, t, "element") // GRID_CELLS for t in net.targets]
+    sizes = sorted({min(cell_units), max(cell_units)})
+    seconds = [probe_cell_seconds(n) for n in sizes]
+    mean_s = float(np.mean(np.interp(cell_units, sizes, seconds)))
+    log(f"  {net.name} probes: " + ", ".join(f"{n} units {t:.2f} s" for n, t in
+                                              zip(sizes, seconds)) + " per cell")
+    return dict(cell_units=sizes, cell_s=seconds, mean_cell_s=mean_s, rows=PROBE_ROWS)
+
+
+def run_case(name: str, root: str | Path | None = None, quiet: bool = False,
+             quick: bool = False) -> dict:
+    """One network's H, Z and probe cases (run in a fresh process by `run_bench`).
+
+    Example:
+        run_case("demo")["h"]["ratio"]   # the authors' procedure / fast engine, per cell
+    """
+    log = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
+    net, imageset = _case_data(name, root)
+    plan = PLANS["demo-quick" if quick else name]
+    rows = imageset.rows_of(imageset.classes[0])
+    h = h_case(net, imageset, rows, plan, log)
+    z = None
+    if plan["z_layer"]:
+        images = imageset.load(net.input_size, net.preprocess, rows=rows)
+        z = z_case(net, images, np.asarray(imageset.labels)[rows], plan, log)
+    probe = probe_case(net, log) if name in STUDY_CLASSES else None
+    return dict(network=name, plan=plan, h=h, z=z, probe=probe, peak_rss_mb=peak_rss_mb())

@@ -1,0 +1,137 @@
+"""FLOP counts and the machine's floor, for the benchmark.
+
+- `layer_flops(layer)`, `tail_flops(model, layer)`, `model_flops(model)`,
+  `target_tail_flops(model, layers)`: FLOPs per image of convolutions and dense layers
+  (elementwise work ignored), of one layer, of everything after a cut, of the whole network.
+- `shortcut_flops(model, cut)`: FLOPs per image and unit of the Z study's Dense shortcut.
+- `matmul_floor(sizes)`: the best float32 `tf.matmul` throughput reached here (GFLOP/s).
+- `onednn_enabled()`, `peak_rss_mb()`: what the machine runs with, and this process's memory.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+SEED = 0
+# (m, k, n) products timed for the floor: square ones and dense-layer-like ones (many rows times
+# a 4096-wide weight matrix, as the tails of AlexNet and VGG16 run).
+MATMUL_SIZES = ((512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096),
+                (400, 4096, 4096), (1600, 4096, 1024))
+
+
+def layer_flops(layer) -> int:
+    """FLOPs per image of one Conv2D, DepthwiseConv2D or Dense layer (0 for any other layer).
+
+    Example:
+        conv = model.get_layer("conv_3")     # 13 x 13 x 384 out, 3 x 3 kernel, 256 in
+        layer_flops(conv)                    # 2 * 13 * 13 * 384 * 3 * 3 * 256
+
+    A multiply-add counts as 2 FLOPs; bias, activation and other elementwise work are ignored.
+    """
+    import keras
+
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None:
+        return 0
+    out = [int(d) for d in layer.output.shape[1:]]
+    kshape = [int(d) for d in kernel.shape]
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return 2 * int(np.prod(out)) * kshape[0] * kshape[1]
+    if isinstance(layer, keras.layers.Conv2D):
+        return 2 * int(np.prod(out)) * int(np.prod(kshape[:-1]))
+    if isinstance(layer, keras.layers.Dense):
+        return 2 * int(np.prod(out[:-1], dtype=np.int64)) * kshape[0] * kshape[1]
+    return 0
+
+
+def tail_flops(model, layer: str) -> int:
+    """FLOPs per image of the network after `layer` (the work of one masked copy).
+
+    Example:
+        tail_flops(net.model, "dense_1")   # dense_2 + dense_3: 2 * (4096 * 4096 + 4096 * 1000)
+    """
+    from kerabl.graph import tail_model
+
+    return sum(layer_flops(lay) for lay in tail_model(model, layer).layers)
+
+
+def model_flops(model) -> int:
+    """FLOPs per image of the whole network (a full forward pass)."""
+    return sum(layer_flops(lay) for lay in model.layers)
+
+
+def target_tail_flops(model, layers: Sequence[str]) -> list[int]:
+    """FLOPs per image of the layers after each of `layers` in model (topological) order.
+
+    Example:
+        target_tail_flops(net.model, net.targets)   # one count per target, falling with depth
+
+    At a cut point this is its tail (`tail_flops`): every later layer depends on the cut, and
+    none before it does. Off a cut point, skip branches alongside the layer are not counted.
+    """
+    after = np.cumsum([layer_flops(lay) for lay in model.layers][::-1])[::-1].tolist() + [0]
+    names = [lay.name for lay in model.layers]
+    return [int(after[names.index(layer) + 1]) for layer in layers]
+
+
+def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of `repeats` timed calls of `fn` (after one untimed call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_floor(sizes: Sequence[tuple[int, int, int]] = MATMUL_SIZES, repeats: int = 5) -> dict:
+    """The best float32 matmul throughput of this TensorFlow here, (m x k) times (k x n).
+
+    Example:
+        matmul_floor([(512, 512, 512)])["best_gflops"]   # e.g. 150.0
+
+    Returns:
+        {"best_gflops": float, "by_size": {"m x k x n": GFLOP/s}}.
+    """
+    import tensorflow as tf
+
+    matmul = tf.function(lambda a, b: tf.matmul(a, b))
+    rng = np.random.default_rng(SEED)
+    by_size = {}
+    for m, k, n in sizes:
+        a = tf.constant(rng.standard_normal((m, k), dtype=np.float32))
+        b = tf.constant(rng.standard_normal((k, n), dtype=np.float32))
+        seconds = _best_seconds(lambda: matmul(a, b).numpy(), repeats)
+        by_size[f"{m}x{k}x{n}"] = 2.0 * m * k * n / seconds / 1e9
+    return {"best_gflops": max(by_size.values()), "by_size": by_size}
+
+
+def onednn_enabled() -> bool:
+    """Whether this TensorFlow runs its CPU kernels through oneDNN."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return False
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def shortcut_flops(model, cut, n_dropped: int = 1) -> int:
+    """FLOPs per image and unit of the Z shortcut (`kerabl.graph.channel_shortcut`): the dropped
+    channels' Dense kernel rows, then the layers after the Dense.
+
+    Example:
+        shortcut_flops(alexnet, channel_shortcut(alexnet, "conv_5"))   # 2*36*4096 + dense_2, _3
+    """
+    width = int(model.get_layer(cut.dense).kernel.shape[1])
+    return 2 * n_dropped * cut.positions.shape[1] * width + tail_flops(model, cut.dense)

@@ -1,0 +1,179 @@
+"""The benchmark's tables: the printed rows, notes and headline, and the paper-scale extrapolation.
+
+- `table_rows(cases, floor)`, `z_notes(cases, floor)`, `headline(cases)`: what `run_bench` prints.
+- `extrapolate(cases, workers)`, `fast_cell_over_targets(h)`: full paper-scale study times from
+  the measured per-cell times (untimed target layers interpolated in tail FLOPs).
+- `format_table(rows, columns)`: a plain-text table.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from kerabl.bench.cases import GRID_CELLS, STUDY_CLASSES
+
+
+def fast_cell_over_targets(h: dict) -> float:
+    """Mean fast-engine seconds per cell over all default targets, from the timed ones.
+
+    Example:
+        fast_cell_over_targets(case["h"])   # = h["fast_cell_s"] when every target was timed
+
+    A timed target counts with its measured time; any other target gets its per-class head and
+    per-cell tail seconds interpolated linearly in tail FLOPs between the timed targets (held
+    at the nearest timed target outside their range), a cell costing tail + head / 16.
+    """
+    tails = dict(zip(h["targets"], h["target_tail_gflop"]))
+    timed = sorted(h["layers"], key=lambda row: tails[row["layer"]])
+    x = [tails[row["layer"]] for row in timed]
+    by_layer = {row["layer"]: row["cell_s"] for row in timed}
+    cells = [by_layer[t] if t in by_layer else
+             float(np.interp(tails[t], x, [r["head_s"] for r in timed])) / GRID_CELLS
+             + float(np.interp(tails[t], x, [r["tail_s"] for r in timed])) for t in h["targets"]]
+    return float(np.mean(cells))
+
+
+def extrapolate(cases: dict, workers: int) -> list[dict]:
+    """Paper-scale study times (hours) of both engines and of the probes, from the measured cases.
+
+    Example:
+        rows = extrapolate({"alexnet": alexnet_case, "vgg16": vgg_case}, workers=2)
+
+    Per network: `STUDY_CLASSES` classes x its default targets x 16 cells. Fast engine: the
+    mean over the targets of `fast_cell_over_targets`; authors' procedure: the mean of its timed
+    cells (it rebuilds and runs the whole network whatever the layer); probes: the mean probe
+    seconds per cell over the targets, run by `workers` processes with the cores to themselves
+    (the sweep waits for a pair's probes, then ablates: total = fast + probes).
+    """
+    rows = []
+    for name, n_classes in STUDY_CLASSES.items():
+        if name not in cases:
+            continue
+        h, probe = cases[name]["h"], cases[name]["probe"]
+        n_layers, n_timed = len(h["targets"]), len(h["layers"])
+        cells = n_classes * n_layers * GRID_CELLS
+        fast_cell = fast_cell_over_targets(h)
+        fast_h = cells * fast_cell / 3600
+        probe_h = cells * probe["mean_cell_s"] / workers / 3600
+        rows.append(dict(network=name, classes=n_classes, layers=n_layers, cells=cells,
+                         fast_cell_s=fast_cell, paper_cell_s=h["paper_cell_s"],
+                         probe_cell_s=probe["mean_cell_s"], fast_h=fast_h, probe_h=probe_h,
+                         total_h=fast_h + probe_h, paper_h=cells * h["paper_cell_s"] / 3600,
+                         timed=f"{n_timed}/{n_layers} layers, {len(h['paper'])} authors' cells",
+                         timed_layers=[row["layer"] for row in h["layers"]]))
+    return rows
+
+
+def extrapolation_note(rows: Sequence[dict], workers: int) -> str:
+    """The lines printed under the extrapolation table: what was timed and how it was averaged."""
+    sampled = "; ".join(f"{row['network']}: {', '.join(row['timed_layers'])}" for row in rows
+                        if len(row["timed_layers"]) < row["layers"])
+    return ("fast s/cell: per-class head / 16 + tail, averaged over all default targets; targets "
+            "not timed get head and tail seconds interpolated in tail FLOPs between the timed ones"
+            f"{' (timed: ' + sampled + ')' if sampled else ''}. authors s/cell: mean of the timed "
+            "authors' cells. probe s/cell: cell_probe_scores with the default HConfig (200 fits "
+            "of <= 100 units, 5-fold held-out, RSA over all the cell's units) on 550 random "
+            "ReLU-like rows (11 classes x 50 images), timed on the smallest and largest cell of "
+            "the targets and interpolated in unit count; probe h assumes the default "
+            f"{workers} worker processes (os.cpu_count()) running in parallel with nothing else. "
+            "total h = fast h + probe h (the sweep waits for a pair's probes, then ablates).")
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Rows as a plain-text table; columns are (key, header, format spec).
+
+    Example:
+        format_table([{"a": 1.5}], [("a", "seconds", ".2f")])   # "seconds\\n-------\\n   1.50"
+    """
+    cells = [[format(row[key], spec) if row.get(key) is not None else "-"
+              for key, _, spec in columns] for row in rows]
+    widths = [max([len(head)] + [len(c[i]) for c in cells]) for i, (_, head, _) in
+              enumerate(columns)]
+    lines = ["  ".join(head.rjust(w) for (_, head, _), w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+MAIN_COLUMNS = (("case", "case", "s"), ("sample", "timed (fast / slow)", "s"),
+                ("fast_s", "fast s/item", ".4f"), ("slow_s", "slow s/item", ".3f"),
+                ("ratio", "ratio", ".1f"), ("ratio_cached", "ratio, cached acts", ".1f"),
+                ("floor_pct", "% floor", ".0f"),
+                ("ranks", "ranks equal", "s"), ("bf16", "bf16 tail", "s"),
+                ("rss_mb", "peak MB", ".0f"))
+LEGEND = ("H rows: s/item per cell, one class (50 images; demo: one digit class); fast = "
+          "TailAblator, tail + 1/16 of the per-class head (cached acts: tail only, as run_h_study "
+          "reads the activation cache); slow = the authors' procedure (rebuild, reload weights, "
+          "re-read images, Lambda mask, full forward) on the sampled cells, whose ranks are "
+          "compared. Z rows: s/item per unit, channel units; fast = kerabl.engine's tail engine "
+          "with its linear shortcut where the layer feeds a Dense through pooling/flatten and "
+          "the Dense layers after it skipping inputs that are zero in every row (sweep + head "
+          "pass / channels; cached acts: the sweep alone, tail only, as the study reuses the head "
+          "pass for the unit attributes), predictions compared with the plain tail "
+          "(TailAblator); slow = full "
+          "forward with a UnitMask; model building and tracing untimed on both sides. Every "
+          "timed run follows an untimed one at the same shapes (tracing, oneDNN set-up), the "
+          "authors' cells one per network. "
+          "% floor = tail FLOPs / tail seconds / best matmul GFLOP/s. bf16 tail: speed-up and "
+          "largest rank change against float32.")
+EXTRAPOLATION_COLUMNS = (("network", "network", "s"), ("classes", "classes", "d"),
+                         ("layers", "layers", "d"), ("cells", "cells", "d"),
+                         ("fast_cell_s", "fast s/cell", ".3f"),
+                         ("paper_cell_s", "authors s/cell", ".2f"),
+                         ("probe_cell_s", "probe s/cell", ".2f"), ("fast_h", "fast h", ".2f"),
+                         ("probe_h", "probe h", ".2f"), ("total_h", "total h", ".2f"),
+                         ("paper_h", "authors h", ".1f"), ("timed", "timed", "s"))
+
+
+def table_rows(cases: dict, floor: float) -> list[dict]:
+    """One H row (per cell) and one Z row (per unit) per network."""
+    rows = []
+    for name, case in cases.items():
+        h, z, n_timed = case["h"], case["z"], len(case["h"]["layers"])
+        n_targets = len(h.get("targets", h["layers"]))
+        of = f"{n_timed} layers" if n_timed == n_targets else f"{n_timed} of {n_targets} layers"
+        rows.append(dict(case=f"H {name} ({of})",
+                         sample=f"{n_timed}x{case['plan']['fast_cells']} / {len(h['paper'])} cells",
+                         fast_s=h["fast_cell_s"], slow_s=h["paper_cell_s"], ratio=h["ratio"],
+                         ratio_cached=h["ratio_cached"],
+                         floor_pct=100 * h["tail_gflops"] / floor,
+                         ranks=f"{h['same_ranks']:.0%} (max diff {h['max_rank_diff']})",
+                         bf16=f"{h['bf16_tail_speedup']:.1f}x, ranks +-{h['bf16_max_rank_diff']}",
+                         rss_mb=case["peak_rss_mb"]))
+        if z is not None:
+            rows.append(dict(case=f"Z {name} {z['layer']}",
+                             sample=f"{z['tail_units']} / {z['full_units']} units",
+                             fast_s=z["tail_unit_s"], slow_s=z["full_unit_s"], ratio=z["ratio"],
+                             ratio_cached=z["full_unit_s"] / z["sweep_unit_s"],
+                             floor_pct=100 * z["tail_gflops"] / floor,
+                             ranks=f"{z['same_preds']:.0%} preds = plain tail", bf16="-",
+                             rss_mb=case["peak_rss_mb"]))
+    return rows
+
+
+def z_notes(cases: dict, floor: float) -> list[str]:
+    """Per Z case: the share of the dense FLOPs the sweep ran, and the ceiling of an exact dense
+    tail (its FLOPs at 100 % of the floor, plus the head pass over the channels) against the full
+    forward, the bound that only skipping work can pass."""
+    notes = []
+    for name, case in cases.items():
+        z = case["z"]
+        if z is None:
+            continue
+        dense_s = z["dense_unit_flops"] * z["images"] / (floor * 1e9)
+        ceiling = z["full_unit_s"] / (dense_s + z["head_s"] / z["channels"])
+        notes.append(f"Z {name} {z['layer']}: {z['ratio']:.1f}x with the head pass, "
+                     f"{z['full_unit_s'] / z['sweep_unit_s']:.1f}x tail only; the sweep ran "
+                     f"{z['flops_run']:.0%} of the dense FLOPs; an exact dense tail at 100 % "
+                     f"of the floor would reach {ceiling:.1f}x")
+    return notes
+
+
+def headline(cases: dict) -> str:
+    """The last printed line: the per-cell ratio of the largest measured H case."""
+    name = next(n for n in ("alexnet", "vgg16", "demo") if n in cases)
+    h = cases[name]["h"]
+    return (f"headline: {name} H sweep, fast engine {h['ratio']:.1f}x faster per cell than the "
+            f"authors' procedure ({h['fast_cell_s']:.3f} s vs {h['paper_cell_s']:.2f} s)")
