@@ -18,7 +18,8 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Unit-ablation studies of image CNNs (Hayne et al. 2022; Zhou et al. 2018).\n\n"
          "Stages: activations -> study (grid, probes, cell ablation: the H study); units (the Z "
-         "study); figures, export, merge; reproduce chains them; bench measures speed.")
+         "study); figures, export, merge; reproduce chains them; slurm runs them as SLURM jobs; "
+         "bench measures speed.")
 
 
 DEMO_PROBE_FITS = 10
@@ -47,8 +48,11 @@ class Engine(str, Enum):
     paper = "paper"
 
 
-def command(fn):
+def command(fn=None, **settings):
     """Register a stage: a `KerablError` becomes one line on stderr and exit status 2."""
+    if fn is None:
+        return functools.partial(command, **settings)
+
     @functools.wraps(fn)
     def run(*args, **kwargs):
         try:
@@ -56,7 +60,7 @@ def command(fn):
         except KerablError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
-    return app.command()(run)
+    return app.command(**settings)(run)
 
 
 ModelOpt = Annotated[Model, typer.Option(help="Network of the model zoo.")]
@@ -198,7 +202,8 @@ SolverOpt = Annotated[Solver, typer.Option(
 WorkersOpt = Annotated[Optional[int], typer.Option(
     help="Processes fitting the probes (default: one per CPU core); results do not depend on it.")]
 ShardOpt = Annotated[Optional[str], typer.Option(
-    help="Run shard i of n (0-based, e.g. 3/8); join the shard files with `kerabl merge`.")]
+    help="Run shard i of n (0-based, e.g. 3/8), or 'auto' (this SLURM array task's shard); "
+         "join the shard files with `kerabl merge`.")]
 
 H_OPTIONS = (  # the H protocol: shared by study and reproduce
     ("unit", UnitOpt, Unit.element), ("grid", GridOpt, "4x4"),
@@ -220,12 +225,12 @@ def study(
 
 
 def _run_study(out, options: dict, probe_fits: int, shard, progress: bool):
-    from kerabl.hayne.results import parse_shard
     from kerabl.hayne.study import run_h_study
+    from kerabl.slurm import shard_of
 
     h = {name: options[name] for name, _, _ in H_OPTIONS if name != "workers"}
     config = _study_config(seed=options["seed"], probe_fits=probe_fits, **h)
-    shard_ = parse_shard(shard) if shard else None
+    shard_ = shard_of(shard) if shard else None
     net, imageset = _inputs(**_inputs_of(options))
     return run_h_study(net, imageset, out, layers=_layers(options["layers"]), config=config,
                        shard=shard_, progress=progress, workers=options["workers"],
@@ -425,6 +430,65 @@ def headline_text(headline: dict) -> str:
         f"{reg['r2_selectivity']:.3f} ({reg['n_cells']} cells)",
         f"probe vs deficit: Pearson r {corr['pearson_r']:.3f}, Spearman rho "
         f"{corr['spearman_rho']:.3f}"])
+
+
+class Stage(str, Enum):
+    study = "study"
+    reproduce = "reproduce"
+    units = "units"
+
+
+@command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def slurm(
+    ctx: typer.Context,
+    stage: Annotated[Stage, typer.Argument(help="The stage to run; its options follow.")],
+    array: Annotated[int, typer.Option(help="Shards: tasks of the job array (units: 1).")] = 1,
+    partition: Annotated[Optional[str], typer.Option(help="SLURM partition of every job.")] = None,
+    time: Annotated[Optional[str], typer.Option(help="Time limit of each job (e.g. 2:00:00).")] = None,
+    cpus: Annotated[Optional[int], typer.Option(help="CPUs per job (and probe workers).")] = None,
+    mem: Annotated[Optional[str], typer.Option(help="Memory per job (e.g. 16G).")] = None,
+    submit: Annotated[bool, typer.Option(help="Submit the jobs with sbatch.")] = False,
+) -> None:
+    """Write SLURM jobs for a stage: the activation cache, then the shards as a job array, then
+    merge and figures, each after the one before succeeded (--submit also submits them).
+
+    Example: kerabl slurm study --array 8 --layers conv_5 --out runs/a --time 1:00:00 --submit
+    """
+    from kerabl import slurm as jobs
+
+    options, out = _stage_options(stage.value, ctx.args)
+    folder = jobs.write_jobs(stage.value, options, out=out, array=array,
+                             resources=jobs.Resources(partition, time, cpus, mem))
+    typer.echo(f"job scripts: {folder}")
+    if not submit:
+        typer.echo(f"submit them with: bash {folder / 'submit.sh'}")
+        return
+    ids = jobs.submit(folder)
+    for name, job in ids.items():
+        typer.echo(f"{name} job: {job}")
+    typer.echo(f"check on them: squeue -j {','.join(ids.values())} "
+               f"(when done: sacct -X -j {','.join(ids.values())})")
+
+
+def _stage_options(stage: str, args: list[str]) -> tuple[dict, Path]:
+    """The options given to a stage (parsed and checked as `kerabl STAGE` would) and its --out."""
+    try:
+        ctx = typer.main.get_command(app).commands[stage].make_context(stage, list(args))
+    except Exception as err:  # click's usage errors (click is vendored by recent typer)
+        if not hasattr(err, "format_message"):
+            raise
+        raise KerablError(f"kerabl {stage}: {err.format_message()}") from None
+    given = {name: value for name, value in ctx.params.items()
+             if ctx.get_parameter_source(name).name == "COMMANDLINE"}
+    if "shard" in given:
+        raise KerablError("--shard is set by the job array: drop it, choose --array N")
+    if stage == "reproduce" and given.get("probe_fits") is None:
+        demo = ctx.params["model"] in (Model.demo, "demo")
+        given["probe_fits"] = ctx.params["probe_fits_demo"] if demo else 200
+        given.pop("probe_fits_demo", None)
+    for name in ("out", "progress"):
+        given.pop(name, None)
+    return given, Path(ctx.params["out"])
 
 
 @command
