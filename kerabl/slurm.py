@@ -151,7 +151,8 @@ def _script(name: str, commands: list[list[str]], folder: Path, resources: Resou
     log = folder / "logs" / (f"{name}-%A_%a.log" if array else f"{name}-%j.log")
     lines = ["#!/bin/bash", f"#SBATCH --job-name=kerabl-{name}",
              f"#SBATCH --chdir={shlex.quote(str(workdir))}",
-             f"#SBATCH --output={shlex.quote(str(log))}", *resources.directives()]
+             f"#SBATCH --output={shlex.quote(str(log))}", "#SBATCH --open-mode=append",
+             *resources.directives()]
     if array:
         lines += [f"#SBATCH --array=0-{array - 1}",
                   f"# Task i runs shard i of {array}. A rerun of a task (scontrol requeue JOB_i) "

@@ -1,5 +1,6 @@
 """A one-node SLURM cluster on loopback for the tests: munged, slurmctld and slurmd started in a
-temporary folder with a generated slurm.conf, torn down by `stop()`.
+temporary folder with a generated slurm.conf, torn down by `stop()`. Credentials live 10 s
+(cred_expire), so a requeued job starts after 11 s instead of SLURM's default 121 s.
 
 Example:
     cluster = SlurmCluster.start(tmp)    # raises ClusterUnavailable with the reason
@@ -47,7 +48,7 @@ SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root}/munge.socket
+AuthInfo=socket={root}/munge.socket,cred_expire=10
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool
 SlurmctldPidFile={root}/slurmctld.pid
