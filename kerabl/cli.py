@@ -20,7 +20,8 @@ app = typer.Typer(
     help="Unit-ablation studies of image CNNs (Hayne et al. 2022; Zhou et al. 2018).\n\n"
          "Stages: activations -> study (grid, probes, cell ablation: the H study; or grid -> "
          "probe -> ablate one by one); units (the Z study); figures, export, merge; reproduce "
-         "chains them; layers lists a model's layers; bench measures speed.")
+         "chains them; slurm runs them as SLURM jobs; layers lists a model's layers; bench "
+         "measures speed.")
 
 
 DEMO_PROBE_FITS = 10
@@ -60,9 +61,12 @@ Objective = Enum("Objective", {"liblinear": "liblinear", "lbfgs": "lbfgs"}, type
 SrsMatrix = Enum("SrsMatrix", {"upper": "upper", "full": "full"}, type=str)
 
 
-def command(fn):
+def command(fn=None, **settings):
     """Register a stage: a `KerablError` or an OS error becomes one line on stderr and exit
     status 2; Ctrl-C and SIGTERM stop it with one line and status 130 (finished work is kept)."""
+    if fn is None:
+        return functools.partial(command, **settings)
+
     @functools.wraps(fn)
     def run(*args, **kwargs):
         from kerabl.validate import os_error_line
@@ -82,7 +86,7 @@ def command(fn):
             raise typer.Exit(130) from None
         finally:
             _inputs.cache_clear()  # a model file may change between two commands of a process
-    return app.command()(run)
+    return app.command(**settings)(run)
 
 
 @contextlib.contextmanager
@@ -329,7 +333,8 @@ ControlOpt = Annotated[Control, typer.Option(
     help="permuted-labels: the whole study with the class labels shuffled among the images "
          "(seeded by --seed, recorded in the results): a sound held-out probe sits at chance.")]
 ShardOpt = Annotated[Optional[str], typer.Option(
-    help="Run shard i of n (0-based, e.g. 3/8); join the shard files with `kerabl merge`.")]
+    help="Run shard i of n (0-based, e.g. 3/8), or 'auto' (this SLURM array task's shard); "
+         "join the shard files with `kerabl merge`.")]
 
 H_OPTIONS = (  # the H protocol: shared by study and reproduce
     ("unit", UnitOpt, Unit.element), ("grid", GridOpt, "4x4"),
@@ -350,9 +355,10 @@ def study(
 ) -> None:
     """The H study: grid, probes and cell ablation for every class x layer (resumable)."""
     from kerabl.lock import output_lock
+    from kerabl.slurm import shard_of
 
     _check_study(options, probe_fits)
-    with output_lock(out, "kerabl study"):
+    with output_lock(out, "kerabl study", shard=shard_of(shard) if shard else None):
         path = _run_study(out, options, probe_fits, shard, progress)
     typer.echo(f"results: {path}")
 
@@ -378,13 +384,13 @@ def _check_study(options: dict, probe_fits: int) -> None:
 
 
 def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage=None):
-    from kerabl.hayne.results import parse_shard
     from kerabl.hayne.stages import run_h_stage
     from kerabl.hayne.study import run_h_study
+    from kerabl.slurm import shard_of
 
     h = {name: options[name] for name, _, _ in H_OPTIONS if name != "workers"}
     config = _study_config(seed=options["seed"], probe_fits=probe_fits, model=options["model"], **h)
-    shard_ = parse_shard(shard) if shard else None
+    shard_ = shard_of(shard) if shard else None
     net, imageset = _inputs(**_inputs_of(options))
     run = functools.partial(run_h_stage, stage) if stage else functools.partial(
         run_h_study, shard=shard_)
@@ -741,6 +747,65 @@ def compare(
         typer.echo(f"figure: {comparison.figure[0]}")
     if not comparison.ok:
         raise typer.Exit(1)
+
+
+class Stage(str, Enum):
+    study = "study"
+    reproduce = "reproduce"
+    units = "units"
+
+
+@command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def slurm(
+    ctx: typer.Context,
+    stage: Annotated[Stage, typer.Argument(help="The stage to run; its options follow.")],
+    array: Annotated[int, typer.Option(help="Shards: tasks of the job array (units: 1).")] = 1,
+    partition: Annotated[Optional[str], typer.Option(help="SLURM partition of every job.")] = None,
+    time: Annotated[Optional[str], typer.Option(help="Time limit of each job (e.g. 2:00:00).")] = None,
+    cpus: Annotated[Optional[int], typer.Option(help="CPUs per job (and probe workers).")] = None,
+    mem: Annotated[Optional[str], typer.Option(help="Memory per job (e.g. 16G).")] = None,
+    submit: Annotated[bool, typer.Option(help="Submit the jobs with sbatch.")] = False,
+) -> None:
+    """Write SLURM jobs for a stage: the activation cache, then the shards as a job array, then
+    merge and figures, each after the one before succeeded (--submit also submits them).
+
+    Example: kerabl slurm study --array 8 --layers conv_5 --out runs/a --time 1:00:00 --submit
+    """
+    from kerabl import slurm as jobs
+
+    options, out = _stage_options(stage.value, ctx.args)
+    folder = jobs.write_jobs(stage.value, options, out=out, array=array,
+                             resources=jobs.Resources(partition, time, cpus, mem))
+    typer.echo(f"job scripts: {folder}")
+    if not submit:
+        typer.echo(f"submit them with: bash {folder / 'submit.sh'}")
+        return
+    ids = jobs.submit(folder)
+    for name, job in ids.items():
+        typer.echo(f"{name} job: {job}")
+    typer.echo(f"check on them: squeue -j {','.join(ids.values())} "
+               f"(when done: sacct -X -j {','.join(ids.values())})")
+
+
+def _stage_options(stage: str, args: list[str]) -> tuple[dict, Path]:
+    """The options given to a stage (parsed and checked as `kerabl STAGE` would) and its --out."""
+    try:
+        ctx = typer.main.get_command(app).commands[stage].make_context(stage, list(args))
+    except Exception as err:  # click's usage errors (click is vendored by recent typer)
+        if not hasattr(err, "format_message"):
+            raise
+        raise KerablError(f"kerabl {stage}: {err.format_message()}") from None
+    given = {name: value for name, value in ctx.params.items()
+             if ctx.get_parameter_source(name).name == "COMMANDLINE"}
+    if "shard" in given:
+        raise KerablError("--shard is set by the job array: drop it, choose --array N")
+    if stage == "reproduce" and given.get("probe_fits") is None:
+        demo = ctx.params["model"] in (Model.demo, "demo")
+        given["probe_fits"] = ctx.params["probe_fits_demo"] if demo else 200
+        given.pop("probe_fits_demo", None)
+    for name in ("out", "progress"):
+        given.pop(name, None)
+    return given, Path(ctx.params["out"])
 
 
 @command

@@ -2,6 +2,7 @@
 
 - `output_lock(folder, command)`: a context holding `folder/.kerabl.lock` (created, with the
   folder, when missing); a second run on the same folder stops with one line naming the holder.
+  A shard of a sharded study holds its own lock (`.kerabl.shard-I-of-N.lock`) instead.
   The lock is an `flock`: the system releases it when its process ends, even by `kill -9`.
   A run that wrote nothing leaves nothing: the lock file and a folder it created go with it.
 """
@@ -21,22 +22,27 @@ LOCK_NAME = ".kerabl.lock"
 
 
 @contextlib.contextmanager
-def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
-    """Hold the output folder's lock for the block.
+def output_lock(folder: str | os.PathLike, command: str,
+                shard: tuple[int, int] | None = None) -> Iterator[Path]:
+    """Hold the output folder's lock for the block (with `shard` (i, n): that shard's own lock,
+    so the shards of one study run side by side in one folder, each at most once).
 
     Example:
         with output_lock("kerabl-out", "kerabl study"):
             ...   # another `kerabl study --out kerabl-out` now stops with exit status 2
+        with output_lock("kerabl-out", "kerabl study", shard=(2, 8)):
+            ...   # shard 3/8 may run beside it; another 2/8 stops
     """
     import fcntl
 
     folder = Path(folder)
+    name = LOCK_NAME if shard is None else f".kerabl.shard-{shard[0]}-of-{shard[1]}.lock"
     created = not folder.exists()
     if folder.exists() and not folder.is_dir():
         raise KerablError(f"--out {folder} is a file: name a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         raise KerablError(f"cannot write in {folder} ({err.strerror}): choose a writable --out") \
             from None
@@ -55,8 +61,8 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
         yield folder
     finally:
         with contextlib.suppress(OSError):
-            if held and [p.name for p in folder.iterdir()] == [LOCK_NAME]:   # nothing written
-                (folder / LOCK_NAME).unlink()
+            if held and [p.name for p in folder.iterdir()] == [name]:   # nothing written
+                (folder / name).unlink()
                 if created:
                     folder.rmdir()
         os.close(fd)

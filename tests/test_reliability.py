@@ -186,6 +186,16 @@ def test_second_run_on_one_out_says_who_holds_it(images, tmp_path):
     assert study(images, tmp_path).exit_code == 0   # released: the next run goes
 
 
+def test_shards_of_one_study_lock_only_themselves(images, tmp_path):
+    from kerabl.lock import output_lock
+
+    out = tmp_path / "out"
+    assert study(images, out, "--layers", "conv_5").exit_code == 0   # the activation cache
+    with output_lock(out, "kerabl study", shard=(0, 2)):
+        one_line_error(study(images, out, "--shard", "0/2"), "in use by kerabl study (pid")
+        assert study(images, out, "--shard", "1/2").exit_code == 0   # its sibling runs
+
+
 def test_byte_corrupted_activations_is_one_line(images, tmp_path):
     out = tmp_path / "out"
     assert study(images, out).exit_code == 0
