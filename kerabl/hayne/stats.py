@@ -303,24 +303,21 @@ def chance_offset(res) -> float:
 
 def majority_probe_level(res) -> float:
     """The paper metric of a probe that calls every image "other", mean over finished classes:
-    exp(-log_loss) of all-zero hard predictions with each class's target and other counts.
+    exp(-log_loss) (eps = 1e-15, as the probe score) of all-zero hard predictions with each
+    class's target and other counts.
     The paper metric's chance level (it is a training-set score of hard labels).
 
     Example:
         majority_probe_level(res)    # 0.0316 on the demo (45 target, 405 other images)
     """
-    import warnings
-
-    from sklearn.metrics import log_loss
+    from kerabl.hayne.probes import hard_log_loss
 
     counts = (np.asarray(res.image_rows) >= 0).sum(1)
     levels = []
     for ci in np.flatnonzero(np.asarray(res.done, dtype=bool).any(1)):
         others = [o for o in np.asarray(res.others)[ci] if o >= 0]
         y = np.r_[np.ones(counts[ci]), np.zeros(int(counts[others].sum()))]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            levels.append(np.exp(-log_loss(y, np.zeros_like(y), labels=[0, 1])))
+        levels.append(np.exp(-hard_log_loss(y, np.zeros_like(y))))
     return float(np.mean(levels)) if levels else float("nan")
 
 
