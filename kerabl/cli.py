@@ -433,6 +433,9 @@ def layers(
     custom_objects: CustomOpt = None,
 ) -> None:
     """Print every layer of a model: kind, output shape, units, cut point, default target."""
+    from kerabl.validate import import_tensorflow
+
+    import_tensorflow()   # quietly, before the models
     from kerabl.models import check_alpha
     from kerabl.networks import layer_table, untrained_model
 
@@ -705,6 +708,9 @@ def convert(
     out: Annotated[Path, typer.Option(help="Keras weights file to write (.weights.h5).")],
 ) -> None:
     """Convert a torch state dict into Keras weights once (then --weights FILE.weights.h5)."""
+    from kerabl.validate import import_tensorflow
+
+    import_tensorflow()   # quietly, before the models
     from kerabl.convert import convert_file
 
     typer.echo(f"weights: {convert_file(state_dict, model.value, out)}")
@@ -721,6 +727,9 @@ def crosscheck(
     progress: ProgressOpt = True,
 ) -> None:
     """Re-run the study's baseline and every cell's ablation in PyTorch (forward hooks) and compare."""
+    from kerabl.validate import import_tensorflow
+
+    import_tensorflow()   # quietly, before the models
     from kerabl.crosscheck import crosscheck as run_crosscheck
 
     _results_kind(results)
@@ -816,6 +825,9 @@ def bench(
         help="The paper's image set (a folder with images/); without it only the demo runs.")] = None,
 ) -> None:
     """Measure the fast engine against the authors' procedure and the machine's matmul floor."""
+    from kerabl.validate import import_tensorflow
+
+    import_tensorflow()   # quietly, before the models
     from kerabl.bench import run_bench
 
     run_bench(out, quick=quick, root=images)

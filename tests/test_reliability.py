@@ -317,3 +317,11 @@ def test_interrupted_activations_resume_to_an_uninterrupted_run(tmp_path, sig):
     assert rerun.exit_code == 0, rerun.output
     with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "cut.h5") as b:
         np.testing.assert_array_equal(a["layers/conv_5"][()], b["layers/conv_5"][()])
+
+
+def test_commands_that_build_models_start_quietly():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "kerabl", "layers", "demo"], text=True,
+                          capture_output=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 0 and "7 default targets" in done.stdout
+    assert done.stderr == ""   # no oneDNN / CUDA / cpu_feature_guard lines
