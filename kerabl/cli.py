@@ -133,9 +133,10 @@ ImagesOpt = Annotated[Optional[Path], typer.Option(
          "Or class folders (any names, image_dataset_from_directory convention). "
          "Default: the digits test split (demo model only).")]
 ClassesOpt = Annotated[Optional[str], typer.Option(
-    help="Study classes: hayne50, hayne8, or comma-separated names/WNIDs (class folders: "
-         "folder names). "
-         "Default: hayne50 for alexnet, hayne8 for the other ImageNet networks.")]
+    help="Study classes: hayne50, hayne8, hayne10 (the first 10 of the authors' list), or "
+         "comma-separated names/WNIDs (class folders: folder names). "
+         "Default: hayne50 for alexnet, hayne8 for the other ImageNet networks "
+         "(hayne10 for mobilenet_v2 under --protocol authors).")]
 LayersOpt = Annotated[Optional[str], typer.Option(
     help="Comma-separated target layers (default: the model's default targets).")]
 UnitOpt = Annotated[Unit, typer.Option(help="element: every activation; channel: spatial mean.")]
@@ -197,15 +198,36 @@ def _imageset(model: str, images: Optional[Path], classes: Optional[str],
     if not images.is_dir():
         raise KerablError(f"image folder {images} does not exist: pass an existing folder")
     chosen = classes or ("hayne50" if model == Model.alexnet else "hayne8")
-    paper_layout = (images / "images").is_dir() or any(images.glob("ILSVRC2012_val_*"))
     listed = None if classes is None else classes.split(",")
-    if class_index is None and paper_layout:
-        listed = chosen if chosen in ("hayne50", "hayne8") else chosen.split(",")
+    if class_index is None and _paper_layout(images):
+        listed = chosen if chosen in data.PAPER_CLASS_SETS else chosen.split(",")
         return data.paper_imageset(images, classes=listed), 1000
     if class_index is None and folders.is_synset_layout(images):
         return data.synset_imageset(images, classes=listed), 1000
     imageset = folders.folder_imageset(images, classes=listed, class_index=class_index)
     return imageset, None if class_index else len(folders.class_folders(images))
+
+
+def _paper_layout(images: Path) -> bool:
+    return (images / "images").is_dir() or any(images.glob("ILSVRC2012_val_*"))
+
+
+# The authors' inputs under --protocol authors where --classes / --preprocess are not given
+AUTHORS_INPUTS = {"mobilenet_v2": {"classes": "hayne10", "preprocess": "mobilenet_v2_authors"}}
+
+
+def _authors_inputs(options: dict) -> dict:
+    """The input options `--protocol authors` fills in (for their MobileNetV2 run: hayne10, on the
+    paper layout, and their Pillow-default resize); {} under the default protocol."""
+    if options.get("protocol") is not Protocol.authors:
+        return {}
+    filled = {k: v for k, v in AUTHORS_INPUTS.get(options["model"], {}).items()
+              if options.get(k) is None}
+    images = options.get("images")
+    if "classes" in filled and not (images and images.is_dir() and _paper_layout(images)
+                                    and options.get("class_index") is None):
+        del filled["classes"]                 # hayne10 is defined by the paper layout's list
+    return filled
 
 
 def _layers(text: Optional[str]):
@@ -234,7 +256,7 @@ def with_options(*groups):
 
 
 def _inputs_of(options: dict) -> dict:
-    return {name: options[name] for name, _, _ in INPUT_OPTIONS}
+    return {**{name: options[name] for name, _, _ in INPUT_OPTIONS}, **_authors_inputs(options)}
 
 
 @command
@@ -274,7 +296,8 @@ def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, leg
                   engine: Engine, probe_solver: Solver, control: Control = Control.none,
                   protocol: Protocol = Protocol.default,
                   probe_objective: Objective = Objective.liblinear,
-                  srs_matrix: SrsMatrix = SrsMatrix.upper, model: str = "demo"):
+                  srs_matrix: SrsMatrix = SrsMatrix.upper, model: str = "demo",
+                  inputs: Optional[dict] = None):
     from kerabl.hayne.study import HConfig
     from kerabl.validate import check_h_options
 
@@ -285,11 +308,12 @@ def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, leg
                      engine=engine.value, probe_solver=probe_solver.value,
                      control=control.value, probe_objective=probe_objective.value,
                      srs_matrix=srs_matrix.value)
-    return _authors_config(config, model) if protocol is Protocol.authors else config
+    return _authors_config(config, model, inputs) if protocol is Protocol.authors else config
 
 
-def _authors_config(config, model: str):
-    """`HConfig.authors(model)`, keeping every option given a value other than its default."""
+def _authors_config(config, model: str, inputs: Optional[dict] = None):
+    """`HConfig.authors(model)`, keeping every option given a value other than its default;
+    `inputs`: the input options the protocol filled in (`_authors_inputs`), printed with it."""
     import dataclasses
 
     from kerabl.hayne.study import HConfig
@@ -297,8 +321,9 @@ def _authors_config(config, model: str):
     default, authors = HConfig(), HConfig.authors(model)
     changed = {k: v for k, v in dataclasses.asdict(config).items() if v != getattr(default, k)}
     chosen = dataclasses.replace(authors, **changed)
-    listed = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(chosen).items()
-                       if v != getattr(default, k))
+    listed = ", ".join([f"{k}={v}" for k, v in dataclasses.asdict(chosen).items()
+                        if v != getattr(default, k)]
+                       + [f"{k}={v}" for k, v in (inputs or {}).items()])
     typer.echo(f"protocol authors ({model}): {listed}", err=True)
     return chosen
 
@@ -371,7 +396,8 @@ def _check_inputs(options: dict, study: bool = False) -> None:
     check_listed_once(options["layers"], "--layers")
     check_at_least(options["seed"], 0, "--seed")
     if study:
-        check_study_images(_imageset(options["model"], options["images"], options["classes"],
+        classes = _authors_inputs(options).get("classes", options["classes"])
+        check_study_images(_imageset(options["model"], options["images"], classes,
                                      options["class_index"])[0])
 
 
@@ -389,7 +415,12 @@ def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage
     from kerabl.slurm import shard_of
 
     h = {name: options[name] for name, _, _ in H_OPTIONS if name != "workers"}
-    config = _study_config(seed=options["seed"], probe_fits=probe_fits, model=options["model"], **h)
+    inputs = _authors_inputs(options)
+    config = _study_config(seed=options["seed"], probe_fits=probe_fits, model=options["model"],
+                           inputs=inputs, **h)
+    if "preprocess" in inputs and "classes" not in inputs and options["classes"] is None:
+        typer.echo("note: not the authors' 10 classes (hayne10 needs the paper layout's class "
+                   "list): pass --classes with their 10 WNIDs", err=True)
     shard_ = shard_of(shard) if shard else None
     net, imageset = _inputs(**_inputs_of(options))
     run = functools.partial(run_h_stage, stage) if stage else functools.partial(

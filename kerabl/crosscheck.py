@@ -322,7 +322,7 @@ def _imageset_of(res, images):
                           "folder of the run with --images (or its ImageSet in Python)")
     elif dataset.startswith("imagenet-paper:"):
         kind = dataset.split(":")[1]
-        imageset = data.paper_imageset(images, classes=kind if kind in ("hayne50", "hayne8")
+        imageset = data.paper_imageset(images, classes=kind if kind in data.PAPER_CLASS_SETS
                                        else list(res.classes))
     else:
         imageset = data.synset_imageset(images, [imagenet.wnids()[i] for i in res.class_index])

@@ -87,8 +87,14 @@ BATCH_STEPS = {
     "scale": lambda batch: batch / np.float32(255.0),
     "caffe": _imagenet_mode("caffe"), "tf": _imagenet_mode("tf"), "torch": _imagenet_mode("torch"),
     "vgg16": _application_step("vgg16"), "resnet101": _application_step("resnet"),
-    "mobilenet_v2": _application_step("mobilenet_v2")}
+    "mobilenet_v2": _application_step("mobilenet_v2"),
+    "mobilenet_v2_authors": _imagenet_mode("tf")}
 PREPROCESS = ("paper", "heuritech", "torchvision", *BATCH_STEPS, "none")
+# Recipes whose direct resize is not Pillow's bilinear: name -> Pillow filter. The authors'
+# MobileNetV2 scripts (Python 3, for a 2022 paper) call `Image.resize(size)` without a filter,
+# taken as Pillow >= 7.0 (January 2020, the first release without Python 2), whose default for RGB
+# images is BICUBIC; Pillow < 7.0 defaulted to NEAREST.
+RESIZE_FILTERS = {"mobilenet_v2_authors": "BICUBIC"}
 
 
 def _batch_step(preprocess: str):
@@ -147,14 +153,15 @@ def _cv2_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(image), (w, h)).astype(np.float32)
 
 
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a uint8 RGB image to `size` = (h, w), as float32."""
+def _resize(image: np.ndarray, size: tuple[int, int], resample: str = "BILINEAR") -> np.ndarray:
+    """Pillow resize (bilinear unless `resample` names another filter) of a uint8 RGB image to
+    `size` = (h, w), as float32."""
     from PIL import Image
 
     h, w = size
     if image.shape[:2] == (h, w):
         return image.astype(np.float32)
-    resized = Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR)
+    resized = Image.fromarray(image).resize((w, h), getattr(Image.Resampling, resample))
     return np.asarray(resized, dtype=np.float32)
 
 
@@ -177,7 +184,7 @@ def _preprocess_one(image: np.ndarray, size: tuple[int, int], preprocess: str) -
         return _centre_crop(square, size) - np.asarray(HEURITECH_MEAN_RGB, dtype=np.float32)
     if preprocess == "torchvision":
         return _torchvision_one(image, size)
-    return _resize(image, size)
+    return _resize(image, size, RESIZE_FILTERS.get(preprocess, "BILINEAR"))
 
 
 TORCHVISION_RESIZE = 256
@@ -222,7 +229,7 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], size: Sequence[
         batch.shape  # (len(paths), 227, 227, 3), BGR, values 0..255
 
     Recipes (`PREPROCESS`); every resize is Pillow's bilinear resize to `size` = (h, w), no
-    aspect-ratio keeping, except "paper":
+    aspect-ratio keeping, except "paper" and "mobilenet_v2_authors":
 
     - "paper": the authors' AlexNet code (`cv2.imread` then `cv2.resize`): OpenCV's own
       bilinear resize (no antialiasing; Pillow's bilinear widens its support when shrinking,
@@ -233,6 +240,10 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], size: Sequence[
       rows and columns 14..240), channel order RGB (its default `color_mode="rgb"`).
     - "vgg16", "resnet101", "mobilenet_v2", or any keras.applications name (resnet50,
       efficientnetb0, ...): direct resize, then that application's `preprocess_input`.
+    - "mobilenet_v2_authors": the authors' MobileNetV2 scripts: Pillow's default `Image.resize`
+      filter, BICUBIC for RGB images since Pillow 7.0 (their code is Python 3; `RESIZE_FILTERS`),
+      then `preprocess_input(mode='tf')` (x / 127.5 - 1). Files are converted to RGB first (the
+      same pixels for RGB and greyscale files).
     - "scale" (/255), "caffe" (BGR, ImageNet mean subtracted), "tf" (to [-1, 1]), "torch"
       (/255, ImageNet mean and std): direct resize, then that step (`BATCH_STEPS`).
     - "torchvision": torchvision's ImageNet eval transform: shorter side resized to 256 (aspect
@@ -423,6 +434,9 @@ PAPER_META = "meta_clsloc.mat"
 PAPER_CLASS_LIST = "50_classes.json"
 HAYNE8 = ("schooner", "brain_coral", "junco_bird", "snail", "grey_whale", "siberian_husky",
           "electric_fan", "bookcase")
+HAYNE10 = HAYNE8 + ("fountain_pen", "toaster")    # the authors' MobileNetV2 and ResNet scripts
+# Named class sets: name -> how many classes of the class list, in file order (None: all).
+PAPER_CLASS_SETS = {"hayne50": None, "hayne8": len(HAYNE8), "hayne10": len(HAYNE10)}
 _PAPER_FILE = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG$", re.IGNORECASE)
 
 
@@ -457,15 +471,18 @@ def _chosen_classes(classes: str | Sequence[str] | Path, root: Path) -> list[tup
     """(name, WNID) of the requested classes in study order."""
     if isinstance(classes, Path):
         return _read_class_list(classes)
-    if isinstance(classes, str) and classes not in ("hayne50", "hayne8"):
-        raise KerablError(f"classes={classes!r}: use 'hayne50', 'hayne8', a list of WNIDs or "
-                          "names, or the path of a class-list JSON")
+    if isinstance(classes, str) and classes not in PAPER_CLASS_SETS:
+        raise KerablError(f"classes={classes!r}: use {', '.join(map(repr, PAPER_CLASS_SETS))}, a "
+                          "list of WNIDs or names, or the path of a class-list JSON")
     listed = _read_class_list(_required_file(root / PAPER_CLASS_LIST, "class list",
                                              "classes"))
-    if classes == "hayne50":
-        return listed
-    if classes == "hayne8":
-        return listed[:len(HAYNE8)]
+    if isinstance(classes, str):
+        count = PAPER_CLASS_SETS[classes] or len(listed)
+        if len(listed) < count:
+            raise KerablError(f"{classes} is the first {count} classes of the class list, "
+                              f"but {root / PAPER_CLASS_LIST} lists {len(listed)}: give the "
+                              "authors' list")
+        return listed[:count]
     return _named_classes(classes, listed)
 
 
@@ -495,6 +512,7 @@ def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
     Example:
         images = paper_imageset("imagenet-val-hayne50")            # 50 x 50
         first8 = paper_imageset("imagenet-val-hayne50", classes="hayne8")
+        first10 = paper_imageset("imagenet-val-hayne50", classes="hayne10")  # + 2 more
 
     `folder` is the dataset root (holding `images/`) or the image folder itself; the other
     files default to the dataset root (the image folder's parent in the second case):
@@ -508,6 +526,7 @@ def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
         ground_truth: the ground-truth file, if not in the dataset root.
         meta: `meta_clsloc.mat`, if not in the dataset root.
         classes: "hayne50" (all 50 listed classes), "hayne8" (the first 8 in file order),
+            "hayne10" (the first 10: the authors' MobileNetV2 and ResNet scripts),
             a list of WNIDs or class-list names, or the Path of a class-list JSON.
 
     Raises:

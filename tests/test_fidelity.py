@@ -283,3 +283,90 @@ def test_paper_preprocessing_is_cv2_imread_and_resize(hayne50):
     path = images.paths[3]
     expected = cv2.resize(cv2.imread(str(path)), (227, 227)).astype(np.float32)
     np.testing.assert_array_equal(images.load((227, 227), "paper", rows=[3])[0], expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# The authors' MobileNetV2 inputs: their 10 classes, Pillow's default resize, mode 'tf'
+
+def authors_mobilenet_input(image):
+    """`Image.resize((224, 224))` with Pillow's default filter, then preprocess_input mode 'tf'."""
+    from PIL import Image
+
+    resized = np.asarray(Image.fromarray(image).resize((224, 224)), dtype=np.float32)
+    return resized / np.float32(127.5) - np.float32(1.0)
+
+
+def test_mobilenet_v2_authors_recipe_is_pillow_default_resize_then_tf():
+    from PIL import Image
+
+    from kerabl.data import preprocess_images
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (300, 410, 3), dtype=np.uint8),
+              rng.integers(0, 256, (150, 120, 3), dtype=np.uint8)]     # shrunk and enlarged
+    got = preprocess_images(images, (224, 224), "mobilenet_v2_authors")
+    for image, x in zip(images, got):
+        bicubic = np.asarray(Image.fromarray(image).resize((224, 224), Image.Resampling.BICUBIC),
+                             dtype=np.float32)
+        np.testing.assert_array_equal(x, bicubic / np.float32(127.5) - np.float32(1.0))
+        np.testing.assert_array_equal(x, authors_mobilenet_input(image))   # the default is BICUBIC
+    bilinear = preprocess_images(images, (224, 224), "mobilenet_v2")      # only the filter differs
+    assert np.abs(got - bilinear).max() > 0.1
+
+
+@pytest.mark.realdata
+def test_mobilenet_v2_authors_recipe_on_real_images(hayne50):
+    from kerabl.data import load_image
+
+    images = paper_imageset(hayne50, classes="hayne10")
+    rows = [0, len(images) - 1]
+    expected = [authors_mobilenet_input(load_image(images.paths[r])) for r in rows]
+    np.testing.assert_array_equal(images.load((224, 224), "mobilenet_v2_authors", rows=rows),
+                                  np.stack(expected))
+
+
+@pytest.mark.realdata
+def test_hayne10_is_the_first_10_of_the_authors_list(hayne50):
+    from kerabl import imagenet
+    from kerabl.data import HAYNE10
+
+    images = paper_imageset(hayne50, classes="hayne10")
+    assert [imagenet.wnids()[i] for i in images.classes] == [
+        "n04147183", "n01917289", "n01534433", "n01944390", "n02066245", "n02110185", "n03271574",
+        "n02870880", "n03388183", "n04442312"]
+    assert images.class_names == list(HAYNE10) and images.class_names[8:] == ["fountain_pen",
+                                                                              "toaster"]
+    assert images.name.startswith("imagenet-paper:hayne10:") and len(images) == 500
+
+
+def test_hayne10_needs_10_listed_classes(tmp_path):
+    from kerabl.data import _chosen_classes
+    from kerabl.errors import KerablError
+
+    (tmp_path / "50_classes.json").write_text('{"schooner": "n04147183"}')
+    with pytest.raises(KerablError, match="hayne10 is the first 10 classes"):
+        _chosen_classes("hayne10", tmp_path)
+
+
+def test_protocol_authors_gives_mobilenet_v2_the_authors_classes_and_preprocessing(tmp_path,
+                                                                                   capsys):
+    from kerabl.cli import INPUT_OPTIONS, Protocol, _authors_inputs, _authors_config, _inputs_of
+
+    paper, synsets = tmp_path / "paper", tmp_path / "val"
+    (paper / "images").mkdir(parents=True)
+    (synsets / "n04147183").mkdir(parents=True)
+    base = {name: default for name, _, default in INPUT_OPTIONS}
+    authors = {**base, "model": "mobilenet_v2", "images": paper, "protocol": Protocol.authors}
+    theirs = {"classes": "hayne10", "preprocess": "mobilenet_v2_authors"}
+    assert _authors_inputs(authors) == theirs
+    assert {k: _inputs_of(authors)[k] for k in theirs} == theirs
+    assert _authors_inputs({**authors, "classes": "hayne8"}) == {"preprocess": theirs["preprocess"]}
+    assert _authors_inputs({**authors, "preprocess": "mobilenet_v2"}) == {"classes": "hayne10"}
+    assert _authors_inputs({**authors, "images": synsets}) == {"preprocess": theirs["preprocess"]}
+    assert _authors_inputs({**authors, "protocol": Protocol.default}) == {}
+    assert _authors_inputs({**authors, "model": "alexnet"}) == {}
+    assert _inputs_of({**authors, "protocol": Protocol.default})["preprocess"] is None
+    chosen = _authors_config(HConfig(), "mobilenet_v2", _authors_inputs(authors))
+    assert chosen == HConfig.authors("mobilenet_v2")
+    printed = capsys.readouterr().err
+    assert "classes=hayne10" in printed and "preprocess=mobilenet_v2_authors" in printed
