@@ -112,3 +112,38 @@ def test_regulariser_curves():
     lines = fig.axes[0].get_lines()
     np.testing.assert_array_equal(lines[1].get_ydata(), [0.2, 0.0])
     assert [line.get_label() for line in lines] == ["base", "bn"]
+
+
+def test_curve_band_mean_and_spread_over_instances():
+    seeds = [np.array([0.1, 0.4, 0.0]), np.array([0.2, 0.0, 0.6]), np.array([0.3, 0.2, 0.3])]
+    band = figures_z.curve_band(seeds)   # sorted: [.4 .1 0], [.6 .2 0], [.3 .3 .2]
+    np.testing.assert_allclose(band["mean"], [1.3 / 3, 0.2, 0.2 / 3])
+    np.testing.assert_allclose(band["low"], [0.3, 0.1, 0.0])
+    np.testing.assert_allclose(band["high"], [0.6, 0.3, 0.2])
+    np.testing.assert_allclose(band["sd"], [np.std([0.4, 0.6, 0.3], ddof=1), 0.1,
+                                            np.std([0, 0, 0.2], ddof=1)])
+    assert band["n"] == 3
+    one = figures_z.curve_band(np.array([0.1, 0.3]))
+    np.testing.assert_array_equal(one["mean"], [0.3, 0.1])
+    assert one["n"] == 1 and not one["sd"].any()
+    np.testing.assert_allclose(figures_z.curve_band(np.stack(seeds))["mean"], band["mean"])
+    with pytest.raises(KerablError, match="unit count"):
+        figures_z.curve_band([np.zeros(3), np.zeros(4)])
+    with pytest.raises(KerablError, match="non-empty"):
+        figures_z.curve_band([])
+
+
+def test_regulariser_curves_draw_mean_and_min_max_band():
+    fig = figures_z.build_regulariser_curves({
+        "base": {"l": np.array([0.1, 0.3])},
+        "bn": {"l": [np.array([0.2, 0.0]), np.array([0.1, 0.5]), np.array([0.0, 0.3])]}})
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["base", "bn (3 seeds)"]
+    np.testing.assert_allclose(lines[1].get_ydata(), [1.0 / 3, 0.1 / 3])
+    (band,) = ax.collections
+    by_rank = {}   # sorted seeds: [.2 0], [.5 .1], [.3 0] -> low [.2 0], high [.5 .1]
+    for x, y in band.get_paths()[0].vertices:
+        by_rank.setdefault(round(float(x)), set()).add(round(float(y), 9))
+    assert by_rank == {0: {0.2, 0.5}, 1: {0.0, 0.1}}
+    assert "min-max" in fig._suptitle.get_text()

@@ -7,7 +7,8 @@
 - `build_greedy_curves(z)`: a class's accuracy as units are ablated greedily vs in random orders.
 - `build_top_images(z, layer, n_units, images)`: the top-activating images of the units with the
   largest max class drop, the activation map overlaid.
-- `build_regulariser_curves(curves)`: max class drop curves of several networks side by side.
+- `build_regulariser_curves(curves)`: max class drop curves of several networks side by side, each
+  the mean over its trained instances with the min-max band (`curve_band`).
 - `render_z_figures(z_path, out_dir)`: all of them, written as files; `save_figure(fig, stem)`;
   `figure_script(name, build)`: the command line of the scripts/fig_z_*.py scripts.
 
@@ -190,29 +191,68 @@ def build_top_images(z: ZResults | str | os.PathLike, layer: str, n_units: int =
     return fig
 
 
-def build_regulariser_curves(curves: Mapping[str, Mapping[str, np.ndarray]],
+def curve_band(drops: np.ndarray | Sequence[np.ndarray]) -> dict:
+    """Mean and spread over network instances of their sorted drop curves, rank by rank.
+
+    Example:
+        band = curve_band([drops_seed0, drops_seed1, drops_seed2])   # each (U,)
+        band["mean"], band["low"], band["high"], band["sd"]          # each (U,), rank order
+
+    Each instance's drops are sorted descending first (`sorted_curve`); at every unit rank the
+    band holds the mean, the minimum and maximum (`low`, `high`) and the sample SD (ddof=1; 0 for
+    one instance) over the instances; `n` is their number.
+    """
+    if isinstance(drops, np.ndarray):
+        drops = [drops] if drops.ndim == 1 else list(drops)
+    rows = [np.asarray(d, float) for d in drops]
+    if not rows or any(r.ndim != 1 or r.size == 0 for r in rows):
+        raise KerablError("drop curves: pass one (U,) array or a list of them, each non-empty")
+    if len({r.size for r in rows}) != 1:
+        raise KerablError("drop curves of one layer differ in unit count "
+                          f"({sorted({r.size for r in rows})}): pass instances of one architecture")
+    curves = np.stack([sorted_curve(r) for r in rows])
+    n = len(curves)
+    return {"mean": curves.mean(axis=0), "low": curves.min(axis=0), "high": curves.max(axis=0),
+            "sd": curves.std(axis=0, ddof=1) if n > 1 else np.zeros(curves.shape[1]), "n": n}
+
+
+def build_regulariser_curves(curves: Mapping[str, Mapping[str, np.ndarray | Sequence[np.ndarray]]],
                              key: str = "max_class_drop") -> Figure:
     """Sorted drop curves of several networks (e.g. baseline, batch norm, dropout) per layer.
 
     Example:
         fig = build_regulariser_curves({"baseline": {"conv_1": drops, ...}, "bn": {...}})
+        fig = build_regulariser_curves({"bn": {"conv_1": [drops_seed0, drops_seed1, drops_seed2]}})
 
     Args:
-        curves: network label -> {layer: (U,) drops}; the layers of the first network are drawn.
+        curves: network label -> {layer: (U,) drops of one network, or a list of them (or an
+            (N, U) array), one per trained instance}; the layers of the first network are drawn.
+            Several instances are drawn as their mean curve with the min-max band over instances
+            (`curve_band`), labelled "label (N seeds)".
     """
     labels = list(curves)
     if not labels:
         raise KerablError("no networks given: pass at least one {label: {layer: drops}}")
     layers = list(curves[labels[0]])
     fig, axes = _grid(len(layers))
+    banded = False
     for ax, layer in zip(axes, layers):
         for i, label in enumerate(labels):
-            if layer in curves[label]:
-                ax.plot(sorted_curve(curves[label][layer]), label=label, color=f"C{i}")
+            if layer not in curves[label]:
+                continue
+            band = curve_band(curves[label][layer])
+            name = label if band["n"] == 1 else f"{label} ({band['n']} seeds)"
+            ax.plot(band["mean"], label=name, color=f"C{i}")
+            if band["n"] > 1:
+                ax.fill_between(np.arange(band["mean"].size), band["low"], band["high"],
+                                color=f"C{i}", alpha=0.2, linewidth=0)
+                banded = True
         ax.set_title(layer)
         ax.set_xlabel("unit rank")
         ax.set_ylabel(DROP_LABELS.get(key, key))
     axes[0].legend(fontsize="small")
+    if banded:
+        fig.suptitle("lines: mean over seeds at each unit rank; bands: min-max over seeds")
     return fig
 
 
