@@ -40,12 +40,13 @@ VARIANTS = {"batch norm": {"batch_norm": True, "channel_dropout": 0.0},
 
 def trained_model(out: Path, tag: str, seed: int, epochs: int, batch_norm: bool,
                   channel_dropout: float):
-    """A trained demo model: loaded from out/<tag>.weights.h5 when present, else trained."""
+    """A trained demo model: loaded from out/<tag>_e<epochs>.weights.h5 when present (the name
+    holds everything that decides the weights: variant, seed, epochs), else trained."""
     from train_demo import train
 
     from kerabl.models import demo_model
 
-    path = out / f"{tag}.weights.h5"
+    path = out / f"{tag}_e{epochs}.weights.h5"
     if path.exists():
         model = demo_model(batch_norm=batch_norm, channel_dropout=channel_dropout, seed=seed)
         model.load_weights(path)
