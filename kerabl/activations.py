@@ -418,6 +418,21 @@ def _open_for_writing(path: Path, shapes: dict, unit: str, dtype: str, mode: str
     return h5py.File(path, mode, rdcc_nbytes=block + (8 << 20), rdcc_nslots=100003, rdcc_w0=1.0)
 
 
+def _last_rows_readable(f, layers: Sequence[str]) -> bool:
+    """Whether the row-block holding the last finished row reads back: a process killed while
+    it wrote that block's compressed chunks leaves them undecodable, and resuming would have to
+    read them (HDF5 rewrites a partly filled chunk by reading it first)."""
+    done = int(f.attrs["rows_done"])
+    try:
+        for layer in layers:
+            ds = f["layers"][layer]
+            start = (max(done, 1) - 1) // ds.chunks[0] * ds.chunks[0]
+            ds[start:done]
+    except (OSError, RuntimeError, KeyError):
+        return False
+    return True
+
+
 def _resume_or_create(partial: Path, wanted: dict, imageset, layers, shapes, unit, dtype, log,
                       files):
     """The `.partial` file to continue (same fingerprint) or a fresh one."""
@@ -429,8 +444,12 @@ def _resume_or_create(partial: Path, wanted: dict, imageset, layers, shapes, uni
             stored, wanted, changed_files(stored_files(partial), files))
         if changes == []:
             f = _open_for_writing(partial, shapes, unit, dtype, mode="r+")
-            log(f"resuming {partial} at image {int(f.attrs['rows_done'])} of {wanted['n_images']}")
-            return f
+            if _last_rows_readable(f, layers):
+                log(f"resuming {partial} at image {int(f.attrs['rows_done'])} of "
+                    f"{wanted['n_images']}")
+                return f
+            f.close()
+            changes = ["its last rows were cut off mid-write"]
         reason = "unreadable" if stored is None else "; ".join(changes)
         log(f"discarding {partial} ({reason}): starting afresh")
         partial.unlink()

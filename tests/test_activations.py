@@ -176,6 +176,32 @@ def test_interrupted_run_resumes_and_matches(tiny_model, file_set, tmp_path, mon
     resumed.close()
 
 
+def test_partial_cut_off_mid_write_starts_afresh(tiny_model, file_set, tmp_path, monkeypatch):
+    """A process killed while it flushed its last chunk leaves it undecodable: the rerun says so
+    and starts afresh instead of failing on the read HDF5 needs to resume."""
+    imageset, _ = file_set
+    whole = _record(tiny_model, imageset, tmp_path / "whole.h5", batch_size=2, preprocess="paper")
+    target = tmp_path / "cut.h5"
+    monkeypatch.setattr(data, "load_image_cv2", _raise_on_call(data.load_image_cv2, 5))
+    with pytest.raises(KerablError):
+        _record(tiny_model, imageset, target, batch_size=2, preprocess="paper")
+    monkeypatch.undo()
+    partial = Path(str(target) + ".partial")
+    with h5py.File(partial, "r") as f:
+        chunk = f["layers/conv"].id.get_chunk_info_by_coord((0, 0))
+    with open(partial, "r+b") as raw:             # the chunk as a kill -9 mid-flush leaves it
+        raw.seek(chunk.byte_offset)
+        raw.write(b"\xff" * chunk.size)
+    messages = []
+    resumed = _record(tiny_model, imageset, target, batch_size=2, preprocess="paper",
+                      log=messages.append)
+    assert "its last rows were cut off mid-write" in messages[0] and "afresh" in messages[0]
+    for layer in ("conv", "dense"):
+        np.testing.assert_array_equal(resumed.read(layer), whole.read(layer))
+    whole.close()
+    resumed.close()
+
+
 def test_partial_with_other_arguments_starts_afresh(tiny_model, file_set, tmp_path,
                                                     monkeypatch):
     imageset, _ = file_set
