@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -80,15 +79,12 @@ def check_h_options(grid: str, others: str, seed: int, probe_fits: int, probe_ma
     Example:
         check_h_options("4x4", "random-10", 0, 200, 100, 5, None)   # (4, 4)
     """
+    from kerabl.hayne.grid import others_count
+
     parts = grid.lower().split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
         raise KerablError(f"--grid must be two positive integers like 4x4, got {grid!r}")
-    match = re.fullmatch(r"random-(\d+)", others)
-    if others != "all" and match is None:
-        raise KerablError(f"--others must be 'all' or 'random-K' (e.g. random-10), got {others!r}")
-    if match is not None and int(match.group(1)) < 1:
-        raise KerablError(f"--others {others} draws no other class: K must be at least 1 "
-                          "(e.g. random-10), or use all")
+    others_count(others)
     check_at_least(seed, 0, "--seed")
     check_at_least(probe_fits, 1, "--probe-fits")
     check_at_least(probe_max_units, 1, "--probe-max-units")

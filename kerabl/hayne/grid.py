@@ -21,6 +21,25 @@ from kerabl.errors import KerablError
 _RANDOM_MODE = re.compile(r"random-(\d+)")
 
 
+def others_count(mode: str) -> int | None:
+    """K of an others mode "random-K" (at least 1), None for "all".
+
+    Example:
+        others_count("random-10")   # 10
+        others_count("all")         # None
+        others_count("random-0")    # KerablError: K must be at least 1
+    """
+    if mode == "all":
+        return None
+    match = _RANDOM_MODE.fullmatch(mode)
+    if match is None:
+        raise KerablError(f"--others must be 'all' or 'random-K' (e.g. random-10), got {mode!r}")
+    if int(match.group(1)) < 1:
+        raise KerablError(f"--others {mode} draws no other class: K must be at least 1 "
+                          "(e.g. random-10), or use all")
+    return int(match.group(1))
+
+
 def choose_others(n_classes: int, target: int, mode: str = "random-10", seed: int = 0) -> np.ndarray:
     """Positions (0..n_classes-1, study order) of the classes whose images are "other" images.
 
@@ -42,12 +61,9 @@ def choose_others(n_classes: int, target: int, mode: str = "random-10", seed: in
         raise KerablError(f"target class position {target} is outside 0..{n_classes - 1}; "
                           "pass a position in the study's class list")
     others = np.array([c for c in range(n_classes) if c != target], dtype=np.int64)
-    if mode == "all":
+    k = others_count(mode)
+    if k is None:
         return others
-    match = _RANDOM_MODE.fullmatch(mode)
-    if match is None or int(match.group(1)) < 1:
-        raise KerablError(f"unknown others mode {mode!r}; use 'all' or 'random-K' (e.g. random-10)")
-    k = int(match.group(1))
     if k >= others.size:
         return others
     rng = np.random.default_rng([seed, target])

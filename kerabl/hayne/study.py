@@ -187,12 +187,13 @@ def target_layers(network, layers: Sequence[str] | None) -> list[str]:
 
 
 def _writer_args(network, imageset, layers, config: HConfig) -> dict:
+    from kerabl.hayne.grid import others_count
     from kerabl.masks import n_units
 
     counts = [len(imageset.rows_of(c)) for c in imageset.classes]
     n_others = len(imageset.classes) - 1
-    if config.others.startswith("random-"):
-        n_others = min(n_others, int(config.others.split("-", 1)[1]))
+    if others_count(config.others) is not None:
+        n_others = min(n_others, others_count(config.others))
     run_config = {
         "study": "H", "model": network.name, "weights_id": network.weights_id,
         "dataset": imageset.name, "preprocess": network.preprocess, "layers": list(layers),
