@@ -52,7 +52,7 @@ def command(fn=None, **settings):
                        err=True)
             raise typer.Exit(130) from None
         finally:
-            _inputs.cache_clear()  # a model file may change between two commands of a process
+            _forget_inputs()  # a model file may change between two commands of a process
     return app.command(**settings)(run)
 
 
@@ -113,6 +113,7 @@ def _network(model: str, weights: str, alpha: float, seed: int, preprocess: Opti
     return (dataclasses.replace(net, preprocess=preprocess) if preprocess else net), notes
 
 
+@functools.lru_cache(maxsize=1)
 def _imageset(model: str, images: Optional[Path], classes: Optional[str],
               class_index: Optional[Path] = None):
     """The image set and the output count its labels imply (None: only the indices must fit)."""
@@ -352,6 +353,12 @@ def layers(
                f"{len(targets)} default targets: {', '.join(targets)}")
 
 
+def _forget_inputs() -> None:
+    """Drop the cached image set and network (a command's checks and stages share them)."""
+    _imageset.cache_clear()
+    _inputs.cache_clear()
+
+
 @functools.lru_cache(maxsize=1)
 def _inputs(model, weights, alpha, images, classes, layers, preprocess, seed, custom_objects=None,
             class_index=None):
@@ -527,7 +534,7 @@ def reproduce(
 
     start = time.perf_counter()
     model = options["model"]
-    _inputs.cache_clear()
+    _forget_inputs()
     if probe_fits is None:
         probe_fits = probe_fits_demo if model == Model.demo else 200
         typer.echo(f"probe fits per cell: {probe_fits}"
@@ -564,7 +571,7 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
         timings["Z study"] = time.perf_counter() - start - sum(timings.values())
         files += _render(z_path, Path(out) / "figures")
         timings["Z figures"] = time.perf_counter() - start - sum(timings.values())
-    _inputs.cache_clear()
+    _forget_inputs()
     typer.echo(headline_text(headline))
     typer.echo(f"results: {path} (summary: {Path(out) / 'h_summary.json'})")
     typer.echo(f"figures: {Path(out) / 'figures'} ({len(files)} files)")
