@@ -621,18 +621,19 @@ def build_probe_contrast(results_list: Sequence, labels: Sequence[str]) -> Figur
     axes = fig.subplots(len(labels), len(CONTRAST_METRICS), squeeze=False)
     titles = {"probe": "paper metric", "probe_heldout": "CV probe, grid of all images",
               "probe_fold": "held-out probe, grid per fold", "deficit": "rank deficit"}
+    extras = [{"probe": f"\n(all 'other' scores {majority_probe_level(res):.3f})",
+               "probe_heldout": "\n(chance 0.5)", "probe_fold": "\n(chance 0.5)"}
+              for res in results_list]
     for col, metric in enumerate(CONTRAST_METRICS):
         cmap_name = GRID_METRICS.get(metric, ("", "viridis"))[1]
         vmin, vmax = _finite_range(means[:, col])
         if metric in ("probe_heldout", "probe_fold"):
             vmin, vmax = min(vmin, 0.5), max(vmax, 0.5)
-        for row, (res, name) in enumerate(zip(results_list, labels)):
+        for row, name in enumerate(labels):
             ax = axes[row, col]
             image = _grid_image(ax, means[row, col], _cmap(cmap_name), vmin, vmax)
             _annotate_cells(ax, means[row, col], image)
-            extra = {"probe": f"\n(all 'other' scores {majority_probe_level(res):.3f})",
-                     "probe_heldout": "\n(chance 0.5)", "probe_fold": "\n(chance 0.5)"}
-            ax.set_title(f"{titles[metric]}{extra.get(metric, '')}", fontsize=FONT)
+            ax.set_title(f"{titles[metric]}{extras[row].get(metric, '')}", fontsize=FONT)
             ax.set_xlabel("magnitude cell", fontsize=FONT)
             ax.set_ylabel(f"{name}\nselectivity strip" if col == 0 else "selectivity strip",
                           fontsize=FONT)
