@@ -25,18 +25,6 @@ import numpy as np
 from kerabl.errors import KerablError
 
 
-def _fold_splits(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
-    """Held-out row indices of each fold (stratified, shuffled with `seed`)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    k = min(folds, int(np.bincount(y, minlength=2).min()))
-    if k < 2:
-        raise KerablError("each class needs at least 2 images for a held-out score; "
-                          "use more images per class")
-    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [test for _, test in cv.split(np.zeros(y.size), y)]
-
-
 def _train_means(acts, y: np.ndarray, test: np.ndarray,
                  sums: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Target and other means over the training rows: the full sums less the held-out rows'."""
@@ -64,10 +52,6 @@ def _standardised(x: np.ndarray, train: np.ndarray) -> np.ndarray:
     return out
 
 
-def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    return float(np.mean([np.mean(pred[y == c] == c) for c in (0, 1)]))
-
-
 def fold_probe_scores(acts, n_target: int, *, grid_shape: tuple[int, int] = (4, 4),
                       legacy_bounds: bool = False, folds: int = 5, max_units: int = 100,
                       seed: int = 0) -> np.ndarray:
@@ -90,13 +74,13 @@ def fold_probe_scores(acts, n_target: int, *, grid_shape: tuple[int, int] = (4, 
         (n * m, folds) float64; NaN for a cell that is empty in a fold.
     """
     from kerabl.hayne.grid import coordinates, equal_count_grid
-    from kerabl.hayne.probes import fit_logistic_batched
+    from kerabl.hayne.probes import balanced_accuracy, fit_logistic_batched, stratified_folds
 
     if acts.ndim != 2 or not 0 < n_target < acts.shape[0]:
         raise KerablError(f"activations of shape {acts.shape} with {n_target} target images: pass "
                           "(images, units) with target and other images")
     y = np.r_[np.ones(n_target, np.int64), np.zeros(acts.shape[0] - n_target, np.int64)]
-    splits = _fold_splits(y, folds, seed)
+    splits = [test for _, test in stratified_folds(y, folds, seed).split(np.zeros(y.size), y)]
     sums = (acts[:n_target].sum(0, dtype=np.float64), acts[n_target:].sum(0, dtype=np.float64))
     n_cells = int(grid_shape[0]) * int(grid_shape[1])
     scores = np.full((n_cells, len(splits)), np.nan)
@@ -111,7 +95,7 @@ def fold_probe_scores(acts, n_target: int, *, grid_shape: tuple[int, int] = (4, 
                            for k in ks])
             w = fit_logistic_batched(Xb[:, train], y[train])
             for j, k in enumerate(ks):
-                scores[k, f] = _balanced_accuracy(y[test], (Xb[j, test] @ w[j]) > 0)
+                scores[k, f] = balanced_accuracy(y[test], (Xb[j, test] @ w[j]) > 0)
     return scores
 
 

@@ -349,22 +349,16 @@ def heldout_probe_score(X, y, *, folds: int = 5, max_units: int = 100, seed: int
             stops at tol 1e-4, so a test image very close to the boundary can now and then be
             predicted differently, moving the fold score by 1/(2 * class count).
     """
-    from sklearn.model_selection import StratifiedKFold
-
     X, y = _check_xy(X, y)
     _check_solver(solver)
-    k = min(folds, int(np.bincount(y).min()))
-    if k < 2:
-        raise KerablError("each class needs at least 2 images for a held-out score; "
-                          "use more images per class")
+    cv = stratified_folds(y, folds, seed)
     cols = _column_draws(X.shape[1], 1, max_units, seed)[0]
-    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     if solver == "sklearn":
         return _heldout_sklearn(X[:, cols], y, cv)
     splits = list(cv.split(X, y))
     Xb, train = _standardised_folds(X[:, cols], splits)
     pred = _margins(Xb, fit_logistic_batched(Xb, y, sample_weight=train)) > 0
-    scores = [_balanced_accuracy(y[test], pred[f, test]) for f, (_, test) in enumerate(splits)]
+    scores = [balanced_accuracy(y[test], pred[f, test]) for f, (_, test) in enumerate(splits)]
     return float(np.mean(scores))
 
 
@@ -391,8 +385,28 @@ def _standardised_folds(X: np.ndarray, splits: list) -> tuple[np.ndarray, np.nda
     return Xb, train_weight
 
 
-def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    """Mean recall of the two classes (sklearn's balanced_accuracy_score for 0/1 labels)."""
+def stratified_folds(y: np.ndarray, folds: int, seed: int):
+    """The held-out scores' folds: `StratifiedKFold` (shuffled, random_state=seed), `folds`
+    reduced to the smaller class's image count.
+
+    Example:
+        for train, test in stratified_folds(y, 5, seed=0).split(np.zeros(y.size), y): ...
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    k = min(folds, int(np.bincount(y, minlength=2).min()))
+    if k < 2:
+        raise KerablError("each class needs at least 2 images for a held-out score; "
+                          "use more images per class")
+    return StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall of the two classes (sklearn's balanced_accuracy_score for 0/1 labels).
+
+    Example:
+        balanced_accuracy(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]))   # 0.75
+    """
     return float(np.mean([np.mean(pred[y == c] == c) for c in (0, 1)]))
 
 
