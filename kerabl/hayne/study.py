@@ -300,7 +300,7 @@ class _Sweep:
 
     def _fold_scores(self, acts, n_target, ci, li):
         from kerabl.hayne.heldout import fold_probe_summary
-        from kerabl.hayne.probes import single_threaded
+        from kerabl.hayne.logistic import single_threaded
 
         config = self.config
         with single_threaded():
@@ -343,7 +343,7 @@ def cell_probe_scores(task) -> tuple[float, float, float, float, float]:
 
     Runs in a worker process when the sweep has a pool: it imports no TensorFlow.
     """
-    from kerabl.hayne.probes import single_threaded
+    from kerabl.hayne.logistic import single_threaded
 
     with single_threaded():
         return _cell_probe_scores(*task)
