@@ -109,3 +109,17 @@ def test_separable_large_values_converge():
     w = fit.weights[0]
     assert np.isfinite(w).all() and fit.steps < 100
     assert np.linalg.norm(_gradient(_design(X, np.arange(4)), y, w, False)) < 1e-6
+
+
+def test_wide_matrix_uses_the_fits_own_designs_with_the_same_optimum():
+    """A cell far wider than a fit (AlexNet conv_1: 18,150 units per cell) takes the stacked
+    path; both paths reach the same weights."""
+    from kerabl.hayne import logistic
+
+    X, y = _cell(seed=11, units=400)
+    sets = _sets(400, 12, 5, seed=12)
+    assert isinstance(logistic._column_design(X, sets), logistic._Stacked)
+    assert isinstance(logistic._column_design(X[:, :100], sets % 100), logistic._Columns)
+    Xb = np.stack([_design(X, cols) for cols in sets])
+    a = fit_logistic_columns(X, sets, y, penalise_intercept=True)
+    assert np.abs(a - fit_logistic_batched(Xb, y, penalise_intercept=True)).max() < 1e-9

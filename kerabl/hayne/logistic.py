@@ -49,6 +49,7 @@ _C = 1.0                # LogisticRegression's default inverse regularisation st
 _NEWTON_STEPS = 100
 _GRAD_TOL = 1e-11       # stop when every gradient entry is below this times (1 + C * sum(s))
 _KEEP_FACTOR = 0.25     # reuse a Hessian while each step shrinks the gradient at least this much
+_SHARED_WIDTH = 16      # products with the whole matrix X up to this many times a fit's columns
 _COMPACT = 0.75         # compact the stack when this share of its fits is still active
 
 
@@ -158,6 +159,20 @@ class _Columns:
         return 2.0 * n_fits * self.n_rows * self.n_units
 
 
+def _column_design(X: np.ndarray, column_sets: np.ndarray):
+    """`_Columns` while X has at most `_SHARED_WIDTH` times as many columns as a fit (a product
+    with all of X then costs less than one matrix-vector product per fit, which reads memory),
+    else the fits' own design matrices (`_Stacked`)."""
+    sets = np.asarray(column_sets, dtype=np.int64)
+    if X.shape[1] <= _SHARED_WIDTH * (sets.shape[1] + 1):
+        return _Columns(X, sets)
+    X = np.asarray(X, dtype=np.float64)
+    Xb = np.empty((len(sets), X.shape[0], sets.shape[1] + 1))
+    Xb[:, :, :-1] = X.T[sets].transpose(0, 2, 1)
+    Xb[:, :, -1] = 1.0
+    return _Stacked(Xb)
+
+
 def solve_logistic(y: np.ndarray, *, stacked: np.ndarray | None = None,
                    columns: tuple[np.ndarray, np.ndarray] | None = None,
                    sample_weight: np.ndarray | None = None,
@@ -187,7 +202,7 @@ def solve_logistic(y: np.ndarray, *, stacked: np.ndarray | None = None,
         raise ValueError("pass exactly one of stacked= and columns=")
     if signs_only and not penalise_intercept:
         raise ValueError("signs_only needs penalise_intercept (a strongly convex objective)")
-    design = _Stacked(stacked) if stacked is not None else _Columns(*columns)
+    design = _Stacked(stacked) if stacked is not None else _column_design(*columns)
     y = np.asarray(y, dtype=np.float64).ravel()
     n_fits, n, d = design.n_fits, design.n_rows, design.d
     s = np.ones((n_fits, n)) if sample_weight is None else np.array(np.broadcast_to(
