@@ -345,7 +345,11 @@ def cell_probe_scores(task) -> tuple[float, float, float, float, float]:
 def pair_fold_probe(task) -> tuple[np.ndarray, np.ndarray]:
     """The leak-free held-out probe of one class x layer pair (`kerabl.hayne.heldout`): mean and
     standard deviation over folds per cell, BLAS on one thread. Runs in a worker process when
-    the sweep has a pool (it imports no TensorFlow)."""
+    the sweep has a pool (it imports no TensorFlow).
+
+    Example:
+        mean, sd = pair_fold_probe((acts, n_target, HConfig(), cell_seed(0, ci, li, 2 ** 31 - 1)))
+    """
     from kerabl.hayne.heldout import fold_probe_summary
     from kerabl.hayne.logistic import single_threaded
 
