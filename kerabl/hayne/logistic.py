@@ -99,24 +99,32 @@ def _blas_controller():
 
 
 class _Stacked:
-    """Design matrices (fits, rows, d), the intercept column last, one per fit."""
+    """One design matrix per fit, held transposed: T (fits, d, rows), the intercept row last."""
 
-    def __init__(self, Xb: np.ndarray):
-        self.X = np.ascontiguousarray(Xb, dtype=np.float64)
-        self.T32 = np.ascontiguousarray(self.X.transpose(0, 2, 1), dtype=np.float32)
-        self.n_fits, self.n_rows, self.d = self.X.shape
+    def __init__(self, T: np.ndarray):
+        self.T = np.ascontiguousarray(T, dtype=np.float64)
+        self.n_fits, self.d, self.n_rows = self.T.shape
+        self._T32 = None
+
+    @property
+    def T32(self) -> np.ndarray:
+        """The designs in float32, for the Hessian products (made on first use)."""
+        if self._T32 is None:
+            self._T32 = self.T.astype(np.float32)
+        return self._T32
 
     def keep(self, idx: np.ndarray) -> None:
-        self.X, self.T32 = self.X[idx], self.T32[idx]
+        self.T = self.T[idx]
+        self._T32 = None if self._T32 is None else self._T32[idx]
 
     def margins(self, V: np.ndarray) -> np.ndarray:
-        return np.matmul(self.X, V[:, :, None])[:, :, 0]
+        return np.matmul(V[:, None, :], self.T)[:, 0]
 
     def gradients(self, R: np.ndarray) -> np.ndarray:
-        return np.matmul(R[:, None, :], self.X)[:, 0]
+        return np.matmul(self.T, R[:, :, None])[:, :, 0]
 
     def row_norms(self) -> np.ndarray:
-        return np.sqrt(np.einsum("fnd,fnd->fn", self.X, self.X))
+        return np.sqrt(np.einsum("fdn,fdn->fn", self.T, self.T))
 
     def product_flops(self, n_fits: int) -> float:
         return 2.0 * n_fits * self.n_rows * self.d
@@ -132,12 +140,21 @@ class _Columns:
         self.n_rows, self.n_units = self.X.shape
         self.n_fits, k = self.sets.shape
         self.d = k + 1
-        self.T32 = np.empty((self.n_fits, self.d, self.n_rows), dtype=np.float32)
-        self.T32[:, :-1] = np.ascontiguousarray(self.X.T, dtype=np.float32)[self.sets]
-        self.T32[:, -1] = 1.0
+        self._T32 = None
+
+    @property
+    def T32(self) -> np.ndarray:
+        """(fits, d, rows) float32 designs, transposed, for the Hessian products (made on first
+        use)."""
+        if self._T32 is None:
+            self._T32 = np.empty((len(self.sets), self.d, self.n_rows), dtype=np.float32)
+            self._T32[:, :-1] = np.ascontiguousarray(self.X.T, dtype=np.float32)[self.sets]
+            self._T32[:, -1] = 1.0
+        return self._T32
 
     def keep(self, idx: np.ndarray) -> None:
-        self.sets, self.T32 = self.sets[idx], self.T32[idx]
+        self.sets = self.sets[idx]
+        self._T32 = None if self._T32 is None else self._T32[idx]
 
     def _spread(self, V: np.ndarray) -> np.ndarray:
         W = np.zeros((self.n_units, len(V)))
@@ -166,11 +183,10 @@ def _column_design(X: np.ndarray, column_sets: np.ndarray):
     sets = np.asarray(column_sets, dtype=np.int64)
     if X.shape[1] <= _SHARED_WIDTH * (sets.shape[1] + 1):
         return _Columns(X, sets)
-    X = np.asarray(X, dtype=np.float64)
-    Xb = np.empty((len(sets), X.shape[0], sets.shape[1] + 1))
-    Xb[:, :, :-1] = X.T[sets].transpose(0, 2, 1)
-    Xb[:, :, -1] = 1.0
-    return _Stacked(Xb)
+    T = np.empty((len(sets), sets.shape[1] + 1, X.shape[0]))
+    T[:, :-1] = np.ascontiguousarray(np.asarray(X, dtype=np.float64).T)[sets]
+    T[:, -1] = 1.0
+    return _Stacked(T)
 
 
 def solve_logistic(y: np.ndarray, *, stacked: np.ndarray | None = None,
@@ -202,7 +218,8 @@ def solve_logistic(y: np.ndarray, *, stacked: np.ndarray | None = None,
         raise ValueError("pass exactly one of stacked= and columns=")
     if signs_only and not penalise_intercept:
         raise ValueError("signs_only needs penalise_intercept (a strongly convex objective)")
-    design = _Stacked(stacked) if stacked is not None else _column_design(*columns)
+    design = (_Stacked(np.asarray(stacked, dtype=np.float64).transpose(0, 2, 1))
+              if stacked is not None else _column_design(*columns))
     y = np.asarray(y, dtype=np.float64).ravel()
     n_fits, n, d = design.n_fits, design.n_rows, design.d
     s = np.ones((n_fits, n)) if sample_weight is None else np.array(np.broadcast_to(
@@ -394,4 +411,4 @@ def column_margins(X: np.ndarray, column_sets: np.ndarray, w: np.ndarray) -> np.
         predictions = column_margins(acts, sets, fit_logistic_columns(acts, sets, y)) > 0
     """
     with one_blas_thread():
-        return _Columns(X, column_sets).margins(np.asarray(w, dtype=np.float64))
+        return _column_design(X, column_sets).margins(np.asarray(w, dtype=np.float64))
