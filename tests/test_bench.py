@@ -153,7 +153,11 @@ def test_quick_bench_writes_the_table(tmp_path):
     result = run_bench(out, quick=True, log=lines.append)
     stored = json.loads(out.read_text())
     assert set(stored) == {"machine", "floor", "cases", "table", "notes", "extrapolation",
-                           "skipped", "headline"}
+                           "skipped", "probe_rate", "headline"}
+    probe = stored["probe_rate"]
+    assert probe["fits"] == 50 and probe["workers"] >= 1 and probe["threads"] == 1
+    assert probe["cell_s"] > 0 and probe["gflops"] > 0 and 1 <= probe["hessians_per_fit"] < 20
+    assert any(line.startswith("probes: 50 fits of 100 units x 550 images") for line in lines)
     z_row = stored["table"][1]
     assert z_row["ratio_cached"] > z_row["ratio"]        # the sweep alone: no head pass to share
     assert stored["notes"][0].startswith(f"Z demo conv_5: {stored['cases']['demo']['z']['ratio']:.1f}x")

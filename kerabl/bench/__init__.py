@@ -25,6 +25,7 @@ import numpy as np
 
 from kerabl.bench.cases import STUDY_CLASSES, run_case
 from kerabl.bench.flops import MATMUL_SIZES, matmul_floor, onednn_enabled
+from kerabl.bench.probes import probe_line, probe_rate
 from kerabl.bench.report import (EXTRAPOLATION_COLUMNS, LEGEND, MAIN_COLUMNS, extrapolate,
                                  extrapolation_note, format_table, headline, table_rows, z_notes)
 
@@ -55,7 +56,8 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = No
         log: where lines go.
 
     Returns:
-        {"machine", "floor", "cases", "table", "notes", "extrapolation", "skipped", "headline"}.
+        {"machine", "floor", "cases", "table", "notes", "extrapolation", "skipped",
+         "probe_rate", "headline"}.
     """
     import os
     import platform
@@ -76,16 +78,20 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = No
         cases[name] = _in_subprocess(name, root, quick)
     rows = table_rows(cases, floor["best_gflops"])
     workers = os.cpu_count() or 1
+    probe = probe_rate(floor["best_gflops"], workers=workers, fits=50 if quick else 200,
+                       repeats=1 if quick else 3)
     extra = [] if quick else extrapolate(cases, workers)
     result = dict(machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
                                tensorflow=tf.__version__, onednn=onednn_enabled()),
                   floor=floor, cases=cases, table=rows, notes=z_notes(cases, floor["best_gflops"]),
-                  extrapolation=extra, skipped=skipped, headline=headline(cases))
+                  extrapolation=extra, skipped=skipped, probe_rate=probe,
+                  headline=headline(cases))
     Path(out).write_text(json.dumps(result, indent=1, default=_json_default))
     log(format_table(rows, MAIN_COLUMNS))
     log(LEGEND)
     for note in result["notes"]:
         log(note)
+    log(probe_line(probe, floor["best_gflops"]))
     if extra:
         log("\nPaper-scale study times on this machine (50 images per class, 16 cells):")
         log(format_table(extra, EXTRAPOLATION_COLUMNS))

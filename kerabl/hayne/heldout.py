@@ -74,7 +74,8 @@ def fold_probe_scores(acts, n_target: int, *, grid_shape: tuple[int, int] = (4, 
         (n * m, folds) float64; NaN for a cell that is empty in a fold.
     """
     from kerabl.hayne.grid import coordinates, equal_count_grid
-    from kerabl.hayne.probes import balanced_accuracy, fit_logistic_batched, stratified_folds
+    from kerabl.hayne.logistic import fit_logistic_batched
+    from kerabl.hayne.probes import balanced_accuracy, stratified_folds
 
     if acts.ndim != 2 or not 0 < n_target < acts.shape[0]:
         raise KerablError(f"activations of shape {acts.shape} with {n_target} target images: pass "

@@ -12,19 +12,17 @@
 - `rsa_scores(X, y)`: Kendall tau-b and Spearman rho between the image RDM and the class
   template RDM (the authors' "srs"); upper triangles by default, `matrix="full"` the authors'
   full matrices; `image_rdm`, `template_rdm` build the RDMs.
-- `fit_logistic_batched(Xb, y)`: the Newton solver on a stack of problems.
+- `fit_logistic_batched(Xb, y)`, `fit_logistic_columns(X, sets, y)`: the batched Newton solver
+  (`kerabl.hayne.logistic`), re-exported here.
 
 Why two solvers: sklearn's solvers (tol 1e-4) can stop before the optimum, so now and then an
 image near the boundary is predicted differently from the exact optimum. The batched solver gives
 the predictions of a tightly converged fit of the same objective; the sklearn solver repeats the
 authors' loop.
 
-Cost (2-core machine, shared with other jobs): a Newton step costs one BLAS syrk of
-rows x d^2 flops per fit; a fit takes ~8 steps. paper_probe_score with 200 fits of 450 x 101
-is ~1.6 GFLOP per step (~0.4-0.8 s here, against ~18 s for the earlier numpy batched matmul
-and ~10-50 s for the sklearn loop); draws of the same column set (every draw when the cell has
-<= max_units units) share one fit. heldout_probe_score ~30-60 ms (450 x 100, 5 folds),
-rsa_scores ~30-70 ms (450 x 2048; n^2 d / 2 flops, one sort of the n^2 / 2 distances).
+Cost (2-core machine): the 200 fits of a 450 x 101 cell take ~8 Newton steps, about half of
+them with a freshly formed Hessian (`kerabl.hayne.logistic`); draws of the same column set (every
+draw when the cell has <= max_units units) share one fit. `kerabl bench` prints the probe rate.
 BLAS runs on one thread inside these functions (threads thrash on a shared machine).
 
 No TensorFlow here.
@@ -36,16 +34,19 @@ import warnings
 from functools import lru_cache
 
 import numpy as np
-from scipy.linalg import blas, lapack
-from scipy.special import expit
+from scipy.linalg import blas
 
 from kerabl.errors import KerablError
+from kerabl.hayne.logistic import (column_margins, fit_logistic_batched, fit_logistic_columns,
+                                   one_blas_thread)
 
-_C = 1.0                 # LogisticRegression's default inverse regularisation strength
+__all__ = ["OBJECTIVES", "RSA_MATRICES", "balanced_accuracy", "fit_logistic_batched",
+           "hard_log_loss", "heldout_probe_score", "image_rdm", "paper_probe_loss",
+           "paper_probe_score", "rsa_scores", "sklearn_probe", "stratified_folds",
+           "template_rdm"]
+
 OBJECTIVES = ("liblinear", "lbfgs")
 LOG_LOSS_EPS = 1e-15     # scikit-learn <= 1.2's log_loss clipping
-_NEWTON_STEPS = 100
-_GRAD_TOL = 1e-9         # stop when every gradient entry is below this times (1 + C * n_rows)
 
 
 def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray]:
@@ -123,140 +124,9 @@ def _sklearn_predictions(X: np.ndarray, y: np.ndarray, draws: np.ndarray,
     return out
 
 
-def _one_blas_thread():
-    """Context that runs BLAS on one thread: the many small products here are faster that way,
-    and threads thrash when the machine is shared."""
-    return _blas_controller().limit(limits=1, user_api="blas")
-
-
-def single_threaded():
-    """Context that runs BLAS and OpenMP on one thread: a sweep runs one cell per core instead
-    (`kerabl.study` worker processes); threads of one small problem mostly wait on each other."""
-    return _blas_controller().limit(limits=1)
-
-
-@lru_cache(maxsize=1)
-def _blas_controller():
-    """The process's thread-pool controller: finding the BLAS libraries costs ~10 ms, so once."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def _objective(z: np.ndarray, w: np.ndarray, y: np.ndarray, s: np.ndarray,
-               reg: np.ndarray) -> np.ndarray:
-    """C * sum(s * log loss) + 0.5 * sum(reg * w^2) per fit, from the margins z = Xb w."""
-    return _C * (s * (np.logaddexp(0.0, z) - y * z)).sum(1) + 0.5 * (reg * w ** 2).sum(1)
-
-
-def _newton_direction(Xf: np.ndarray, root_curvature: np.ndarray, reg: np.ndarray,
-                      grad: np.ndarray, buffer: np.ndarray) -> np.ndarray:
-    """Solve (Xf^T diag(root_curvature^2) Xf + diag(reg)) step = grad: one BLAS syrk, one
-    Cholesky solve; `buffer` (shaped like Xf) avoids a fresh allocation per call."""
-    A = np.multiply(Xf, root_curvature[:, None], out=buffer)
-    hess = blas.dsyrk(1.0, A.T, trans=0)            # upper triangle of A^T A
-    hess.flat[::hess.shape[0] + 1] += reg
-    _, step, info = lapack.dposv(hess, grad)
-    if info != 0:                                   # singular: only if every curvature underflowed
-        full = np.triu(hess) + np.triu(hess, 1).T
-        step = np.linalg.lstsq(full, grad, rcond=None)[0]
-    return step
-
-
-def fit_logistic_batched(Xb: np.ndarray, y: np.ndarray,
-                         sample_weight: np.ndarray | None = None,
-                         penalise_intercept: bool = False) -> np.ndarray:
-    """Optimal weights of L2 logistic regressions (C = 1, unpenalised last column) on a stack.
-
-    Example:
-        Xb = np.concatenate([X_stack, np.ones((*X_stack.shape[:2], 1))], axis=2)
-        w = fit_logistic_batched(Xb, y)      # (fits, d + 1); w[:, -1] is the intercept
-
-    Minimises C * sum(sample_weight * log loss) + 0.5 * ||w[:-1]||^2 (+ 0.5 * w[-1]^2 with
-    `penalise_intercept`, liblinear's objective) for every fit by damped
-    Newton steps until every gradient entry is below 1e-9 * (1 + C * sum(sample_weight));
-    converged fits leave the batch. Per step and fit: one BLAS syrk for the Hessian
-    (n d^2 flops), one Cholesky solve, matrix-vector products for the gradient; the cheap
-    element-wise parts (probabilities, Armijo backtracking on the margins) run on the whole
-    batch at once. BLAS runs on one thread.
-
-    Args:
-        Xb: (fits, rows, d + 1) design matrices whose last column is the intercept column.
-        y: (rows,) 0/1 labels shared by every fit.
-        sample_weight: (fits, rows) row weights (0 leaves a row out, e.g. a test fold);
-            default all ones.
-        penalise_intercept: penalise the last column's weight too (liblinear's objective).
-
-    Returns:
-        (fits, d + 1) float64 weights.
-    """
-    Xb = np.ascontiguousarray(Xb, dtype=np.float64)
-    n_fits, n, d = Xb.shape
-    y = np.asarray(y, dtype=np.float64).ravel()
-    s = np.ones((n_fits, n)) if sample_weight is None else np.broadcast_to(
-        np.asarray(sample_weight, dtype=np.float64), (n_fits, n))
-    reg = np.ones(d)
-    reg[-1] = 1.0 if penalise_intercept else 0.0
-    tol = _GRAD_TOL * (1 + _C * s.sum(1))
-    w = np.zeros((n_fits, d))
-    z = np.zeros((n_fits, n))
-    active = np.arange(n_fits)
-    buffer = np.empty((n, d))
-    with _one_blas_thread():
-        for _ in range(_NEWTON_STEPS):
-            p = expit(z[active])
-            residual = _C * s[active] * (p - y)
-            root_curvature = np.sqrt(_C * s[active] * p * (1.0 - p))
-            grad = np.empty((active.size, d))
-            step = np.zeros((active.size, d))
-            dz = np.zeros((active.size, n))
-            still = np.zeros(active.size, dtype=bool)
-            for j, f in enumerate(active):
-                grad[j] = Xb[f].T @ residual[j] + reg * w[f]
-                if np.abs(grad[j]).max() > tol[f]:
-                    still[j] = True
-                    step[j] = _newton_direction(Xb[f], root_curvature[j], reg, grad[j], buffer)
-                    dz[j] = Xb[f] @ step[j]
-            if not still.any():
-                break
-            active, grad, step, dz = active[still], grad[still], step[still], dz[still]
-            t = _armijo(z[active], dz, w[active], step, grad, y, s[active], reg)
-            w[active] -= t[:, None] * step
-            z[active] -= t[:, None] * dz
-    return w
-
-
-def _armijo(z: np.ndarray, dz: np.ndarray, w: np.ndarray, step: np.ndarray, grad: np.ndarray,
-            y: np.ndarray, s: np.ndarray, reg: np.ndarray) -> np.ndarray:
-    """Armijo step lengths (1, 1/2, 1/4, ...) per fit for the Newton direction -step; a change
-    below rounding (1e-13 of the objective) is accepted so that steps near the optimum stay full."""
-    t = np.ones(len(w))
-    f0 = _objective(z, w, y, s, reg)
-    slack = 1e-4 * (grad * step).sum(1) - 1e-13 * np.abs(f0)
-    bad = np.ones(len(w), dtype=bool)
-    for _ in range(30):
-        idx = np.flatnonzero(bad)
-        tt = t[idx, None]
-        f = _objective(z[idx] - tt * dz[idx], w[idx] - tt * step[idx], y, s[idx], reg)
-        bad[idx] = f > f0[idx] - t[idx] * slack[idx]
-        if not bad.any():
-            break
-        t[bad] *= 0.5
-    return t
-
-
 def _margins(Xb: np.ndarray, w: np.ndarray) -> np.ndarray:
-    with _one_blas_thread():
-        return np.stack([Xf @ wf for Xf, wf in zip(Xb, w)])
-
-
-def _design_stack(X: np.ndarray, column_sets: np.ndarray) -> np.ndarray:
-    """(sets, rows, k + 1): the chosen columns of X for each set, then a column of ones."""
-    Xb = np.empty((len(column_sets), X.shape[0], column_sets.shape[1] + 1))
-    Xb[:, :, -1] = 1.0
-    for f, cols in enumerate(column_sets):
-        Xb[f, :, :-1] = X[:, cols]
-    return Xb
+    with one_blas_thread():
+        return np.matmul(Xb, w[:, :, None])[:, :, 0]
 
 
 def _batched_predictions(X: np.ndarray, y: np.ndarray, draws: np.ndarray,
@@ -264,9 +134,9 @@ def _batched_predictions(X: np.ndarray, y: np.ndarray, draws: np.ndarray,
     """Hard training predictions per draw; draws of the same column set (in any order, e.g.
     every draw when the cell has <= max_units units) share one fit."""
     sets, inverse = np.unique(np.sort(draws, axis=1), axis=0, return_inverse=True)
-    Xb = _design_stack(X, sets)
-    w = fit_logistic_batched(Xb, y, penalise_intercept=objective == "liblinear")
-    return (_margins(Xb, w) > 0).astype(np.int64)[inverse.ravel()]
+    liblinear = objective == "liblinear"
+    w = fit_logistic_columns(X, sets, y, penalise_intercept=liblinear, signs_only=liblinear)
+    return (column_margins(X, sets, w) > 0).astype(np.int64)[inverse.ravel()]
 
 
 def paper_probe_score(X, y, *, n_fits: int = 200, max_units: int = 100, seed: int = 0,
@@ -416,7 +286,7 @@ def _upper_correlation(X: np.ndarray) -> np.ndarray:
     centred = X - X.mean(1, keepdims=True)
     norm = np.sqrt((centred ** 2).sum(1))
     unit = centred / np.where(norm > 0, norm, 1.0)[:, None]    # a zero row stays zero
-    with _one_blas_thread():
+    with one_blas_thread():
         return blas.dsyrk(1.0, unit.T, trans=1)
 
 
@@ -475,7 +345,7 @@ def rsa_scores(X, y, matrix: str = "upper") -> tuple[float, float]:
 def _full_matrix_rsa(X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     from scipy import stats
 
-    with warnings.catch_warnings(), _one_blas_thread(), np.errstate(invalid="ignore",
+    with warnings.catch_warnings(), one_blas_thread(), np.errstate(invalid="ignore",
                                                                      divide="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         rdm = 1 - np.corrcoef(X)

@@ -268,9 +268,13 @@ class _Sweep:
     def probes(self, state: dict, li: int, acts: np.ndarray, grid) -> dict:
         """Stage `probe`: the probe scores of each cell, and the leak-free held-out probe."""
         n_target = len(state["target_rows"])
+        fold_task = (acts, n_target, self.config, cell_seed(self.config.seed, state["ci"], li,
+                                                            2 ** 31 - 1))
+        # the held-out fold probe runs beside the cells' probes when there is a pool
+        fold = None if self.pool is None else self.pool.submit(pair_fold_probe, fold_task)
         scores = self._probe_scores(acts, n_target, grid.cells, state["ci"], li)
-        scores["probe_fold"], scores["probe_fold_sd"] = self._fold_scores(acts, n_target,
-                                                                          state["ci"], li)
+        folds = pair_fold_probe(fold_task) if fold is None else fold.result()
+        scores["probe_fold"], scores["probe_fold_sd"] = folds
         return scores
 
     def ablate(self, state: dict, li: int, acts: np.ndarray, grid) -> dict:
@@ -297,17 +301,6 @@ class _Sweep:
         return (self.config.engine == "fast" and self.config.unit == "element"
                 and np.dtype(self.cache.attrs.get("dtype", "float32")) == np.float32
                 and is_cut_point(self.network.model, layer))
-
-    def _fold_scores(self, acts, n_target, ci, li):
-        from kerabl.hayne.heldout import fold_probe_summary
-        from kerabl.hayne.probes import single_threaded
-
-        config = self.config
-        with single_threaded():
-            return fold_probe_summary(acts, n_target, grid_shape=tuple(config.grid),
-                                      legacy_bounds=config.legacy_bounds,
-                                      folds=config.heldout_folds, max_units=config.probe_max_units,
-                                      seed=cell_seed(config.seed, ci, li, 2 ** 31 - 1))
 
     def _probe_scores(self, acts, n_target, cells, ci, li) -> dict:
         config = self.config
@@ -343,10 +336,29 @@ def cell_probe_scores(task) -> tuple[float, float, float, float, float]:
 
     Runs in a worker process when the sweep has a pool: it imports no TensorFlow.
     """
-    from kerabl.hayne.probes import single_threaded
+    from kerabl.hayne.logistic import single_threaded
 
     with single_threaded():
         return _cell_probe_scores(*task)
+
+
+def pair_fold_probe(task) -> tuple[np.ndarray, np.ndarray]:
+    """The leak-free held-out probe of one class x layer pair (`kerabl.hayne.heldout`): mean and
+    standard deviation over folds per cell, BLAS on one thread. Runs in a worker process when
+    the sweep has a pool (it imports no TensorFlow).
+
+    Example:
+        mean, sd = pair_fold_probe((acts, n_target, HConfig(), cell_seed(0, ci, li, 2 ** 31 - 1)))
+    """
+    from kerabl.hayne.heldout import fold_probe_summary
+    from kerabl.hayne.logistic import single_threaded
+
+    acts, n_target, config, seed = task
+    with single_threaded():
+        return fold_probe_summary(acts, n_target, grid_shape=tuple(config.grid),
+                                  legacy_bounds=config.legacy_bounds,
+                                  folds=config.heldout_folds, max_units=config.probe_max_units,
+                                  seed=seed)
 
 
 def _cell_probe_scores(x, y, config: HConfig,
