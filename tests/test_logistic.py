@@ -123,3 +123,11 @@ def test_wide_matrix_uses_the_fits_own_designs_with_the_same_optimum():
     Xb = np.stack([_design(X, cols) for cols in sets])
     a = fit_logistic_columns(X, sets, y, penalise_intercept=True)
     assert np.abs(a - fit_logistic_batched(Xb, y, penalise_intercept=True)).max() < 1e-9
+
+
+def test_margins_of_the_fit_equal_the_margins_of_its_weights():
+    X, y = _cell(seed=13)
+    sets = _sets(X.shape[1], 20, 7, seed=14)
+    for signs_only in (False, True):
+        fit = solve_logistic(y, columns=(X, sets), penalise_intercept=True, signs_only=signs_only)
+        assert np.abs(fit.margins - column_margins(X, sets, fit.weights)).max() < 1e-9

@@ -63,6 +63,7 @@ class LogisticFit:
     """
 
     weights: np.ndarray     # (fits, d + 1), the intercept last
+    margins: np.ndarray     # (fits, rows): each fit's margins at its weights
     steps: int              # Newton steps taken by the slowest fit
     hessians: int           # Hessians formed, over all fits
     flops: float            # floating-point operations of the products and factorisations
@@ -235,7 +236,7 @@ def solve_logistic(y: np.ndarray, *, stacked: np.ndarray | None = None,
 def _newton(design, y: np.ndarray, s: np.ndarray, reg: np.ndarray, tol: np.ndarray,
             row_norms: np.ndarray | None) -> LogisticFit:
     n_fits, n, d = design.n_fits, design.n_rows, design.d
-    w_out = np.zeros((n_fits, d))
+    w_out, z_out = np.zeros((n_fits, d)), np.zeros((n_fits, n))
     ids = np.arange(n_fits)                       # the original index of each row of the batch
     w, z = np.zeros((n_fits, d)), np.zeros((n_fits, n))
     factor = np.zeros((n_fits, d, d))
@@ -254,7 +255,7 @@ def _newton(design, y: np.ndarray, s: np.ndarray, reg: np.ndarray, tol: np.ndarr
             bound = np.linalg.norm(grad, axis=1)[:, None] + 1e-9
             going &= ~(np.abs(z) > row_norms * bound + 1e-9).all(1)
         if not going.all():
-            w_out[ids[~going]] = w[~going]
+            w_out[ids[~going]], z_out[ids[~going]] = w[~going], z[~going]
             if not going.any():
                 break
             if going.mean() < _COMPACT:
@@ -281,8 +282,8 @@ def _newton(design, y: np.ndarray, s: np.ndarray, reg: np.ndarray, tol: np.ndarr
         keep = np.ones(len(ids), dtype=bool)   # try the factor again if the gradient falls
         last_norm = norm
     else:
-        w_out[ids] = w
-    return LogisticFit(weights=w_out, steps=steps, hessians=hessians, flops=flops)
+        w_out[ids], z_out[ids] = w, z
+    return LogisticFit(weights=w_out, margins=z_out, steps=steps, hessians=hessians, flops=flops)
 
 
 _CHUNK = 2          # fits per scaled copy: small enough that it stays in cache for its product

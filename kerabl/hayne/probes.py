@@ -12,8 +12,8 @@
 - `rsa_scores(X, y)`: Kendall tau-b and Spearman rho between the image RDM and the class
   template RDM (the authors' "srs"); upper triangles by default, `matrix="full"` the authors'
   full matrices; `image_rdm`, `template_rdm` build the RDMs.
-- `fit_logistic_batched(Xb, y)`, `fit_logistic_columns(X, sets, y)`: the batched Newton solver
-  (`kerabl.hayne.logistic`), re-exported here.
+- `fit_logistic_batched(Xb, y)`: the batched Newton solver (`kerabl.hayne.logistic`),
+  re-exported here.
 
 Why two solvers: sklearn's solvers (tol 1e-4) can stop before the optimum, so now and then an
 image near the boundary is predicted differently from the exact optimum. The batched solver gives
@@ -37,8 +37,7 @@ import numpy as np
 from scipy.linalg import blas
 
 from kerabl.errors import KerablError
-from kerabl.hayne.logistic import (column_margins, fit_logistic_batched, fit_logistic_columns,
-                                   one_blas_thread)
+from kerabl.hayne.logistic import fit_logistic_batched, one_blas_thread, solve_logistic
 
 __all__ = ["OBJECTIVES", "RSA_MATRICES", "balanced_accuracy", "fit_logistic_batched",
            "hard_log_loss", "heldout_probe_score", "image_rdm", "paper_probe_loss",
@@ -124,19 +123,14 @@ def _sklearn_predictions(X: np.ndarray, y: np.ndarray, draws: np.ndarray,
     return out
 
 
-def _margins(Xb: np.ndarray, w: np.ndarray) -> np.ndarray:
-    with one_blas_thread():
-        return np.matmul(Xb, w[:, :, None])[:, :, 0]
-
-
 def _batched_predictions(X: np.ndarray, y: np.ndarray, draws: np.ndarray,
                          objective: str = "liblinear") -> np.ndarray:
     """Hard training predictions per draw; draws of the same column set (in any order, e.g.
     every draw when the cell has <= max_units units) share one fit."""
     sets, inverse = np.unique(np.sort(draws, axis=1), axis=0, return_inverse=True)
     liblinear = objective == "liblinear"
-    w = fit_logistic_columns(X, sets, y, penalise_intercept=liblinear, signs_only=liblinear)
-    return (column_margins(X, sets, w) > 0).astype(np.int64)[inverse.ravel()]
+    fit = solve_logistic(y, columns=(X, sets), penalise_intercept=liblinear, signs_only=liblinear)
+    return (fit.margins > 0).astype(np.int64)[inverse.ravel()]
 
 
 def paper_probe_score(X, y, *, n_fits: int = 200, max_units: int = 100, seed: int = 0,
@@ -227,7 +221,7 @@ def heldout_probe_score(X, y, *, folds: int = 5, max_units: int = 100, seed: int
         return _heldout_sklearn(X[:, cols], y, cv)
     splits = list(cv.split(X, y))
     Xb, train = _standardised_folds(X[:, cols], splits)
-    pred = _margins(Xb, fit_logistic_batched(Xb, y, sample_weight=train)) > 0
+    pred = solve_logistic(y, stacked=Xb, sample_weight=train).margins > 0
     scores = [balanced_accuracy(y[test], pred[f, test]) for f, (_, test) in enumerate(splits)]
     return float(np.mean(scores))
 
