@@ -321,7 +321,10 @@ def keep_masks(n_channels: int, ablated_sets: Sequence[Sequence[int]]) -> np.nda
     Example:
         keep_masks(3, [[1], [0, 2]])   # [[1, 0, 1], [0, 1, 0]]
     """
-    return _keep_masks(n_channels, ablated_sets)
+    keep = np.ones((len(ablated_sets), n_channels), dtype=np.float32)
+    for row, units in zip(keep, ablated_sets):
+        row[list(units)] = 0.0
+    return keep
 
 
 def _units(units, n: int) -> np.ndarray:
@@ -329,10 +332,3 @@ def _units(units, n: int) -> np.ndarray:
     if len(units) and (units.min() < 0 or units.max() >= n):
         raise KerablError(f"units must lie in 0..{n - 1}, got {units.min()}..{units.max()}")
     return units
-
-
-def _keep_masks(n: int, ablated_sets: Sequence[Sequence[int]]) -> np.ndarray:
-    keep = np.ones((len(ablated_sets), n), dtype=np.float32)
-    for row, units in zip(keep, ablated_sets):
-        row[list(units)] = 0.0
-    return keep

@@ -38,9 +38,9 @@ MOBILENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 INPUT_SIZES = {"alexnet": (227, 227), "vgg16": (224, 224), "mobilenet_v2": (224, 224),
                "resnet101": (224, 224), "demo": (32, 32), "alexnet_torchvision": (224, 224),
                "resnet50_torchvision": (224, 224)}
-PREPROCESS = {"alexnet": "paper", "vgg16": "vgg16", "mobilenet_v2": "mobilenet_v2",
-              "resnet101": "resnet101", "demo": "none", "alexnet_torchvision": "torchvision",
-              "resnet50_torchvision": "torchvision"}
+ZOO_PREPROCESS = {"alexnet": "paper", "vgg16": "vgg16", "mobilenet_v2": "mobilenet_v2",
+                  "resnet101": "resnet101", "demo": "none", "alexnet_torchvision": "torchvision",
+                  "resnet50_torchvision": "torchvision"}
 N_CLASSES = {"alexnet": 1000, "vgg16": 1000, "mobilenet_v2": 1000, "resnet101": 1000, "demo": 10,
              "alexnet_torchvision": 1000, "resnet50_torchvision": 1000}
 ALEXNET_FILE = "alexnet_weights.h5"
@@ -724,4 +724,4 @@ def load_network(name: str, weights: str | Path | None = "default", *, alpha: fl
         _load_checked(name, model, Path(path).expanduser())
     return Network(name=name, model=model, weights_id=weights_id,
                    targets=default_targets(name, model), input_size=INPUT_SIZES[name],
-                   preprocess=PREPROCESS[name], n_classes=N_CLASSES[name])
+                   preprocess=ZOO_PREPROCESS[name], n_classes=N_CLASSES[name])
