@@ -409,9 +409,9 @@ def _render_several(results: list[Path], out: Path, class_name, layer) -> list:
             h_files.append(path)
             labels.append(model)
     if len(h_files) > 1:
-        from kerabl.hayne.figures import fig_interaction_coefficients, fig_probe_contrast, _run_label
+        from kerabl.hayne.figures import fig_interaction_coefficients, fig_probe_contrast, run_label
 
-        runs = [_run_label(HResults.open(p), name) for p, name in zip(h_files, labels)]
+        runs = [run_label(HResults.open(p), name) for p, name in zip(h_files, labels)]
         paths += fig_network_means(h_files, labels, out / "fig3_networks")
         paths += fig_probe_contrast(h_files, runs, out / "fig_probe_contrast")
         paths += fig_interaction_coefficients(h_files, runs, out / "fig_interaction")
