@@ -340,7 +340,7 @@ def load_state_dict_file(name: str, model, path) -> str:
         model = build_model("resnet50_torchvision")
         load_state_dict_file("resnet50_torchvision", model, "resnet50-11ad3fa6.pth")
     """
-    from kerabl.models import weights_digest
+    from kerabl.weightfiles import weights_digest
 
     torch_to_keras(name, model, read_state_dict(path), source=str(path))
     return weights_digest(Path(path).expanduser())
