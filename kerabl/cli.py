@@ -94,7 +94,7 @@ def _network(model: str, weights: str, alpha: float, seed: int, preprocess: Opti
     from kerabl.validate import import_tensorflow
 
     import_tensorflow()
-    from kerabl.data import check_preprocess
+    from kerabl.images import check_preprocess
     from kerabl.networks import is_model_file, load_any_network
 
     if preprocess:

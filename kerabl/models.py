@@ -7,7 +7,7 @@
   architectures, weights untouched.
 - `LocalResponseNormalization`: the AlexNet LRN as a registered Keras layer.
 - `default_targets(name, model)`, `paper_targets(name, model)`: target layer names.
-- `ZOO_PREPROCESS`: each zoo network's preprocessing recipe (a `kerabl.data.PREPROCESS` name).
+- `ZOO_PREPROCESS`: each zoo network's preprocessing recipe (a `kerabl.images.PREPROCESS` name).
 
 Random weights, the heuritech AlexNet file, weight files, digests and the manifest are in
 `kerabl.weightfiles`.

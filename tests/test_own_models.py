@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerabl.data import preprocess_images
+from kerabl.images import preprocess_images
 from kerabl.errors import KerablError
 from kerabl.folders import folder_imageset
 from kerabl.hayne.results import HResults
