@@ -466,7 +466,7 @@ def merge(
     out: Annotated[Path, typer.Option(help="Merged results file.")] = Path("h_results.h5"),
 ) -> None:
     """Join shard results (from `--shard i/n`) into one file; refuses inconsistent shards."""
-    from kerabl.hayne.results import merge as merge_results
+    from kerabl.hayne.merge import merge as merge_results
     from kerabl.validate import check_output_file
 
     check_output_file(out)
