@@ -39,7 +39,13 @@ DEMO_PROBE_FITS = 10
 
 def command(fn=None, **settings):
     """Register a stage: a `KerablError` or an OS error becomes one line on stderr and exit
-    status 2; Ctrl-C and SIGTERM stop it with one line and status 130 (finished work is kept)."""
+    status 2; Ctrl-C and SIGTERM stop it with one line and status 130 (finished work is kept).
+
+    Example:
+        @command
+        def export(results: Path, out: Path = Path("results.csv")) -> None: ...
+        @command(context_settings={"allow_extra_args": True})   # settings of app.command
+    """
     if fn is None:
         return functools.partial(command, **settings)
 
@@ -464,7 +470,12 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
 
 def headline_text(headline: dict) -> str:
     """The abstract's numbers (cells as (selectivity strip, magnitude cell)), the nested test of
-    the interaction and the class-bootstrap intervals."""
+    the interaction and the class-bootstrap intervals.
+
+    Example:
+        typer.echo(headline_text(summary(HResults.open("kerabl-out/h_results.h5"))))
+        # largest mean rank deficit: cell (3, 3) = 0.425 ...
+    """
     deficit, probe = headline["largest_deficit"], headline["highest_probe"]
     test, corr = headline["interaction"], headline["correlation"]["probe"]
     ci = test["interval"]["selectivity_x_magnitude"]
@@ -493,5 +504,9 @@ from kerabl import cli_tools  # noqa: E402,F401 - registers the other commands o
 
 
 def main() -> None:
-    """Entry point of the `kerabl` console script and `python -m kerabl`."""
+    """Entry point of the `kerabl` console script and `python -m kerabl`.
+
+    Example:
+        main()   # as `kerabl --help` when sys.argv is ["kerabl", "--help"]
+    """
     app()

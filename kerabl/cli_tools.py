@@ -69,6 +69,12 @@ def figures(
 
 
 def render_several(results: list[Path], out: Path, class_name, layer) -> list:
+    """Each file's figures in OUT/<n>-<model>/, and the H files' Fig 3, probe contrast and
+    interaction coefficients side by side in OUT; the written paths.
+
+    Example:
+        render_several([Path("a/h_results.h5"), Path("b/h_results.h5")], Path("figs"), None, None)
+    """
     from kerabl.hayne.figures import fig_network_means
     from kerabl.hayne.results import HResults
 
@@ -91,7 +97,11 @@ def render_several(results: list[Path], out: Path, class_name, layer) -> list:
 
 
 def results_kind(results: Path) -> str:
-    """The `kind` attribute of a results file; a missing or non-HDF5 file is a KerablError."""
+    """The `kind` attribute of a results file; a missing or non-HDF5 file is a KerablError.
+
+    Example:
+        results_kind(Path("kerabl-out/h_results.h5"))   # "kerabl.h-results"
+    """
     import h5py
 
     if not results.is_file():
@@ -105,6 +115,11 @@ def results_kind(results: Path) -> str:
 
 
 def render(results: Path, out: Path, class_name=None, layer=None) -> list:
+    """The figures of one results file (H or Z) in `out`; the written paths.
+
+    Example:
+        render(Path("kerabl-out/z_results.h5"), Path("figures"))   # [..."fig_z_....png", ...]
+    """
     kind = results_kind(results)
     if kind == "kerabl.z-results":
         from kerabl.zhou.figures import render_z_figures

@@ -40,6 +40,9 @@ DIGITS_SEED = 0
 def digits_images(x8: np.ndarray) -> np.ndarray:
     """Turn (N, 64) digits rows (values 0..16) into (N, 32, 32, 3) float32 images in [0, 1].
 
+    Example:
+        digits_images(np.full((2, 64), 16)).shape   # (2, 32, 32, 3), all ones
+
     Each 8 x 8 pixel becomes a 4 x 4 block (nearest-neighbour upsampling) and the grey
     image is repeated on three channels.
     """

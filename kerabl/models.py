@@ -51,7 +51,12 @@ DEMO_TARGETS = ALEXNET_TARGETS
 
 @dataclass(frozen=True)
 class Network:
-    """A model with what the studies need to know about it (see `load_network`)."""
+    """A model with what the studies need to know about it (see `load_network`).
+
+    Example:
+        net = load_network("demo")
+        net.name, net.weights_id[:7], net.n_classes   # "demo", "sha256:", 10
+    """
 
     name: str
     model: keras.Model
