@@ -397,7 +397,7 @@ def render_h_figures(results_path: str | Path, out_dir: str | Path, *,
         [p.name for p in paths][:2]   # ["fig1_units_plane.png", "fig1_units_plane.pdf"]
 
     Args:
-        results_path: an H results file (`kerabl.results`).
+        results_path: an H results file (`kerabl.hayne.results`).
         out_dir: folder for the figures (created if missing).
         class_name: class of Fig 1; None = the first class whose `layer` pair is done.
         layer: layer of Fig 1; None = the middle layer.
