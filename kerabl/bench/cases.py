@@ -7,7 +7,8 @@
   (speed, largest rank change, largest cell deficit change).
 - `z_case(...)`: a Z single-unit sweep of a late layer, the tail engine (with the Dense shortcut
   where the layer has one) against a full forward pass per unit.
-- `kerabl.bench.torch_case`: the same H cells of `TORCH_CASES` through a PyTorch port.
+- `kerabl.bench.torch_case`: the same H cells of `TORCH_CASES` through a PyTorch port, each
+  layer's right after the fast engine's.
 - `probe_case(net)`, `probe_cell_seconds(n_units)`: seconds of one cell's probes.
 - `authors_cell(...)`: one cell as the authors' code does it: rebuild the model, reload its
   weights from a file, re-read and preprocess the images, Lambda mask, full forward.
@@ -150,9 +151,10 @@ def _bf16_check(net, layer: str, images, labels, fast: dict) -> dict:
 
 
 def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], None],
-           cells: dict | None = None) -> dict:
+           column=None) -> dict:
     """The H sweep of one class: the plan's target layers fast, sampled cells the authors' way;
-    `cells`, when given, gets each timed layer's masks, ranks and seconds (the torch column's)."""
+    `column` (a `kerabl.bench.torch_case.TorchColumn`), when given, times each layer's cells in
+    torch right after the fast engine's."""
     images = imageset.load(net.input_size, net.preprocess, rows=rows)
     labels = np.asarray(imageset.labels)[rows]
     timed_layers = plan.get("layers") or net.targets
@@ -181,8 +183,8 @@ def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], Non
             if layer in bf16_layers:
                 bf16.append(_bf16_check(net, layer, images, labels, fast))
             layers.append({k: v for k, v in fast.items() if k not in ("ranks", "masks", "ablator")})
-            if cells is not None:
-                cells[layer] = {k: fast[k] for k in ("masks", "ranks", "cell_s", "tail_s", "head_s")}
+            if column is not None:
+                column.layer(layer, fast)
     return _h_summary(net, len(rows), layers, paper, bf16)
 
 
@@ -350,16 +352,16 @@ def run_case(name: str, root: str | Path | None = None, quiet: bool = False,
     net, imageset = _case_data(name, root)
     plan = PLANS["demo-quick" if quick else name]
     rows = imageset.rows_of(imageset.classes[0])
-    cells = {} if name in TORCH_CASES else None
-    h = h_case(net, imageset, rows, plan, log, cells)
-    torch = None
-    if cells is not None:
-        from kerabl.bench.torch_case import torch_case
+    column = None
+    if name in TORCH_CASES:
+        from kerabl.bench.torch_case import TorchColumn
 
-        images = imageset.load(net.input_size, net.preprocess, rows=rows)
-        torch = torch_case(net, images, np.asarray(imageset.labels)[rows], cells,
-                           plan["paper_layers"] or list(cells), log,
-                           repeats=plan.get("torch_repeats", 1))
+        column = TorchColumn(net, imageset.load(net.input_size, net.preprocess, rows=rows),
+                             np.asarray(imageset.labels)[rows],
+                             plan["paper_layers"] or plan.get("layers") or net.targets, log,
+                             repeats=plan.get("torch_repeats", 1))
+    h = h_case(net, imageset, rows, plan, log, column)
+    torch = None if column is None else column.summary()
     z = None
     if plan["z_layer"]:
         images = imageset.load(net.input_size, net.preprocess, rows=rows)
