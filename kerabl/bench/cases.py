@@ -348,6 +348,10 @@ def run_case(name: str, root: str | Path | None = None, quiet: bool = False,
     Example:
         run_case("demo")["h"]["ratio"]   # the authors' procedure / fast engine, per cell
     """
+    from kerabl.validate import import_tensorflow, quiet_tensorflow
+
+    quiet_tensorflow()      # a spawned process: its own TensorFlow start-up, as quiet as the CLI's
+    import_tensorflow()
     log = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
     net, imageset = _case_data(name, root)
     plan = PLANS["demo-quick" if quick else name]
