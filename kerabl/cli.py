@@ -224,7 +224,8 @@ def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, leg
                   engine: Engine, probe_solver: Solver, control: Control = Control.none,
                   protocol: Protocol = Protocol.default,
                   probe_objective: Objective = Objective.liblinear,
-                  srs_matrix: SrsMatrix = SrsMatrix.upper, model: str = "demo",
+                  srs_matrix: SrsMatrix = SrsMatrix.upper, precision: str = "float32",
+                  model: str = "demo",
                   inputs: Optional[dict] = None):
     from kerabl.hayne.study import HConfig
     from kerabl.validate import check_h_options
@@ -235,7 +236,7 @@ def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, leg
                      probe_max_units=probe_max_units, heldout_folds=heldout_folds, srs=srs,
                      engine=engine.value, probe_solver=probe_solver.value,
                      control=control.value, probe_objective=probe_objective.value,
-                     srs_matrix=srs_matrix.value)
+                     srs_matrix=srs_matrix.value, precision=precision)
     return _authors_config(config, model, inputs) if protocol is Protocol.authors else config
 
 
@@ -286,8 +287,9 @@ def _check_inputs(options: dict, study: bool = False) -> None:
 
 
 def _check_study(options: dict, probe_fits: int) -> None:
-    from kerabl.validate import check_h_options
+    from kerabl.validate import check_h_options, check_precision
 
+    check_precision(options["precision"], options["engine"].value)
     _check_inputs(options, study=True)
     check_h_options(options["grid"], options["others"], options["seed"], probe_fits,
                     options["probe_max_units"], options["heldout_folds"], options["workers"])

@@ -4,6 +4,7 @@
   module (torchvision's state-dict layout for the last three; no torchvision needed), softmax out.
 - `hook_points(name, net)`: Keras layer name -> the torch module whose output is that layer's.
 - `torch_from_keras(name, keras_model)`: the torch module with the Keras model's weights.
+- `split_at(net, module)`: a plain port as the head up to a hook point and the tail after it.
 - `TorchAblator(net, module)`: forward passes with a 0/1 mask multiplied into one module's output
   by a forward hook, the way a PyTorch port ablates.
 - `crosscheck(results, out_dir, ...)`: `kerabl crosscheck`: the baseline and every stored cell of an
@@ -187,6 +188,24 @@ def hook_points(name: str, net, keras_model) -> dict[str, object]:
             points[lay.name] = (seq[i + 1] if activation is keras.activations.relu else
                                 net.softmax if activation is keras.activations.softmax else module)
     return points
+
+
+def split_at(net, module):
+    """(head, tail) torch modules of a plain port (demo, vgg16, alexnet_torchvision): the network
+    up to and including `module`, and the rest to the softmax (`head` then `tail` = `net`).
+
+    Example:
+        head, tail = split_at(net, hook_points("vgg16", net, model)["block4_conv3"])
+        probs = tail(head(x) * mask)        # one cell: the head's output could be kept
+    """
+    nn = import_torch().nn
+    if not hasattr(net, "features"):
+        raise KerablError("split_at needs a plain port (features, avgpool, classifier)")
+    modules = [*net.features, net.avgpool, nn.Flatten(1), *net.classifier, net.softmax]
+    at = next((i for i, m in enumerate(modules) if m is module), None)
+    if at is None:
+        raise KerablError("the module is not a step of the port's features or classifier")
+    return nn.Sequential(*modules[:at + 1]).eval(), nn.Sequential(*modules[at + 1:]).eval()
 
 
 def torch_from_keras(name: str, keras_model):

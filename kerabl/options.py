@@ -127,6 +127,12 @@ ObjectiveOpt = Annotated[Objective, typer.Option(
 SrsMatrixOpt = Annotated[SrsMatrix, typer.Option(
     help="srs over the RDMs' upper triangles, or the authors' full matrices (diagonal "
          "included; NaN for a zero-variance image).")]
+PrecisionOpt = Annotated[str, typer.Option(
+    help="Arithmetic of the H study's ablated tail (--engine fast): float32, or bfloat16 "
+         "(mixed precision: faster where the CPU has bfloat16 units, ranks may move slightly; "
+         "`kerabl bench` prints the largest rank and deficit change). Recorded in the results. "
+         "The Z study (`kerabl units`, reproduce's Z part) stays float32: its exact Dense "
+         "shortcut has no bfloat16 path.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     help="Processes fitting the probes (default: one per CPU core); results do not depend on it.")]
 ControlOpt = Annotated[Control, typer.Option(
@@ -144,4 +150,4 @@ H_OPTIONS = (  # the H protocol: shared by study and reproduce
     ("probe_solver", SolverOpt, Solver.batched), ("control", ControlOpt, Control.none),
     ("workers", WorkersOpt, None), ("protocol", ProtocolOpt, Protocol.default),
     ("probe_objective", ObjectiveOpt, Objective.liblinear),
-    ("srs_matrix", SrsMatrixOpt, SrsMatrix.upper))
+    ("srs_matrix", SrsMatrixOpt, SrsMatrix.upper), ("precision", PrecisionOpt, "float32"))

@@ -2,7 +2,9 @@
 
 - `partial_path(path)`: `PATH.partial`, where a run writes until it is complete (and resumes).
 - `finish_partial(path)`: rename `PATH.partial` to `PATH` once the run is complete.
-- `config_differences(old, new)`: 'key: old -> new' for every differing key (all of them).
+- `config_differences(old, new)`: 'key: old -> new' for every differing key (all of them);
+  `differing_keys(old, new)`: those keys. A key of `ADDED_DEFAULTS` missing from a config (a file
+  written before the option existed) counts as its default value.
 - `write_csv_atomic(path, header, rows)`: a CSV written to `PATH.tmp`, then renamed.
 - `check_results_kind(path, kind, wanted)`: an H or Z results file where the other (or another
   file) was given is one line naming what it holds and which command writes the wanted one.
@@ -47,16 +49,36 @@ def finish_partial(path: str | os.PathLike) -> Path:
     return path
 
 
+# Options added to the stored configs after results files were written without them, with the
+# value those files were computed with: a missing key reads as this value, so an older file still
+# resumes and matches a run with the default.
+ADDED_DEFAULTS = {"precision": "float32"}
+
+_MISSING = "<absent>"
+
+
+def _value(config: dict, key: str):
+    return config.get(key, ADDED_DEFAULTS.get(key, _MISSING))
+
+
+def differing_keys(old: dict, new: dict, ignore: Sequence[str] = ()) -> list[str]:
+    """The top-level keys whose values differ, sorted (`ADDED_DEFAULTS` fill missing keys).
+
+    Example:
+        differing_keys({"seed": 0}, {"seed": 0, "precision": "float32"})   # []
+    """
+    keys = sorted((set(old) | set(new)) - set(ignore))
+    return [k for k in keys if _value(old, k) != _value(new, k)]
+
+
 def config_differences(old: dict, new: dict, ignore: Sequence[str] = ()) -> list[str]:
     """'key: old -> new' for each top-level key whose value differs (values as JSON).
 
     Example:
         config_differences({"seed": 0, "k": 1}, {"seed": 1, "k": 1})   # ['seed: 0 -> 1']
     """
-    keys = sorted((set(old) | set(new)) - set(ignore))
-    missing = "<absent>"
-    return [f"{k}: {json.dumps(old.get(k, missing))} -> {json.dumps(new.get(k, missing))}"
-            for k in keys if old.get(k, missing) != new.get(k, missing)]
+    return [f"{k}: {json.dumps(_value(old, k))} -> {json.dumps(_value(new, k))}"
+            for k in differing_keys(old, new, ignore)]
 
 
 def write_csv_atomic(path: str | os.PathLike, header: Sequence[str],

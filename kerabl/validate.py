@@ -93,6 +93,23 @@ def check_h_options(grid: str, others: str, seed: int, probe_fits: int, probe_ma
     return int(parts[0]), int(parts[1])
 
 
+def check_precision(precision: str, engine: str = "fast") -> None:
+    """The tail's arithmetic: one of `kerabl.engine.PRECISIONS`, and float32 unless the engine
+    is the fast one (the paper engine runs the authors' float32 model).
+
+    Example:
+        check_precision("bfloat16")            # passes
+        check_precision("bfloat16", "paper")   # KerablError: ... needs --engine fast ...
+    """
+    from kerabl.engine import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise KerablError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision != "float32" and engine != "fast":
+        raise KerablError(f"precision {precision} needs --engine fast: the {engine} engine runs "
+                          "the authors' float32 model")
+
+
 def check_study_images(imageset) -> None:
     """A study's image set: classes named once, at least two, two images or more each.
 

@@ -166,6 +166,67 @@ def test_quick_bench_writes_the_table(tmp_path):
     assert h["same_ranks"] == 1.0 and h["traces"] == 1
     assert h["fast_cell_s"] > 0 and h["paper_cell_s"] > 0 and z["ratio"] > 0
     assert z["shortcut"] == "dense_1" and z["same_preds"] == 1.0 and z["traces"] == 1
-    assert stored["floor"]["best_gflops"] > 0
+    floor = stored["floor"]
+    assert set(floor["by_library"]) == {"tensorflow", "numpy"} and floor["bf16_gflops"] > 0
+    assert floor["best_gflops"] == max(max(r.values()) for r in floor["by_library"].values())
+    assert lines[0].startswith(f"matmul floor: {floor['best_gflops']:.1f} GFLOP/s float32")
+    assert "bfloat16" in lines[0]
+    assert h["bf16_max_deficit_diff"] == max(b["max_deficit_diff"] for b in h["bf16"])
+    assert [len(b["deficit_f32"]) for b in h["bf16"]] == [4, 4, 4]
+    column = stored["cases"]["demo"]["torch"]
+    h_row = stored["table"][0]
+    assert h_row["images"] == h["images"] == 45 and h_row["threads"] == column["threads"] >= 1
+    assert column["available"] and column["same_ranks"] == 1.0 and column["images"] == 45
+    assert [row["layer"] for row in column["layers"]] == h["targets"]
+    assert all(row["cells"] == 4 and row["tail_lead"] > 0 and row["hook_lead"] > 0
+               for row in column["layers"])
+    assert h_row["torch"].startswith("hook ") and h_row["torch"].endswith("ranks 100%")
+    assert any(line.startswith("\ntorch demo: the H cells above, 45 images") for line in lines)
     assert [row["case"] for row in stored["table"]] == ["H demo (7 layers)", "Z demo conv_5"]
     assert lines[-1] == result["headline"] and lines[-1].startswith("headline: demo H sweep")
+
+
+def test_matmul_floor_reports_both_libraries_and_bfloat16():
+    from kerabl.bench.flops import floor_line, matmul_floor
+
+    floor = matmul_floor([(64, 64, 64), (128, 64, 32)], repeats=1)
+    assert list(floor["by_library"]["numpy"]) == ["64x64x64", "128x64x32"]
+    assert floor["by_size"]["64x64x64"] == max(floor["by_library"]["numpy"]["64x64x64"],
+                                               floor["by_library"]["tensorflow"]["64x64x64"])
+    assert list(floor["bf16_by_size"]) == ["64x64x64"]     # the largest square size
+    assert floor_line(floor).startswith(f"matmul floor: {floor['best_gflops']:.1f} GFLOP/s")
+
+
+def test_torch_column_without_torch_says_so(monkeypatch):
+    import kerabl.convert
+    from kerabl.bench.report import torch_cell, torch_tables
+    from kerabl.bench.torch_case import NOT_INSTALLED, TorchColumn
+
+    def missing():
+        raise KerablError(kerabl.convert.TORCH_EXTRA)
+
+    monkeypatch.setattr(kerabl.convert, "import_torch", missing)
+    torch_column = TorchColumn(None, np.zeros((2, 4, 4, 3)), np.zeros(2), [], print)
+    torch_column.layer("conv_1", {})   # nothing to time
+    column = torch_column.summary()
+    assert column == {"available": False, "note": NOT_INSTALLED}
+    assert torch_cell(column) == "torch not installed" and torch_cell(None) is None
+    assert torch_tables({"vgg16": {"torch": column}}) == [
+        "\ntorch vgg16: torch not installed (pip install 'kerabl[torch]')"]
+
+
+def test_split_at_head_then_tail_is_the_port():
+    torch = pytest.importorskip("torch")
+    from kerabl.crosscheck import hook_points, split_at, torch_from_keras
+    from kerabl.models import load_network
+
+    net = load_network("demo")
+    port = torch_from_keras("demo", net.model)
+    x = torch.from_numpy(np.random.default_rng(0).uniform(0, 1, (3, 3, 32, 32)).astype("float32"))
+    with torch.inference_mode():
+        whole = port(x)
+        for layer in ("conv_3", "dense_1"):
+            head, tail = split_at(port, hook_points("demo", port, net.model)[layer])
+            np.testing.assert_array_equal(tail(head(x)).numpy(), whole.numpy())
+    with pytest.raises(KerablError, match="not a step"):
+        split_at(port, torch.nn.ReLU())

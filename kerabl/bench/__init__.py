@@ -4,8 +4,10 @@
   Each network runs in its own process (its peak RSS is reported): the H sweep with the fast
   engine (`TailAblator`) against the authors' procedure on sampled cells (their ranks compared),
   a bfloat16 tail against float32, a Z single-unit sweep of a late layer (demo, AlexNet, VGG16),
-  the tail engine (Dense shortcut where the layer has one) against full forward, and the probes
-  of one cell. Prints one table, the paper-scale extrapolation, writes them as JSON, and ends
+  the tail engine (Dense shortcut where the layer has one) against full forward, the probes
+  of one cell, and (torch installed) the H cells of demo and VGG16 through a PyTorch port: a
+  forward hook in a full forward and a cached-output tail. The floor is the best float32
+  matmul of TensorFlow and NumPy; TensorFlow's bfloat16 rate is printed beside it. Prints one table, the paper-scale extrapolation, writes them as JSON, and ends
   with the headline ratio line.
 - `kerabl.bench.flops`: FLOP counts and the matmul floor; `kerabl.bench.cases`: the timed cases
   and their plans; `kerabl.bench.report`: the tables and the paper-scale extrapolation.
@@ -24,10 +26,11 @@ from typing import Callable
 import numpy as np
 
 from kerabl.bench.cases import STUDY_CLASSES, run_case
-from kerabl.bench.flops import MATMUL_SIZES, matmul_floor, onednn_enabled
+from kerabl.bench.flops import MATMUL_SIZES, floor_line, matmul_floor, onednn_enabled
 from kerabl.bench.probes import probe_line, probe_rate
 from kerabl.bench.report import (EXTRAPOLATION_COLUMNS, LEGEND, MAIN_COLUMNS, extrapolate,
-                                 extrapolation_note, format_table, headline, table_rows, z_notes)
+                                 extrapolation_note, format_table, headline, table_rows, torch_tables,
+                                 z_notes)
 
 __all__ = ["run_bench"]
 
@@ -65,8 +68,7 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = No
     import tensorflow as tf
 
     floor = matmul_floor(MATMUL_SIZES[:2] if quick else MATMUL_SIZES)
-    log(f"matmul floor: {floor['best_gflops']:.1f} GFLOP/s float32 (best of "
-        f"{', '.join(floor['by_size'])}); oneDNN on: {onednn_enabled()}")
+    log(f"{floor_line(floor)}; oneDNN on: {onednn_enabled()}")
     cases, skipped = {}, []
     for name in ("demo",) if quick else ("demo", *STUDY_CLASSES):
         if name != "demo" and (root is None or not (Path(root) / "images").is_dir()):
@@ -89,6 +91,8 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = No
     Path(out).write_text(json.dumps(result, indent=1, default=_json_default))
     log(format_table(rows, MAIN_COLUMNS))
     log(LEGEND)
+    for line in torch_tables(cases):
+        log(line)
     for note in result["notes"]:
         log(note)
     log(probe_line(probe, floor["best_gflops"]))

@@ -3,9 +3,12 @@
 - `PLANS`: per network, the layers timed and the cells or units each engine runs.
 - `run_case(name, root)`: one network's cases (`run_bench` runs each in its own process).
 - `h_case(...)`: the H sweep of one class with the fast engine (`TailAblator`) against the
-  authors' procedure on sampled cells (their ranks compared), and a bfloat16 tail against float32.
+  authors' procedure on sampled cells (their ranks compared), and a bfloat16 tail against float32
+  (speed, largest rank change, largest cell deficit change).
 - `z_case(...)`: a Z single-unit sweep of a late layer, the tail engine (with the Dense shortcut
   where the layer has one) against a full forward pass per unit.
+- `kerabl.bench.torch_case`: the same H cells of `TORCH_CASES` through a PyTorch port, each
+  layer's right after the fast engine's.
 - `probe_case(net)`, `probe_cell_seconds(n_units)`: seconds of one cell's probes.
 - `authors_cell(...)`: one cell as the authors' code does it: rebuild the model, reload its
   weights from a file, re-read and preprocess the images, Lambda mask, full forward.
@@ -30,9 +33,9 @@ GRID_CELLS = 16
 # timed per layer, and the Z layer (None: no Z case) with the units timed tail-only / full-forward.
 PLANS = {
     "demo": dict(layers=None, paper_layers=None, fast_cells=16, z_layer="conv_5", z_tail=64,
-                 z_full=8),
+                 z_full=8, torch_repeats=3),
     "demo-quick": dict(layers=None, paper_layers=("conv_1", "conv_4", "dense_2"), fast_cells=4,
-                       z_layer="conv_5", z_tail=32, z_full=4),
+                       z_layer="conv_5", z_tail=32, z_full=4, torch_repeats=3),
     "alexnet": dict(layers=None, paper_layers=("conv_1", "conv_3", "conv_5", "dense_2"),
                     fast_cells=4, z_layer="conv_5", z_tail=32, z_full=3),
     "vgg16": dict(layers=None, paper_layers=("block3_conv1", "fc2"), fast_cells=1,
@@ -44,6 +47,8 @@ PLANS = {
                       paper_layers=("conv2_block1_out", "conv5_block3_out"), fast_cells=1,
                       bf16_layers=("conv4_block6_out",), z_layer=None),
 }
+# The networks whose H cells also run through the PyTorch port (`kerabl.bench.torch_case`).
+TORCH_CASES = ("demo", "vgg16")
 # Paper-scale studies: classes per network; each class x target layer has 16 cells.
 STUDY_CLASSES = {"alexnet": 50, "vgg16": 8, "mobilenet_v2": 8, "resnet101": 8}
 IMAGES_PER_CLASS = 50
@@ -125,20 +130,31 @@ def ablator_shape(model, layer: str) -> tuple[int, ...]:
 
 
 def _bf16_check(net, layer: str, images, labels, fast: dict) -> dict:
-    """Timing and largest rank change of the bfloat16 tail against float32 on the same cells."""
+    """Timing, largest rank change and largest cell deficit change (|mean rank deficit bfloat16 -
+    float32|, each against its own engine's all-ones baseline, as the H study computes it) of
+    the bfloat16 tail against float32 on the same cells."""
     from kerabl.engine import TailAblator
+    from kerabl.hayne.ablation import mean_rank_deficit
 
     ablator = TailAblator(net.model, layer, precision="bfloat16")
     ablator.set_images(images[:1])
     ablator.ranks(fast["masks"][:1], labels[:1])
     ablator.set_images(images)
     ranks, seconds = _timed(lambda: ablator.ranks(fast["masks"], labels))
+    ones = np.ones_like(fast["masks"][:1])
+    deficits = [mean_rank_deficit(engine.ranks(ones, labels)[0], after)
+                for engine, after in ((fast["ablator"], fast["ranks"]), (ablator, ranks))]
     return dict(layer=layer, tail_s=seconds / len(fast["masks"]),
-                max_rank_diff=int(np.abs(ranks - fast["ranks"]).max()))
+                max_rank_diff=int(np.abs(ranks - fast["ranks"]).max()),
+                max_deficit_diff=float(np.abs(deficits[1] - deficits[0]).max()),
+                deficit_f32=deficits[0].tolist(), deficit_bf16=deficits[1].tolist())
 
 
-def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], None]) -> dict:
-    """The H sweep of one class: the plan's target layers fast, sampled cells the authors' way."""
+def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], None],
+           column=None) -> dict:
+    """The H sweep of one class: the plan's target layers fast, sampled cells the authors' way;
+    `column` (a `kerabl.bench.torch_case.TorchColumn`), when given, times each layer's cells in
+    torch right after the fast engine's."""
     images = imageset.load(net.input_size, net.preprocess, rows=rows)
     labels = np.asarray(imageset.labels)[rows]
     timed_layers = plan.get("layers") or net.targets
@@ -167,6 +183,8 @@ def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], Non
             if layer in bf16_layers:
                 bf16.append(_bf16_check(net, layer, images, labels, fast))
             layers.append({k: v for k, v in fast.items() if k not in ("ranks", "masks", "ablator")})
+            if column is not None:
+                column.layer(layer, fast)
     return _h_summary(net, len(rows), layers, paper, bf16)
 
 
@@ -186,6 +204,7 @@ def _h_summary(net, n_images: int, layers: list, paper: list, bf16: list) -> dic
         max_rank_diff=max(row["max_rank_diff"] for row in paper),
         bf16_tail_speedup=float(np.mean([tail_of[b["layer"]] / b["tail_s"] for b in bf16])),
         bf16_max_rank_diff=max(b["max_rank_diff"] for b in bf16),
+        bf16_max_deficit_diff=max(b["max_deficit_diff"] for b in bf16),
         traces=max(row["traces"] for row in layers),
         full_forward_gflop=model_flops(net.model) / 1e9,
         target_tail_gflop=[f / 1e9 for f in target_tail_flops(net.model, net.targets)],
@@ -329,14 +348,30 @@ def run_case(name: str, root: str | Path | None = None, quiet: bool = False,
     Example:
         run_case("demo")["h"]["ratio"]   # the authors' procedure / fast engine, per cell
     """
+    from kerabl.validate import import_tensorflow, quiet_tensorflow
+
+    quiet_tensorflow()      # a spawned process: its own TensorFlow start-up, as quiet as the CLI's
+    import_tensorflow()
     log = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
     net, imageset = _case_data(name, root)
     plan = PLANS["demo-quick" if quick else name]
     rows = imageset.rows_of(imageset.classes[0])
-    h = h_case(net, imageset, rows, plan, log)
+    column = None
+    if name in TORCH_CASES:
+        from kerabl.bench.torch_case import TorchColumn
+
+        column = TorchColumn(net, imageset.load(net.input_size, net.preprocess, rows=rows),
+                             np.asarray(imageset.labels)[rows],
+                             plan["paper_layers"] or plan.get("layers") or net.targets, log,
+                             repeats=plan.get("torch_repeats", 1))
+    h = h_case(net, imageset, rows, plan, log, column)
+    torch = None if column is None else column.summary()
     z = None
     if plan["z_layer"]:
         images = imageset.load(net.input_size, net.preprocess, rows=rows)
         z = z_case(net, images, np.asarray(imageset.labels)[rows], plan, log)
     probe = probe_case(net, log) if name in STUDY_CLASSES else None
-    return dict(network=name, plan=plan, h=h, z=z, probe=probe, peak_rss_mb=peak_rss_mb())
+    from kerabl.bench.torch_case import tf_threads
+
+    return dict(network=name, plan=plan, h=h, z=z, probe=probe, torch=torch,
+                threads=tf_threads(), peak_rss_mb=peak_rss_mb())

@@ -4,7 +4,9 @@
   `target_tail_flops(model, layers)`: FLOPs per image of convolutions and dense layers
   (elementwise work ignored), of one layer, of everything after a cut, of the whole network.
 - `shortcut_flops(model, cut)`: FLOPs per image and unit of the Z study's Dense shortcut.
-- `matmul_floor(sizes)`: the best float32 `tf.matmul` throughput reached here (GFLOP/s).
+- `matmul_floor(sizes)`: the best float32 matmul throughput reached here by TensorFlow and
+  NumPy (GFLOP/s, per library and size), and TensorFlow's bfloat16 rate beside it;
+  `floor_line(floor)`: its printed line.
 - `onednn_enabled()`, `peak_rss_mb()`: what the machine runs with, and this process's memory.
 """
 
@@ -89,26 +91,68 @@ def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def matmul_floor(sizes: Sequence[tuple[int, int, int]] = MATMUL_SIZES, repeats: int = 5) -> dict:
-    """The best float32 matmul throughput of this TensorFlow here, (m x k) times (k x n).
+def _tf_matmul(a: np.ndarray, b: np.ndarray, dtype: str) -> Callable[[], object]:
+    import tensorflow as tf
+
+    matmul = tf.function(lambda x, y: tf.matmul(x, y))
+    x, y = tf.cast(tf.constant(a), dtype), tf.cast(tf.constant(b), dtype)
+    return lambda: matmul(x, y).numpy()
+
+
+def matmul_floor(sizes: Sequence[tuple[int, int, int]] = MATMUL_SIZES, repeats: int = 5,
+                 bf16_sizes: Sequence[tuple[int, int, int]] | None = None) -> dict:
+    """The best float32 matmul throughput here, (m x k) times (k x n), of TensorFlow and NumPy;
+    and TensorFlow's bfloat16 rate beside it (the CPU's bfloat16 units; not the floor).
 
     Example:
         matmul_floor([(512, 512, 512)])["best_gflops"]   # e.g. 150.0
 
-    Returns:
-        {"best_gflops": float, "by_size": {"m x k x n": GFLOP/s}}.
-    """
-    import tensorflow as tf
+    Args:
+        sizes: the (m, k, n) products timed in float32 by both libraries.
+        repeats: timed calls per product (the fastest counts), after one untimed call.
+        bf16_sizes: the products timed in bfloat16 (default: the largest square of `sizes`).
 
-    matmul = tf.function(lambda a, b: tf.matmul(a, b))
+    Returns:
+        {"best_gflops": the float32 floor (best of both libraries and every size),
+         "by_library": {"tensorflow" | "numpy": {"m x k x n": GFLOP/s}},
+         "by_size": {"m x k x n": best of both}, "best_library": the library reaching it,
+         "bf16_gflops": best bfloat16 GFLOP/s, "bf16_by_size": {"m x k x n": GFLOP/s}}.
+    """
     rng = np.random.default_rng(SEED)
-    by_size = {}
-    for m, k, n in sizes:
-        a = tf.constant(rng.standard_normal((m, k), dtype=np.float32))
-        b = tf.constant(rng.standard_normal((k, n), dtype=np.float32))
-        seconds = _best_seconds(lambda: matmul(a, b).numpy(), repeats)
-        by_size[f"{m}x{k}x{n}"] = 2.0 * m * k * n / seconds / 1e9
-    return {"best_gflops": max(by_size.values()), "by_size": by_size}
+    operands = {(m, k, n): (rng.standard_normal((m, k), dtype=np.float32),
+                            rng.standard_normal((k, n), dtype=np.float32)) for m, k, n in sizes}
+
+    def rates(run) -> dict:
+        return {f"{m}x{k}x{n}": 2.0 * m * k * n / _best_seconds(run(*operands[m, k, n]), repeats)
+                / 1e9 for m, k, n in operands}
+
+    by_library = {"tensorflow": rates(lambda a, b: _tf_matmul(a, b, "float32")),
+                  "numpy": rates(lambda a, b: lambda: a @ b)}
+    by_size = {key: max(lib[key] for lib in by_library.values()) for key in by_library["numpy"]}
+    best_library = max(by_library, key=lambda lib: max(by_library[lib].values()))
+    if bf16_sizes is None:
+        bf16_sizes = [max((s for s in sizes if s[0] == s[1] == s[2]), default=sizes[-1])]
+    operands = {(m, k, n): operands.get((m, k, n)) or
+                (rng.standard_normal((m, k), dtype=np.float32),
+                 rng.standard_normal((k, n), dtype=np.float32)) for m, k, n in bf16_sizes}
+    bf16 = rates(lambda a, b: _tf_matmul(a, b, "bfloat16"))
+    return {"best_gflops": max(by_size.values()), "by_library": by_library, "by_size": by_size,
+            "best_library": best_library, "bf16_gflops": max(bf16.values()), "bf16_by_size": bf16}
+
+
+def floor_line(floor: dict) -> str:
+    """The printed line of `matmul_floor`'s result: the floor, each library's best, bfloat16.
+
+    Example:
+        floor_line(matmul_floor([(512, 512, 512)]))
+        # 'matmul floor: 150.2 GFLOP/s float32 (tensorflow 150.2 at 512x512x512, numpy ...); ...'
+    """
+    parts = [f"{lib} {max(rates.values()):.1f} at {max(rates, key=rates.get)}"
+             for lib, rates in floor["by_library"].items()]
+    bf16 = floor["bf16_by_size"]
+    return (f"matmul floor: {floor['best_gflops']:.1f} GFLOP/s float32 ({'; '.join(parts)}; "
+            f"sizes {', '.join(floor['by_size'])}); bfloat16 (tensorflow, not the floor): "
+            f"{floor['bf16_gflops']:.1f} GFLOP/s at {max(bf16, key=bf16.get)}")
 
 
 def onednn_enabled() -> bool:

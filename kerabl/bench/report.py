@@ -3,6 +3,8 @@
 - `table_rows(cases, floor)`, `z_notes(cases, floor)`, `headline(cases)`: what `run_bench` prints.
 - `extrapolate(cases, workers)`, `fast_cell_over_targets(h)`: full paper-scale study times from
   the measured per-cell times (untimed target layers interpolated in tail FLOPs).
+- `torch_cell(column)`, `torch_tables(cases)`: the torch column of the H rows, and per network its
+  layers side by side with kerabl's fast engine.
 - `format_table(rows, columns)`: a plain-text table.
 """
 
@@ -102,7 +104,8 @@ MAIN_COLUMNS = (("case", "case", "s"), ("sample", "timed (fast / slow)", "s"),
                 ("ratio", "ratio", ".1f"), ("ratio_cached", "ratio, cached acts", ".1f"),
                 ("floor_pct", "% floor", ".0f"),
                 ("ranks", "ranks equal", "s"), ("bf16", "bf16 tail", "s"),
-                ("rss_mb", "peak MB", ".0f"))
+                ("torch", "torch (lead: hook / tail)", "s"), ("images", "images", "d"),
+                ("threads", "threads", "d"), ("rss_mb", "peak MB", ".0f"))
 LEGEND = ("H rows: s/item per cell, one class (50 images; demo: one digit class); fast = "
           "TailAblator, tail + 1/16 of the per-class head (cached acts: tail only, as run_h_study "
           "reads the activation cache); slow = the authors' procedure (rebuild, reload weights, "
@@ -116,8 +119,14 @@ LEGEND = ("H rows: s/item per cell, one class (50 images; demo: one digit class)
           "forward with a UnitMask; model building and tracing untimed on both sides. Every "
           "timed run follows an untimed one at the same shapes (tracing, oneDNN set-up), the "
           "authors' cells one per network. "
-          "% floor = tail FLOPs / tail seconds / best matmul GFLOP/s. bf16 tail: speed-up and "
-          "largest rank change against float32.")
+          "% floor = tail FLOPs / tail seconds / best matmul GFLOP/s (float32, the best of "
+          "TensorFlow and NumPy). bf16 tail: speed-up, largest rank change and largest cell "
+          "deficit change against float32 on the bf16-checked cells. torch: the same cells, "
+          "images and threads through the PyTorch port (kerabl.crosscheck), lead = torch s/cell "
+          "/ fast s/cell (range over the timed layers) of a forward hook in a full forward and "
+          "of a cached-output tail (head / 16 + tail), ranks equal to kerabl's on every timed "
+          "cell; per layer in the torch table. images: per class; threads: TensorFlow's "
+          "intra-op threads (torch set to the same).")
 EXTRAPOLATION_COLUMNS = (("network", "network", "s"), ("classes", "classes", "d"),
                          ("layers", "layers", "d"), ("cells", "cells", "d"),
                          ("fast_cell_s", "fast s/cell", ".3f"),
@@ -140,8 +149,10 @@ def table_rows(cases: dict, floor: float) -> list[dict]:
                          ratio_cached=h["ratio_cached"],
                          floor_pct=100 * h["tail_gflops"] / floor,
                          ranks=f"{h['same_ranks']:.0%} (max diff {h['max_rank_diff']})",
-                         bf16=f"{h['bf16_tail_speedup']:.1f}x, ranks +-{h['bf16_max_rank_diff']}",
-                         rss_mb=case["peak_rss_mb"]))
+                         bf16=f"{h['bf16_tail_speedup']:.1f}x, ranks +-{h['bf16_max_rank_diff']}"
+                              f", deficit +-{h['bf16_max_deficit_diff']:.3f}",
+                         torch=torch_cell(case.get("torch")), images=h["images"],
+                         threads=case.get("threads"), rss_mb=case["peak_rss_mb"]))
         if z is not None:
             rows.append(dict(case=f"Z {name} {z['layer']}",
                              sample=f"{z['tail_units']} / {z['full_units']} units",
@@ -149,8 +160,59 @@ def table_rows(cases: dict, floor: float) -> list[dict]:
                              ratio_cached=z["full_unit_s"] / z["sweep_unit_s"],
                              floor_pct=100 * z["tail_gflops"] / floor,
                              ranks=f"{z['same_preds']:.0%} preds = plain tail", bf16="-",
+                             images=z["images"], threads=case.get("threads"),
                              rss_mb=case["peak_rss_mb"]))
     return rows
+
+
+def torch_cell(column: dict | None) -> str | None:
+    """The H row's torch column: None where the network has no torch case, "torch not
+    installed", or the leads' ranges over the timed layers and the rank agreement.
+
+    Example:
+        torch_cell(case["torch"])   # "hook 12-170x, tail 1.1-39x, ranks 100%"
+    """
+    if column is None:
+        return None
+    if not column["available"]:
+        return column["note"]
+    return (f"hook {_span(column['min_hook_lead'], column['max_hook_lead'])}, tail "
+            f"{_span(column['min_tail_lead'], column['max_tail_lead'])}, "
+            f"ranks {column['same_ranks']:.0%}")
+
+
+def _span(low: float, high: float) -> str:
+    spec = ".2g" if low < 10 else ".0f"
+    return f"{low:{spec}}-{high:.3g}x"
+
+
+TORCH_COLUMNS = (("layer", "layer", "s"), ("cells", "cells", "d"),
+                 ("kerabl_cell_s", "kerabl fast s/cell", ".4f"),
+                 ("hook_cell_s", "torch hook s/cell", ".3f"),
+                 ("tail_cell_s", "torch tail s/cell", ".4f"),
+                 ("hook_lead", "hook lead", ".1f"), ("tail_lead", "tail lead", ".2f"),
+                 ("tail_only_lead", "tail-only lead", ".2f"),
+                 ("same_ranks", "ranks equal", ".0%"))
+
+
+def torch_tables(cases: dict) -> list[str]:
+    """Per network with a torch case: a title line (images, threads, torch version) and a table
+    of its layers (kerabl's fast engine against the hook and the cached tail), or one line
+    saying torch is not installed."""
+    out = []
+    for name, case in cases.items():
+        column = case.get("torch")
+        if column is None:
+            continue
+        if not column["available"]:
+            out.append(f"\ntorch {name}: {column['note']} (pip install 'kerabl[torch]')")
+            continue
+        out.append(f"\ntorch {name}: the H cells above, {column['images']} images, "
+                   f"{column['threads']} threads each side, torch {column['torch']}; hook cells "
+                   f"on {', '.join(column['hook_layers'])} (a full forward costs the same at "
+                   "every layer; other layers: their mean); lead = torch s / kerabl s")
+        out.append(format_table(column["layers"], TORCH_COLUMNS))
+    return out
 
 
 def z_notes(cases: dict, floor: float) -> list[str]:

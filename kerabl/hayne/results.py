@@ -37,8 +37,8 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.store import (check_results_kind, config_differences, finish_partial, partial_path,
-                          write_csv_atomic)
+from kerabl.store import (check_results_kind, config_differences, differing_keys, finish_partial,
+                          partial_path, write_csv_atomic)
 
 KIND = "kerabl.h-results"
 SCHEMA = 1
@@ -303,8 +303,7 @@ class HResultsWriter:
         differences = stored.differences(self.layout)
         if not differences:
             return True
-        keys = {k for k in set(stored.config) | set(self.layout.config)
-                if stored.config.get(k) != self.layout.config.get(k)}
+        keys = set(differing_keys(stored.config, self.layout.config))
         if keys == {"contents"} and stored.as_dict() == self.layout.as_dict():
             self._log(f"{self._contents_note} since {path} was written: recomputing it")
         elif path == self.partial_path and n_done == 0:

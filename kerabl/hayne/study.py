@@ -27,7 +27,7 @@ import numpy as np
 from kerabl.contents import contents_digest, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
-from kerabl.validate import check_grid_fits, check_live_outputs, check_study_images
+from kerabl.validate import check_grid_fits, check_live_outputs, check_precision, check_study_images
 
 UNITS = ("element", "channel")
 ENGINE_NAMES = ("fast", "paper")
@@ -59,6 +59,7 @@ class HConfig:
     control: str = "none"
     probe_objective: str = "liblinear"
     srs_matrix: str = "upper"
+    precision: str = "float32"
 
     @classmethod
     def authors(cls, network: str = "alexnet", **changes) -> "HConfig":
@@ -91,6 +92,7 @@ class HConfig:
                               "use liblinear or lbfgs")
         if self.srs_matrix not in ("upper", "full"):
             raise KerablError(f"unknown srs matrix {self.srs_matrix!r}: use upper or full")
+        check_precision(self.precision, self.engine)
         if len(self.grid) != 2 or min(self.grid) < 1:
             raise KerablError(f"grid must be two positive integers, got {self.grid}")
 
@@ -233,7 +235,8 @@ class _Sweep:
 
     def _ablator(self, layer):
         if layer not in self._ablators:
-            self._ablators[layer] = self._engine(self.network.model, layer)
+            extra = {} if self.config.engine == "paper" else {"precision": self.config.precision}
+            self._ablators[layer] = self._engine(self.network.model, layer, **extra)
         return self._ablators[layer]
 
     def start_class(self, ci: int, forward: bool = True) -> dict:

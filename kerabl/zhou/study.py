@@ -21,7 +21,7 @@ from kerabl.graph import _as_model, _check_layer
 from kerabl.contents import array_table, contents_digest, describe_changes, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
-from kerabl.store import config_differences, finish_partial, partial_path
+from kerabl.store import config_differences, differing_keys, finish_partial, partial_path
 from kerabl.validate import check_live_outputs
 from kerabl.zhou.ablation import _direction_drops, _greedy, _random_order, _unit_drops
 from kerabl.zhou.heldout import most_hurt_class, split_greedy
@@ -83,7 +83,7 @@ def _check_config(path: Path, stored: dict[str, Any], wanted: dict[str, Any],
     changes = config_differences(stored, wanted)
     if not changes:
         return True
-    keys = {k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k)}
+    keys = set(differing_keys(stored, wanted))
     if keys == {"contents"}:
         (log or print)(f"{note} since {path} was written: recomputing it")
     elif path.name.endswith(".partial") and not _done_groups(path):
