@@ -25,6 +25,7 @@ PENDING = {
     "kerabl.bench.flops.model_flops", "kerabl.bench.flops.onednn_enabled",
     "kerabl.bench.flops.peak_rss_mb",
     "kerabl.bench.report.extrapolation_note", "kerabl.bench.report.table_rows",
+    "kerabl.bench.report.torch_tables",
     "kerabl.bench.report.z_notes", "kerabl.bench.report.headline",
 }
 
