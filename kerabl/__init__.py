@@ -1,13 +1,15 @@
 """kerabl: unit-ablation studies of image CNNs in Keras 3.
 
-- `kerabl.models`, `kerabl.data`, `kerabl.imagenet`: the model zoo and weights, image sets.
+- `kerabl.models`, `kerabl.weightfiles`: the model zoo; random weights, weight files, digests.
+- `kerabl.data`, `kerabl.images`, `kerabl.imagenet`: image sets; reading and preprocessing
+  images; ImageNet class names.
 - `kerabl.networks`, `kerabl.folders`: keras.applications names and .keras files; class folders.
 - `kerabl.graph`: the one Keras graph walker (cut points, heads, tails, channel-wise chains).
 - `kerabl.masks`: unit kinds, mask arrays, mask layers and `ablated(...)`.
 - `kerabl.engine`: the ablation engines (head once, tail per mask; the paper's and full references).
 - `kerabl.activations`: the self-describing HDF5 activation cache.
 - `kerabl.hayne`: the H study (`grid`, `probes`, `ablation`, `study`, `stages`, `results`, `stats`,
-  `figures`).
+  `figures`, `stat_figures`, `plot`).
 - `kerabl.zhou`: the Z study (`attributes`, `ablation`, `study`, `results`, `figures`).
 
 Example:

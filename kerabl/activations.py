@@ -272,7 +272,7 @@ def _source(network_or_model, model_name, weights_id, preprocess, imageset):
     if preprocess is None:
         if imageset.images is None:
             raise KerablError("a bare keras model needs preprocess= for image files: pass one "
-                              "of kerabl.data.PREPROCESS")
+                              "of kerabl.images.PREPROCESS")
         preprocess = "none"
     return model, model_name, weights_id, tuple(model.input_shape[1:3]), preprocess
 
@@ -487,7 +487,7 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
         layers: layer names to record (None: the Network's targets).
         path: the cache file.
         unit: "element" (output flattened in (H, W, C) order) or "channel" (spatial mean).
-        preprocess: a `kerabl.data.PREPROCESS` name (default: the Network's).
+        preprocess: a `kerabl.images.PREPROCESS` name (default: the Network's).
         batch_size: images per forward pass.
         dtype: storage dtype, "float32" or "float16" (reads are float32).
         model_name, weights_id: identify a bare keras model (override a Network's).
@@ -511,7 +511,7 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
         layers = getattr(network_or_model, "targets", None)
     layers = [str(layer) for layer in (layers or [])]
     _check_arguments(model, layers, unit, dtype, batch_size)
-    from kerabl.data import check_preprocess
+    from kerabl.images import check_preprocess
 
     check_preprocess(preprocess)
     from kerabl.contents import changed_files, contents_digest, file_table

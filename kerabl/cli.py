@@ -1,6 +1,15 @@
 """The `kerabl` command line: one command per pipeline stage, options named as the library's
 keyword arguments. Each command is a thin wrapper: parse, call the library, print where results went.
-Bad input raises `KerablError`, printed as one line with exit status 2."""
+Bad input raises `KerablError`, printed as one line with exit status 2.
+
+Here: the app, the `command` decorator, a command's inputs (network and image set, loaded and
+checked once) and the study stages (activations, study, grid, probe, ablate, units, reproduce);
+the commands on stored results, weights, ports, SLURM and speed are in `kerabl.cli_tools`.
+
+Example:
+    kerabl reproduce                                  # the demo study into ./kerabl-out
+    kerabl study --model alexnet --weights alexnet_weights.h5 --images DIR --layers conv_5
+"""
 
 from __future__ import annotations
 
@@ -12,9 +21,9 @@ from typing import Annotated, Optional
 import typer
 
 from kerabl.errors import KerablError
-from kerabl.options import (H_OPTIONS, INPUT_OPTIONS, AlphaOpt, Control, CustomOpt, Engine,
-                            FitsOpt, Model, Objective, ProgressOpt, Protocol, ShardOpt, Solver,
-                            SrsMatrix, Unit, UnitOpt, choices, with_options)
+from kerabl.options import (H_OPTIONS, INPUT_OPTIONS, Control, Engine, FitsOpt, Model,
+                            Objective, ProgressOpt, Protocol, ShardOpt, Solver, SrsMatrix, Unit,
+                            UnitOpt, with_options)
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -30,7 +39,13 @@ DEMO_PROBE_FITS = 10
 
 def command(fn=None, **settings):
     """Register a stage: a `KerablError` or an OS error becomes one line on stderr and exit
-    status 2; Ctrl-C and SIGTERM stop it with one line and status 130 (finished work is kept)."""
+    status 2; Ctrl-C and SIGTERM stop it with one line and status 130 (finished work is kept).
+
+    Example:
+        @command
+        def export(results: Path, out: Path = Path("results.csv")) -> None: ...
+        @command(context_settings={"allow_extra_args": True})   # settings of app.command
+    """
     if fn is None:
         return functools.partial(command, **settings)
 
@@ -94,7 +109,7 @@ def _network(model: str, weights: str, alpha: float, seed: int, preprocess: Opti
     from kerabl.validate import import_tensorflow
 
     import_tensorflow()
-    from kerabl.data import check_preprocess
+    from kerabl.images import check_preprocess
     from kerabl.networks import is_model_file, load_any_network
 
     if preprocess:
@@ -328,33 +343,6 @@ _stage_command("ablate", "H stage 3: rank deficits of the stored cells (after `k
                          "writes OUT/h_results.h5, as `kerabl study` with the same options.")
 
 
-@command
-def layers(
-    model: Annotated[str, typer.Argument(help="A zoo name, keras.applications name or .keras file.")],
-    alpha: AlphaOpt = 0.35,
-    custom_objects: CustomOpt = None,
-) -> None:
-    """Print every layer of a model: kind, output shape, units, cut point, default target."""
-    from kerabl.validate import import_tensorflow
-
-    import_tensorflow()   # quietly, before the models
-    from kerabl.models import check_alpha
-    from kerabl.networks import layer_table, untrained_model
-
-    check_alpha(model, alpha)
-    built, targets = untrained_model(model, alpha=alpha, custom_objects=custom_objects)
-    rows = layer_table(built, targets)
-    width = max(len(r["name"]) for r in rows)
-    typer.echo(f"{'layer':<{width}}  {'kind':<22} {'output shape':<22} {'units':>10}  cut  target")
-    for r in rows:
-        shape = "?" if r["shape"] is None else str(tuple(r["shape"][1:]))
-        units = "?" if r["units"] is None else str(r["units"])
-        typer.echo(f"{r['name']:<{width}}  {r['kind']:<22} {shape:<22} {units:>10}  "
-                   f"{'yes' if r['cut_point'] else 'no ':<4} {'yes' if r['target'] else 'no'}")
-    typer.echo(f"{len(rows)} layers, {sum(r['cut_point'] for r in rows)} cut points, "
-               f"{len(targets)} default targets: {', '.join(targets)}")
-
-
 def _forget_inputs() -> None:
     """Drop the cached image set and network (a command's checks and stages share them)."""
     _imageset.cache_clear()
@@ -375,106 +363,6 @@ def _inputs(model, weights, alpha, images, classes, layers, preprocess, seed, cu
     for note in notes:
         typer.echo(note, err=True)
     return net, imageset
-
-
-@command
-def figures(
-    results: Annotated[list[Path], typer.Argument(
-        help="H results files (h_results.h5) and/or Z results files (z_results.h5).")],
-    out: Annotated[Path, typer.Option(help="Folder for the PNG and PDF files.")] = Path("figures"),
-    class_name: Annotated[Optional[str], typer.Option("--class", help="Class of Fig 1.")] = None,
-    layer: Annotated[Optional[str], typer.Option(help="Layer of Fig 1.")] = None,
-) -> None:
-    """Render the figures of stored results (never recomputes, loads no model).
-
-    One results file: its figures in OUT. Several: each file's figures in OUT/<n>-<model>/,
-    and Fig 3, the probe contrast and the interaction coefficients of all H files side by side
-    in OUT/fig3_networks, OUT/fig_probe_contrast and OUT/fig_interaction.
-    """
-    if len(results) == 1:
-        paths = _render(results[0], out, class_name, layer)
-    else:
-        paths = _render_several(results, out, class_name, layer)
-    typer.echo(f"{len(paths)} files in {out}")
-
-
-def _render_several(results: list[Path], out: Path, class_name, layer) -> list:
-    from kerabl.hayne.figures import fig_network_means
-    from kerabl.hayne.results import HResults
-
-    paths, h_files, labels = [], [], []
-    for n, path in enumerate(results):
-        kind = _results_kind(path)
-        model = "z" if kind == "kerabl.z-results" else HResults.open(path).config.get("model", "h")
-        paths += _render(path, out / f"{n}-{model}", class_name, layer)
-        if kind != "kerabl.z-results":
-            h_files.append(path)
-            labels.append(model)
-    if len(h_files) > 1:
-        from kerabl.hayne.figures import fig_interaction_coefficients, fig_probe_contrast, _run_label
-
-        runs = [_run_label(HResults.open(p), name) for p, name in zip(h_files, labels)]
-        paths += fig_network_means(h_files, labels, out / "fig3_networks")
-        paths += fig_probe_contrast(h_files, runs, out / "fig_probe_contrast")
-        paths += fig_interaction_coefficients(h_files, runs, out / "fig_interaction")
-    return paths
-
-
-def _results_kind(results: Path) -> str:
-    """The `kind` attribute of a results file; a missing or non-HDF5 file is a KerablError."""
-    import h5py
-
-    if not results.is_file():
-        raise KerablError(f"results file {results} does not exist: run `kerabl study` or "
-                          "`kerabl reproduce` first")
-    try:
-        with h5py.File(results, "r") as f:
-            return f.attrs.get("kind", "")
-    except OSError:
-        raise KerablError(f"{results} is not an HDF5 results file") from None
-
-
-def _render(results: Path, out: Path, class_name=None, layer=None) -> list:
-    kind = _results_kind(results)
-    if kind == "kerabl.z-results":
-        from kerabl.zhou.figures import render_z_figures
-        return render_z_figures(results, out)
-    from kerabl.hayne.figures import render_h_figures
-    return render_h_figures(results, out, class_name=class_name, layer=layer)
-
-
-@command
-def export(
-    results: Annotated[Path, typer.Argument(help="Results file (H or Z).")],
-    out: Annotated[Path, typer.Option(help="CSV file to write.")] = Path("results.csv"),
-) -> None:
-    """Write a results file as CSV (H: one row per class x layer x cell; Z: per layer x unit)."""
-    from kerabl.hayne.results import HResults, export_csv
-    from kerabl.validate import check_output_file
-
-    check_output_file(out)
-    if _results_kind(results) == "kerabl.z-results":
-        from kerabl.zhou.results import export_units_csv
-        export_units_csv(results, out)
-    else:
-        HResults.open(results)  # validates the file with a one-line error
-        export_csv(results, out)
-    typer.echo(f"csv: {out}")
-
-
-@command
-def merge(
-    shards: Annotated[list[Path], typer.Argument(help="Shard results files.")],
-    out: Annotated[Path, typer.Option(help="Merged results file.")] = Path("h_results.h5"),
-) -> None:
-    """Join shard results (from `--shard i/n`) into one file; refuses inconsistent shards."""
-    from kerabl.hayne.results import merge as merge_results
-    from kerabl.validate import check_output_file
-
-    check_output_file(out)
-    for shard in shards:
-        _results_kind(shard)
-    typer.echo(f"merged: {merge_results(shards, out)}")
 
 
 @command
@@ -551,6 +439,7 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
     import json
     import time
 
+    from kerabl.cli_tools import render
     from kerabl.hayne.results import HResults
     from kerabl.hayne.stats import summary
 
@@ -559,7 +448,7 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
     timings = {"H study": time.perf_counter() - start}
     headline = summary(HResults.open(path))
     (Path(out) / "h_summary.json").write_text(json.dumps(headline, indent=2) + "\n")
-    files = _render(path, Path(out) / "figures")
+    files = render(path, Path(out) / "figures")
     timings["H figures"] = time.perf_counter() - start - sum(timings.values())
     if z is None:
         z = model == Model.demo and options["control"] is Control.none
@@ -571,7 +460,7 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
     if z:
         z_path = _run_units(out, options, None, 10, 5, progress)
         timings["Z study"] = time.perf_counter() - start - sum(timings.values())
-        files += _render(z_path, Path(out) / "figures")
+        files += render(z_path, Path(out) / "figures")
         timings["Z figures"] = time.perf_counter() - start - sum(timings.values())
     _forget_inputs()
     typer.echo(headline_text(headline))
@@ -583,7 +472,12 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
 
 def headline_text(headline: dict) -> str:
     """The abstract's numbers (cells as (selectivity strip, magnitude cell)), the nested test of
-    the interaction and the class-bootstrap intervals."""
+    the interaction and the class-bootstrap intervals.
+
+    Example:
+        typer.echo(headline_text(summary(HResults.open("kerabl-out/h_results.h5"))))
+        # largest mean rank deficit: cell (3, 3) = 0.425 ...
+    """
     deficit, probe = headline["largest_deficit"], headline["highest_probe"]
     test, corr = headline["interaction"], headline["correlation"]["probe"]
     ci = test["interval"]["selectivity_x_magnitude"]
@@ -608,136 +502,13 @@ def headline_text(headline: dict) -> str:
         + ([f"control: {headline['control']}"] if headline.get("control", "none") != "none" else []))
 
 
-@command
-def convert(
-    state_dict: Annotated[Path, typer.Argument(help="Torch state dict (.pth) in torchvision's layout.")],
-    model: Annotated[Model, typer.Option(help="Network the weights are for (demo, vgg16, "
-                                              "alexnet_torchvision, resnet50_torchvision).")],
-    out: Annotated[Path, typer.Option(help="Keras weights file to write (.weights.h5).")],
-) -> None:
-    """Convert a torch state dict into Keras weights once (then --weights FILE.weights.h5)."""
-    from kerabl.validate import import_tensorflow
-
-    import_tensorflow()   # quietly, before the models
-    from kerabl.convert import convert_file
-
-    typer.echo(f"weights: {convert_file(state_dict, model.value, out)}")
-
-
-@command
-def crosscheck(
-    results: Annotated[Path, typer.Argument(help="H results file (h_results.h5).")],
-    out: Annotated[Path, typer.Option(help="Folder for port.csv, kerabl.csv and the figure.")] = Path("crosscheck"),
-    weights: Annotated[Optional[Path], typer.Option(
-        help="The run's weights file (not needed for the shipped demo or random weights).")] = None,
-    images: Annotated[Optional[Path], typer.Option(help="The run's image folder (ImageNet runs).")] = None,
-    tolerance: Annotated[float, typer.Option(help="Largest |diff| counted as equal in the listing.")] = 1e-9,
-    progress: ProgressOpt = True,
-) -> None:
-    """Re-run the study's baseline and every cell's ablation in PyTorch (forward hooks) and compare."""
-    from kerabl.validate import import_tensorflow
-
-    import_tensorflow()   # quietly, before the models
-    from kerabl.crosscheck import crosscheck as run_crosscheck
-
-    _results_kind(results)
-    summary = run_crosscheck(results, out, weights=weights, images=images, tolerance=tolerance,
-                             progress=progress, log=typer.echo)
-    typer.echo(f"port csv: {summary.port_csv}")
-    typer.echo(summary.line())
-
-
-@command
-def compare(
-    a: Annotated[Path, typer.Argument(help="Cell CSV (kerabl export's schema).")],
-    b: Annotated[Path, typer.Argument(help="Cell CSV to compare with A.")],
-    tolerance: Annotated[float, typer.Option(help="Largest |diff| of deficit or probe that passes.")] = 1e-9,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the scatter figure.")] = None,
-) -> None:
-    """Join two cell CSVs on (class, layer, cell); exit 1 when a cell differs or is missing."""
-    from kerabl.compare import compare_csv
-
-    comparison = compare_csv(a, b, tolerance=tolerance, out_dir=out)
-    for line in comparison.lines():
-        typer.echo(line)
-    if comparison.figure:
-        typer.echo(f"figure: {comparison.figure[0]}")
-    if not comparison.ok:
-        raise typer.Exit(1)
-
-
-Stage = choices("Stage", "study", "reproduce", "units")
-
-
-@command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def slurm(
-    ctx: typer.Context,
-    stage: Annotated[Stage, typer.Argument(help="The stage to run; its options follow.")],
-    array: Annotated[int, typer.Option(help="Shards: tasks of the job array (units: 1).")] = 1,
-    partition: Annotated[Optional[str], typer.Option(help="SLURM partition of every job.")] = None,
-    time: Annotated[Optional[str], typer.Option(help="Time limit of each job (e.g. 2:00:00).")] = None,
-    cpus: Annotated[Optional[int], typer.Option(help="CPUs per job (and probe workers).")] = None,
-    mem: Annotated[Optional[str], typer.Option(help="Memory per job (e.g. 16G).")] = None,
-    submit: Annotated[bool, typer.Option(help="Submit the jobs with sbatch.")] = False,
-) -> None:
-    """Write SLURM jobs for a stage: the activation cache, then the shards as a job array, then
-    merge and figures, each after the one before succeeded (--submit also submits them).
-
-    Example: kerabl slurm study --array 8 --layers conv_5 --out runs/a --time 1:00:00 --submit
-    """
-    from kerabl import slurm as jobs
-
-    options, out = _stage_options(stage.value, ctx.args)
-    folder = jobs.write_jobs(stage.value, options, out=out, array=array,
-                             resources=jobs.Resources(partition, time, cpus, mem))
-    typer.echo(f"job scripts: {folder}")
-    if not submit:
-        typer.echo(f"submit them with: bash {folder / 'submit.sh'}")
-        return
-    ids = jobs.submit(folder)
-    for name, job in ids.items():
-        typer.echo(f"{name} job: {job}")
-    typer.echo(f"check on them: squeue -j {','.join(ids.values())} "
-               f"(when done: sacct -X -j {','.join(ids.values())})")
-
-
-def _stage_options(stage: str, args: list[str]) -> tuple[dict, Path]:
-    """The options given to a stage (parsed and checked as `kerabl STAGE` would) and its --out."""
-    try:
-        ctx = typer.main.get_command(app).commands[stage].make_context(stage, list(args))
-    except Exception as err:  # click's usage errors (click is vendored by recent typer)
-        if not hasattr(err, "format_message"):
-            raise
-        raise KerablError(f"kerabl {stage}: {err.format_message()}") from None
-    given = {name: value for name, value in ctx.params.items()
-             if ctx.get_parameter_source(name).name == "COMMANDLINE"}
-    if "shard" in given:
-        raise KerablError("--shard is set by the job array: drop it, choose --array N")
-    if stage == "reproduce" and given.get("probe_fits") is None:
-        demo = ctx.params["model"] in (Model.demo, "demo")
-        given["probe_fits"] = ctx.params["probe_fits_demo"] if demo else 200
-        given.pop("probe_fits_demo", None)
-    for name in ("out", "progress"):
-        given.pop(name, None)
-    return given, Path(ctx.params["out"])
-
-
-@command
-def bench(
-    out: Annotated[Path, typer.Option(help="JSON file for the table.")] = Path("bench.json"),
-    quick: Annotated[bool, typer.Option(help="Demo cases only.")] = False,
-    images: Annotated[Optional[Path], typer.Option(
-        help="The paper's image set (a folder with images/); without it only the demo runs.")] = None,
-) -> None:
-    """Measure the fast engine against the authors' procedure and the machine's matmul floor."""
-    from kerabl.validate import import_tensorflow
-
-    import_tensorflow()   # quietly, before the models
-    from kerabl.bench import run_bench
-
-    run_bench(out, quick=quick, root=images)
+from kerabl import cli_tools  # noqa: E402,F401 - registers the other commands on `app`
 
 
 def main() -> None:
-    """Entry point of the `kerabl` console script and `python -m kerabl`."""
+    """Entry point of the `kerabl` console script and `python -m kerabl`.
+
+    Example:
+        main()   # as `kerabl --help` when sys.argv is ["kerabl", "--help"]
+    """
     app()

@@ -84,7 +84,11 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 @dataclass
 class LayerStats:
-    """One layer's comparison: cells in both files and, per value, pairs, max |diff| and r."""
+    """One layer's comparison: cells in both files and, per value, pairs, max |diff| and r.
+
+    Example:
+        compare_csv("kerabl.csv", "port.csv").layers[0].max_diff["deficit"]   # e.g. 0.0
+    """
 
     layer: str
     cells: int
@@ -95,7 +99,12 @@ class LayerStats:
 
 @dataclass
 class Comparison:
-    """The result of `compare_csv`; `ok` is False when a cell differs or a row is missing."""
+    """The result of `compare_csv`; `ok` is False when a cell differs or a row is missing.
+
+    Example:
+        c = compare_csv("kerabl.csv", "port.csv")
+        c.ok, c.only_a, c.lines()[0]   # True, [], "..."
+    """
 
     a: Path
     b: Path
@@ -180,7 +189,7 @@ def _scatter(points: dict, layers: list[str], a: Path, b: Path, out_dir: Path) -
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from kerabl.hayne.figures import save_figure
+    from kerabl.hayne.plot import save_figure
 
     columns = [c for c in VALUE_COLUMNS if any(len(points[(lay, c)][0]) for lay in layers)]
     fig = Figure(figsize=(4.2 * max(len(columns), 1), 4.0))

@@ -118,5 +118,9 @@ def image_files(imageset, cache_path) -> tuple[list, str]:
 
 
 def encode(table: Sequence[Sequence]) -> str:
-    """The table as JSON (stored in the activation cache)."""
+    """The table as JSON (stored in the activation cache).
+
+    Example:
+        encode([("a", 1), ("b", 2)])   # '[["a", 1], ["b", 2]]'
+    """
     return json.dumps([list(row) for row in table])

@@ -283,7 +283,11 @@ def keras_to_torch(name: str, model) -> dict[str, np.ndarray]:
 
 
 def import_torch():
-    """`import torch`, or a `KerablError` naming the `kerabl[torch]` extra."""
+    """`import torch`, or a `KerablError` naming the `kerabl[torch]` extra.
+
+    Example:
+        torch = import_torch()   # KerablError "... pip install kerabl[torch]" without it
+    """
     try:
         import torch
     except ImportError:
@@ -292,7 +296,11 @@ def import_torch():
 
 
 def is_torch_file(path) -> bool:
-    """Whether `path` names a torch state dict (`.pth` / `.pt`)."""
+    """Whether `path` names a torch state dict (`.pth` / `.pt`).
+
+    Example:
+        is_torch_file("vgg16-397923af.pth"), is_torch_file("vgg16.weights.h5")   # True, False
+    """
     return Path(str(path)).suffix.lower() in TORCH_SUFFIXES
 
 
@@ -340,7 +348,7 @@ def load_state_dict_file(name: str, model, path) -> str:
         model = build_model("resnet50_torchvision")
         load_state_dict_file("resnet50_torchvision", model, "resnet50-11ad3fa6.pth")
     """
-    from kerabl.models import weights_digest
+    from kerabl.weightfiles import weights_digest
 
     torch_to_keras(name, model, read_state_dict(path), source=str(path))
     return weights_digest(Path(path).expanduser())

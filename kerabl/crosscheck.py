@@ -287,7 +287,12 @@ def _writable(folder: Path) -> Path:
 
 @dataclass(frozen=True)
 class CrosscheckSummary:
-    """What `crosscheck` measured (see its docstring)."""
+    """What `crosscheck` measured (see its docstring).
+
+    Example:
+        s = crosscheck("kerabl-out/h_results.h5", "crosscheck")
+        typer.echo(s.line()); s.port_csv   # Path("crosscheck/port.csv")
+    """
 
     cells: int
     equal_deficits: int

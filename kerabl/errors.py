@@ -6,4 +6,8 @@ the command line prints it and exits with status 2, never with a traceback.
 
 
 class KerablError(Exception):
-    """Bad input or a state the user must change: one line, what was wrong and what to do."""
+    """Bad input or a state the user must change: one line, what was wrong and what to do.
+
+    Example:
+        raise KerablError("image folder x does not exist: pass an existing folder")
+    """

@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from kerabl.data import IMAGE_SUFFIXES, ImageSet, _from_classes
+from kerabl.data import ImageSet, _from_classes
+from kerabl.images import IMAGE_SUFFIXES
 from kerabl.errors import KerablError
 
 WNID = re.compile(r"n\d{8}")

@@ -144,6 +144,7 @@ def _producer_name(tensor) -> str:
 def is_cut_point(model: keras.Model, layer: str | keras.layers.Layer) -> bool:
     """Whether the output of `layer` alone determines the network output.
 
+    Example:
         is_cut_point(vgg16, "block3_conv2")                # True
         is_cut_point(resnet101, "conv3_block2_2_relu")     # False: the skip tensor crosses it
 
@@ -162,6 +163,7 @@ def is_cut_point(model: keras.Model, layer: str | keras.layers.Layer) -> bool:
 def cut_points(model: keras.Model) -> list[str]:
     """Names of every cut point of `model`, in model order.
 
+    Example:
         cut_points(vgg16)[:2]          # ["block1_conv1", "block1_conv2"]
         "conv2_block1_out" in cut_points(resnet101)   # True
 
@@ -178,6 +180,7 @@ def cut_points(model: keras.Model) -> list[str]:
 def tail_extras(model: keras.Model, layer: str | keras.layers.Layer) -> list[str]:
     """Names of the layers whose outputs the tail needs besides `layer`'s output, in input order.
 
+    Example:
         tail_extras(resnet101, "conv3_block2_2_relu")   # ["conv3_block1_out"]
         tail_extras(vgg16, "block3_conv2")              # [] (a cut point)
 
@@ -196,6 +199,7 @@ def tail_extras(model: keras.Model, layer: str | keras.layers.Layer) -> list[str
 def head_model(model: keras.Model, layer: str | keras.layers.Layer) -> keras.Model:
     """The model from the input to `[layer output, *extra tensors]`, sharing the layers.
 
+    Example:
         head = head_model(resnet101, "conv3_block2_2_relu")
         act, skip = head.predict_on_batch(x)
         tail_model(resnet101, "conv3_block2_2_relu").predict_on_batch([act, skip])  # == model(x)
@@ -220,6 +224,7 @@ def head_model(model: keras.Model, layer: str | keras.layers.Layer) -> keras.Mod
 def tail_model(model: keras.Model, layer: str | keras.layers.Layer) -> keras.Model:
     """The model from `[layer output, *extra tensors]` to the model output, sharing the layers.
 
+    Example:
         tail = tail_model(vgg16, "block3_conv2")      # one input: a cut point
         tail.predict_on_batch(head_model(vgg16, "block3_conv2").predict_on_batch(x))
         tail.kerabl_extra                               # () here; names of the extra inputs

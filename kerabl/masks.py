@@ -38,6 +38,7 @@ LAMBDA_SUFFIX = "_lambda_mask"
 class UnitMask(keras.layers.Layer):
     """Multiplies its input by a non-trainable weight `mask` of shape input_shape[1:], ones at build.
 
+    Example:
         mask = UnitMask(name="conv_3_mask")
         y = mask(x)                      # y == x while the mask is all ones
         mask.mask.assign(np.zeros(mask.mask.shape, "float32"))   # now y == 0, no retrace
@@ -79,6 +80,7 @@ def _units_per_kind(shape: Sequence[int], unit: str) -> int:
 def n_units(model: keras.Model, layer: str | keras.layers.Layer, unit: str) -> int:
     """Number of units of `layer`: every output element, or its channels (last axis).
 
+    Example:
         n_units(vgg16, "block1_conv1", "channel")   # 64
         n_units(vgg16, "block1_conv1", "element")   # 224 * 224 * 64
 
@@ -109,6 +111,7 @@ def _unit_indices(units: Sequence[int], count: int, what: str) -> np.ndarray:
 def unit_mask(shape: Sequence[int], units: Sequence[int], unit: str) -> np.ndarray:
     """A 0/1 float32 array of `shape` with zeros at `units`.
 
+    Example:
         unit_mask((2, 2, 3), [1], "channel")[..., 1]   # all zeros, other channels ones
         unit_mask((2, 2, 3), [4], "element")[0, 1, 1]  # 0.0: flat index 4 in (H, W, C) order
 
@@ -145,6 +148,7 @@ def _reorder(indices: Sequence[int], shape: Sequence[int], src: tuple, dst: tupl
 def chw_to_hwc(indices: Sequence[int], shape: Sequence[int]) -> np.ndarray:
     """Flat element indices in (C, H, W) order converted to Keras (H, W, C) order.
 
+    Example:
         chw_to_hwc([1], (2, 2, 3))   # [3]: (c=0, h=0, w=1) is (h=0, w=1, c=0)
         hwc_to_chw(chw_to_hwc(i, shape), shape)   # == i
 
@@ -163,6 +167,7 @@ def chw_to_hwc(indices: Sequence[int], shape: Sequence[int]) -> np.ndarray:
 def hwc_to_chw(indices: Sequence[int], shape: Sequence[int]) -> np.ndarray:
     """Flat element indices in Keras (H, W, C) order converted to (C, H, W) order.
 
+    Example:
         hwc_to_chw([3], (2, 2, 3))   # [1]
         chw_to_hwc(hwc_to_chw(i, shape), shape)   # == i
 
@@ -202,6 +207,7 @@ def _check_targets(model: keras.Model, targets: Sequence[str], suffix: str) -> l
 def masked_model(model: keras.Model, targets: Sequence[str]) -> keras.Model:
     """The model rebuilt once with a `UnitMask` named f"{target}_mask" after each target layer.
 
+    Example:
         masked = masked_model(net.model, net.targets)
         with ablated(masked, {"conv_3": [0, 5]}):
             scores = masked.predict_on_batch(x)
@@ -225,6 +231,7 @@ def lambda_masked_model(
 ) -> keras.Model:
     """The paper engine: the model rebuilt with `Lambda(lambda x: x * const)` after `layer`.
 
+    Example:
         mask = unit_mask(vgg16.get_layer("block3_conv2").output.shape[1:], units, "element")
         paper = lambda_masked_model(vgg16, "block3_conv2", mask)
         scores = paper.predict_on_batch(x)
@@ -273,6 +280,7 @@ def ablated(
 ) -> Iterator[keras.Model]:
     """Zeroes units of target layers inside a with-block, restoring the masks on exit.
 
+    Example:
         with ablated(masked, {"conv_3": [3, 17], "dense_1": [0]}, unit="channel") as m:
             scores = m.predict_on_batch(x)
         # every mask touched is back to its previous value here, even after an exception
@@ -321,7 +329,10 @@ def keep_masks(n_channels: int, ablated_sets: Sequence[Sequence[int]]) -> np.nda
     Example:
         keep_masks(3, [[1], [0, 2]])   # [[1, 0, 1], [0, 1, 0]]
     """
-    return _keep_masks(n_channels, ablated_sets)
+    keep = np.ones((len(ablated_sets), n_channels), dtype=np.float32)
+    for row, units in zip(keep, ablated_sets):
+        row[list(units)] = 0.0
+    return keep
 
 
 def _units(units, n: int) -> np.ndarray:
@@ -329,10 +340,3 @@ def _units(units, n: int) -> np.ndarray:
     if len(units) and (units.min() < 0 or units.max() >= n):
         raise KerablError(f"units must lie in 0..{n - 1}, got {units.min()}..{units.max()}")
     return units
-
-
-def _keep_masks(n: int, ablated_sets: Sequence[Sequence[int]]) -> np.ndarray:
-    keep = np.ones((len(ablated_sets), n), dtype=np.float32)
-    for row, units in zip(keep, ablated_sets):
-        row[list(units)] = 0.0
-    return keep

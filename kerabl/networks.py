@@ -271,7 +271,7 @@ def load_any_network(spec: str, weights: str | Path | None = "default", *, alpha
         KerablError: unknown name, a file that does not load (naming a missing custom object),
             an input or output the studies cannot use, or unfit weights.
     """
-    from kerabl import models
+    from kerabl import models, weightfiles
 
     if spec in models.MODEL_NAMES:
         if custom_objects:
@@ -281,7 +281,7 @@ def load_any_network(spec: str, weights: str | Path | None = "default", *, alpha
     if is_model_file(spec):
         path = Path(spec).expanduser()
         model = _load_model_file(path, import_custom_objects(custom_objects))
-        name, preprocess, weights_id = path.stem, "none", models.weights_digest(path)
+        name, preprocess, weights_id = path.stem, "none", weightfiles.weights_digest(path)
     else:
         constructor = application(spec)
         if constructor is None:
@@ -292,11 +292,11 @@ def load_any_network(spec: str, weights: str | Path | None = "default", *, alpha
         model = _application_model(constructor, use_default)
         weights_id = arrays_digest(model) if use_default else None
     if weights is None:
-        models.randomize_weights(model, seed, keep_constant=True)
+        weightfiles.randomize_weights(model, seed, keep_constant=True)
         weights_id = f"random:{seed}"
     elif not use_default:  # a file's name is no zoo name: never the heuritech loader
         label = Path(spec).name if is_model_file(spec) else name
-        weights_id = models.load_weights_file(label, model, weights)
+        weights_id = weightfiles.load_weights_file(label, model, weights)
     return models.Network(name=name, model=model, weights_id=weights_id,
                           targets=block_targets(model), input_size=input_size_of(model, name),
                           preprocess=preprocess, n_classes=output_count_of(model, name))

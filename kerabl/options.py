@@ -25,7 +25,10 @@ def choices(name: str, *values: str) -> type[Enum]:
         Control = choices("Control", "none", "permuted-labels")
         Control.permuted_labels == "permuted-labels"   # True
     """
-    return Enum(name, {value.replace("-", "_"): value for value in values}, type=str)
+    kind = Enum(name, {value.replace("-", "_"): value for value in values}, type=str)
+    kind.__doc__ = (f"The values of one option: {', '.join(values)}.\n\nExample:\n"
+                    f"    {name}({values[0]!r}) is {name}.{values[0].replace('-', '_')}   # True")
+    return kind
 
 
 Model = choices("Model", "alexnet", "vgg16", "mobilenet_v2", "resnet101", "demo",
@@ -82,7 +85,13 @@ INPUT_OPTIONS = (  # what to study: shared by activations, study, units and repr
 
 def with_options(*groups):
     """Declare shared options once: each (name, annotation, default) is appended to the command's
-    signature as a keyword-only option, and reaches the command through its `**options`."""
+    signature as a keyword-only option, and reaches the command through its `**options`.
+
+    Example:
+        @app.command()
+        @with_options(INPUT_OPTIONS)
+        def layers_of(out: Path = Path("x"), **options): ...   # options["model"], options["seed"], ...
+    """
     def add(fn):
         signature = inspect.signature(fn, eval_str=True)
         own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]

@@ -75,7 +75,12 @@ def shard_of(text: str, environ: Mapping[str, str] = os.environ) -> tuple[int, i
 
 @dataclass(frozen=True)
 class Resources:
-    """What each job asks SLURM for (None: the cluster's default)."""
+    """What each job asks SLURM for (None: the cluster's default).
+
+    Example:
+        Resources(time="1:00:00", cpus=4).directives()
+        # ["#SBATCH --time=1:00:00", "#SBATCH --cpus-per-task=4"]
+    """
 
     partition: Optional[str] = None
     time: Optional[str] = None
@@ -114,6 +119,10 @@ CACHE_OPTIONS = ("model", "weights", "alpha", "images", "classes", "layers", "pr
 def stage_commands(stage: str, options: Mapping[str, object], out: Path, array: int,
                    cpus: Optional[int] = None) -> dict[str, list[list[str]]]:
     """The kerabl command lines (without the program) of each job of a stage.
+
+    Example:
+        stage_commands("study", {"layers": "conv_5"}, Path("runs/a"), 2)["merge"][0]
+        # ["merge", "runs/a/h_results.shard-0-of-2.h5", "runs/a/h_results.shard-1-of-2.h5", ...]
 
     `options` are the stage's options as given (out and shard excluded); `reproduce` must hold
     its `probe_fits` already resolved. The Z study (`units`) is not sharded: one job.

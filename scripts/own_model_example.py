@@ -85,7 +85,7 @@ def train(images: Path, epochs: int = 8, seed: int = 0):
     import keras
 
     from kerabl.folders import folder_imageset
-    from kerabl.models import randomize_weights
+    from kerabl.weightfiles import randomize_weights
 
     data = folder_imageset(images)
     x, y = data.load((SIZE, SIZE), "scale"), data.labels

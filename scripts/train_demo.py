@@ -4,7 +4,7 @@
     python scripts/train_demo.py --batch-norm --out /tmp/demo_bn.weights.h5
 
 Uses `kerabl.data.digits_split()` (the split the studies use), random initial weights from
-`kerabl.models.randomize_weights(model, seed)` and batches shuffled by
+`kerabl.weightfiles.randomize_weights(model, seed)` and batches shuffled by
 `np.random.default_rng(seed)`. Prints the held-out accuracy. When writing the shipped file it
 also updates its sha256 in weights/manifest.json.
 """
@@ -37,7 +37,8 @@ def train(seed: int, epochs: int, batch_norm: bool, channel_dropout: float, batc
     import keras
 
     from kerabl.data import digits_split
-    from kerabl.models import demo_model, randomize_weights
+    from kerabl.models import demo_model
+    from kerabl.weightfiles import randomize_weights
 
     x_train, y_train, x_test, y_test = digits_split()
     model = demo_model(batch_norm=batch_norm, channel_dropout=channel_dropout, seed=seed)
@@ -56,7 +57,7 @@ def train(seed: int, epochs: int, batch_norm: bool, channel_dropout: float, batc
 
 def update_manifest(path: Path) -> str:
     """Store `path`'s sha256 under its name in weights/manifest.json; return the digest."""
-    from kerabl.models import MANIFEST, weights_digest
+    from kerabl.weightfiles import MANIFEST, weights_digest
 
     manifest_path = SHIPPED.parent / MANIFEST
     manifest = json.loads(manifest_path.read_text())

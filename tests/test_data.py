@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from kerabl import imagenet
-from kerabl.data import (HAYNE8, ImageSet, digits_imageset, digits_split, load_image,
-                         paper_imageset, preprocess_images, synset_imageset)
+from kerabl.data import (HAYNE8, ImageSet, digits_imageset, digits_split, paper_imageset,
+                         synset_imageset)
+from kerabl.images import load_image, preprocess_images
 from kerabl.errors import KerablError
 
 

@@ -299,7 +299,7 @@ def authors_mobilenet_input(image):
 def test_mobilenet_v2_authors_recipe_is_pillow_default_resize_then_tf():
     from PIL import Image
 
-    from kerabl.data import preprocess_images
+    from kerabl.images import preprocess_images
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (300, 410, 3), dtype=np.uint8),
@@ -316,7 +316,7 @@ def test_mobilenet_v2_authors_recipe_is_pillow_default_resize_then_tf():
 
 @pytest.mark.realdata
 def test_mobilenet_v2_authors_recipe_on_real_images(hayne50):
-    from kerabl.data import load_image
+    from kerabl.images import load_image
 
     images = paper_imageset(hayne50, classes="hayne10")
     rows = [0, len(images) - 1]

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from kerabl import models
+from kerabl import models, weightfiles
 from kerabl.errors import KerablError
 from kerabl.models import (
     LocalResponseNormalization, alexnet_model, build_model, default_targets, demo_model,
-    load_network, paper_targets, randomize_weights, read_manifest,
-    save_heuritech_weights, weights_digest, weights_dir)
+    load_network, paper_targets)
+from kerabl.weightfiles import (
+    randomize_weights, read_manifest, save_heuritech_weights, weights_digest, weights_dir)
 
 
 def one_line_error(match: str, call, *args, **kwargs) -> str:
@@ -128,7 +129,7 @@ def test_random_weights_follow_the_stated_recipe():
     assert depthwise.shape == (3, 3, 48, 1)
     limit = np.sqrt(6 / (9 * 48 + 9 * 1))  # fans from the kernel shape, as Keras computes them
     assert np.abs(depthwise).max() <= limit and np.abs(depthwise).max() > 0.8 * limit
-    w = models.glorot_uniform((100, 50), np.random.default_rng(0))
+    w = weightfiles.glorot_uniform((100, 50), np.random.default_rng(0))
     assert w.dtype == np.float32 and abs(w.max() - np.sqrt(6 / 150)) < 0.01
 
 
@@ -165,7 +166,7 @@ def test_lrn_matches_the_heuritech_formula():
 def test_heuritech_file_layout(alexnet_file):
     path, _ = alexnet_file
     with h5py.File(path, "r") as f:
-        assert sorted(f) == sorted(models.HEURITECH_LAYERS)
+        assert sorted(f) == sorted(weightfiles.HEURITECH_LAYERS)
         assert f["conv_2_1"]["conv_2_1_W"].shape == (128, 48, 5, 5)
         assert f["conv_4_2"]["conv_4_2_b"].shape == (192,)
         assert f["dense_1"]["dense_1_W"].shape == (9216, 4096)
@@ -202,11 +203,11 @@ def test_theano_kernels_are_flipped(alexnet_file, alexnet_loaded, layer, groups,
 
 def test_dense_1_rows_are_chw_in_the_file():
     rows = np.arange(9216, dtype="float32")[:, None]  # file row r = c * 36 + h * 6 + w
-    kernel = models._file_to_keras("dense_1", rows)
+    kernel = weightfiles._file_to_keras("dense_1", rows)
     h, w, c = 2, 5, 100  # Keras flattens (h, w, c): row h * 6 * 256 + w * 256 + c
     assert kernel[h * 6 * 256 + w * 256 + c, 0] == c * 36 + h * 6 + w
-    np.testing.assert_array_equal(models._keras_to_file("dense_1", kernel), rows)
-    assert models._file_to_keras("dense_2", rows[:5]).tolist() == rows[:5].tolist()
+    np.testing.assert_array_equal(weightfiles._keras_to_file("dense_1", kernel), rows)
+    assert weightfiles._file_to_keras("dense_2", rows[:5]).tolist() == rows[:5].tolist()
 
 
 def test_alexnet_through_load_network(alexnet_file, alexnet_network):
@@ -244,7 +245,7 @@ def test_wrong_architecture(tmp_path):
     randomize_weights(demo_model(batch_norm=True), seed=0).save_weights(other)
     one_line_error("does not fit the demo", load_network, "demo", other)
     one_line_error("not the heuritech alexnet_weights.h5", load_network, "alexnet", other)
-    one_line_error("does not fit the mobilenet", models.load_weights_file, "mobilenet_v2",
+    one_line_error("does not fit the mobilenet", weightfiles.load_weights_file, "mobilenet_v2",
                    build_model("mobilenet_v2", alpha=0.35), other)
 
 
@@ -252,7 +253,7 @@ def test_keras_error_becomes_one_line(tmp_path):
     bigger = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)])
     smaller = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
     smaller.save_weights(tmp_path / "small.weights.h5")
-    one_line_error("does not fit", models.load_weights_file, "demo", bigger,
+    one_line_error("does not fit", weightfiles.load_weights_file, "demo", bigger,
                    tmp_path / "small.weights.h5")
 
 

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerabl.data import preprocess_images
+from kerabl.images import preprocess_images
 from kerabl.errors import KerablError
 from kerabl.folders import folder_imageset
 from kerabl.hayne.results import HResults
-from kerabl.models import build_model, default_targets, randomize_weights
+from kerabl.models import build_model, default_targets
+from kerabl.weightfiles import randomize_weights
 from kerabl.networks import arrays_digest, block_targets, input_size_of, load_any_network
 
 from test_cli import assert_one_line_error, invoke, one_process  # noqa: F401 (a fixture)

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from kerabl.cli import app
 from kerabl.compare import compare_csv
-from kerabl.data import digits_imageset, paper_imageset, preprocess_images
+from kerabl.data import digits_imageset, paper_imageset
+from kerabl.images import preprocess_images
 from kerabl.hayne.results import CSV_COLUMNS
 
 torch = pytest.importorskip("torch")

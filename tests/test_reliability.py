@@ -174,7 +174,7 @@ def test_a_read_only_results_file_path_is_one_line(images, tmp_path, monkeypatch
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "out" / "x.h5"))
 
-    monkeypatch.setattr(kerabl.hayne.results, "_create", refuse)
+    monkeypatch.setattr(kerabl.hayne.results, "create_results", refuse)
     one_line_error(study(images, tmp_path / "out"), "x.h5: Permission denied")
 
 

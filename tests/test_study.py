@@ -12,7 +12,8 @@ import kerabl.hayne.results
 from kerabl.data import digits_imageset
 from kerabl.errors import KerablError
 from kerabl.models import load_network
-from kerabl.hayne.results import CELL_ARRAYS, CLASS_ARRAYS, HResults, merge
+from kerabl.hayne.merge import merge
+from kerabl.hayne.results import CELL_ARRAYS, CLASS_ARRAYS, HResults
 from kerabl.hayne.study import HConfig, run_h_study
 
 LAYERS = ["conv_2", "dense_1"]

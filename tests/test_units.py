@@ -14,7 +14,8 @@ import tensorflow as tf
 from kerabl.zhou import ablation as z_ablation, attributes as z_attributes, results as z_results, study as z_study
 from kerabl import engine, graph, masks
 from kerabl.errors import KerablError
-from kerabl.models import Network, demo_model, randomize_weights
+from kerabl.models import Network, demo_model
+from kerabl.weightfiles import randomize_weights
 
 # Class c images switch on hidden unit c; output c reads hidden unit c, output 0 has a bias of
 # 0.1, so a zeroed unit sends its class to class 0. The second class-1 image is too weak and is

@@ -1,9 +1,11 @@
 """Figures of the H study (Hayne et al. 2022), drawn from a stored results file.
 
-Figures only read: every number drawn comes from an `HResults` file (`kerabl.results`), apart
-from means taken for display; the probe/deficit correlation and its line come from `kerabl.stats`.
-Nothing here imports TensorFlow or Keras, and nothing touches pyplot's global state: every figure
-is a `matplotlib.figure.Figure` on its own Agg canvas.
+Figures only read: every number drawn comes from an `HResults` file (`kerabl.hayne.results`),
+apart from means taken for display. Nothing here imports TensorFlow or Keras, and nothing touches
+pyplot's global state: every figure is a `matplotlib.figure.Figure` on its own Agg canvas
+(`kerabl.hayne.plot`). This module holds the paper's grid figures; the statistics figures (probe
+vs deficit, the probe contrast, the interaction coefficients) are in `kerabl.hayne.stat_figures`
+and importable from here too.
 
 - Fig 1, one layer's units on the (magnitude, selectivity) plane with the grid drawn over them:
   `fig1_arrays`, `build_fig1`, `fig_units_plane`.
@@ -11,29 +13,31 @@ is a `matplotlib.figure.Figure` on its own Agg canvas.
   `fig2_arrays`, `build_fig2`, `fig_class_layer_grids`.
 - Fig 3, per network the grid averaged over classes and layers, probe beside deficit:
   `fig3_arrays`, `build_fig3`, `fig_network_means`.
-- Probe score vs rank deficit per cell, with the least-squares line and r:
-  `probe_deficit_arrays`, `build_probe_vs_deficit`, `fig_probe_vs_deficit`.
-- The probes side by side (paper metric, cross-validation on the all-image grid, the fold-grid
-  held-out probe, rank deficit), one row per results file, e.g. true labels above a
-  `--control permuted-labels` run: `build_probe_contrast`, `fig_probe_contrast`.
-- The interaction test's coefficients with their class-bootstrap intervals, per network:
-  `build_interaction_coefficients`, `fig_interaction_coefficients`.
-- `render_h_figures(results_path, out_dir)`: all of them for one results file.
+- `render_h_figures(results_path, out_dir)`: all H figures of one results file.
 - `save_figure(fig, out_stem, formats)`: 150 dpi PNG / PDF with a tight bounding box.
+
+Example:
+    render_h_figures("kerabl-out/h_results.h5", "kerabl-out/figures")
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Colormap, ListedColormap
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from kerabl.errors import KerablError
+from kerabl.hayne.plot import (FONT, GRID_METRICS, draw_mean_grids, finite_range, grid_image,
+                               grid_shape, mean_grid, metric_panels, nan_cmap, nanmean,
+                               new_figure, open_results, save_figure)
+from kerabl.hayne.stat_figures import (build_interaction_coefficients, build_probe_contrast,
+                                       build_probe_vs_deficit, fig_interaction_coefficients,
+                                       fig_probe_contrast, fig_probe_vs_deficit,
+                                       probe_deficit_arrays, run_label)
 
 __all__ = [
     "GRID_METRICS", "fig1_arrays", "build_fig1", "fig_units_plane",
@@ -41,77 +45,10 @@ __all__ = [
     "fig3_arrays", "build_fig3", "fig_network_means",
     "probe_deficit_arrays", "build_probe_vs_deficit", "fig_probe_vs_deficit",
     "build_probe_contrast", "fig_probe_contrast", "build_interaction_coefficients",
-    "fig_interaction_coefficients", "render_h_figures", "save_figure",
+    "fig_interaction_coefficients", "render_h_figures", "save_figure", "run_label",
 ]
 
-#: Per-cell metrics that Fig 2 can show, with their colour-bar labels and colour maps.
-GRID_METRICS = {
-    "probe": ("probe score (paper metric)", "viridis"),
-    "probe_heldout": ("held-out probe balanced accuracy", "viridis"),
-    "deficit": ("mean rank deficit", "magma"),
-    "probe_fold": ("held-out probe, grid rebuilt per fold", "viridis"),
-    "srs_tau": ("RDM Kendall tau", "cividis"),
-    "srs_rho": ("RDM Spearman rho", "cividis"),
-}
-DPI = 150
-FONT = 8
-NAN_COLOUR = "#d9d9d9"
 PANEL_INCH_MIN, PANEL_INCH_MAX = 0.45, 1.1
-
-
-# ----------------------------------------------------------------------------- shared pieces
-
-def _results(res: Any):
-    """An `HResults` as given, or opened from a path."""
-    if isinstance(res, (str, Path)):
-        from kerabl.hayne.results import HResults
-        return HResults.open(res)
-    return res
-
-
-def _grid_shape(res) -> tuple[int, int]:
-    n, m = (int(v) for v in res.grid_shape)
-    return n, m
-
-
-def _new_figure(width: float, height: float, layout: str | None = None) -> Figure:
-    """A Figure on its own Agg canvas (pyplot and its figure registry stay untouched)."""
-    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _cmap(name: str) -> Colormap:
-    """A copy of a registered colour map with NaN (cell not done) drawn light grey."""
-    return colormaps[name].with_extremes(bad=NAN_COLOUR)
-
-
-def _finite_range(*arrays: np.ndarray) -> tuple[float, float]:
-    """(min, max) over the finite values of all arrays; (0, 1) when none is finite."""
-    values = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return 0.0, 1.0
-    low, high = float(values.min()), float(values.max())
-    return (low, high) if high > low else (low - 0.5, high + 0.5)
-
-
-def _nanmean(x: np.ndarray, axis) -> np.ndarray:
-    """Mean ignoring NaN (cells not done); NaN where nothing is done, without a warning."""
-    x = np.asarray(x, dtype=np.float64)
-    count = np.isfinite(x).sum(axis=axis)
-    total = np.where(np.isfinite(x), x, 0.0).sum(axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def _grid_image(ax, data: np.ndarray, cmap, vmin: float, vmax: float):
-    """One n x m grid as an image: x = magnitude cell, y = selectivity strip, (0, 0) bottom left."""
-    image = ax.imshow(data, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax,
-                      interpolation="nearest", aspect="equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return image
 
 
 def _class_position(res, class_name: str | None) -> int:
@@ -134,37 +71,6 @@ def _layer_name(res, layer: str | None) -> str:
                           f"pass one of the stored layer names")
     return layer
 
-
-def save_figure(fig: Figure, out_stem: str | Path,
-                formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Write `fig` as `<out_stem>.<format>` for each format (150 dpi, tight bounding box).
-
-    Example:
-        fig = build_fig2(res, "deficit")
-        save_figure(fig, "figures/fig2b", ("png",))   # [Path("figures/fig2b.png")]
-
-    Args:
-        fig: the figure to write.
-        out_stem: path without extension; its folder is created if missing.
-        formats: file formats matplotlib knows (png, pdf, svg, ...).
-
-    Returns:
-        The written paths, in the order of `formats`.
-    """
-    if not formats:
-        raise KerablError("no figure formats given; pass e.g. formats=('png', 'pdf')")
-    stem = Path(out_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in formats:
-        fmt = fmt.lower().lstrip(".")
-        if fmt not in fig.canvas.get_supported_filetypes():
-            raise KerablError(f"figure format {fmt!r} is not supported; use one of "
-                              f"{', '.join(sorted(fig.canvas.get_supported_filetypes()))}")
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        fig.savefig(path, format=fmt, dpi=DPI, bbox_inches="tight")
-        paths.append(path)
-    return paths
 
 
 # ----------------------------------------------------------------------------- Fig 1
@@ -190,7 +96,7 @@ def fig1_arrays(res, class_name: str | None = None, layer: str | None = None, *,
         "selectivity", "membership" (of the drawn units), "sel_edges" (n+1,), "mag_edges" (n, m+1),
         "grid_shape".
     """
-    res = _results(res)
+    res = open_results(res)
     ci = _class_position(res, class_name)
     layer = _layer_name(res, layer)
     units = res.units(ci, layer)
@@ -211,7 +117,7 @@ def fig1_arrays(res, class_name: str | None = None, layer: str | None = None, *,
         "membership": np.asarray(units["membership"])[index],
         "sel_edges": np.asarray(units["sel_edges"], dtype=np.float64),
         "mag_edges": np.asarray(units["mag_edges"], dtype=np.float64),
-        "grid_shape": _grid_shape(res),
+        "grid_shape": grid_shape(res),
     }
 
 
@@ -250,7 +156,7 @@ def build_fig1(res, class_name: str | None = None, layer: str | None = None, *,
     """
     a = fig1_arrays(res, class_name, layer, max_points=max_points, seed=seed)
     n, m = a["grid_shape"]
-    fig = _new_figure(6.0, 5.0)
+    fig = new_figure(6.0, 5.0)
     ax = fig.add_subplot()
     cmap = _cell_colours(n, m)
     cells = np.ma.masked_less(a["membership"].astype(np.float64), 0)
@@ -303,13 +209,8 @@ def fig2_arrays(res, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         selectivity strip, column j = magnitude cell); layer_means (L, n, m) = mean over classes;
         class_means (C, n, m) = mean over layers. Means skip NaN.
     """
-    if metric not in GRID_METRICS:
-        raise KerablError(f"unknown metric {metric!r}; use one of {', '.join(GRID_METRICS)}")
-    res = _results(res)
-    n, m = _grid_shape(res)
-    values = np.asarray(getattr(res, metric), dtype=np.float64)
-    panels = values.reshape(values.shape[0], values.shape[1], n, m)
-    return panels, _nanmean(panels, axis=0), _nanmean(panels, axis=1)
+    panels = metric_panels(res, metric)
+    return panels, nanmean(panels, axis=0), nanmean(panels, axis=1)
 
 
 def _fig2_panel_inch(n_rows: int, n_cols: int) -> float:
@@ -361,17 +262,17 @@ def build_fig2(res, metric: str) -> Figure:
         The Figure. Its first (C + 1) * (L + 1) axes are the panels in row-major order
         (row C = layer means, column L = class means), then the colour bar.
     """
-    res = _results(res)
+    res = open_results(res)
     panels, layer_means, class_means = fig2_arrays(res, metric)
     n_classes, n_layers = panels.shape[:2]
     classes, layers = list(res.classes), list(res.layers)
     label, cmap_name = GRID_METRICS[metric]
-    cmap = _cmap(cmap_name)
-    overall = _nanmean(layer_means, axis=0)
-    vmin, vmax = _finite_range(panels, layer_means, class_means)
-    layout = _fig2_layout(n_classes, n_layers, _grid_shape(res),
+    cmap = nan_cmap(cmap_name)
+    overall = nanmean(layer_means, axis=0)
+    vmin, vmax = finite_range(panels, layer_means, class_means)
+    layout = _fig2_layout(n_classes, n_layers, grid_shape(res),
                           max(len(s) for s in classes + ["layer mean"]))
-    fig = _new_figure(*layout["size"])
+    fig = new_figure(*layout["size"])
     row_names = classes + ["layer mean"]
     col_names = layers + ["class\nmean"]
     title_style = _column_title_style(max(len(s) for s in layers), layout["panel_width"])
@@ -382,7 +283,7 @@ def build_fig2(res, metric: str) -> Figure:
             data = (overall if row == n_classes and col == n_layers else
                     layer_means[col] if row == n_classes else
                     class_means[row] if col == n_layers else panels[row, col])
-            image = _grid_image(ax, data, cmap, vmin, vmax)
+            image = grid_image(ax, data, cmap, vmin, vmax)
             if col == 0:
                 ax.set_ylabel(row_names[row], rotation=0, ha="right", va="center",
                               fontsize=FONT, fontweight="bold" if row == n_classes else None)
@@ -396,7 +297,7 @@ def build_fig2(res, metric: str) -> Figure:
     colourbar = fig.colorbar(image, cax=bar)
     colourbar.set_label(label, fontsize=FONT)
     colourbar.ax.tick_params(labelsize=FONT - 1)
-    n, m = _grid_shape(res)
+    n, m = grid_shape(res)
     fig.text(layout["box"](n_classes, 0)[0], 0.05 / fig_h, f"{label} per cell\neach panel: {n} x {m} grid, "
              f"x = magnitude cell, y = selectivity strip,\nlowest at bottom left; "
              f"grey = not done",
@@ -430,27 +331,16 @@ def fig3_arrays(results_list: Sequence) -> np.ndarray:
     Returns:
         (N, 2, n, m) array; [:, 0] = probe, [:, 1] = deficit; means skip NaN (cells not done).
     """
-    results_list = [_results(r) for r in results_list]
+    results_list = [open_results(r) for r in results_list]
     if not results_list:
         raise KerablError("no results given for Fig 3; pass at least one results file")
-    shapes = {_grid_shape(r) for r in results_list}
+    shapes = {grid_shape(r) for r in results_list}
     if len(shapes) > 1:
         raise KerablError(f"results have different grid shapes {sorted(shapes)}; "
                           f"Fig 3 compares networks on one grid shape")
     return np.stack([
-        np.stack([_nanmean(fig2_arrays(r, metric)[0], axis=(0, 1))
-                  for metric in ("probe", "deficit")])
+        np.stack([mean_grid(r, metric) for metric in ("probe", "deficit")])
         for r in results_list])
-
-
-def _annotate_cells(ax, data: np.ndarray, image) -> None:
-    """Write each cell's value in it, dark or light text by background."""
-    for (i, j), value in np.ndenumerate(data):
-        if not np.isfinite(value):
-            continue
-        shade = np.mean(image.cmap(image.norm(value))[:3])
-        ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=FONT - 1,
-                color="black" if shade > 0.5 else "white")
 
 
 def build_fig3(results_list: Sequence, labels: Sequence[str]) -> Figure:
@@ -471,21 +361,15 @@ def build_fig3(results_list: Sequence, labels: Sequence[str]) -> Figure:
         raise KerablError(f"{len(results_list)} results but {len(labels)} labels; "
                           f"give one label per results file")
     means = fig3_arrays(results_list)
-    fig = _new_figure(7.5, 0.6 + 2.8 * len(labels), layout="constrained")
-    axes = fig.subplots(len(labels), 2, squeeze=False)
-    for col, metric in enumerate(("probe", "deficit")):
-        label, cmap_name = GRID_METRICS[metric]
-        vmin, vmax = _finite_range(means[:, col])
-        for row, name in enumerate(labels):
-            ax = axes[row, col]
-            image = _grid_image(ax, means[row, col], _cmap(cmap_name), vmin, vmax)
-            _annotate_cells(ax, means[row, col], image)
-            ax.set_xlabel("magnitude cell (low -> high)", fontsize=FONT)
-            ax.set_ylabel("selectivity strip (low -> high)", fontsize=FONT)
-            ax.set_title(f"{name}: {label}", fontsize=FONT + 1)
-        colourbar = fig.colorbar(image, ax=list(axes[:, col]), shrink=0.8)
-        colourbar.ax.tick_params(labelsize=FONT - 1)
-    fig.suptitle("mean over classes and layers", fontsize=FONT + 1)
+    fig = new_figure(7.5, 0.6 + 2.8 * len(labels), layout="constrained")
+
+    def label_panel(ax, row: int, col: int) -> None:
+        ax.set_xlabel("magnitude cell (low -> high)", fontsize=FONT)
+        ax.set_ylabel("selectivity strip (low -> high)", fontsize=FONT)
+        ax.set_title(f"{labels[row]}: {GRID_METRICS[('probe', 'deficit')[col]][0]}",
+                     fontsize=FONT + 1)
+
+    draw_mean_grids(fig, means, ("probe", "deficit"), label_panel)
     return fig
 
 
@@ -498,206 +382,6 @@ def fig_network_means(results_list: Sequence, labels: Sequence[str], out_stem: s
         # [Path("figures/fig3.png"), Path("figures/fig3.pdf")]
     """
     return save_figure(build_fig3(results_list, labels), out_stem, formats)
-
-
-# ----------------------------------------------------------------------------- probe vs deficit
-
-def probe_deficit_arrays(res) -> dict:
-    """Per finished cell: probe score, rank deficit and layer position (what the scatter shows).
-
-    Example:
-        a = probe_deficit_arrays(res)
-        a["probe"].shape == a["deficit"].shape == a["layer"].shape   # one entry per cell
-
-    Returns:
-        dict with "probe", "deficit" (float64), "layer" (int, position in res.layers) over the
-        cells where both numbers are finite, in (class, layer, cell) order.
-    """
-    res = _results(res)
-    probe = np.asarray(res.probe, dtype=np.float64)
-    deficit = np.asarray(res.deficit, dtype=np.float64)
-    keep = (np.asarray(res.done, dtype=bool)[:, :, None] & np.isfinite(probe)
-            & np.isfinite(deficit))
-    layer = np.broadcast_to(np.arange(probe.shape[1])[None, :, None], probe.shape)
-    return {"probe": probe[keep], "deficit": deficit[keep], "layer": layer[keep]}
-
-
-def _ols_line(corr: dict, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(slope, intercept) of the least-squares line of y on x, from the stats result's Pearson r:
-    slope = r * sd(y) / sd(x), through the means (its own "slope"/"intercept" when it has them)."""
-    if "slope" in corr and "intercept" in corr:
-        return float(corr["slope"]), float(corr["intercept"])
-    slope = float(corr["pearson_r"]) * float(np.std(y)) / float(np.std(x))
-    return slope, float(np.mean(y)) - slope * float(np.mean(x))
-
-
-def _p_text(p: float) -> str:
-    """A p-value for a title; one that underflowed to 0 reads "p < 1e-300"."""
-    return "p < 1e-300" if p == 0 else f"p = {p:.2g}"
-
-
-def build_probe_vs_deficit(res) -> Figure:
-    """Probe score vs rank deficit, one point per cell coloured by layer, with the OLS line.
-
-    Example:
-        fig = build_probe_vs_deficit(res)
-        fig.axes[0].get_title()   # "... Pearson r = 0.12 (p = 0.03), Spearman rho = ..., n = 560"
-
-    The correlation comes from `kerabl.hayne.stats.probe_deficit_correlation(res)`.
-
-    Returns:
-        The Figure; its Axes holds one scatter collection per layer (in layer order) and the line.
-    """
-    from kerabl.hayne.stats import probe_deficit_correlation
-
-    res = _results(res)
-    a = probe_deficit_arrays(res)
-    if a["probe"].size < 2:
-        raise KerablError("fewer than 2 finished cells with probe and deficit; "
-                          "run the probe and ablation stages first")
-    corr = probe_deficit_correlation(res)
-    layers = list(res.layers)
-    fig = _new_figure(6.0, 4.5)
-    ax = fig.add_subplot()
-    colours = colormaps["viridis"](np.linspace(0.0, 0.9, max(len(layers), 2)))
-    for li, name in enumerate(layers):
-        sel = a["layer"] == li
-        ax.scatter(a["probe"][sel], a["deficit"][sel], s=12, color=colours[li], alpha=0.75,
-                   linewidths=0, label=name)
-    r = float(corr["pearson_r"])
-    if np.isfinite(r):
-        slope, intercept = _ols_line(corr, a["probe"], a["deficit"])
-        xs = np.array([a["probe"].min(), a["probe"].max()])
-        ax.plot(xs, intercept + slope * xs, color="crimson", linewidth=1.5,
-                label=f"least-squares line (r = {r:.2f})")
-    ax.set_xlabel("probe score (paper metric)", fontsize=FONT + 1)
-    ax.set_ylabel("mean rank deficit", fontsize=FONT + 1)
-    ax.tick_params(labelsize=FONT)
-    ax.legend(fontsize=FONT - 1, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    ax.set_title(f"per cell: Pearson r = {r:.3f} ({_p_text(corr['pearson_p'])}), "
-                 f"Spearman rho = {corr['spearman_rho']:.3f} ({_p_text(corr['spearman_p'])}), "
-                 f"n = {corr['n']}", fontsize=FONT + 1)
-    return fig
-
-
-def fig_probe_vs_deficit(res, out_stem: str | Path, *,
-                         formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Write the probe-vs-deficit scatter (see `build_probe_vs_deficit`).
-
-    Example:
-        fig_probe_vs_deficit("results/h.h5", "figures/probe_vs_deficit")
-        # [Path("figures/probe_vs_deficit.png"), Path("figures/probe_vs_deficit.pdf")]
-    """
-    return save_figure(build_probe_vs_deficit(res), out_stem, formats)
-
-
-# ----------------------------------------------------------------------------- probes and statistics
-
-CONTRAST_METRICS = ("probe", "probe_heldout", "probe_fold", "deficit")
-
-
-def build_probe_contrast(results_list: Sequence, labels: Sequence[str]) -> Figure:
-    """Per results file (row): the grids averaged over classes and layers of the paper metric,
-    the cross-validated probe on the grid of all images, the fold-grid held-out probe and the
-    rank deficit; the paper metric's title gives its majority-class level.
-
-    Example:
-        fig = build_probe_contrast(["out/h_results.h5", "control/h_results.h5"],
-                                   ["true labels", "permuted labels"])
-        fig.axes[2].images[0].get_array()   # true labels: the fold-grid held-out probe grid
-
-    Returns:
-        The Figure; axes 4r + c hold row r's panel c (colour bars follow).
-    """
-    from kerabl.hayne.stats import majority_probe_level
-
-    results_list = [_results(r) for r in results_list]
-    if len(labels) != len(results_list) or not results_list:
-        raise KerablError(f"{len(results_list)} results but {len(labels)} labels; "
-                          "give one label per results file")
-    means = np.stack([[_nanmean(fig2_arrays(r, metric)[0], axis=(0, 1)) for metric in
-                       CONTRAST_METRICS] for r in results_list])
-    fig = _new_figure(13.0, 0.6 + 2.9 * len(labels), layout="constrained")
-    axes = fig.subplots(len(labels), len(CONTRAST_METRICS), squeeze=False)
-    titles = {"probe": "paper metric", "probe_heldout": "CV probe, grid of all images",
-              "probe_fold": "held-out probe, grid per fold", "deficit": "rank deficit"}
-    extras = [{"probe": f"\n(all 'other' scores {majority_probe_level(res):.3f})",
-               "probe_heldout": "\n(chance 0.5)", "probe_fold": "\n(chance 0.5)"}
-              for res in results_list]
-    for col, metric in enumerate(CONTRAST_METRICS):
-        cmap_name = GRID_METRICS.get(metric, ("", "viridis"))[1]
-        vmin, vmax = _finite_range(means[:, col])
-        if metric in ("probe_heldout", "probe_fold"):
-            vmin, vmax = min(vmin, 0.5), max(vmax, 0.5)
-        for row, name in enumerate(labels):
-            ax = axes[row, col]
-            image = _grid_image(ax, means[row, col], _cmap(cmap_name), vmin, vmax)
-            _annotate_cells(ax, means[row, col], image)
-            ax.set_title(f"{titles[metric]}{extras[row].get(metric, '')}", fontsize=FONT)
-            ax.set_xlabel("magnitude cell", fontsize=FONT)
-            ax.set_ylabel(f"{name}\nselectivity strip" if col == 0 else "selectivity strip",
-                          fontsize=FONT)
-        fig.colorbar(image, ax=list(axes[:, col]), shrink=0.8).ax.tick_params(labelsize=FONT - 1)
-    fig.suptitle("mean over classes and layers", fontsize=FONT + 1)
-    return fig
-
-
-def fig_probe_contrast(results_list: Sequence, labels: Sequence[str], out_stem: str | Path, *,
-                       formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Write the probe contrast (see `build_probe_contrast`).
-
-    Example:
-        fig_probe_contrast(["out/h.h5", "control/h.h5"], ["true", "permuted"], "fig_probe_contrast")
-    """
-    return save_figure(build_probe_contrast(results_list, labels), out_stem, formats)
-
-
-def build_interaction_coefficients(results_list: Sequence, labels: Sequence[str]) -> Figure:
-    """Coefficients of the interaction model (sel, mag, sel x mag; class and layer effects) with
-    their 95 % class-bootstrap intervals, one marker per network, the nested test in the legend.
-
-    Example:
-        fig = build_interaction_coefficients(["alexnet/h.h5", "vgg16/h.h5"], ["AlexNet", "VGG16"])
-
-    The numbers come from `kerabl.hayne.stats.interaction_test`.
-    """
-    from kerabl.hayne.stats import interaction_test
-
-    results_list = [_results(r) for r in results_list]
-    if len(labels) != len(results_list) or not results_list:
-        raise KerablError(f"{len(results_list)} results but {len(labels)} labels; "
-                          "give one label per results file")
-    names = ("selectivity", "magnitude", "selectivity_x_magnitude")
-    fig = _new_figure(6.5, 3.6)
-    ax = fig.add_subplot()
-    width = 0.7 / len(labels)
-    for n, (res, label) in enumerate(zip(results_list, labels)):
-        test = interaction_test(res)
-        x = np.arange(3) + (n - (len(labels) - 1) / 2) * width
-        est = np.array([test["coef_interaction"][k] for k in names])
-        ci = np.array([test["interval"][k] for k in names])
-        ax.errorbar(x, est, yerr=np.abs(ci.T - est), fmt="o", capsize=3, markersize=4,
-                    label=f"{label}: R^2 {test['r2_additive']:.3f} -> {test['r2_interaction']:.3f}, "
-                          f"F test {_p_text(test['p_value'])}")
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xticks(np.arange(3), ["selectivity", "magnitude", "sel x mag"], fontsize=FONT)
-    ax.set_ylabel("effect on mean rank deficit\n(per SD, within class and layer)", fontsize=FONT)
-    ax.tick_params(labelsize=FONT)
-    ax.legend(fontsize=FONT - 1, frameon=False, loc="best")
-    ax.set_title("deficit ~ sel + mag + sel x mag + class + layer; 95 % class-bootstrap intervals",
-                 fontsize=FONT)
-    return fig
-
-
-def fig_interaction_coefficients(results_list: Sequence, labels: Sequence[str],
-                                 out_stem: str | Path, *,
-                                 formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Write the coefficient figure (see `build_interaction_coefficients`).
-
-    Example:
-        fig_interaction_coefficients(["out/h.h5"], ["demo"], "figures/fig_interaction")
-    """
-    return save_figure(build_interaction_coefficients(results_list, labels), out_stem, formats)
 
 
 # ----------------------------------------------------------------------------- all of them
@@ -713,7 +397,7 @@ def render_h_figures(results_path: str | Path, out_dir: str | Path, *,
         [p.name for p in paths][:2]   # ["fig1_units_plane.png", "fig1_units_plane.pdf"]
 
     Args:
-        results_path: an H results file (`kerabl.results`).
+        results_path: an H results file (`kerabl.hayne.results`).
         out_dir: folder for the figures (created if missing).
         class_name: class of Fig 1; None = the first class whose `layer` pair is done.
         layer: layer of Fig 1; None = the middle layer.
@@ -740,12 +424,7 @@ def render_h_figures(results_path: str | Path, out_dir: str | Path, *,
         *fig_class_layer_grids(res, "deficit", out / "fig2b_deficit_grids", formats=formats),
         *fig_network_means([res], [label], out / "fig3_network_means", formats=formats),
         *fig_probe_vs_deficit(res, out / "fig_probe_vs_deficit", formats=formats),
-        *fig_probe_contrast([res], [_run_label(res, label)], out / "fig_probe_contrast",
+        *fig_probe_contrast([res], [run_label(res, label)], out / "fig_probe_contrast",
                             formats=formats),
         *fig_interaction_coefficients([res], [label], out / "fig_interaction", formats=formats),
     ]
-
-
-def _run_label(res, label: str) -> str:
-    control = res.config.get("control", "none")
-    return label if control == "none" else f"{label}, {control}"

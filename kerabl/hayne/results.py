@@ -5,7 +5,9 @@
 - `HResults.open(path)`: read-only view; the (C, L, K) arrays in memory, `units(...)` lazily.
 - `export_csv(results_path, csv_path)`: one row per class x layer x cell.
 - `parse_shard("2/8")`: a `--shard` value as (i, n).
-- `merge(paths, out)`: joins shard files into one complete file, refusing inconsistent ones.
+- `merge(paths, out)` (`kerabl.hayne.merge`) joins shard files into one complete file;
+  `ResultsLayout`, `create_results`, `check_kind` and `shard_pairs` are what it shares with the
+  writer.
 
 Layout (C classes, L layers, K = n * m cells, P = max images per class, U_l units of layer l).
 File attributes: `kind` = "kerabl.h-results", `schema` = 1, `config` (JSON), `versions`
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +96,14 @@ def _json_config(config: dict) -> dict:
 
 
 @dataclass(frozen=True)
-class _Layout:
-    """Everything that fixes a results file's layout (and must agree to resume or merge)."""
+class ResultsLayout:
+    """Everything that fixes a results file's layout (and must agree to resume or merge).
+
+    Example:
+        with h5py.File("out/h_results.h5") as f:
+            layout = ResultsLayout.read(f)
+        layout.n_cells, layout.differences(layout)   # 16, []
+    """
 
     config: dict
     classes: tuple[str, ...]
@@ -118,14 +125,14 @@ class _Layout:
                 "grid_shape": list(self.grid_shape), "max_images": self.max_images,
                 "max_others": self.max_others, "shard": self.shard}
 
-    def differences(self, other: "_Layout", ignore_shard: bool = False) -> list[str]:
+    def differences(self, other: "ResultsLayout", ignore_shard: bool = False) -> list[str]:
         ignore = ("shard",) if ignore_shard else ()
         found = config_differences(self.config, other.config, ignore)
         found += [f"({d})" for d in config_differences(self.as_dict(), other.as_dict(), ignore)]
         return found
 
     @classmethod
-    def read(cls, f: h5py.File) -> "_Layout":
+    def read(cls, f: h5py.File) -> "ResultsLayout":
         return cls(config=json.loads(f.attrs["config"]),
                    classes=tuple(s.decode() if isinstance(s, bytes) else s for s in f["classes"][()]),
                    class_index=tuple(int(v) for v in f["class_index"][()]),
@@ -140,8 +147,12 @@ def _membership_dtype(n_cells: int):
     return np.int16 if n_cells < np.iinfo(np.int16).max else np.int32
 
 
-def _create(path: Path, layout: _Layout) -> None:
-    """Write an empty results file (every entry NaN / -1, nothing done)."""
+def create_results(path: Path, layout: ResultsLayout) -> None:
+    """Write an empty results file (every entry NaN / -1, nothing done).
+
+    Example:
+        create_results(Path("merged.h5.tmp"), dataclasses.replace(layout, shard=""))
+    """
     c, n_l, k, p = len(layout.classes), len(layout.layers), layout.n_cells, layout.max_images
     n, m = layout.grid_shape
     with h5py.File(path, "w") as f:
@@ -174,14 +185,27 @@ def _create(path: Path, layout: _Layout) -> None:
             g.create_dataset("mag_edges", data=np.full((c, n, m + 1), np.nan))
 
 
-def _check_kind(f: h5py.File, path: Path) -> None:
+def check_kind(f: h5py.File, path: Path) -> None:
+    """Raise a `KerablError` unless the open file `f` (read from `path`) is an H results file
+    of this schema.
+
+    Example:
+        with h5py.File("out/h_results.h5") as f:
+            check_kind(f, Path("out/h_results.h5"))   # None; a Z results file raises
+    """
     check_results_kind(path, f.attrs.get("kind"), KIND)
     if int(f.attrs.get("schema", -1)) != SCHEMA:
         raise KerablError(f"{path} has results schema {f.attrs.get('schema')}, this kerabl reads "
                           f"{SCHEMA}; rerun with this version or use the kerabl that wrote it")
 
 
-def _shard_pairs(n_classes: int, n_layers: int, shard: tuple[int, int] | None) -> list[tuple[int, int]]:
+def shard_pairs(n_classes: int, n_layers: int, shard: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """The (class, layer) pairs of shard (i, n): pair number ci * n_layers + li modulo n is i
+    (None: every pair).
+
+    Example:
+        shard_pairs(2, 2, (1, 2))   # [(0, 1), (1, 1)]
+    """
     i, n = shard if shard is not None else (0, 1)
     return [(ci, li) for ci in range(n_classes) for li in range(n_layers)
             if (ci * n_layers + li) % n == i]
@@ -243,7 +267,7 @@ class HResultsWriter:
         bad = [x for x in layers if "/" in x or not x]
         if bad:
             raise KerablError(f"layer names {bad} cannot name HDF5 groups; rename the layers")
-        self.layout = _Layout(
+        self.layout = ResultsLayout(
             config=_json_config(config), classes=tuple(str(x) for x in classes),
             class_index=tuple(int(x) for x in class_index), layers=layers,
             n_units=tuple(int(x) for x in n_units), grid_shape=tuple(int(x) for x in grid_shape),
@@ -264,14 +288,14 @@ class HResultsWriter:
             pass
         else:
             self.partial_path.parent.mkdir(parents=True, exist_ok=True)
-            _create(self.partial_path, self.layout)
+            create_results(self.partial_path, self.layout)
 
     def _check_existing(self, path: Path) -> bool:
         """True when `path` holds this run; False when it was replaceable and is removed."""
         try:
             with h5py.File(path, "r") as f:
-                _check_kind(f, path)
-                stored = _Layout.read(f)
+                check_kind(f, path)
+                stored = ResultsLayout.read(f)
                 n_done = int(f["done"][()].sum())
         except (OSError, KeyError) as err:
             raise KerablError(f"{path} is damaged ({str(err).splitlines()[0][:120]}): delete it "
@@ -293,7 +317,7 @@ class HResultsWriter:
 
     def pairs(self) -> list[tuple[int, int]]:
         """(class position, layer position) pairs of this writer's shard, in order."""
-        return _shard_pairs(len(self.layout.classes), len(self.layout.layers), self.shard)
+        return shard_pairs(len(self.layout.classes), len(self.layout.layers), self.shard)
 
     def _open(self, mode: str = "r+") -> h5py.File:
         if self.complete:
@@ -396,9 +420,14 @@ class HResultsWriter:
         return self.path
 
 
-def _cell_dataset(f: h5py.File, name: str, index=()) -> np.ndarray:
+def cell_dataset(f: h5py.File, name: str, index=()) -> np.ndarray:
     """`f[name][index]`; for an `OPTIONAL` dataset the file was written without, NaN of the
-    probe's shape (cell values) or -1 of the (C, L, P) rank shape (`rank_baseline`)."""
+    probe's shape (cell values) or -1 of the (C, L, P) rank shape (`rank_baseline`).
+
+    Example:
+        with h5py.File("out/h_results.h5") as f:
+            cell_dataset(f, "probe_fold", (0, 2)).shape   # (16,): class 0, layer 2
+    """
     if name in OPTIONAL and name not in f:
         if name == "rank_baseline":
             return np.full(f["rank_after"].shape[:2] + f["rank_after"].shape[3:], -1)[index]
@@ -424,7 +453,7 @@ class HResults:
     """
 
     def __init__(self, path: Path, f: h5py.File):
-        layout = _Layout.read(f)
+        layout = ResultsLayout.read(f)
         self.path = path
         self.config = layout.config
         self.versions = json.loads(f.attrs["versions"])
@@ -436,7 +465,7 @@ class HResults:
         self.grid_shape = layout.grid_shape
         self.n_units = np.asarray(layout.n_units, dtype=np.int64)
         for name in CELL_ARRAYS + CLASS_ARRAYS + ("done", "rank_after", "rank_baseline"):
-            setattr(self, name, _cell_dataset(f, name))
+            setattr(self, name, cell_dataset(f, name))
 
     @classmethod
     def open(cls, path, allow_partial: bool = False) -> "HResults":
@@ -454,7 +483,7 @@ class HResults:
                     if partial_path(path).exists() else "; run `kerabl study` to write it")
             raise KerablError(f"no results file at {path}{hint}")
         with h5py.File(path, "r") as f:
-            _check_kind(f, path)
+            check_kind(f, path)
             if not bool(f.attrs["complete"]) and not allow_partial:
                 done = f["done"][()]
                 raise KerablError(f"{path} is incomplete ({int(done.sum())} of {done.size} pairs "
@@ -518,135 +547,3 @@ def export_csv(results_path, csv_path) -> Path:
             for li, layer in enumerate(res.layers)
             for k in range(res.cell_count.shape[2]))
     return write_csv_atomic(csv_path, CSV_COLUMNS, rows)
-
-
-def _pair_values(f: h5py.File, layout: _Layout, ci: int, li: int) -> dict:
-    """Every stored number of pair (ci, li)."""
-    g = f[f"units/{layout.layers[li]}"]
-    values = {name: _cell_dataset(f, name, (ci, li))
-              for name in CELL_ARRAYS + ("rank_after", "rank_baseline")}
-    values.update({f"units/{name}": g[name][ci] for name in UNIT_ARRAYS})
-    return values
-
-
-def _differing(a: dict, b: dict) -> list[str]:
-    return [k for k in a if not np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f")]
-
-
-def _read_shards(paths: list[Path]) -> list[tuple[Path, h5py.File, _Layout]]:
-    opened = []
-    for p in paths:
-        if not p.exists():
-            raise KerablError(f"shard file {p} does not exist; pass the files the shards wrote")
-        f = h5py.File(p, "r")
-        try:
-            _check_kind(f, p)
-        except KerablError:
-            f.close()
-            for _, g, _ in opened:
-                g.close()
-            raise
-        opened.append((p, f, _Layout.read(f)))
-    return opened
-
-
-def _check_same_run(shards: list[tuple[Path, h5py.File, _Layout]]) -> None:
-    p0, _, first = shards[0]
-    for p, _, layout in shards[1:]:
-        differences = first.differences(layout, ignore_shard=True)
-        if differences:
-            raise KerablError(f"{p0} and {p} come from different runs ({'; '.join(differences)}); "
-                              "merge only shards of one run")
-
-
-def _missing_pairs_message(missing: list[tuple[int, int]], layout: _Layout,
-                           shards: list[tuple[Path, h5py.File, _Layout]]) -> str:
-    n_layers = len(layout.layers)
-    owners: dict[str, list[str]] = {}
-    for ci, li in missing:
-        owner = [str(p) for p, _, s in shards if s.shard and
-                 (ci * n_layers + li) % parse_shard(s.shard)[1] == parse_shard(s.shard)[0]]
-        key = ", ".join(owner) if owner else "a shard not given"
-        owners.setdefault(key, []).append(f"({layout.classes[ci]}, {layout.layers[li]})")
-    detail = "; ".join(f"{key}: {len(v)} e.g. {' '.join(v[:3])}" for key, v in owners.items())
-    return (f"{len(missing)} of {len(layout.classes) * n_layers} pairs are done in no shard "
-            f"({detail}); finish those shards (rerun them to resume) and merge again")
-
-
-def merge(paths, out) -> Path:
-    """Join shard files of one run into one complete results file.
-
-    Example:
-        merge(["out/h.0.h5", "out/h.1.h5"], "out/h.h5")   # Path("out/h.h5")
-
-    Refuses (KerablError naming the files and the key) when configs differ (the shard is
-    ignored), classes or layers differ, a pair is done in two shards with different
-    numbers, a class's images differ between shards, or pairs are done in no shard.
-    The merged file has `shard` "" and is written under a temporary name, then renamed.
-    """
-    paths = [Path(p) for p in paths]
-    out = Path(out)
-    if not paths:
-        raise KerablError("no shard files to merge; pass the files the shards wrote")
-    tmp = out.with_name(out.name + ".tmp")
-    shards = _read_shards(paths)
-    try:
-        _check_same_run(shards)
-        layout = shards[0][2]
-        merged = _Layout(**{**layout.__dict__, "shard": ""})
-        owner = _pair_owners(shards, merged)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _create(tmp, merged)
-        with h5py.File(tmp, "r+") as g:
-            _copy_pairs(shards, owner, merged, g)
-            g.attrs["complete"] = True
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        for _, f, _ in shards:
-            f.close()
-    os.replace(tmp, out)
-    return out
-
-
-def _pair_owners(shards, layout: _Layout) -> dict[tuple[int, int], int]:
-    """Which shard supplies each pair; refuses conflicts and missing pairs."""
-    owner: dict[tuple[int, int], int] = {}
-    missing = []
-    for ci, li in _shard_pairs(len(layout.classes), len(layout.layers), None):
-        holders = [s for s, (_, f, _) in enumerate(shards) if f["done"][ci, li]]
-        if not holders:
-            missing.append((ci, li))
-            continue
-        owner[(ci, li)] = holders[0]
-        first = _pair_values(shards[holders[0]][1], layout, ci, li)
-        for s in holders[1:]:
-            bad = _differing(first, _pair_values(shards[s][1], layout, ci, li))
-            if bad:
-                raise KerablError(f"pair ({layout.classes[ci]}, {layout.layers[li]}) differs between "
-                                  f"{shards[holders[0]][0]} and {shards[s][0]} in {', '.join(bad)}; "
-                                  "rerun one of the shards")
-    if missing:
-        raise KerablError(_missing_pairs_message(missing, layout, shards))
-    return owner
-
-
-def _copy_pairs(shards, owner: dict[tuple[int, int], int], layout: _Layout, g: h5py.File) -> None:
-    for (ci, li), s in owner.items():
-        for key, value in _pair_values(shards[s][1], layout, ci, li).items():
-            if key.startswith("units/"):
-                g[f"units/{layout.layers[li]}/{key[len('units/'):]}"][ci] = value
-            else:
-                g[key][ci, li] = value
-        g["done"][ci, li] = True
-    for ci in range(len(layout.classes)):
-        sources = sorted({s for (c, _), s in owner.items() if c == ci})
-        rows = [{name: shards[s][1][name][ci] for name in CLASS_ARRAYS} for s in sources]
-        for s, other in zip(sources[1:], rows[1:]):
-            bad = _differing(rows[0], other)
-            if bad:
-                raise KerablError(f"class {layout.classes[ci]} has different {', '.join(bad)} in "
-                                  f"{shards[sources[0]][0]} and {shards[s][0]}; rerun one shard")
-        for name in CLASS_ARRAYS:
-            g[name][ci] = rows[0][name]

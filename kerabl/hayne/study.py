@@ -102,11 +102,20 @@ class HConfig:
 
 
 def cell_seed(seed: int, *keys: int) -> int:
-    """A seed for one (class, layer, cell) derived from the run's seed, independent of run order."""
+    """A seed for one (class, layer, cell) derived from the run's seed, independent of run order.
+
+    Example:
+        cell_seed(0, 1, 2, 3)   # 3898271682: class 1, layer 2, cell 3 of a run with seed 0
+    """
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
 
 
 def results_name(shard: tuple[int, int] | None) -> str:
+    """The results file name of a shard (None: the whole run).
+
+    Example:
+        results_name(None), results_name((1, 4))   # "h_results.h5", "h_results.shard-1-of-4.h5"
+    """
     return "h_results.h5" if shard is None else f"h_results.shard-{shard[0]}-of-{shard[1]}.h5"
 
 
@@ -179,7 +188,12 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
 
 
 def target_layers(network, layers: Sequence[str] | None) -> list[str]:
-    """`layers` (default: the network's targets), each checked to be a layer of the model."""
+    """`layers` (default: the network's targets), each checked to be a layer of the model.
+
+    Example:
+        target_layers(load_network("demo"), None)   # ["conv_1", ..., "dense_2"]
+        target_layers(net, ["conv_9"])   # KerablError: unknown layer 'conv_9' for model demo
+    """
     layers = list(layers or network.targets)
     unknown = [name for name in layers if name not in {l.name for l in network.model.layers}]
     if unknown:
@@ -317,7 +331,12 @@ class _Sweep:
 
 def bounded_map(pool, fn, tasks, in_flight: int = 4):
     """`map(fn, tasks)` in order, on `pool` when given, with at most `in_flight` tasks built and
-    sent at once, so the cells of a large layer are never all copied together."""
+    sent at once, so the cells of a large layer are never all copied together.
+
+    Example:
+        with probe_pool(4) as pool:
+            scores = list(bounded_map(pool, cell_probe_scores, tasks, in_flight=8))
+    """
     if pool is None:
         yield from map(fn, tasks)
         return
@@ -336,6 +355,9 @@ PROBE_FIELDS = ("probe", "probe_heldout", "srs_tau", "srs_rho", "probe_loss")
 def cell_probe_scores(task) -> tuple[float, float, float, float, float]:
     """Probe scores of one cell: paper metric, held-out metric, Kendall tau, Spearman rho and
     the paper metric's mean loss (paper metric = exp(-loss)).
+
+    Example:
+        probe, heldout, tau, rho, loss = cell_probe_scores(task)   # one cell's probe task
 
     Runs in a worker process when the sweep has a pool: it imports no TensorFlow.
     """
@@ -382,6 +404,10 @@ def _cell_probe_scores(x, y, config: HConfig,
 
 def probe_pool(workers: int):
     """Worker processes for the probes (spawned: they import numpy and scikit-learn only).
+
+    Example:
+        with probe_pool(4) as pool:       # None (no processes) for workers <= 1
+            results = list(bounded_map(pool, cell_probe_scores, tasks))
 
     Each worker ignores Ctrl-C (its parent stops the run) and exits within a second of its
     parent's end, whatever ended it (`kill -9` included); when the block ends by an exception

@@ -17,7 +17,7 @@ import numpy as np
 
 from kerabl.engine import DEFAULT_BATCH, _engine, _Engine
 from kerabl.errors import KerablError
-from kerabl.masks import _keep_masks, _units
+from kerabl.masks import _units, keep_masks
 from kerabl.progress import progress_bar
 from kerabl.zhou.attributes import _class_rows
 
@@ -91,7 +91,7 @@ def single_unit_ablation(network_or_model, images: np.ndarray, labels: np.ndarra
 def _unit_drops(eng: _Engine, labels: np.ndarray, classes: Sequence[int], units, progress: bool,
                 label: str) -> dict[str, Any]:
     units = _units(units, eng.n_channels)
-    keep = _keep_masks(eng.n_channels, [[u] for u in units])
+    keep = keep_masks(eng.n_channels, [[u] for u in units])
     preds = _chunked(eng.predict, keep, progress, label)
     result = _drop_summary(preds, _base_predictions(eng), labels, classes)
     result["units"] = units
@@ -213,7 +213,7 @@ def _greedy(eng: _Engine, labels: np.ndarray, class_: int, steps: int,
     curve = [float((_base_predictions(eng, rows) == class_).mean())]
     for _ in range(steps):
         left = np.array([u for u in pool if u not in set(chosen)])
-        keep = _keep_masks(eng.n_channels, [chosen + [int(u)] for u in left])
+        keep = keep_masks(eng.n_channels, [chosen + [int(u)] for u in left])
         acc = (eng.predict(keep, rows) == class_).mean(axis=1)
         order = np.lexsort((left, acc))  # lowest accuracy, then lowest unit index
         chosen.append(int(left[order[0]]))
@@ -250,5 +250,5 @@ def _random_order(eng: _Engine, labels: np.ndarray, class_: int, steps: int, see
     for seed in seeds:
         order = np.random.default_rng(seed).permutation(pool)[:steps]
         sets.extend([order[:i].tolist() for i in range(steps + 1)])
-    acc = (eng.predict(_keep_masks(eng.n_channels, sets), rows) == class_).mean(axis=1)
+    acc = (eng.predict(keep_masks(eng.n_channels, sets), rows) == class_).mean(axis=1)
     return acc.reshape(len(seeds), steps + 1)

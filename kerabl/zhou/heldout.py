@@ -39,7 +39,7 @@ def split_greedy(eng, labels: np.ndarray, class_: int, steps: int,
         (steps + 1,) accuracy on the choosing half, (steps + 1,) on the held-out half, and the
         (steps,) units in the order chosen.
     """
-    from kerabl.masks import _keep_masks
+    from kerabl.masks import keep_masks
     from kerabl.zhou.ablation import _greedy
 
     labels = np.asarray(labels)
@@ -53,7 +53,7 @@ def split_greedy(eng, labels: np.ndarray, class_: int, steps: int,
     choosing_labels[choose] = class_
     curve, order = _greedy(eng, choosing_labels, int(class_), steps, None)
     prefixes = [order[:i].tolist() for i in range(steps + 1)]
-    held_out = (eng.predict(_keep_masks(eng.n_channels, prefixes), score) == class_).mean(axis=1)
+    held_out = (eng.predict(keep_masks(eng.n_channels, prefixes), score) == class_).mean(axis=1)
     return curve, held_out.astype(np.float64), order
 
 
