@@ -518,7 +518,12 @@ class _DropRetracing(logging.Filter):
 @contextlib.contextmanager
 def quiet_retracing_warning():
     """Within the block, drop TensorFlow's 'triggered tf.function retracing' warning (it is
-    expected when models are rebuilt on purpose); the logger is as before afterwards."""
+    expected when models are rebuilt on purpose); the logger is as before afterwards.
+
+    Example:
+        with quiet_retracing_warning():
+            for cells in batches: paper_engine(model, layer, cells)
+    """
     logger, drop = logging.getLogger("tensorflow"), _DropRetracing()
     logger.addFilter(drop)
     try:

@@ -17,17 +17,7 @@ import kerabl
 # Public names of modules that other work is changing now (kerabl/engine.py, kerabl/hayne/probes.py,
 # kerabl/bench/): their examples come with those changes. Each must still lack one: remove it
 # here when it gets one.
-PENDING = {
-    "kerabl.engine.quiet_retracing_warning",
-    "kerabl.hayne.probes.sklearn_probe", "kerabl.hayne.probes.template_rdm",
-    "kerabl.bench.cases.sample_masks", "kerabl.bench.cases.ablator_shape",
-    "kerabl.bench.cases.h_case", "kerabl.bench.cases.z_case", "kerabl.bench.cases.probe_case",
-    "kerabl.bench.flops.model_flops", "kerabl.bench.flops.onednn_enabled",
-    "kerabl.bench.flops.peak_rss_mb",
-    "kerabl.bench.report.extrapolation_note", "kerabl.bench.report.table_rows",
-    "kerabl.bench.report.torch_tables",
-    "kerabl.bench.report.z_notes", "kerabl.bench.report.headline",
-}
+PENDING: set = set()   # names allowed to lack an example for now (none)
 
 
 def _modules() -> list[types.ModuleType]:

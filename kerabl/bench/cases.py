@@ -94,7 +94,11 @@ def _timed(fn: Callable[[], object]) -> tuple[object, float]:
 
 
 def sample_masks(net, layer: str, n: int) -> np.ndarray:
-    """Element masks of the first `n` of `GRID_CELLS` random equal-size cells of `layer`."""
+    """Element masks of the first `n` of `GRID_CELLS` random equal-size cells of `layer`.
+
+    Example:
+        masks = sample_masks(load_network("demo"), "conv_5", 4)   # (4, 4, 4, 128)
+    """
     from kerabl.masks import cell_masks
     from kerabl.masks import n_units
 
@@ -125,7 +129,11 @@ def _h_layer(net, layer: str, images: np.ndarray, labels: np.ndarray, n_fast: in
 
 
 def ablator_shape(model, layer: str) -> tuple[int, ...]:
-    """The target layer's output shape without the batch axis."""
+    """The target layer's output shape without the batch axis.
+
+    Example:
+        ablator_shape(load_network("demo").model, "conv_5")   # (4, 4, 128)
+    """
     return tuple(int(d) for d in model.get_layer(layer).output.shape[1:])
 
 
@@ -154,7 +162,11 @@ def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], Non
            column=None) -> dict:
     """The H sweep of one class: the plan's target layers fast, sampled cells the authors' way;
     `column` (a `kerabl.bench.torch_case.TorchColumn`), when given, times each layer's cells in
-    torch right after the fast engine's."""
+    torch right after the fast engine's.
+
+    Example:
+        h = h_case(net, imageset, imageset.rows_of(imageset.classes[0]), PLANS["demo"], print)
+    """
     images = imageset.load(net.input_size, net.preprocess, rows=rows)
     labels = np.asarray(imageset.labels)[rows]
     timed_layers = plan.get("layers") or net.targets
@@ -254,7 +266,12 @@ def z_case(net, images: np.ndarray, labels: np.ndarray, plan: dict,
     """Z single-unit sweep of a late layer: the tail engine (with its linear shortcut where the
     layer has one) against a full forward pass per unit; the plain tail (full-shape channel
     masks through `TailAblator.outputs`, and `predict` without the shortcut) for reference, its
-    predictions compared."""
+    predictions compared.
+
+    Example:
+        z = z_case(net, images, labels, PLANS["demo"], print)
+        z["ratio"]     # full forward per unit / tail engine
+    """
     from kerabl.engine import TailAblator
     from kerabl.masks import cell_masks
 
@@ -329,7 +346,11 @@ def probe_cell_seconds(n_units: int, n_target: int = IMAGES_PER_CLASS,
 
 def probe_case(net, log: Callable[[str], None]) -> dict:
     """Probe seconds per cell for the smallest and largest cells of the default targets, and
-    their mean over the targets (linear in the cell's unit count between the two)."""
+    their mean over the targets (linear in the cell's unit count between the two).
+
+    Example:
+        probe_case(load_network("demo"), print)["mean_cell_s"]
+    """
     from kerabl.masks import n_units
 
     cell_units = [n_units(net.model, t, "element") // GRID_CELLS for t in net.targets]

@@ -62,7 +62,11 @@ def tail_flops(model, layer: str) -> int:
 
 
 def model_flops(model) -> int:
-    """FLOPs per image of the whole network (a full forward pass)."""
+    """FLOPs per image of the whole network (a full forward pass).
+
+    Example:
+        model_flops(load_network("demo").model) / 1e6    # MFLOP per image
+    """
     return sum(layer_flops(lay) for lay in model.layers)
 
 
@@ -156,7 +160,11 @@ def floor_line(floor: dict) -> str:
 
 
 def onednn_enabled() -> bool:
-    """Whether this TensorFlow runs its CPU kernels through oneDNN."""
+    """Whether this TensorFlow runs its CPU kernels through oneDNN.
+
+    Example:
+        onednn_enabled()    # True with TF_ENABLE_ONEDNN_OPTS unset on x86
+    """
     try:
         from tensorflow.python.util import _pywrap_util_port
 
@@ -166,7 +174,11 @@ def onednn_enabled() -> bool:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB (Linux reports KB)."""
+    """This process's peak resident memory so far, in MB (Linux reports KB).
+
+    Example:
+        peak_rss_mb()     # e.g. 1178.0
+    """
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

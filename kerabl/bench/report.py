@@ -69,7 +69,11 @@ def extrapolate(cases: dict, workers: int) -> list[dict]:
 
 
 def extrapolation_note(rows: Sequence[dict], workers: int) -> str:
-    """The lines printed under the extrapolation table: what was timed and how it was averaged."""
+    """The lines printed under the extrapolation table: what was timed and how it was averaged.
+
+    Example:
+        print(extrapolation_note(extrapolate(cases, 2), 2))
+    """
     sampled = "; ".join(f"{row['network']}: {', '.join(row['timed_layers'])}" for row in rows
                         if len(row["timed_layers"]) < row["layers"])
     return ("fast s/cell: per-class head / 16 + tail, averaged over all default targets; targets "
@@ -137,7 +141,11 @@ EXTRAPOLATION_COLUMNS = (("network", "network", "s"), ("classes", "classes", "d"
 
 
 def table_rows(cases: dict, floor: float) -> list[dict]:
-    """One H row (per cell) and one Z row (per unit) per network."""
+    """One H row (per cell) and one Z row (per unit) per network.
+
+    Example:
+        print(format_table(table_rows(cases, 300.0), MAIN_COLUMNS))
+    """
     rows = []
     for name, case in cases.items():
         h, z, n_timed = case["h"], case["z"], len(case["h"]["layers"])
@@ -198,7 +206,11 @@ TORCH_COLUMNS = (("layer", "layer", "s"), ("cells", "cells", "d"),
 def torch_tables(cases: dict) -> list[str]:
     """Per network with a torch case: a title line (images, threads, torch version) and a table
     of its layers (kerabl's fast engine against the hook and the cached tail), or one line
-    saying torch is not installed."""
+    saying torch is not installed.
+
+    Example:
+        for line in torch_tables(cases): print(line)
+    """
     out = []
     for name, case in cases.items():
         column = case.get("torch")
@@ -218,7 +230,11 @@ def torch_tables(cases: dict) -> list[str]:
 def z_notes(cases: dict, floor: float) -> list[str]:
     """Per Z case: the share of the dense FLOPs the sweep ran, and the ceiling of an exact dense
     tail (its FLOPs at 100 % of the floor, plus the head pass over the channels) against the full
-    forward, the bound that only skipping work can pass."""
+    forward, the bound that only skipping work can pass.
+
+    Example:
+        for note in z_notes(cases, 300.0): print(note)
+    """
     notes = []
     for name, case in cases.items():
         z = case["z"]
@@ -234,7 +250,11 @@ def z_notes(cases: dict, floor: float) -> list[str]:
 
 
 def headline(cases: dict) -> str:
-    """The last printed line: the per-cell ratio of the largest measured H case."""
+    """The last printed line: the per-cell ratio of the largest measured H case.
+
+    Example:
+        headline({"demo": run_case("demo")})   # 'headline: demo H sweep, ...'
+    """
     name = next(n for n in ("alexnet", "vgg16", "demo") if n in cases)
     h = cases[name]["h"]
     return (f"headline: {name} H sweep, fast engine {h['ratio']:.1f}x faster per cell than the "

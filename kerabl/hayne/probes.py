@@ -107,7 +107,11 @@ def _loss_of_errors(n_pos: int, n_neg: int, wrong_pos: int, wrong_neg: int) -> f
 def sklearn_probe(objective: str = "liblinear"):
     """The authors' `LogisticRegression(random_state=0)` of the given objective: "liblinear" is
     scikit-learn <= 0.20's default (the intercept penalised, `intercept_scaling=1`), "lbfgs"
-    the later default."""
+    the later default.
+
+    Example:
+        sklearn_probe().fit(X, y).predict(X)     # the authors' fit
+    """
     from sklearn.linear_model import LogisticRegression
 
     if objective == "liblinear":
@@ -296,7 +300,11 @@ def image_rdm(X) -> np.ndarray:
 
 
 def template_rdm(y) -> np.ndarray:
-    """Class template RDM: 0 between two target images (y == 1) and on the diagonal, 1 elsewhere."""
+    """Class template RDM: 0 between two target images (y == 1) and on the diagonal, 1 elsewhere.
+
+    Example:
+        template_rdm([1, 1, 0])   # [[0, 0, 1], [0, 0, 1], [1, 1, 0]]
+    """
     y = np.asarray(y).ravel()
     both = (y[:, None] == 1) & (y[None, :] == 1)
     rdm = np.where(both, 0.0, 1.0)
