@@ -131,3 +131,68 @@ def test_margins_of_the_fit_equal_the_margins_of_its_weights():
     for signs_only in (False, True):
         fit = solve_logistic(y, columns=(X, sets), penalise_intercept=True, signs_only=signs_only)
         assert np.abs(fit.margins - column_margins(X, sets, fit.weights)).max() < 1e-9
+
+
+def test_first_hessians_are_submatrices_of_one_gram_matrix():
+    """At w = 0 every curvature is 1/4: the Hessians of all fits come from one Gram matrix of
+    [X 1] and equal the fits' own products X_S^T X_S / 4 (float32 products, float64 check)."""
+    from kerabl.hayne.logistic import _column_design
+
+    X, y = _cell(seed=5, units=40)
+    sets = _sets(X.shape[1], 12, 7, seed=6)
+    design = _column_design(X, sets)
+    fits = np.array([0, 3, 6])
+    H = design.constant_hessians(fits, 0.25)
+    for h, f in zip(H, fits):
+        Xd = _design(X, sets[f])
+        exact = 0.25 * Xd.T @ Xd
+        assert np.abs(h - exact).max() < 1e-5 * np.abs(exact).max()
+
+
+def test_newton_steps_solve_the_exact_hessian():
+    """The syrk-formed Hessians (float32 upper triangle, float64 Cholesky) give the Newton
+    step of the exact float64 Hessian to float32 accuracy, from the column design and from the
+    stacked one; the Gram path (constant curvature) gives the same step."""
+    from kerabl.hayne.logistic import _column_design, _factor_solve, _Stacked
+
+    X, y = _cell(seed=7, units=30)
+    sets = _sets(X.shape[1], 10, 4, seed=8)
+    rng = np.random.default_rng(9)
+    reg = np.ones(11)
+    grad = rng.standard_normal((4, 11))
+    curvature = rng.random((4, len(y))) * 0.25
+    fits = np.arange(4)
+    stacked = _Stacked(np.stack([_design(X, c).T for c in sets]))
+    for design in (_column_design(X, sets), stacked):
+        for c in (curvature, np.full_like(curvature, 0.25)):
+            factors = np.zeros((4, 11, 11))
+            steps = _factor_solve(design, fits, c, reg, grad, factors)[0]
+            for f in fits:
+                Xd = _design(X, sets[f])
+                exact = np.linalg.solve(Xd.T @ (c[f, :, None] * Xd) + np.diag(reg), grad[f])
+                assert np.abs(steps[f] - exact).max() < 1e-4 * np.abs(exact).max()
+
+
+def test_line_search_decreases_the_objective_and_returns_the_new_probabilities():
+    from kerabl.hayne.logistic import _line_search, _objective
+
+    X, y = _cell(seed=10, units=20)
+    Xd = _design(X, np.arange(20))
+    rng = np.random.default_rng(11)
+    reg = np.ones(21)
+    s = np.ones((3, len(y)))
+    w = rng.standard_normal((3, 21)) * 0.1
+    z = w @ Xd.T
+    grad = np.stack([_gradient(Xd, y, v, True) for v in w])
+    # a Newton direction, a direction 5x too long (the line search must shorten it) and one
+    # 5x too short (it must lengthen it, up to 16)
+    step = np.stack([np.linalg.solve(Xd.T @ ((expit(zz) * (1 - expit(zz)))[:, None] * Xd)
+                                     + np.eye(21), g) for zz, g in zip(z, grad)])
+    step *= np.array([1.0, 5.0, 0.2])[:, None]
+    dz = step @ Xd.T
+    t, p = _line_search(z, dz, w, step, grad, y, s, reg)
+    f0 = _objective(z, w, y, s, reg)
+    f1 = _objective(z - t[:, None] * dz, w - t[:, None] * step, y, s, reg)
+    assert (f1 < f0).all()
+    assert t[1] < 1.0 < t[2]
+    np.testing.assert_allclose(p, expit(z - t[:, None] * dz), rtol=1e-12)
