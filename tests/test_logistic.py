@@ -139,10 +139,12 @@ def test_first_hessians_are_submatrices_of_one_gram_matrix():
     from kerabl.hayne.logistic import _column_design
 
     X, y = _cell(seed=5, units=40)
-    sets = _sets(X.shape[1], 12, 7, seed=6)
+    sets = _sets(X.shape[1], 12, 20, seed=6)
     design = _column_design(X, sets)
-    fits = np.array([0, 3, 6])
-    H = design.constant_hessians(fits, 0.25)
+    fits = np.arange(0, 20, 3)
+    H, _ = design.constant_hessians(fits, 0.25)
+    # one fit's own product is cheaper than the Gram matrix of all 40 units: none
+    assert design.constant_hessians(fits[:1], 0.25) is None
     for h, f in zip(H, fits):
         Xd = _design(X, sets[f])
         exact = 0.25 * Xd.T @ Xd
