@@ -250,6 +250,34 @@ def test_reads_by_rows_cols_and_blocks_agree(tiny_model, memory_set, tmp_path, m
             cache.read("nope")
 
 
+class _CountingDataset:
+    """An h5py dataset that records the row range of every read."""
+
+    def __init__(self, ds):
+        self.ds, self.chunks, self.shape, self.dtype, self.reads = ds, ds.chunks, ds.shape, \
+            ds.dtype, []
+
+    def read_direct(self, out, source, dest):
+        self.reads.append((source[0].start, source[0].stop))
+        self.ds.read_direct(out, source, dest)
+
+
+def test_scattered_rows_decode_each_chunk_block_once(tmp_path):
+    data = np.arange(100 * 6, dtype=np.float32).reshape(100, 6)
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        chunked = _CountingDataset(f.create_dataset("x", data=data, chunks=(10, 6),
+                                                    compression="lzf"))
+        rows = np.r_[np.random.default_rng(0).permutation(50), 7, 7, np.arange(60, 80)]
+        np.testing.assert_array_equal(activations._read_rows(chunked, rows, 1, 5),
+                                      data[rows, 1:5])
+        # blocks 0-4 once each (buffered), blocks 6 and 7 whole and in order (straight in)
+        assert sorted(chunked.reads) == [(0, 10), (10, 20), (20, 30), (30, 40), (40, 50),
+                                         (60, 70), (70, 80)]
+        plain = _CountingDataset(f.create_dataset("y", data=data))
+        np.testing.assert_array_equal(activations._read_rows(plain, rows[::-1], 0, 6),
+                                      data[rows[::-1]])
+
+
 def test_float16_storage(tiny_model, memory_set, tmp_path):
     with _record(tiny_model, memory_set, tmp_path / "h.h5", dtype="float16") as cache:
         x = cache.read("conv")
