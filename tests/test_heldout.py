@@ -6,7 +6,7 @@ import pytest
 
 from kerabl.errors import KerablError
 from kerabl.hayne.grid import coordinates, equal_count_grid
-from kerabl.hayne.heldout import fold_probe_scores, fold_probe_summary
+from kerabl.hayne.heldout import fold_probe_scores, fold_probe_summary, standardised
 from kerabl.hayne.probes import heldout_probe_score
 
 N_TARGET, N_OTHER, N_UNITS = 50, 500, 10000     # the paper's 50 + 10 x 50 images
@@ -53,3 +53,18 @@ def test_legacy_grid_and_bad_input():
         fold_probe_scores(acts, 1)
     with pytest.raises(KerablError, match="target and other"):
         fold_probe_scores(acts, 40)
+
+
+def test_standardised_is_scikit_learns_standard_scaler():
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(4)
+    x = rng.gamma(2.0, 3.0, (60, 5))
+    x[:, 1] = 0.123456789  # constant: its computed deviation is rounding noise, not 0
+    x[:, 2] = 0.0
+    x[:40, 3] = 0.7        # constant over the training rows only
+    train = np.arange(40)
+    out = standardised(x, train)
+    np.testing.assert_allclose(out[:, :-1], StandardScaler().fit(x[train]).transform(x),
+                               rtol=1e-12, atol=1e-12)
+    assert np.all(out[:, -1] == 1.0) and np.all(np.abs(out[:, 1]) < 1e-12)

@@ -122,3 +122,16 @@ def test_rsa_with_tied_distances_against_scipy():
     assert tau == pytest.approx(stats.kendalltau(a, b)[0], abs=1e-12)
     assert rho == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
     assert np.isnan(rsa_scores(np.ones((6, 3)) * np.arange(3), [1, 1, 0, 0, 0, 0])[0])
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.9])
+def test_binary_rank_correlations_against_scipy(share):
+    from kerabl.hayne.probes import _binary_rank_correlations
+
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 12, 400).astype(np.float64)      # many ties, within and across groups
+    a[:150] += rng.random(150)
+    b = rng.random(400) < share
+    tau, rho = _binary_rank_correlations(a, b)
+    assert tau == pytest.approx(stats.kendalltau(a, b)[0], abs=1e-12)
+    assert rho == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)

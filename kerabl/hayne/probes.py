@@ -242,13 +242,14 @@ def _heldout_sklearn(X: np.ndarray, y: np.ndarray, cv) -> float:
 
 def _standardised_folds(X: np.ndarray, splits: list) -> tuple[np.ndarray, np.ndarray]:
     """(folds, rows, d + 1) design matrices, all rows scaled by the fold's training-row
-    StandardScaler, plus the (folds, rows) 0/1 training-row weights."""
-    from sklearn.preprocessing import StandardScaler
+    mean and deviation (`kerabl.hayne.heldout.standardised`, scikit-learn's StandardScaler),
+    plus the (folds, rows) 0/1 training-row weights."""
+    from kerabl.hayne.heldout import standardised
 
-    Xb = np.ones((len(splits), X.shape[0], X.shape[1] + 1))
+    Xb = np.empty((len(splits), X.shape[0], X.shape[1] + 1))
     train_weight = np.zeros((len(splits), X.shape[0]))
     for f, (train, _) in enumerate(splits):
-        Xb[f, :, :-1] = StandardScaler().fit(X[train]).transform(X)
+        Xb[f] = standardised(X, train)
         train_weight[f, train] = 1.0
     return Xb, train_weight
 
@@ -324,8 +325,8 @@ def rsa_scores(X, y, matrix: str = "upper") -> tuple[float, float]:
 
     `matrix="upper"`: over the upper triangles (i < j); NaN when either triangle is constant;
     a zero-variance image correlates 0 with every other. The correlation matrix is one BLAS
-    syrk (n^2 d flops); both statistics come from one sort of the image RDM (the template is
-    0/1): O(p log p) for p = n (n - 1) / 2 pairs.
+    syrk (n^2 d flops); both statistics come from a count of pairs of the image RDM (the
+    template is 0/1; `_binary_rank_correlations`): O(p log p) for p = n (n - 1) / 2 pairs.
     `matrix="full"`: the authors' formula: RDM = 1 - np.corrcoef(X), and scipy's
     `kendalltau(RDM, template)`, `spearmanr(RDM, template, axis=None)` on the full matrices
     (flattened: both triangles and the diagonal); a zero-variance image makes both NaN.
@@ -335,13 +336,21 @@ def rsa_scores(X, y, matrix: str = "upper") -> tuple[float, float]:
     X, y = _check_xy(X, y)
     if matrix == "full":
         return _full_matrix_rsa(X, y)
-    iu = np.triu_indices(len(y), k=1)
+    iu = _upper_pairs(len(y))
     a = 1.0 - _upper_correlation(X)[iu]
     b = ~((y[iu[0]] == 1) & (y[iu[1]] == 1))
     if np.ptp(a) == 0 or b.all() or not b.any():
         return float("nan"), float("nan")
-    ranks, tie_counts = _average_ranks(a)
-    return _binary_kendall_tau_b(ranks, tie_counts, b), _pearson(ranks, b.astype(np.float64))
+    return _binary_rank_correlations(a, b)
+
+
+@lru_cache(maxsize=8)
+def _upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.triu_indices(n, k=1), made once per image count (2 ms each for 450 images)."""
+    iu = np.triu_indices(n, k=1)
+    for index in iu:
+        index.flags.writeable = False
+    return iu
 
 
 def _full_matrix_rsa(X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -359,36 +368,36 @@ def _full_matrix_rsa(X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(tau), float(rho)
 
 
-def _average_ranks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """1-based average ranks of `a` (scipy.stats.rankdata) and the size of each group of ties."""
-    order = np.argsort(a, kind="stable")
-    ordered = a[order]
-    first = np.r_[True, ordered[1:] != ordered[:-1]]
-    starts = np.flatnonzero(first)
-    counts = np.diff(np.r_[starts, a.size])
-    ranks = np.empty(a.size)
-    ranks[order] = (starts + (counts + 1) / 2.0)[np.cumsum(first) - 1]
-    return ranks, counts
+def _binary_rank_correlations(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Kendall tau-b and Spearman rho (average ranks for ties, as scipy) between a vector `a`
+    and a 0/1 vector `b`, from a count instead of a ranking of `a`.
 
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation; of ranks and a 0/1 vector it is Spearman's rho."""
-    ac, bc = a - a.mean(), b - b.mean()
-    return float(ac @ bc / np.sqrt((ac @ ac) * (bc @ bc)))
-
-
-def _binary_kendall_tau_b(ranks: np.ndarray, tie_counts: np.ndarray, b: np.ndarray) -> float:
-    """Kendall tau-b between a continuous vector (given by its average ranks and tie group
-    sizes) and a 0/1 vector `b`, in O(n).
-
-    Concordant minus discordant pairs come from the ranks: for each pair with b = 1 and
-    b = 0, sign(a1 - a0); ties in a count as neither (tau-b).
+    With b binary both are functions of U = #{(i, j): b_i = 1, b_j = 0, a_i > a_j} + half the
+    ties between the two groups (Mann-Whitney) and of the tie groups of `a`: concordant minus
+    discordant pairs = 2 U - n1 n0; the rank sum of the b = 1 group = U + n1 (n1 + 1) / 2, and
+    the ranks' spread (N^3 - N - sum(t^3 - t)) / 12. U comes from sorting the larger group and
+    placing the smaller group in it (binary search), the tie groups from one sort of `a`'s
+    values: sorts of values, no argsort (~10x faster than ranking the 101,025 pairs of 450
+    images, measured).
     """
     ones = b == 1
     n1, n0 = int(ones.sum()), int((~ones).sum())
-    u = ranks[ones].sum() - n1 * (n1 + 1) / 2.0    # Mann-Whitney U: pairs a1 > a0, ties 1/2
-    s = 2.0 * u - n1 * n0                          # concordant - discordant
-    n_pairs = ranks.size * (ranks.size - 1) / 2.0
-    ties_a = (tie_counts * (tie_counts - 1) / 2.0).sum()
-    ties_b = n1 * (n1 - 1) / 2.0 + n0 * (n0 - 1) / 2.0
-    return float(s / np.sqrt((n_pairs - ties_a) * (n_pairs - ties_b)))
+    small, large = (a[ones], a[~ones]) if n1 <= n0 else (a[~ones], a[ones])
+    large = np.sort(large)
+    below = np.searchsorted(large, small, "left")      # larger-group values below each small
+    upto = np.searchsorted(large, small, "right")
+    u_large = float((large.size - upto).sum()) + 0.5 * float((upto - below).sum())
+    u = u_large if n1 > n0 else n1 * n0 - u_large
+    ordered = np.sort(a)
+    tied = ordered[1:] == ordered[:-1]
+    t = np.zeros(1)                                     # tie group sizes; none: no term
+    if tied.any():
+        t = np.diff(np.r_[np.flatnonzero(np.r_[True, ~tied]), a.size]).astype(np.float64)
+    n = float(a.size)
+    n_pairs = n * (n - 1) / 2.0
+    tau = (2.0 * u - n1 * n0) / np.sqrt((n_pairs - (t * (t - 1) / 2.0).sum())
+                                        * (n_pairs - n1 * (n1 - 1) / 2.0 - n0 * (n0 - 1) / 2.0))
+    spread = (n ** 3 - n - (t ** 3 - t).sum()) / 12.0
+    rank_sum = u + n1 * (n1 + 1) / 2.0
+    rho = (rank_sum - n1 * (n + 1) / 2.0) / np.sqrt(spread * n1 * n0 / n)
+    return float(tau), float(rho)
