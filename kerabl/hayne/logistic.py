@@ -57,7 +57,8 @@ _GRAD_TOL = 1e-11       # stop when every gradient entry is below this times (1 
 _KEEP_FACTOR = 0.25     # reuse a Hessian while each step shrinks the gradient at least this much
 _SHARED_WIDTH = 16      # products with the whole matrix X up to this many times a fit's columns
 _COMPACT = 0.75         # compact the stack when this share of its fits is still active
-_LINE_ITERATIONS = 3    # 1-D Newton iterations of the line search
+_LINE_ITERATIONS = 3    # 1-D Newton iterations of the line search, at most
+_LINE_SLOPE = 1e-3      # a fit's line search stops where phi' is in [-this * |phi'(0)|, 0]
 
 
 @dataclass
@@ -300,7 +301,7 @@ def _newton(design, y: np.ndarray, s: np.ndarray, reg: np.ndarray, tol: np.ndarr
             hessians += fresh.size
             flops += work
         for f in np.flatnonzero(going & keep):
-            step[f] = lapack.dpotrs(factor[f], grad[f])[0]
+            step[f] = lapack.dpotrs(factor[f].T, grad[f], lower=0)[0]
         dz = design.margins(step)
         flops += design.product_flops(len(ids)) + 2.0 * len(ids) * d * d
         t, p_new = _line_search(z, dz, w, step, grad, y, s, reg)
@@ -320,32 +321,36 @@ def _factor_solve(design, fits: np.ndarray, curvature: np.ndarray, reg: np.ndarr
     (T = the fit's (d, rows) design in float32; the upper triangle as one float32 rank-k update
     per fit, BLAS syrk; or, where every curvature is one value (the first step) and the design
     has one, principal submatrices of one Gram matrix). Cholesky factors in float64 (LAPACK
-    posv), stored in `factors[fits]`. A Hessian that rounding left not positive definite (every
+    posv, in place: factors[f].T holds fit f's upper factor in Fortran order). A Hessian that rounding left not positive definite (every
     curvature underflowed) gets a ridge of 1e-8 of its largest diagonal entry, which changes
     the step, not the optimum. Returns the steps and the floating-point operations spent."""
     d = design.d
     flops = len(fits) * d ** 3 / 3.0
     shared = (design.constant_hessians(fits, float(curvature.flat[0]))
               if np.all(curvature == curvature.flat[0]) else None)
+    # each fit's matrix is formed and factored in place in factors[f].T (Fortran order, what
+    # LAPACK takes without a copy); the float32 upper triangle is kept for a ridge retry
     if shared is not None:
-        H, work = shared
+        upper, work = shared
         flops += work
     else:
         root = np.sqrt(curvature).astype(np.float32)
         buffer = np.empty((d, design.n_rows), dtype=np.float32)
-        H = np.empty((len(fits), d, d))
-        for j, f in enumerate(fits):
-            H[j] = blas.ssyrk(1.0, design.scaled(f, root[j], buffer).T, trans=1)
+        upper = [blas.ssyrk(1.0, design.scaled(f, root[j], buffer).T, trans=1)
+                 for j, f in enumerate(fits)]
         flops += len(fits) * design.n_rows * d * d
-    np.einsum("fii->fi", H)[...] += reg
     steps = np.empty_like(grad)
-    for j, (h, g) in enumerate(zip(H, grad)):
-        c, steps[j], info = lapack.dposv(h, g, lower=0)
-        ridge = 1e-8 * max(float(h.diagonal().max()), 1e-300)
+    for j, f in enumerate(fits):
+        a = factors[f].T
+        a[...] = upper[j]
+        a.flat[::d + 1] += reg
+        _, steps[j], info = lapack.dposv(a, grad[j], lower=0, overwrite_a=1)
+        ridge = 1e-8 * max(float((np.diagonal(upper[j]) + reg).max()), 1e-300)
         while info != 0:
-            c, steps[j], info = lapack.dposv(h + ridge * np.eye(len(h)), g, lower=0)
+            a[...] = upper[j]
+            a.flat[::d + 1] += reg + ridge
+            _, steps[j], info = lapack.dposv(a, grad[j], lower=0, overwrite_a=1)
             ridge *= 10
-        factors[fits[j]] = c
     return steps, flops
 
 
@@ -359,22 +364,36 @@ def _line_search(z: np.ndarray, dz: np.ndarray, w: np.ndarray, step: np.ndarray,
                  grad: np.ndarray, y: np.ndarray, s: np.ndarray,
                  reg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Step lengths t per fit along the Newton direction -step, and p = sigmoid of the margins
-    there. The objective along the line, phi(t), is convex: three 1-D Newton iterations on it
-    from t = 1 (far from the optimum the best t is often 2-3: the curvature falls as the margins
-    grow), t in [1/64, 16]; a t with phi'(t) <= 0 lies before the minimum along the line, so phi
-    decreased (or |phi'(t)| is below 1e-6 of |phi'(0)|: t is the minimum up to rounding). Other
+    there. The objective along the line, phi(t), is convex: up to three 1-D Newton iterations on
+    it from t = 1 (far from the optimum the best t is often 2-3: the curvature falls as the
+    margins grow), t in [1/64, 16]; a fit stops iterating once phi'(t) is in
+    [-1e-3 |phi'(0)|, 0] (near the optimum t = 1 already is: one evaluation). A t with
+    phi'(t) <= 0 lies before the minimum along the line, so phi decreased (or |phi'(t)| is
+    below 1e-6 of |phi'(0)|: t is the minimum up to rounding). Other
     fits fall back to Armijo backtracking from t = 1 (1, 1/2, 1/4, ...) on the objective, where
     a change below rounding (1e-13 of the objective) counts as a decrease."""
     a, b = (reg * step * step).sum(1), (reg * w * step).sum(1)
     slope0 = -(grad * step).sum(1)
     t = np.ones(len(w))
+    p, slope = np.empty_like(z), np.empty(len(w))
+    live = np.arange(len(w))             # fits still iterating
     for it in range(_LINE_ITERATIONS + 1):
-        p = expit(z - t[:, None] * dz)
-        slope = -_C * (s * (p - y) * dz).sum(1) + t * a - b
+        every = live.size == len(w)
+        zl, dzl, sl = (z, dz, s) if every else (z[live], dz[live], s[live])
+        pl = expit(zl - t[live, None] * dzl)
+        sl_dz = sl * dzl
+        slope_l = -_C * ((pl - y) * sl_dz).sum(1) + t[live] * a[live] - b[live]
+        p[live], slope[live] = pl, slope_l
         if it == _LINE_ITERATIONS:
             break
-        curve = _C * (s * p * (1.0 - p) * dz * dz).sum(1) + a
-        t = np.clip(t - slope / np.maximum(curve, 1e-300), 1.0 / 64, 16.0)
+        # before the line's minimum and within _LINE_SLOPE of phi'(0) of it: nothing to gain
+        going = ~((slope_l <= 0) & (slope_l >= -_LINE_SLOPE * np.abs(slope0[live])))
+        if not going.any():
+            break
+        curve = _C * (pl[going] * (1.0 - pl[going]) * sl_dz[going] * dzl[going]).sum(1) \
+            + a[live[going]]
+        live = live[going]
+        t[live] = np.clip(t[live] - slope_l[going] / np.maximum(curve, 1e-300), 1.0 / 64, 16.0)
     bad = np.flatnonzero((slope > 0) & (np.abs(slope) > 1e-6 * np.abs(slope0)))
     if bad.size:
         zb, dzb, wb, stepb, sb = z[bad], dz[bad], w[bad], step[bad], s[bad]
