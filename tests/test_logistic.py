@@ -142,17 +142,19 @@ def test_first_hessians_are_submatrices_of_one_gram_matrix():
     sets = _sets(X.shape[1], 12, 20, seed=6)
     design = _column_design(X, sets)
     fits = np.arange(0, 20, 3)
-    H, _ = design.constant_hessians(fits, 0.25)
+    factors = np.zeros((20, 13, 13), dtype=np.float32)
+    assert design.constant_hessians(fits, 0.25, factors) > 0
     # one fit's own product is cheaper than the Gram matrix of all 40 units: none
-    assert design.constant_hessians(fits[:1], 0.25) is None
-    for h, f in zip(H, fits):
+    assert design.constant_hessians(fits[:1], 0.25, factors[:0]) is None
+    assert not factors[1].any()                     # fits not asked for are left alone
+    for h, f in zip(factors[fits], fits):
         Xd = _design(X, sets[f])
         exact = 0.25 * Xd.T @ Xd
         assert np.abs(h - exact).max() < 1e-5 * np.abs(exact).max()
 
 
 def test_newton_steps_solve_the_exact_hessian():
-    """The syrk-formed Hessians (float32 upper triangle, float64 Cholesky) give the Newton
+    """The syrk-formed Hessians (float32 upper triangle and Cholesky factor) give the Newton
     step of the exact float64 Hessian to float32 accuracy, from the column design and from the
     stacked one; the Gram path (constant curvature) gives the same step."""
     from kerabl.hayne.logistic import _column_design, _factor_solve, _Stacked
@@ -167,7 +169,7 @@ def test_newton_steps_solve_the_exact_hessian():
     stacked = _Stacked(np.stack([_design(X, c).T for c in sets]))
     for design in (_column_design(X, sets), stacked):
         for c in (curvature, np.full_like(curvature, 0.25)):
-            factors = np.zeros((4, 11, 11))
+            factors = np.zeros((4, 11, 11), dtype=np.float32)
             steps = _factor_solve(design, fits, c, reg, grad, factors)[0]
             for f in fits:
                 Xd = _design(X, sets[f])
@@ -198,3 +200,25 @@ def test_line_search_decreases_the_objective_and_returns_the_new_probabilities()
     assert (f1 < f0).all()
     assert t[1] < 1.0 < t[2]
     np.testing.assert_allclose(p, expit(z - t[:, None] * dz), rtol=1e-12)
+
+
+def test_a_hessian_without_a_cholesky_factor_gets_a_ridge():
+    """Every curvature 0 and the intercept unpenalised (lbfgs): the float32 matrix is singular,
+    so it is formed again with a ridge of 1e-6 of its largest diagonal entry; the weights' steps
+    are the gradient's (their Hessian is the identity), the intercept's step is finite."""
+    from kerabl.hayne.logistic import _column_design, _factor_solve
+
+    X, y = _cell(seed=12, units=30)
+    sets = _sets(X.shape[1], 10, 3, seed=13)
+    reg = np.ones(11)
+    reg[-1] = 0.0
+    grad = np.random.default_rng(14).standard_normal((3, 11))
+    factors = np.zeros((3, 11, 11), dtype=np.float32)
+    steps, _ = _factor_solve(_column_design(X, sets), np.arange(3), np.zeros((3, len(y))), reg,
+                             grad, factors)
+    assert np.isfinite(steps).all()
+    assert np.allclose(steps[:, :-1], grad[:, :-1] / (1 + 1e-6), rtol=1e-5)
+    assert np.allclose(steps[:, -1], grad[:, -1] / 1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="float32"):
+        _factor_solve(_column_design(X, sets), np.arange(3), np.zeros((3, len(y))), reg, grad,
+                      np.zeros((3, 11, 11)))

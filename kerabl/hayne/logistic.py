@@ -20,8 +20,10 @@ run on all fits at once:
   per fit (BLAS syrk: half the flops of a general product, rows x d^2 per fit), on a scaled copy
   gathered from one float32 copy of X^T; on the first step, where every curvature is 1/4, the
   paper probe's Hessians are principal submatrices of one Gram matrix of [X 1] (one product for
-  all fits). Cholesky-factored in float64 (LAPACK posv). The Hessian is only the metric of the
-  step: its rounding changes the path, not the optimum, which the float64 gradient fixes;
+  all fits). Each is formed and Cholesky-factored in place in float32 (LAPACK potrf, about
+  half the time of a float64 posv, and no conversion copy; the float32 product had already set
+  the step's precision). The Hessian is only the metric of the step: its rounding changes the
+  path, not the optimum, which the float64 gradient fixes;
 - a fit keeps its factor for the next step while each step shrinks its gradient by 4 or more
   (a Shamanskii-style reuse); otherwise the Hessian is formed again;
 - the step length: three 1-D Newton iterations on the objective along the direction (early
@@ -50,6 +52,8 @@ from functools import lru_cache
 import numpy as np
 from scipy.linalg import blas, lapack
 from scipy.special import expit
+
+from kerabl.errors import KerablError
 
 _C = 1.0                # LogisticRegression's default inverse regularisation strength
 _NEWTON_STEPS = 100
@@ -130,7 +134,7 @@ class _Stacked:
         """(d, rows) float32: fit `fit`'s design times `root` per row, into `out`."""
         return np.multiply(self.T32[fit], root, out=out)
 
-    def constant_hessians(self, fits: np.ndarray, value: float) -> None:
+    def constant_hessians(self, fits: np.ndarray, value: float, factors: np.ndarray) -> None:
         """The fits' designs share no matrix: their Hessians are formed one by one."""
         return None
 
@@ -172,18 +176,22 @@ class _Columns:
     def keep(self, idx: np.ndarray) -> None:
         self.sets = self.sets[idx]
 
-    def constant_hessians(self, fits: np.ndarray, value: float) -> tuple[np.ndarray, float] | None:
-        """value * [X_S 1]^T [X_S 1] of the given fits and its flops: principal submatrices of
-        one Gram matrix of [X 1], one product for all fits (the first Newton step, where every
-        curvature is 1/4); None where that product costs more than the fits' own."""
+    def constant_hessians(self, fits: np.ndarray, value: float,
+                          factors: np.ndarray) -> float | None:
+        """value * [X_S 1]^T [X_S 1] of the given fits into factors[fits] (float32), and its
+        flops: principal submatrices of one Gram matrix of [X 1], one product for all fits
+        (the first Newton step, where every curvature is 1/4); None where that product costs
+        more than the fits' own."""
         width = self.n_units + 1
         if width ** 2 > 2 * len(fits) * self.d ** 2:
             return None
         Xb = np.empty((self.n_rows, width), dtype=np.float32)
         Xb[:, :-1], Xb[:, -1] = self.X, 1.0
-        gram = (Xb.T @ Xb).astype(np.float64)
+        gram = Xb.T @ Xb
+        gram *= np.float32(value)
         idx = np.concatenate([self.sets[fits], np.full((len(fits), 1), self.n_units)], axis=1)
-        return value * gram[idx[:, :, None], idx[:, None, :]], float(self.n_rows * width ** 2)
+        factors[fits] = np.take(gram.ravel(), idx[:, :, None] * width + idx[:, None, :])
+        return float(self.n_rows * width ** 2)
 
     def _spread(self, V: np.ndarray) -> np.ndarray:
         W = np.zeros((self.n_units, len(V)))
@@ -268,7 +276,7 @@ def _newton(design, y: np.ndarray, s: np.ndarray, reg: np.ndarray, tol: np.ndarr
     ids = np.arange(n_fits)                       # the original index of each row of the batch
     w, z = np.zeros((n_fits, d)), np.zeros((n_fits, n))
     p = np.full((n_fits, n), 0.5)
-    factor = np.zeros((n_fits, d, d))
+    factor = np.zeros((n_fits, d, d), dtype=np.float32)
     keep = np.zeros(n_fits, dtype=bool)           # reuse the factor on this step
     last_norm = np.full(n_fits, np.inf)
     certify = row_norms is not None
@@ -301,7 +309,7 @@ def _newton(design, y: np.ndarray, s: np.ndarray, reg: np.ndarray, tol: np.ndarr
             hessians += fresh.size
             flops += work
         for f in np.flatnonzero(going & keep):
-            step[f] = lapack.dpotrs(factor[f].T, grad[f], lower=0)[0]
+            step[f] = lapack.spotrs(factor[f].T, grad[f].astype(np.float32), lower=0)[0]
         dz = design.margins(step)
         flops += design.product_flops(len(ids)) + 2.0 * len(ids) * d * d
         t, p_new = _line_search(z, dz, w, step, grad, y, s, reg)
@@ -318,39 +326,42 @@ def _newton(design, y: np.ndarray, s: np.ndarray, reg: np.ndarray, tol: np.ndarr
 def _factor_solve(design, fits: np.ndarray, curvature: np.ndarray, reg: np.ndarray,
                   grad: np.ndarray, factors: np.ndarray) -> tuple[np.ndarray, float]:
     """Newton steps H^-1 grad for H = T diag(curvature) T^T + diag(reg) of the given fits
-    (T = the fit's (d, rows) design in float32; the upper triangle as one float32 rank-k update
-    per fit, BLAS syrk; or, where every curvature is one value (the first step) and the design
-    has one, principal submatrices of one Gram matrix). Cholesky factors in float64 (LAPACK
-    posv, in place: factors[f].T holds fit f's upper factor in Fortran order). A Hessian that rounding left not positive definite (every
-    curvature underflowed) gets a ridge of 1e-8 of its largest diagonal entry, which changes
-    the step, not the optimum. Returns the steps and the floating-point operations spent."""
+    (T = the fit's (d, rows) design in float32): the upper triangle as one float32 rank-k
+    update per fit (BLAS syrk) or, where every curvature is one value (the first step) and the
+    design has one, principal submatrices of one Gram matrix. Each fit's matrix is formed and
+    Cholesky-factored in place in float32 in factors[f].T (Fortran order, what BLAS and LAPACK
+    take without a copy). A matrix that rounding left not positive definite (every curvature
+    underflowed, or a condition number near 1 / float32 eps) is formed again with a ridge of
+    1e-6 of its largest diagonal entry (times 10 until it factors), which changes the step, not
+    the optimum. Returns the steps (float64) and the floating-point operations spent."""
     d = design.d
+    if factors.dtype != np.float32 or not factors.flags.c_contiguous:
+        raise ValueError("factors must be a C-contiguous float32 array (fits, d, d)")
     flops = len(fits) * d ** 3 / 3.0
-    shared = (design.constant_hessians(fits, float(curvature.flat[0]))
+    shared = (design.constant_hessians(fits, float(curvature.flat[0]), factors)
               if np.all(curvature == curvature.flat[0]) else None)
-    # each fit's matrix is formed and factored in place in factors[f].T (Fortran order, what
-    # LAPACK takes without a copy); the float32 upper triangle is kept for a ridge retry
-    if shared is not None:
-        upper, work = shared
-        flops += work
-    else:
-        root = np.sqrt(curvature).astype(np.float32)
-        buffer = np.empty((d, design.n_rows), dtype=np.float32)
-        upper = [blas.ssyrk(1.0, design.scaled(f, root[j], buffer).T, trans=1)
-                 for j, f in enumerate(fits)]
-        flops += len(fits) * design.n_rows * d * d
+    flops += len(fits) * design.n_rows * d * d if shared is None else shared
+    root = np.sqrt(curvature).astype(np.float32)
+    buffer = np.empty((d, design.n_rows), dtype=np.float32)
     steps = np.empty_like(grad)
+    grad32 = grad.astype(np.float32)
     for j, f in enumerate(fits):
         a = factors[f].T
-        a[...] = upper[j]
+        if shared is None:
+            blas.ssyrk(1.0, design.scaled(f, root[j], buffer).T, trans=1, c=a, overwrite_c=1)
         a.flat[::d + 1] += reg
-        _, steps[j], info = lapack.dposv(a, grad[j], lower=0, overwrite_a=1)
-        ridge = 1e-8 * max(float((np.diagonal(upper[j]) + reg).max()), 1e-300)
-        while info != 0:
-            a[...] = upper[j]
-            a.flat[::d + 1] += reg + ridge
-            _, steps[j], info = lapack.dposv(a, grad[j], lower=0, overwrite_a=1)
-            ridge *= 10
+        ridge = 0.0
+        while lapack.spotrf(a, lower=0, overwrite_a=1, clean=0)[1] != 0:
+            if ridge > 1e30:
+                raise KerablError("a probe's Hessian has no Cholesky factor even with a ridge: "
+                                  "the cell's activations hold inf or NaN; check the model's "
+                                  "outputs on these images")
+            # the failed factorisation overwrote the matrix: form it again, with a ridge
+            blas.ssyrk(1.0, design.scaled(f, root[j], buffer).T, trans=1, c=a, overwrite_c=1)
+            a.flat[::d + 1] += reg
+            ridge = 10 * ridge if ridge else 1e-6 * max(float(np.diagonal(a).max()), 1e-30)
+            a.flat[::d + 1] += ridge
+        steps[j] = lapack.spotrs(a, grad32[j], lower=0)[0]
     return steps, flops
 
 
