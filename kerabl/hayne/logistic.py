@@ -308,8 +308,9 @@ def _newton(design, y: np.ndarray, s: np.ndarray, reg: np.ndarray, tol: np.ndarr
             step[fresh], work = _factor_solve(design, fresh, curvature, reg, grad[fresh], factor)
             hessians += fresh.size
             flops += work
-        for f in np.flatnonzero(going & keep):
-            step[f] = lapack.spotrs(factor[f].T, grad[f].astype(np.float32), lower=0)[0]
+        reused = np.flatnonzero(going & keep)
+        for f, g in zip(reused, grad[reused].astype(np.float32)):
+            step[f] = lapack.spotrs(factor[f].T, g, lower=0)[0]
         dz = design.margins(step)
         flops += design.product_flops(len(ids)) + 2.0 * len(ids) * d * d
         t, p_new = _line_search(z, dz, w, step, grad, y, s, reg)
@@ -345,10 +346,15 @@ def _factor_solve(design, fits: np.ndarray, curvature: np.ndarray, reg: np.ndarr
     buffer = np.empty((d, design.n_rows), dtype=np.float32)
     steps = np.empty_like(grad)
     grad32 = grad.astype(np.float32)
+
+    def form(j: int, a: np.ndarray) -> None:
+        """Fit fits[j]'s T diag(curvature) T^T, upper triangle, into `a` (float32 syrk)."""
+        blas.ssyrk(1.0, design.scaled(fits[j], root[j], buffer).T, trans=1, c=a, overwrite_c=1)
+
     for j, f in enumerate(fits):
         a = factors[f].T
         if shared is None:
-            blas.ssyrk(1.0, design.scaled(f, root[j], buffer).T, trans=1, c=a, overwrite_c=1)
+            form(j, a)
         a.flat[::d + 1] += reg
         ridge = 0.0
         while lapack.spotrf(a, lower=0, overwrite_a=1, clean=0)[1] != 0:
@@ -357,7 +363,7 @@ def _factor_solve(design, fits: np.ndarray, curvature: np.ndarray, reg: np.ndarr
                                   "the cell's activations hold inf or NaN; check the model's "
                                   "outputs on these images")
             # the failed factorisation overwrote the matrix: form it again, with a ridge
-            blas.ssyrk(1.0, design.scaled(f, root[j], buffer).T, trans=1, c=a, overwrite_c=1)
+            form(j, a)
             a.flat[::d + 1] += reg
             ridge = 10 * ridge if ridge else 1e-6 * max(float(np.diagonal(a).max()), 1e-30)
             a.flat[::d + 1] += ridge
