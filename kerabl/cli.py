@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -439,17 +440,17 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
     import json
     import time
 
-    from kerabl.cli_tools import render
+    from kerabl.cli_tools import render, render_timed
     from kerabl.hayne.results import HResults
     from kerabl.hayne.stats import summary
+    from kerabl.hayne.study import worker_pool
 
     model = options["model"]
     path = _run_study(out, options, probe_fits, None, progress)
     timings = {"H study": time.perf_counter() - start}
     headline = summary(HResults.open(path))
     (Path(out) / "h_summary.json").write_text(json.dumps(headline, indent=2) + "\n")
-    files = render(path, Path(out) / "figures")
-    timings["H figures"] = time.perf_counter() - start - sum(timings.values())
+    figures = Path(out) / "figures"
     if z is None:
         z = model == Model.demo and options["control"] is Control.none
         if not z and options["control"] is not Control.none:
@@ -457,11 +458,25 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
         elif not z:
             typer.echo(f"Z study not run for {model} (hours on a CPU): pass --z, or run "
                        "`kerabl units --layers ...` for chosen layers")
-    if z:
-        z_path = _run_units(out, options, None, 10, 5, progress)
-        timings["Z study"] = time.perf_counter() - start - sum(timings.values())
-        files += render(z_path, Path(out) / "figures")
-        timings["Z figures"] = time.perf_counter() - start - sum(timings.values())
+    # with a Z study and more than one core, the H figures are drawn in a process beside it
+    beside = z and (options["workers"] or os.cpu_count() or 1) > 1
+    with worker_pool(1) if beside else contextlib.nullcontext(None) as pool:
+        if pool is None:
+            files = render(path, figures)
+            timings["H figures"] = time.perf_counter() - start - sum(timings.values())
+        else:
+            h_figures = pool.submit(render_timed, path, figures)
+        if z:
+            z_path = _run_units(out, options, None, 10, 5, progress)
+            timings["Z study"] = time.perf_counter() - start - sum(timings.values())
+            z_files = render(z_path, figures)
+            timings["Z figures"] = time.perf_counter() - start - sum(timings.values())
+            if pool is not None:
+                files, seconds = h_figures.result()
+                timings["waiting for the H figures"] = (time.perf_counter() - start
+                                                        - sum(timings.values()))
+                timings["H figures (beside the Z study)"] = seconds
+            files += z_files
     _forget_inputs()
     typer.echo(headline_text(headline))
     typer.echo(f"results: {path} (summary: {Path(out) / 'h_summary.json'})")

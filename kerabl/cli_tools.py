@@ -114,6 +114,20 @@ def results_kind(results: Path) -> str:
         raise KerablError(f"{results} is not an HDF5 results file") from None
 
 
+def render_timed(results: Path, out: Path) -> tuple[list, float]:
+    """`render(results, out)` and its seconds: what `kerabl reproduce` runs in a process beside
+    the Z study.
+
+    Example:
+        files, seconds = render_timed(Path("kerabl-out/h_results.h5"), Path("figures"))
+    """
+    import time
+
+    start = time.perf_counter()
+    files = render(results, out)
+    return files, time.perf_counter() - start
+
+
 def render(results: Path, out: Path, class_name=None, layer=None) -> list:
     """The figures of one results file (H or Z) in `out`; the written paths.
 

@@ -158,6 +158,22 @@ def _arrays(path):
         return out
 
 
+@pytest.mark.slow
+def test_reproduce_draws_the_h_figures_beside_the_z_study(tmp_path, one_process):
+    """With more than one worker the H figures are drawn in a spawned process while the Z study
+    runs: the same figure files as drawn in turn, and the wall-time line says which it was."""
+    args = ["--layers", "dense_2", *SMALL]
+    beside = invoke("reproduce", "--out", tmp_path / "beside", "--workers", "2", *args)
+    in_turn = invoke("reproduce", "--out", tmp_path / "turn", "--workers", "1", *args)
+    assert beside.exit_code == 0 and in_turn.exit_code == 0, beside.output + in_turn.output
+    assert "H figures (beside the Z study)" in beside.output
+    assert "H figures (beside" not in in_turn.output and "H figures" in in_turn.output
+    names = [sorted(p.name for p in (tmp_path / run / "figures").iterdir())
+             for run in ("beside", "turn")]
+    assert names[0] == names[1]
+    assert "fig2b_deficit_grids.png" in names[0] and "z_attributes.png" in names[0]
+
+
 def test_reproduce_killed_midway_then_rerun_equals_an_uninterrupted_run(tmp_path, monkeypatch,
                                                                        one_process):
     import numpy as np

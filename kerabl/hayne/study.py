@@ -403,11 +403,22 @@ def _cell_probe_scores(x, y, config: HConfig,
 
 
 def probe_pool(workers: int):
-    """Worker processes for the probes (spawned: they import numpy and scikit-learn only).
+    """Worker processes for the probes (`worker_pool`); None (no processes) for workers <= 1.
 
     Example:
         with probe_pool(4) as pool:       # None (no processes) for workers <= 1
             results = list(bounded_map(pool, cell_probe_scores, tasks))
+    """
+    return contextlib.nullcontext(None) if workers <= 1 else worker_pool(workers)
+
+
+def worker_pool(workers: int):
+    """A pool of `workers` spawned processes (they import only what their tasks import: the
+    probes numpy and scikit-learn, the figures matplotlib).
+
+    Example:
+        with worker_pool(1) as pool:      # one process beside this one
+            future = pool.submit(fn, task)
 
     Each worker ignores Ctrl-C (its parent stops the run) and exits within a second of its
     parent's end, whatever ended it (`kill -9` included); when the block ends by an exception
@@ -416,8 +427,6 @@ def probe_pool(workers: int):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    if workers <= 1:
-        return contextlib.nullcontext(None)
     return _stopping(ProcessPoolExecutor(max_workers=workers,
                                          mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_worker_start, initargs=(os.getpid(),)))
