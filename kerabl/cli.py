@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -443,7 +442,7 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
     from kerabl.cli_tools import render, render_timed
     from kerabl.hayne.results import HResults
     from kerabl.hayne.stats import summary
-    from kerabl.hayne.study import worker_pool
+    from kerabl.hayne.study import worker_count, worker_pool
 
     model = options["model"]
     path = _run_study(out, options, probe_fits, None, progress)
@@ -459,7 +458,7 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
             typer.echo(f"Z study not run for {model} (hours on a CPU): pass --z, or run "
                        "`kerabl units --layers ...` for chosen layers")
     # with a Z study and more than one core, the H figures are drawn in a process beside it
-    beside = z and (options["workers"] or os.cpu_count() or 1) > 1
+    beside = z and worker_count(options["workers"]) > 1
     with worker_pool(1) if beside else contextlib.nullcontext(None) as pool:
         if pool is None:
             files = render(path, figures)

@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,7 +23,7 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, probe_pool,
+from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, probe_pool, worker_count,
                                 results_name, target_layers)
 from kerabl.progress import progress_bar
 from kerabl.store import config_differences
@@ -164,7 +163,7 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
                                unit=config.unit, preprocess=network.preprocess,
                                progress=progress, log=log)
     sweep = _Sweep(network, imageset, layers, config, cache)
-    sweep.workers = (workers or os.cpu_count() or 1) if stage == "probe" else 1
+    sweep.workers = worker_count(workers) if stage == "probe" else 1
     bar = progress_bar(f"H {stage}: class x layer", len(todo), enabled=progress)
     with probe_pool(sweep.workers) as sweep.pool, bar as advance:
         for ci in sorted({ci for ci, _ in todo}):

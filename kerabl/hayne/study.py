@@ -174,7 +174,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
                                preprocess=preprocess, progress=progress, files=files, log=log)
     todo = [(ci, li) for ci, li in writer.pairs() if not writer.is_done(ci, li)]
     sweep = _Sweep(network, imageset, layers, config, cache)
-    sweep.workers = workers or os.cpu_count() or 1
+    sweep.workers = worker_count(workers)
     bar = progress_bar("H study: class x layer", len(todo), enabled=progress)
     with probe_pool(sweep.workers) as sweep.pool, bar as advance:
         for ci in sorted({ci for ci, _ in todo}):
@@ -400,6 +400,15 @@ def _cell_probe_scores(x, y, config: HConfig,
                                   solver=config.probe_solver)
     tau, rho = rsa_scores(x, y, config.srs_matrix) if config.srs else (np.nan, np.nan)
     return float(np.exp(-loss)), heldout, tau, rho, loss
+
+
+def worker_count(workers: int | None) -> int:
+    """The probe workers to run: `workers` as given, else one per CPU core.
+
+    Example:
+        worker_count(None)     # os.cpu_count() (1 where it is unknown)
+    """
+    return workers or os.cpu_count() or 1
 
 
 def probe_pool(workers: int):
