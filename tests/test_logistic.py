@@ -111,15 +111,15 @@ def test_separable_large_values_converge():
     assert np.linalg.norm(_gradient(_design(X, np.arange(4)), y, w, False)) < 1e-6
 
 
-def test_wide_matrix_uses_the_fits_own_designs_with_the_same_optimum():
-    """A cell far wider than a fit (AlexNet conv_1: 18,150 units per cell) takes the stacked
-    path; both paths reach the same weights."""
-    from kerabl.hayne import logistic
+def test_wide_matrix_skips_the_gram_matrix_with_the_same_optimum():
+    """A cell far wider than a fit (AlexNet conv_1: 18,150 units per cell) forms every fit's
+    first Hessian itself instead of one Gram matrix of all units; both reach the same weights."""
+    from kerabl.hayne.logistic import _first_gram
 
     X, y = _cell(seed=11, units=400)
     sets = _sets(400, 12, 5, seed=12)
-    assert isinstance(logistic._column_design(X, sets), logistic._Stacked)
-    assert isinstance(logistic._column_design(X[:, :100], sets % 100), logistic._Columns)
+    assert _first_gram(X, sets).shape == (0, 0)
+    assert _first_gram(X[:, :30], sets % 30).shape == (31, 31)
     Xb = np.stack([_design(X, cols) for cols in sets])
     a = fit_logistic_columns(X, sets, y, penalise_intercept=True)
     assert np.abs(a - fit_logistic_batched(Xb, y, penalise_intercept=True)).max() < 1e-9
@@ -134,91 +134,98 @@ def test_margins_of_the_fit_equal_the_margins_of_its_weights():
 
 
 def test_first_hessians_are_submatrices_of_one_gram_matrix():
-    """At w = 0 every curvature is 1/4: the Hessians of all fits come from one Gram matrix of
-    [X 1] and equal the fits' own products X_S^T X_S / 4 (float32 products, float64 check)."""
-    from kerabl.hayne.logistic import _column_design
+    """At w = 0 every curvature is 1/4: each fit's first Hessian is a principal submatrix of one
+    Gram matrix of [X 1] (float32 product, float64 check)."""
+    from kerabl.hayne.logistic import _first_gram
 
     X, y = _cell(seed=5, units=40)
     sets = _sets(X.shape[1], 12, 20, seed=6)
-    design = _column_design(X, sets)
-    fits = np.arange(0, 20, 3)
-    factors = np.zeros((20, 13, 13), dtype=np.float32)
-    assert design.constant_hessians(fits, 0.25, factors) > 0
-    # one fit's own product is cheaper than the Gram matrix of all 40 units: none
-    assert design.constant_hessians(fits[:1], 0.25, factors[:0]) is None
-    assert not factors[1].any()                     # fits not asked for are left alone
-    for h, f in zip(factors[fits], fits):
-        Xd = _design(X, sets[f])
+    gram = _first_gram(X, sets)
+    assert gram.dtype == np.float32 and gram.shape == (41, 41)
+    for cols in sets:
+        idx = np.r_[cols, 40]
+        Xd = _design(X, cols)
         exact = 0.25 * Xd.T @ Xd
-        assert np.abs(h - exact).max() < 1e-5 * np.abs(exact).max()
+        assert np.abs(gram[np.ix_(idx, idx)] - exact).max() < 1e-5 * np.abs(exact).max()
+    # one fit's own product is cheaper than the Gram matrix of all 40 units: none
+    assert _first_gram(X, sets[:1]).shape == (0, 0)
 
 
-def test_newton_steps_solve_the_exact_hessian():
-    """The syrk-formed Hessians (float32 upper triangle and Cholesky factor) give the Newton
-    step of the exact float64 Hessian to float32 accuracy, from the column design and from the
-    stacked one; the Gram path (constant curvature) gives the same step."""
-    from kerabl.hayne.logistic import _column_design, _factor_solve, _Stacked
+def test_gram_kernel_is_the_product_and_the_steps_solve_the_exact_hessian():
+    """The compiled Hessian product (float32, vectorised) equals B B^T to float32 accuracy for
+    widths that are and are not multiples of its four-row blocks, and the factor's step is the
+    exact float64 Newton step to float32 accuracy."""
+    from kerabl.hayne.newton import _cho_solve, _factor, _gram
 
-    X, y = _cell(seed=7, units=30)
-    sets = _sets(X.shape[1], 10, 4, seed=8)
     rng = np.random.default_rng(9)
-    reg = np.ones(11)
-    grad = rng.standard_normal((4, 11))
-    curvature = rng.random((4, len(y))) * 0.25
-    fits = np.arange(4)
-    stacked = _Stacked(np.stack([_design(X, c).T for c in sets]))
-    for design in (_column_design(X, sets), stacked):
-        for c in (curvature, np.full_like(curvature, 0.25)):
-            factors = np.zeros((4, 11, 11), dtype=np.float32)
-            steps = _factor_solve(design, fits, c, reg, grad, factors)[0]
-            for f in fits:
-                Xd = _design(X, sets[f])
-                exact = np.linalg.solve(Xd.T @ (c[f, :, None] * Xd) + np.diag(reg), grad[f])
-                assert np.abs(steps[f] - exact).max() < 1e-4 * np.abs(exact).max()
+    for d in (1, 4, 11, 13):
+        B = rng.standard_normal((d, 70)).astype(np.float32)
+        H = np.full((d, d), np.nan, dtype=np.float32)
+        _gram(B, H)
+        exact = B.astype(np.float64) @ B.T.astype(np.float64)
+        assert np.abs(H - exact).max() < 1e-5 * np.abs(exact).max()
+        reg = np.ones(d)
+        L, ok = _factor(H.copy(), reg)
+        assert ok
+        g = rng.standard_normal(d)
+        step = np.empty(d)
+        _cho_solve(L, g, step)
+        ref = np.linalg.solve(exact + np.eye(d), g)
+        assert np.abs(step - ref).max() < 1e-4 * np.abs(ref).max()
 
 
 def test_line_search_decreases_the_objective_and_returns_the_new_probabilities():
-    from kerabl.hayne.logistic import _line_search, _objective
+    from kerabl.hayne.newton import _line_search, _objective
 
     X, y = _cell(seed=10, units=20)
     Xd = _design(X, np.arange(20))
     rng = np.random.default_rng(11)
     reg = np.ones(21)
-    s = np.ones((3, len(y)))
-    w = rng.standard_normal((3, 21)) * 0.1
-    z = w @ Xd.T
-    grad = np.stack([_gradient(Xd, y, v, True) for v in w])
+    s = np.ones(len(y))
+    yf = y.astype(np.float64)
+    lengths = []
     # a Newton direction, a direction 5x too long (the line search must shorten it) and one
     # 5x too short (it must lengthen it, up to 16)
-    step = np.stack([np.linalg.solve(Xd.T @ ((expit(zz) * (1 - expit(zz)))[:, None] * Xd)
-                                     + np.eye(21), g) for zz, g in zip(z, grad)])
-    step *= np.array([1.0, 5.0, 0.2])[:, None]
-    dz = step @ Xd.T
-    t, p = _line_search(z, dz, w, step, grad, y, s, reg)
-    f0 = _objective(z, w, y, s, reg)
-    f1 = _objective(z - t[:, None] * dz, w - t[:, None] * step, y, s, reg)
-    assert (f1 < f0).all()
-    assert t[1] < 1.0 < t[2]
-    np.testing.assert_allclose(p, expit(z - t[:, None] * dz), rtol=1e-12)
+    for scale in (1.0, 5.0, 0.2):
+        w = rng.standard_normal(21) * 0.1
+        z = Xd @ w
+        grad = _gradient(Xd, y, w, True)
+        curvature = expit(z) * (1 - expit(z))
+        step = scale * np.linalg.solve(Xd.T @ (curvature[:, None] * Xd) + np.eye(21), grad)
+        dz = Xd @ step
+        p = np.empty(len(y))
+        t = _line_search(z, dz, w, step, grad, yf, s, reg, p)
+        assert _objective(z, dz, w, step, t, yf, s, reg) < _objective(z, dz, w, step, 0.0, yf,
+                                                                        s, reg)
+        np.testing.assert_allclose(p, expit(z - t * dz), rtol=1e-12)
+        lengths.append(t)
+    assert lengths[1] < 1.0 < lengths[2]
 
 
 def test_a_hessian_without_a_cholesky_factor_gets_a_ridge():
-    """Every curvature 0 and the intercept unpenalised (lbfgs): the float32 matrix is singular,
-    so it is formed again with a ridge of 1e-6 of its largest diagonal entry; the weights' steps
-    are the gradient's (their Hessian is the identity), the intercept's step is finite."""
-    from kerabl.hayne.logistic import _column_design, _factor_solve
+    """Every curvature 0 and the intercept unpenalised (lbfgs): the matrix is singular, so it
+    gets a ridge of 1e-6 of each diagonal entry (of the largest where an entry is 0); the
+    weights' steps are the gradient's (their Hessian is the identity), the intercept's step is
+    finite. A matrix with NaN never factors."""
+    from kerabl.hayne.newton import _cho_solve, _factor
 
-    X, y = _cell(seed=12, units=30)
-    sets = _sets(X.shape[1], 10, 3, seed=13)
     reg = np.ones(11)
     reg[-1] = 0.0
-    grad = np.random.default_rng(14).standard_normal((3, 11))
-    factors = np.zeros((3, 11, 11), dtype=np.float32)
-    steps, _ = _factor_solve(_column_design(X, sets), np.arange(3), np.zeros((3, len(y))), reg,
-                             grad, factors)
-    assert np.isfinite(steps).all()
-    assert np.allclose(steps[:, :-1], grad[:, :-1] / (1 + 1e-6), rtol=1e-5)
-    assert np.allclose(steps[:, -1], grad[:, -1] / 1e-6, rtol=1e-4)
-    with pytest.raises(ValueError, match="float32"):
-        _factor_solve(_column_design(X, sets), np.arange(3), np.zeros((3, len(y))), reg, grad,
-                      np.zeros((3, 11, 11)))
+    grad = np.random.default_rng(14).standard_normal(11)
+    L, ok = _factor(np.zeros((11, 11), dtype=np.float32), reg)
+    assert ok
+    step = np.empty(11)
+    _cho_solve(L, grad, step)
+    assert np.isfinite(step).all()
+    assert np.allclose(step[:-1], grad[:-1] / (1 + 1e-6), rtol=1e-5)
+    assert np.allclose(step[-1], grad[-1] / 1e-6, rtol=1e-4)
+    assert not _factor(np.full((3, 3), np.nan, dtype=np.float32), np.ones(3))[1]
+
+
+def test_activations_with_nan_get_a_one_line_error():
+    from kerabl.errors import KerablError
+
+    X, y = _cell(seed=15, units=20)
+    X[3, 4] = np.nan
+    with pytest.raises(KerablError, match="inf or NaN"):
+        fit_logistic_columns(X, _sets(20, 5, 3), y, penalise_intercept=True)
