@@ -82,8 +82,16 @@ def single_threaded():
 
 @lru_cache(maxsize=1)
 def _blas_controller():
-    """The process's thread-pool controller: finding the BLAS libraries costs ~10 ms, so once."""
+    """The process's thread-pool controller: finding the BLAS libraries costs ~10 ms, so once.
+
+    A controller limits only the libraries loaded when it is made, so SciPy's BLAS (a library of
+    its own, which the compiled solver calls) is loaded first: a worker whose first task entered
+    `single_threaded()` before importing the probes used to run every probe product on two
+    threads per worker, two workers on two cores (the demo's probes took 100 s instead of 74)."""
+    import scipy.linalg  # noqa: F401 -- loads SciPy's OpenBLAS
     from threadpoolctl import ThreadpoolController
+
+    from kerabl.hayne import newton  # noqa: F401 -- loads Numba and what it links
 
     return ThreadpoolController()
 
