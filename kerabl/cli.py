@@ -34,7 +34,6 @@ app = typer.Typer(
          "measures speed.")
 
 
-DEMO_PROBE_FITS = 10
 
 
 def command(fn=None, **settings):
@@ -402,12 +401,7 @@ def _run_units(out, options: dict, greedy_layer, greedy_steps, greedy_seeds, pro
 @with_options(INPUT_OPTIONS, H_OPTIONS)
 def reproduce(
     out: Annotated[Path, typer.Option(help="Output folder for results and figures.")] = Path("kerabl-out"),
-    probe_fits: Annotated[Optional[int], typer.Option(
-        help="Probe fits per cell (default: 200, the authors' count; "
-             "--probe-fits-demo for the demo model).")] = None,
-    probe_fits_demo: Annotated[int, typer.Option(
-        help="Probe fits per cell when the model is the demo and --probe-fits is not given "
-             "(keeps the demo run near a minute; the paper networks use 200).")] = DEMO_PROBE_FITS,
+    probe_fits: FitsOpt = 200,
     z: Annotated[Optional[bool], typer.Option(
         help="Also run the Z study (single units); default: on for the demo, off for the "
              "ImageNet networks (hours on a CPU: run `kerabl units` for chosen layers).")] = None,
@@ -423,13 +417,7 @@ def reproduce(
     from kerabl.lock import output_lock
 
     start = time.perf_counter()
-    model = options["model"]
     _forget_inputs()
-    if probe_fits is None:
-        probe_fits = probe_fits_demo if model == Model.demo else 200
-        typer.echo(f"probe fits per cell: {probe_fits}"
-                   + (" (demo default; --probe-fits 200 for the authors' count)"
-                      if model == Model.demo and probe_fits != 200 else ""))
     _check_study(options, probe_fits)
     with output_lock(out, "kerabl reproduce"):
         _reproduce(out, probe_fits, z, progress, options, start)

@@ -281,10 +281,6 @@ def _stage_options(stage: str, args: list[str]) -> tuple[dict, Path]:
              if ctx.get_parameter_source(name).name == "COMMANDLINE"}
     if "shard" in given:
         raise KerablError("--shard is set by the job array: drop it, choose --array N")
-    if stage == "reproduce" and given.get("probe_fits") is None:
-        demo = ctx.params["model"] in (Model.demo, "demo")
-        given["probe_fits"] = ctx.params["probe_fits_demo"] if demo else 200
-        given.pop("probe_fits_demo", None)
     for name in ("out", "progress"):
         given.pop(name, None)
     return given, Path(ctx.params["out"])

@@ -140,7 +140,7 @@ def stage_commands(stage: str, options: Mapping[str, object], out: Path, array: 
         raise KerablError(f"--array must be at least 1, got {array}")
     if options.get("workers") is None:
         options["workers"] = cpus or 1  # os.cpu_count() sees the node, not the allocation
-    study = {k: v for k, v in options.items() if k not in ("probe_fits_demo", "z")}
+    study = {k: v for k, v in options.items() if k != "z"}
     cache = {k: v for k, v in options.items() if k in CACHE_OPTIONS}
     shards = [str(out / f"h_results.shard-{i}-of-{array}.h5") for i in range(array)]
     merged = out / "h_results.h5"

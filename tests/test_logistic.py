@@ -229,3 +229,21 @@ def test_activations_with_nan_get_a_one_line_error():
     X[3, 4] = np.nan
     with pytest.raises(KerablError, match="inf or NaN"):
         fit_logistic_columns(X, _sets(20, 5, 3), y, penalise_intercept=True)
+
+
+def test_single_threaded_covers_the_blas_the_probes_load_later():
+    """In a fresh process (a probe worker's first task): the limit is entered before the probes
+    are imported, and still every BLAS library, SciPy's OpenBLAS included, runs one thread."""
+    import subprocess
+    import sys
+
+    code = ("from kerabl.hayne.logistic import single_threaded\n"
+            "with single_threaded():\n"
+            "    import kerabl.hayne.probes\n"
+            "    from threadpoolctl import threadpool_info\n"
+            "    blas = [i for i in threadpool_info() if i['user_api'] == 'blas']\n"
+            "    print(len(blas), max(i['num_threads'] for i in blas))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**__import__("os").environ, "OPENBLAS_NUM_THREADS": "2"})
+    libraries, threads = map(int, out.stdout.split())
+    assert libraries >= 1 and threads == 1
