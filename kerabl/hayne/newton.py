@@ -284,7 +284,13 @@ def solve_columns(XT, XT32, sets, gram, y, reg, tol, certify, W, Z, record):
     """Fits on column sets of one matrix: XT (units, rows) float64 and its float32 copy, sets
     (fits, k); gram: (units + 1, units + 1) float32 0.25 [X 1]^T [X 1] for the first step, or
     (0, 0). W (fits, k + 1) and Z (fits, rows) receive the weights and margins. Returns the
-    flops spent."""
+    flops spent.
+
+    Example:
+        record = np.zeros(3, np.int64)
+        flops = solve_columns(XT, XT.astype(np.float32), sets, np.empty((0, 0), np.float32), y,
+                              np.ones(k + 1), np.full(len(sets), 1e-8), True, W, Z, record)
+    """
     n_fits, k = sets.shape
     n = XT.shape[1]
     d = k + 1
@@ -315,7 +321,11 @@ def solve_columns(XT, XT32, sets, gram, y, reg, tol, certify, W, Z, record):
 def solve_stacked(TT, S, y, reg, tol, certify, W, Z, record):
     """Fits on their own designs: TT (fits, d, rows) float64, transposed, intercept row last; S
     (fits, rows) row weights. W (fits, d) and Z (fits, rows) receive the weights and margins.
-    Returns the flops spent."""
+    Returns the flops spent.
+
+    Example:
+        flops = solve_stacked(TT, S, y, reg, np.full(len(TT), 1e-8), False, W, Z, record)
+    """
     n_fits, d, n = TT.shape
     first = np.empty((0, 0), dtype=np.float32)
     flops = 0.0

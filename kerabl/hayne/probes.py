@@ -20,8 +20,8 @@ image near the boundary is predicted differently from the exact optimum. The bat
 the predictions of a tightly converged fit of the same objective; the sklearn solver repeats the
 authors' loop.
 
-Cost (2-core machine): the 200 fits of a 450 x 101 cell take ~8 Newton steps, about half of
-them with a freshly formed Hessian (`kerabl.hayne.logistic`); draws of the same column set (every
+Cost (2-core machine): the 200 fits of a 450 x 101 cell take 5-7 Newton steps, 2-3 of them
+with a freshly formed Hessian (`kerabl.hayne.newton`); draws of the same column set (every
 draw when the cell has <= max_units units) share one fit. `kerabl bench` prints the probe rate.
 BLAS runs on one thread inside these functions (threads thrash on a shared machine).
 
