@@ -355,6 +355,7 @@ def probe_case(net, log: Callable[[str], None]) -> dict:
 
     cell_units = [n_units(net.model, t, "element") // GRID_CELLS for t in net.targets]
     sizes = sorted({min(cell_units), max(cell_units)})
+    probe_cell_seconds(min(sizes))    # untimed: imports, the compiled solver's load or first build
     seconds = [probe_cell_seconds(n) for n in sizes]
     mean_s = float(np.mean(np.interp(cell_units, sizes, seconds)))
     log(f"  {net.name} probes: " + ", ".join(f"{n} units {t:.2f} s" for n, t in
