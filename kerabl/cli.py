@@ -34,8 +34,6 @@ app = typer.Typer(
          "measures speed.")
 
 
-
-
 def command(fn=None, **settings):
     """Register a stage: a `KerablError` or an OS error becomes one line on stderr and exit
     status 2; Ctrl-C and SIGTERM stop it with one line and status 130 (finished work is kept).

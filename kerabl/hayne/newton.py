@@ -6,8 +6,9 @@ not what a Python loop over 200 fits costs. Each fit, alone in the cache:
 
 - the gradient X^T (C s (p - y)) + reg w and the margin change X step as two float64 products
   (BLAS gemv) with the fit's own (d, rows) design, gathered once per fit;
-- the Hessian X^T diag(C s p (1 - p)) X + diag(reg) as one float32 product (BLAS sgemm) of the
-  design scaled per row by sqrt(curvature), Cholesky-factored (LAPACK potrf); on the first step
+- the Hessian X^T diag(C s p (1 - p)) X + diag(reg) as one float32 product (`_gram`, compiled
+  here) of the design scaled per row by sqrt(curvature), Cholesky-factored (LAPACK potrf, through
+  `np.linalg.cholesky`); on the first step
   of a fit on columns of a shared matrix every curvature is 1/4, and the Hessian is a principal
   submatrix of one Gram matrix of [X 1] made once per cell. The Hessian is only the step's
   metric: its float32 rounding changes the path, not the optimum, which the float64 gradient
