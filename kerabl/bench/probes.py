@@ -20,17 +20,18 @@ ROWS, TARGET_ROWS, UNITS, FITS, FIT_UNITS = 550, 50, 256, 200, 100
 
 def synthetic_cell(seed: int, rows: int = ROWS, units: int = UNITS,
                    n_target: int = TARGET_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """ReLU-like activations of one cell and its labels; the target rows are shifted up a
-    little so that the probe has something to find (the cost depends on the shape and on how
-    far the classes separate, which this makes like a real cell's).
+    """ReLU-like activations of one cell (float32, as a network's are) and its labels; the
+    target rows are shifted up a little so that the probe has something to find (the cost
+    depends on the shape and on how far the classes separate, which this makes like a real
+    cell's).
 
     Example:
-        X, y = synthetic_cell(0)     # (550, 256), 50 ones then 500 zeros
+        X, y = synthetic_cell(0)     # (550, 256) float32, 50 ones then 500 zeros
     """
     rng = np.random.default_rng(seed)
     y = np.r_[np.ones(n_target, np.int64), np.zeros(rows - n_target, np.int64)]
     x = rng.standard_normal((rows, units)) + 0.25 * y[:, None]
-    return np.maximum(x, 0.0) * 3.0, y
+    return (np.maximum(x, 0.0) * 3.0).astype(np.float32), y
 
 
 def timed_cell(seed: int, fits: int = FITS) -> dict:

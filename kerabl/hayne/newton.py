@@ -4,21 +4,25 @@
 with Numba (cached on disk after the first run), so that a fit costs what its products cost and
 not what a Python loop over 200 fits costs. Each fit, alone in the cache:
 
-- the gradient X^T (C s (p - y)) + reg w and the margin change X step as two float64 products
-  (BLAS gemv) with the fit's own (d, rows) design, gathered once per fit;
-- the Hessian X^T diag(C s p (1 - p)) X + diag(reg) as one float32 product (`_gram`, compiled
-  here) of the design scaled per row by sqrt(curvature), Cholesky-factored (LAPACK potrf, through
-  `np.linalg.cholesky`); on the first step
-  of a fit on columns of a shared matrix every curvature is 1/4, and the Hessian is a principal
-  submatrix of one Gram matrix of [X 1] made once per cell. The Hessian is only the step's
-  metric: its float32 rounding changes the path, not the optimum, which the float64 gradient
-  fixes;
+- the fit's own (d, rows) design, gathered once, in float32 when the values are float32 (a
+  network's activations: the same numbers in half the memory) and float64 otherwise;
+- the gradient X^T (C s (p - y)) + reg w and the margin change X step with float64 sums
+  (`_times`, `_combine`);
+- the Hessian X^T diag(C s p (1 - p)) X + diag(reg) in float32 (`_gram`: four rows of the design
+  scaled by the curvature against two rows at a time), Cholesky-factored (LAPACK potrf, through
+  `np.linalg.cholesky`); on the first step of a fit on columns of a shared matrix every
+  curvature is 1/4, and the Hessian is a principal submatrix of one Gram matrix of [X 1] made
+  once per cell. The Hessian is only the step's metric: its float32 rounding changes the path,
+  not the optimum, which the float64 gradient fixes;
 - a factor is kept for the next step while each step at least halves the gradient's largest
-  entry (Shamanskii-style reuse; a step costs ~1/5 of a fresh factor here, so reuse pays sooner
+  entry (Shamanskii-style reuse; a step costs ~1/10 of a fresh Hessian and factor here, so reuse pays sooner
   than in a solver whose steps are dearer);
 - the step length: up to three 1-D Newton iterations on the objective along the direction (it
-  is convex there), stopped where its slope is in [-1e-3 |slope at 0|, 0]; a length whose slope
-  is still positive falls back to Armijo backtracking on the objective;
+  is convex there), stopped where its slope is in [-0.3 |slope at 0|, 0] (a decrease, proven by
+  convexity, without the exact minimum along the line: the next Newton step is cheaper than
+  more passes over the rows); a length whose slope is still positive falls back to Armijo
+  backtracking on the objective. Each pass over the rows takes its sigmoids from a vectorised
+  exp (`_exp_negative`, within an ulp of libm's), half the cost of libm's one call per row;
 - a fit stops when every gradient entry is below `tol`, or, with `certify` (the 1-strongly
   convex liblinear objective, whose optimum lies within ||gradient||_2 of the weights), as soon
   as that bound fixes the sign of every row's margin, or when twice running no step longer than
@@ -39,19 +43,17 @@ C = 1.0                 # LogisticRegression's default inverse regularisation st
 NEWTON_STEPS = 100
 KEEP_FACTOR = 0.5      # reuse a factor while each step shrinks the gradient at least this much
 LINE_ITERATIONS = 3     # 1-D Newton iterations of the line search, at most
-LINE_SLOPE = 1e-3       # the line search stops where phi'(t) is in [-this * |phi'(0)|, 0]
+LINE_SLOPE = 0.3        # the line search stops where phi'(t) is in [-this * |phi'(0)|, 0]
 STALL_LENGTH = 1e-6     # a step shorter than this that leaves the gradient as large is a stall
+
+_LN2_HI = 0.6931471803691238         # ln 2 in two parts (Cody-Waite): the high one exact in
+_LN2_LO = 1.9082149292705877e-10      # a product with any k here
+_INV_LN2 = 1.4426950408889634
+_SHIFT = 6755399441055744.0           # 1.5 * 2^52: x + this rounds x to an integer in the low bits
+_SHIFT_BITS = np.array([_SHIFT]).view(np.int64)[0]
 
 # record slots: [slowest fit's steps, Hessians formed, fits whose factorisation failed]
 STEPS, HESSIANS, FAILED = 0, 1, 2
-
-
-@njit(cache=True)
-def _expit(x: float) -> float:
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
 
 
 @njit(cache=True)
@@ -61,35 +63,104 @@ def _softplus(x: float) -> float:
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
-def _gram(B, H):
-    """H = B B^T (float32), four rows of B at a time against each later row (the upper
-    triangle, then mirrored): each load of a row serves four products. Reassociation lets the
-    compiler vectorise the sums over the rows (~110 us for 101 x 450 on one AVX2 core, against
-    ~90 us for numpy's full sgemm and ~170 us for Numba's, which calls SciPy's BLAS); this is only
-    the Hessian's (the metric's) product, whose rounding changes the path, not the optimum."""
-    d, n = B.shape
+def _gram(T, c, H):
+    """H = T diag(c) T^T (float32), upper triangle then mirrored: four rows of T, scaled by c
+    into a small buffer, against two rows of T at a time, so that each load serves more than one
+    product (six loads for eight multiply-adds). Reassociation lets the compiler vectorise the
+    sums over the rows."""
+    d, n = T.shape
+    A = np.empty((4, n), dtype=np.float32)
     for a in range(0, d, 4):
         a1 = min(a + 1, d - 1)
         a2 = min(a + 2, d - 1)
         a3 = min(a + 3, d - 1)
-        for b in range(a, d):
+        for i in range(n):
+            A[0, i] = T[a, i] * c[i]
+            A[1, i] = T[a1, i] * c[i]
+            A[2, i] = T[a2, i] * c[i]
+            A[3, i] = T[a3, i] * c[i]
+        for b in range(a, d, 2):
+            b1 = min(b + 1, d - 1)
             s0 = np.float32(0.0)
             s1 = np.float32(0.0)
             s2 = np.float32(0.0)
             s3 = np.float32(0.0)
+            t0 = np.float32(0.0)
+            t1 = np.float32(0.0)
+            t2 = np.float32(0.0)
+            t3 = np.float32(0.0)
             for i in range(n):
-                v = B[b, i]
-                s0 += B[a, i] * v
-                s1 += B[a1, i] * v
-                s2 += B[a2, i] * v
-                s3 += B[a3, i] * v
+                u = np.float32(T[b, i])
+                v = np.float32(T[b1, i])
+                x0 = A[0, i]
+                x1 = A[1, i]
+                x2 = A[2, i]
+                x3 = A[3, i]
+                s0 += x0 * u
+                s1 += x1 * u
+                s2 += x2 * u
+                s3 += x3 * u
+                t0 += x0 * v
+                t1 += x1 * v
+                t2 += x2 * v
+                t3 += x3 * v
             H[a, b] = s0
             H[a1, b] = s1
             H[a2, b] = s2
             H[a3, b] = s3
+            H[a, b1] = t0
+            H[a1, b1] = t1
+            H[a2, b1] = t2
+            H[a3, b1] = t3
     for a in range(d):
         for b in range(a):
             H[a, b] = H[b, a]
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _times(T, r, out):
+    """out = T r with float64 sums, T float32 or float64 (d, rows); four rows of T per pass
+    over r."""
+    d, n = T.shape
+    for j in range(0, d - 3, 4):
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        a3 = 0.0
+        for i in range(n):
+            ri = r[i]
+            a0 += T[j, i] * ri
+            a1 += T[j + 1, i] * ri
+            a2 += T[j + 2, i] * ri
+            a3 += T[j + 3, i] * ri
+        out[j] = a0
+        out[j + 1] = a1
+        out[j + 2] = a2
+        out[j + 3] = a3
+    for j in range(d - d % 4, d):
+        acc = 0.0
+        for i in range(n):
+            acc += T[j, i] * r[i]
+        out[j] = acc
+
+
+@njit(cache=True, fastmath={"contract"})
+def _combine(T, v, out):
+    """out = T^T v (rows,) in float64, as a sum of T's rows (each contiguous), four per pass
+    over out."""
+    d, n = T.shape
+    out[:] = 0.0
+    for j in range(0, d - 3, 4):
+        v0 = v[j]
+        v1 = v[j + 1]
+        v2 = v[j + 2]
+        v3 = v[j + 3]
+        for i in range(n):
+            out[i] += v0 * T[j, i] + v1 * T[j + 1, i] + v2 * T[j + 2, i] + v3 * T[j + 3, i]
+    for j in range(d - d % 4, d):
+        vj = v[j]
+        for i in range(n):
+            out[i] += vj * T[j, i]
 
 
 @njit(cache=True)
@@ -120,9 +191,10 @@ def _factor(H, reg):
                 return np.eye(d), False
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc", "contract"})
 def _cho_solve(L, g, out):
-    """out = (L L^T)^-1 g for a lower-triangular L."""
+    """out = (L L^T)^-1 g for a lower-triangular L, reading L by rows only: forward by dot
+    products of rows, backward by subtracting multiples of rows."""
     d = L.shape[0]
     for i in range(d):
         acc = g[i]
@@ -130,16 +202,80 @@ def _cho_solve(L, g, out):
             acc -= L[i, j] * out[j]
         out[i] = acc / L[i, i]
     for i in range(d - 1, -1, -1):
-        acc = out[i]
-        for j in range(i + 1, d):
-            acc -= L[j, i] * out[j]
-        out[i] = acc / L[i, i]
+        out[i] /= L[i, i]
+        x = out[i]
+        for j in range(i):
+            out[j] -= L[i, j] * x
+
+
+@njit(cache=True, fastmath={"contract"})
+def _exp_parts(a, frac, kd):
+    """For a <= 0 (clamped at -700): a = k ln2 + r with |r| <= ln2 / 2 (Cody-Waite, ln2 in two
+    parts), frac = e^r by its Taylor series to r^13 (the rest is below 4e-18), kd = k + 1.5 2^52,
+    whose low bits hold k. No reassociation here: it would cancel the rounding that makes k."""
+    for i in range(a.size):
+        ai = max(a[i], -700.0)
+        shifted = ai * _INV_LN2 + _SHIFT
+        kd[i] = shifted
+        k = shifted - _SHIFT
+        r = (ai - k * _LN2_HI) - k * _LN2_LO
+        e = 1.0 / 6227020800.0
+        e = e * r + 1.0 / 479001600.0
+        e = e * r + 1.0 / 39916800.0
+        e = e * r + 1.0 / 3628800.0
+        e = e * r + 1.0 / 362880.0
+        e = e * r + 1.0 / 40320.0
+        e = e * r + 1.0 / 5040.0
+        e = e * r + 1.0 / 720.0
+        e = e * r + 1.0 / 120.0
+        e = e * r + 1.0 / 24.0
+        e = e * r + 1.0 / 6.0
+        e = e * r + 0.5
+        e = e * r + 1.0
+        frac[i] = e * r + 1.0
+
+
+@njit(cache=True)
+def _exp_negative(a, out, kd):
+    """out = e^a for an array a <= 0, within an ulp of libm's (tested), vectorised: Numba calls
+    libm's exp once per element (pip's llvmlite has no vector math library), which made the
+    line search's passes over the rows cost twice as much. Below -700 it gives e^-700 (1e-304),
+    which no sum here can see. kd is scratch of a's size."""
+    _exp_parts(a, out, kd)
+    bits = kd.view(np.int64)
+    for i in range(bits.size):
+        bits[i] = (bits[i] - _SHIFT_BITS + 1023) << 52
+    scale = bits.view(np.float64)
+    for i in range(out.size):
+        out[i] *= scale[i]
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _sigmoid_along(z, dz, t, y, s, p, e, kd):
+    """p = sigmoid(z - t dz); returns the sums that make the objective's slope and curvature
+    along the line at t: sum(s (p - y) dz) and sum(s p (1 - p) dz^2)."""
+    n = z.size
+    for i in range(n):
+        p[i] = -abs(z[i] - t * dz[i])
+    _exp_negative(p, e, kd)
+    slope = 0.0
+    curve = 0.0
+    for i in range(n):
+        inv = 1.0 / (1.0 + e[i])
+        q = inv if z[i] - t * dz[i] >= 0.0 else e[i] * inv
+        p[i] = q
+        sdz = s[i] * dz[i]
+        slope += (q - y[i]) * sdz
+        curve += q * (1.0 - q) * sdz * dz[i]
+    return slope, curve
 
 
 @njit(cache=True)
 def _line_search(z, dz, w, step, grad, y, s, reg, p):
     """Step length t along -step; p is set to sigmoid(z - t dz). See the module docstring."""
     n, d = z.size, w.size
+    e = np.empty(n)
+    kd = np.empty(n)
     a = 0.0
     b = 0.0
     slope0 = 0.0
@@ -150,15 +286,8 @@ def _line_search(z, dz, w, step, grad, y, s, reg, p):
     t = 1.0
     slope = 0.0
     for it in range(LINE_ITERATIONS + 1):
-        slope = 0.0
-        curve = 0.0
-        for i in range(n):
-            q = _expit(z[i] - t * dz[i])
-            p[i] = q
-            sdz = s[i] * dz[i]
-            slope -= (q - y[i]) * sdz
-            curve += q * (1.0 - q) * sdz * dz[i]
-        slope = C * slope + t * a - b
+        along, curve = _sigmoid_along(z, dz, t, y, s, p, e, kd)
+        slope = -C * along + t * a - b
         if it == LINE_ITERATIONS:
             break
         if slope <= 0.0 and slope >= -LINE_SLOPE * abs(slope0):
@@ -173,8 +302,7 @@ def _line_search(z, dz, w, step, grad, y, s, reg, p):
             if _objective(z, dz, w, step, t, y, s, reg) <= f0 - t * slack:
                 break
             t *= 0.5
-        for i in range(n):
-            p[i] = _expit(z[i] - t * dz[i])
+        _sigmoid_along(z, dz, t, y, s, p, e, kd)
     return t
 
 
@@ -193,18 +321,18 @@ def _objective(z, dz, w, step, t, y, s, reg):
 
 
 @njit(cache=True)
-def _fit(T, T32, s, y, reg, tol, certify, first, w, z, record):
-    """One fit from w = 0: T (d, rows) float64 design (intercept row last), T32 its float32
-    copy, s the row weights; `first` the first step's Hessian without its diagonal term (an
-    empty array: form it). Writes the weights into w and the margins into z; returns the flops
+def _fit(T, s, y, reg, tol, certify, first, w, z, record):
+    """One fit from w = 0: T (d, rows) float32 or float64 design (intercept row last), s the
+    row weights; `first` the first step's Hessian without its diagonal term (an empty array:
+    form it). Writes the weights into w and the margins into z; returns the flops
     spent."""
     d, n = T.shape
     p = np.full(n, 0.5)
     r = np.empty(n)
     grad = np.empty(d)
     step = np.zeros(d)
-    root = np.empty(n, dtype=np.float32)
-    B = np.empty((d, n), dtype=np.float32)
+    curve = np.empty(n, dtype=np.float32)
+    dz = np.empty(n)
     L = np.eye(d)
     norms = np.zeros(n)
     if certify:
@@ -223,7 +351,7 @@ def _fit(T, T32, s, y, reg, tol, certify, first, w, z, record):
     for steps in range(1, NEWTON_STEPS + 1):
         for i in range(n):
             r[i] = C * s[i] * (p[i] - y[i])
-        np.dot(T, r, grad)
+        _times(T, r, grad)
         largest = 0.0
         two = 0.0
         for j in range(d):
@@ -248,12 +376,9 @@ def _fit(T, T32, s, y, reg, tol, certify, first, w, z, record):
                 H = first.copy()
             else:
                 for i in range(n):
-                    root[i] = math.sqrt(C * s[i] * p[i] * (1.0 - p[i]))
-                for j in range(d):
-                    for i in range(n):
-                        B[j, i] = T32[j, i] * root[i]
+                    curve[i] = C * s[i] * p[i] * (1.0 - p[i])
                 H = np.empty((d, d), dtype=np.float32)
-                _gram(B, H)
+                _gram(T, curve, H)
                 flops += float(n) * d * (d + 1)
             L, ok = _factor(H, reg)
             if not ok:
@@ -262,7 +387,7 @@ def _fit(T, T32, s, y, reg, tol, certify, first, w, z, record):
             record[HESSIANS] += 1
             flops += d ** 3 / 3.0
         _cho_solve(L, grad, step)
-        dz = np.dot(step, T)
+        _combine(T, step, dz)
         flops += 2.0 * n * d + 2.0 * d * d
         t = _line_search(z, dz, w, step, grad, y, s, reg, p)
         # no step of measurable length lowers the objective twice running: the weights are at
@@ -281,24 +406,22 @@ def _fit(T, T32, s, y, reg, tol, certify, first, w, z, record):
 
 
 @njit(cache=True)
-def solve_columns(XT, XT32, sets, gram, y, reg, tol, certify, W, Z, record):
-    """Fits on column sets of one matrix: XT (units, rows) float64 and its float32 copy, sets
-    (fits, k); gram: (units + 1, units + 1) float32 0.25 [X 1]^T [X 1] for the first step, or
-    (0, 0). W (fits, k + 1) and Z (fits, rows) receive the weights and margins. Returns the
+def solve_columns(XT, sets, gram, y, reg, tol, certify, W, Z, record):
+    """Fits on column sets of one matrix: XT (units, rows), float32 or float64; sets (fits, k);
+    gram: (units + 1, units + 1) float32 0.25 [X 1]^T [X 1] for the first step, or (0, 0).
+    W (fits, k + 1) and Z (fits, rows) receive the weights and margins. Returns the
     flops spent.
 
     Example:
         record = np.zeros(3, np.int64)
-        flops = solve_columns(XT, XT.astype(np.float32), sets, np.empty((0, 0), np.float32), y,
-                              np.ones(k + 1), np.full(len(sets), 1e-8), True, W, Z, record)
+        flops = solve_columns(XT, sets, np.empty((0, 0), np.float32), y, np.ones(k + 1),
+                              np.full(len(sets), 1e-8), True, W, Z, record)
     """
     n_fits, k = sets.shape
     n = XT.shape[1]
     d = k + 1
-    T = np.empty((d, n))
-    T32 = np.empty((d, n), dtype=np.float32)
+    T = np.empty((d, n), dtype=XT.dtype)
     T[k] = 1.0
-    T32[k] = 1.0
     s = np.ones(n)
     first = np.empty((0, 0), dtype=np.float32)
     idx = np.empty(d, dtype=np.int64)
@@ -307,14 +430,13 @@ def solve_columns(XT, XT32, sets, gram, y, reg, tol, certify, W, Z, record):
     for f in range(n_fits):
         for j in range(k):
             T[j] = XT[sets[f, j]]
-            T32[j] = XT32[sets[f, j]]
             idx[j] = sets[f, j]
         if gram.shape[0] > 0:
             first = np.empty((d, d), dtype=np.float32)
             for a in range(d):
                 for b in range(d):
                     first[a, b] = gram[idx[a], idx[b]]
-        flops += _fit(T, T32, s, y, reg, tol[f], certify, first, W[f], Z[f], record)
+        flops += _fit(T, s, y, reg, tol[f], certify, first, W[f], Z[f], record)
     return flops
 
 
@@ -332,6 +454,6 @@ def solve_stacked(TT, S, y, reg, tol, certify, W, Z, record):
     flops = 0.0
     for f in range(n_fits):
         T = np.ascontiguousarray(TT[f])
-        flops += _fit(T, T.astype(np.float32), np.ascontiguousarray(S[f]), y, reg, tol[f],
+        flops += _fit(T, np.ascontiguousarray(S[f]), y, reg, tol[f],
                       certify, first, W[f], Z[f], record)
     return flops
