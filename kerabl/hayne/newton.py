@@ -15,8 +15,8 @@ not what a Python loop over 200 fits costs. Each fit, alone in the cache:
   once per cell. The Hessian is only the step's metric: its float32 rounding changes the path,
   not the optimum, which the float64 gradient fixes;
 - a factor is kept for the next step while each step at least halves the gradient's largest
-  entry (Shamanskii-style reuse; a step costs ~1/10 of a fresh Hessian and factor here, so reuse pays sooner
-  than in a solver whose steps are dearer);
+  entry (Shamanskii-style reuse; a step costs ~1/10 of a fresh Hessian and factor here, so reuse
+  pays sooner than in a solver whose steps are dearer);
 - the step length: up to three 1-D Newton iterations on the objective along the direction (it
   is convex there), stopped where its slope is in [-0.3 |slope at 0|, 0] (a decrease, proven by
   convexity, without the exact minimum along the line: the next Newton step is cheaper than
