@@ -48,12 +48,11 @@ OBJECTIVES = ("liblinear", "lbfgs")
 LOG_LOSS_EPS = 1e-15     # scikit-learn <= 1.2's log_loss clipping
 
 
-def _check_xy(X, y, keep_float32: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """X as float64 (float32 kept with `keep_float32`: the paper probe's fits read float32
-    activations as they are, with float64 sums) and y as 0/1 labels, or a one-line error."""
-    X = np.asarray(X)
-    if not (keep_float32 and X.dtype == np.float32):
-        X = np.asarray(X, dtype=np.float64)
+def _check_xy(X, y, as_float64: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """X (as float64 unless `as_float64` is False: the paper probe's solver picks float32 or
+    float64 itself, `kerabl.hayne.logistic.solve_logistic`) and y as 0/1 labels, or a one-line
+    error."""
+    X = np.asarray(X, dtype=np.float64) if as_float64 else np.asarray(X)
     y = np.asarray(y).ravel()
     if X.ndim != 2 or X.shape[0] != y.size:
         raise KerablError(f"X has shape {X.shape} and y {y.shape}; pass X (images, units) and "
@@ -180,7 +179,7 @@ def paper_probe_loss(X, y, *, n_fits: int = 200, max_units: int = 100, seed: int
     Example:
         loss = paper_probe_loss(acts[:, cell_units], labels)   # 34.54 x the error rate
     """
-    X, y = _check_xy(X, y, keep_float32=True)
+    X, y = _check_xy(X, y, as_float64=False)
     _check_solver(solver, objective)
     if n_fits < 1 or max_units < 1:
         raise KerablError(f"probe fits per cell ({n_fits}) and units per fit ({max_units}) must "
