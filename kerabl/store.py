@@ -8,6 +8,8 @@
 - `write_csv_atomic(path, header, rows)`: a CSV written to `PATH.tmp`, then renamed.
 - `check_results_kind(path, kind, wanted)`: an H or Z results file where the other (or another
   file) was given is one line naming what it holds and which command writes the wanted one.
+- `open_h5(path, mode)`: `h5py.File`, waiting while another process holds the file's HDF5 lock
+  (a figure drawn from a run in progress reads the `.partial` its run writes pair by pair).
 
 A reader never sees a half-written file under the final name: an interrupted run leaves only
 `PATH.partial` (or `PATH.tmp`), which the next run resumes or replaces. The activation cache itself
@@ -19,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -26,6 +29,37 @@ from kerabl.errors import KerablError
 
 RESULTS_KINDS = {"kerabl.h-results": ("H", "h_results.h5", "kerabl study"),
                  "kerabl.z-results": ("Z", "z_results.h5", "kerabl units")}
+
+
+# How long a results file may stay locked by another process before a run gives up on it: a
+# reader holds a `.partial` for the moments it takes to read it, a writer for one pair's write.
+LOCK_WAIT_S = 60.0
+
+
+def open_h5(path: str | os.PathLike, mode: str = "r", wait: float = LOCK_WAIT_S):
+    """`h5py.File(path, mode)`, retried while another process holds the file's HDF5 lock.
+
+    HDF5 locks a file for as long as a process has it open: a writer cannot open it while anyone
+    reads it, and a reader cannot while it is written. Both studies open their `.partial` once
+    per stored pair, so a reader of a run in progress (`render_h_figures(..., allow_partial=True)`)
+    and the run take turns instead of one stopping the other.
+
+    Example:
+        with open_h5("out/h_results.h5.partial", "r+") as f:
+            f["done"][0, 0] = True
+    """
+    import h5py
+
+    deadline, pause = time.monotonic() + wait, 0.01
+    while True:
+        try:
+            return h5py.File(path, mode)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise KerablError(f"{path} stayed locked by another process for {wait:.0f} s: "
+                                  "close what reads or writes it and rerun") from None
+            time.sleep(pause)
+            pause = min(2 * pause, 0.5)
 
 
 def partial_path(path: str | os.PathLike) -> Path:

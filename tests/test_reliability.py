@@ -252,7 +252,9 @@ def _stop_when(proc, ready, sig, timeout=240):
     deadline = time.time() + timeout
     while not ready() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
+    if proc.poll() is not None:
+        pytest.fail(f"the run ended ({proc.returncode}) before it could be interrupted: "
+                    f"{proc.stderr.read()[-2000:]}")
     proc.send_signal(sig)
     return proc.wait(60)
 

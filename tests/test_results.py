@@ -88,6 +88,17 @@ def test_write_resume_finish_reopen(tmp_path):
         run(done_again, [(0, 0)])
 
 
+def test_a_run_in_progress_read_by_another_process_goes_on(tmp_path, hold_open):
+    """A figure drawn from the `.partial` holds it open: the next pair waits, not fails."""
+    path = tmp_path / "h.h5"
+    w = writer(path)
+    run(w, w.pairs()[:1])
+    reader = hold_open(w.partial_path, 1.0)
+    run(w, w.pairs()[1:])
+    assert reader.wait(10) == 0 and w.finish() == path
+    assert HResults.open(path).done.all()
+
+
 def test_config_mismatch_names_the_key(tmp_path):
     path = tmp_path / "h.h5"
     run(w := writer(path))

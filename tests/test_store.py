@@ -1,8 +1,14 @@
-"""Tests of kerabl.store: every differing key named, CSVs written whole or not at all."""
+"""Tests of kerabl.store: every differing key named, CSVs written whole or not at all, a file
+another process holds open waited for."""
 
+import time
+
+import h5py
+import numpy as np
 import pytest
 
-from kerabl.store import config_differences, finish_partial, partial_path, write_csv_atomic
+from kerabl.errors import KerablError
+from kerabl.store import config_differences, finish_partial, open_h5, partial_path, write_csv_atomic
 
 
 def test_config_differences_names_every_key():
@@ -37,3 +43,27 @@ def test_csv_is_renamed_only_when_complete(tmp_path):
         write_csv_atomic(tmp_path / "a.csv", ["x", "y"], rows())
     assert path.read_bytes() == b"x,y\r\n1,2.5\r\n3,z\r\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv"]
+
+
+def test_a_writer_waits_for_a_reader_of_the_file(tmp_path, hold_open):
+    path = tmp_path / "r.h5.partial"
+    with h5py.File(path, "w") as f:
+        f["done"] = np.zeros(3, bool)
+    reader = hold_open(path, 1.5)
+    with pytest.raises(BlockingIOError):   # what a plain open does while the reader holds it
+        h5py.File(path, "r+")
+    start = time.monotonic()
+    with open_h5(path, "r+") as f:
+        f["done"][1] = True
+    assert time.monotonic() - start > 0.5 and reader.wait(10) == 0
+    with open_h5(path) as f:
+        assert f["done"][()].tolist() == [False, True, False]
+
+
+def test_a_file_held_past_the_wait_is_one_line(tmp_path, hold_open):
+    path = tmp_path / "r.h5.partial"
+    with h5py.File(path, "w") as f:
+        f["done"] = np.zeros(3, bool)
+    hold_open(path, 5)
+    with pytest.raises(KerablError, match=r"r.h5.partial stayed locked by another process for 0 s"):
+        open_h5(path, "r+", wait=0.2)

@@ -38,7 +38,7 @@ import numpy as np
 
 from kerabl.errors import KerablError
 from kerabl.store import (check_results_kind, config_differences, differing_keys, finish_partial,
-                          partial_path, write_csv_atomic)
+                          open_h5, partial_path, write_csv_atomic)
 
 KIND = "kerabl.h-results"
 SCHEMA = 1
@@ -322,7 +322,7 @@ class HResultsWriter:
     def _open(self, mode: str = "r+") -> h5py.File:
         if self.complete:
             raise KerablError(f"{self.path} is finished; delete it or use another --out to rerun")
-        return h5py.File(self.partial_path, mode)
+        return open_h5(self.partial_path, mode)
 
     def is_done(self, ci: int, li: int) -> bool:
         """Whether pair (ci, li) is stored."""
@@ -482,7 +482,7 @@ class HResults:
             hint = (f"; {partial_path(path).name} exists: the run has not finished, rerun it to resume"
                     if partial_path(path).exists() else "; run `kerabl study` to write it")
             raise KerablError(f"no results file at {path}{hint}")
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             check_kind(f, path)
             if not bool(f.attrs["complete"]) and not allow_partial:
                 done = f["done"][()]
@@ -499,7 +499,7 @@ class HResults:
         name = self.layers[layer] if isinstance(layer, (int, np.integer)) else str(layer)
         if name not in self.layers:
             raise KerablError(f"layer {name!r} is not in {self.path} (layers: {self.layers})")
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path) as f:
             g = f[f"units/{name}"]
             return {key: g[key][ci] for key in UNIT_ARRAYS}
 

@@ -26,7 +26,7 @@ from kerabl.errors import KerablError
 from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, probe_pool, worker_count,
                                 results_name, target_layers)
 from kerabl.progress import progress_bar
-from kerabl.store import config_differences
+from kerabl.store import config_differences, open_h5
 
 STAGES = ("grid", "probe", "ablate")
 STAGE_FILE = "h_stages.h5"
@@ -70,11 +70,11 @@ class StageFile:
 
     def has(self, ci: int, li: int, stage: str) -> bool:
         name = f"{stage}/{ci}_{li}"
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path) as f:
             return name in f and bool(f[name].attrs.get("done", False))
 
     def _write(self, stage: str, ci: int, li: int, arrays: dict) -> None:
-        with h5py.File(self.path, "a") as f:
+        with open_h5(self.path, "a") as f:
             name = f"{stage}/{ci}_{li}"
             if name in f:
                 del f[name]  # a group left without its flag by an interrupted write
@@ -85,7 +85,7 @@ class StageFile:
             g.attrs["done"] = True
 
     def _read(self, stage: str, ci: int, li: int) -> dict:
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path) as f:
             return {key: ds[()] for key, ds in f[f"{stage}/{ci}_{li}"].items()}
 
     def write_grid(self, ci: int, li: int, found: dict) -> None:

@@ -21,7 +21,7 @@ from kerabl.graph import _as_model, _check_layer
 from kerabl.contents import array_table, contents_digest, describe_changes, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
-from kerabl.store import config_differences, differing_keys, finish_partial, partial_path
+from kerabl.store import config_differences, differing_keys, finish_partial, open_h5, partial_path
 from kerabl.validate import check_live_outputs
 from kerabl.zhou.ablation import _direction_drops, _greedy, _random_order, _unit_drops
 from kerabl.zhou.heldout import most_hurt_class, split_greedy
@@ -122,16 +122,14 @@ def _create_partial(partial: Path, config: dict[str, Any], data: _StudyData,
 def _done_groups(partial: Path) -> set[str]:
     import h5py
 
-    with h5py.File(partial, "r") as f:
+    with open_h5(partial) as f:
         return {name for name, group in f.items()
                 if isinstance(group, h5py.Group) and group.attrs.get("done", False)}
 
 
 def _write_group(partial: Path, name: str, arrays: Mapping[str, np.ndarray],
                  attrs: Mapping[str, Any]) -> None:
-    import h5py
-
-    with h5py.File(partial, "a") as f:
+    with open_h5(partial, "a") as f:
         if name in f:
             del f[name]
         group = f.create_group(name)
