@@ -11,6 +11,7 @@ from kerabl.engine import _chunks, fast_tail, TailAblator
 from kerabl.masks import cell_masks
 from kerabl.bench import run_bench
 from kerabl.bench.cases import probe_cell_seconds, random_cells
+from kerabl.bench.probes import probe_line, probe_rate
 from kerabl.bench.flops import layer_flops, model_flops, shortcut_flops, tail_flops, target_tail_flops
 from kerabl.bench.report import extrapolate, fast_cell_over_targets, format_table
 from kerabl.errors import KerablError
@@ -80,6 +81,16 @@ def test_extrapolation_counts_cells_probes_and_workers():
     assert row["total_h"] == pytest.approx(row["fast_h"] + row["probe_h"])
     assert row["paper_h"] == pytest.approx(384 * 8.0 / 3600)
     assert row["timed"] == "2/3 layers, 1 authors' cells"
+
+
+def test_probe_rounds_each_take_their_own_floor():
+    floors = iter([1.0, 1e9, 1e3])       # GFLOP/s: the shares differ ~1000x round to round
+    row = probe_rate(0.0, workers=1, fits=4, repeats=3, floor_now=lambda: next(floors))
+    shares = row["round_shares"]
+    assert len(shares) == 3 and shares[1] < 1e-6 < shares[2] < shares[0]
+    assert row["floor_share"] == shares[2] and row["floor_gflops"] == 1e3
+    assert row["gflops"] == pytest.approx(1e3 * shares[2])
+    assert "of the 1000 GFLOP/s floor taken just before it (median of 3 rounds" in probe_line(row)
 
 
 def test_probe_cell_seconds_runs_the_default_probes():
@@ -158,7 +169,11 @@ def test_quick_bench_writes_the_table(tmp_path):
     probe = stored["probe_rate"]
     assert probe["fits"] == 50 and probe["workers"] >= 1 and probe["threads"] == 1
     assert probe["cell_s"] > 0 and probe["gflops"] > 0 and 1 <= probe["hessians_per_fit"] < 20
-    assert any(line.startswith("probes: 50 fits of 100 units x 550 images") for line in lines)
+    assert any(line.startswith("probes: 50 fits of 100 units x 550 images") and
+               "floor taken just before it (median of 3 rounds" in line for line in lines)
+    assert len(probe["round_shares"]) == 3 and probe["floor_gflops"] > 0
+    assert probe["floor_share"] == pytest.approx(probe["gflops"] / probe["floor_gflops"])
+    assert sorted(probe["round_shares"])[1] == pytest.approx(probe["floor_share"])
     z_row = stored["table"][1]
     assert z_row["ratio_cached"] > z_row["ratio"]        # the sweep alone: no head pass to share
     assert stored["notes"][0].startswith(f"Z demo conv_5: {stored['cases']['demo']['z']['ratio']:.1f}x")

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from kerabl.bench.cases import STUDY_CLASSES, run_case
-from kerabl.bench.flops import MATMUL_SIZES, floor_line, matmul_floor, onednn_enabled
+from kerabl.bench.flops import MATMUL_SIZES, floor_line, matmul_floor, matmul_rate, onednn_enabled
 from kerabl.bench.probes import probe_line, probe_rate
 from kerabl.bench.report import (EXTRAPOLATION_COLUMNS, LEGEND, MAIN_COLUMNS, extrapolate,
                                  extrapolation_note, format_table, headline, table_rows, torch_tables,
@@ -80,8 +80,9 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = No
         cases[name] = _in_subprocess(name, root, quick)
     rows = table_rows(cases, floor["best_gflops"])
     workers = os.cpu_count() or 1
+    best_size = tuple(int(v) for v in max(floor["by_size"], key=floor["by_size"].get).split("x"))
     probe = probe_rate(floor["best_gflops"], workers=workers, fits=50 if quick else 200,
-                       repeats=1 if quick else 3)
+                       repeats=3, floor_now=lambda: matmul_rate(best_size))
     extra = [] if quick else extrapolate(cases, workers)
     result = dict(machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
                                tensorflow=tf.__version__, onednn=onednn_enabled()),
@@ -95,7 +96,7 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = No
         log(line)
     for note in result["notes"]:
         log(note)
-    log(probe_line(probe, floor["best_gflops"]))
+    log(probe_line(probe))
     if extra:
         log("\nPaper-scale study times on this machine (50 images per class, 16 cells):")
         log(format_table(extra, EXTRAPOLATION_COLUMNS))

@@ -6,7 +6,8 @@
 - `shortcut_flops(model, cut)`: FLOPs per image and unit of the Z study's Dense shortcut.
 - `matmul_floor(sizes)`: the best float32 matmul throughput reached here by TensorFlow and
   NumPy (GFLOP/s, per library and size), and TensorFlow's bfloat16 rate beside it;
-  `floor_line(floor)`: its printed line.
+  `floor_line(floor)`: its printed line. `matmul_rate(size)`: that rate on one product, taken
+  again beside another measurement.
 - `onednn_enabled()`, `peak_rss_mb()`: what the machine runs with, and this process's memory.
 """
 
@@ -142,6 +143,23 @@ def matmul_floor(sizes: Sequence[tuple[int, int, int]] = MATMUL_SIZES, repeats: 
     bf16 = rates(lambda a, b: _tf_matmul(a, b, "bfloat16"))
     return {"best_gflops": max(by_size.values()), "by_library": by_library, "by_size": by_size,
             "best_library": best_library, "bf16_gflops": max(bf16.values()), "bf16_by_size": bf16}
+
+
+def matmul_rate(size: tuple[int, int, int] = (1024, 1024, 1024), repeats: int = 3) -> float:
+    """The best float32 GFLOP/s of TensorFlow and NumPy on one product, now: the floor taken
+    again beside another measurement (the probe row's rounds), so that a busy minute of a
+    shared machine slows both sides of the ratio.
+
+    Example:
+        matmul_rate()   # e.g. 170.0 on 2 cores
+    """
+    m, k, n = size
+    rng = np.random.default_rng(SEED)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    best = min(_best_seconds(_tf_matmul(a, b, "float32"), repeats),
+               _best_seconds(lambda: a @ b, repeats))
+    return 2.0 * m * k * n / best / 1e9
 
 
 def floor_line(floor: dict) -> str:

@@ -1,21 +1,28 @@
 """The probe row of the bench: the paper probe's batched solver against the machine's floor.
 
-- `probe_rate(floor_gflops)`: one synthetic cell per worker process (550 images, 256 units, the
-  default 200 fits of 100 units), all workers at once, as the study runs them; seconds per
-  cell, cells per second, the floating-point rate the solver executed and its share of the floor.
+- `probe_rate(floor_gflops, floor_now=...)`: one synthetic cell per worker process (550 images,
+  256 units, the default 200 fits of 100 units), all workers at once, as the study runs them;
+  seconds per cell, cells per second, the floating-point rate the solver executed and its share
+  of the floor, taken again before each round. `probe_line(row)`: the printed row.
 
 Example:
-    row = probe_rate(300.0, workers=2)
-    row["gflops"], row["floor_share"]      # e.g. 50.0, 0.17
+    row = probe_rate(300.0, workers=2, floor_now=matmul_rate)
+    row["gflops"], row["floor_share"]      # e.g. 50.0, 0.30
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
 ROWS, TARGET_ROWS, UNITS, FITS, FIT_UNITS = 550, 50, 256, 200, 100
+
+# Seconds between taking the floor and a round: the matmul's BLAS and TensorFlow threads spin
+# for a while after it; a round started at once shared the 2 cores with them (17 GFLOP/s
+# against 27-29 with this pause or without the floor taken, measured alternately).
+SETTLE_S = 1.0
 
 
 def synthetic_cell(seed: int, rows: int = ROWS, units: int = UNITS,
@@ -54,17 +61,20 @@ def timed_cell(seed: int, fits: int = FITS) -> dict:
     return dict(seconds=seconds, flops=fit.flops, hessians_per_fit=fit.hessians / fits)
 
 
-def probe_rate(floor_gflops: float, workers: int = 2, fits: int = FITS,
-               repeats: int = 3) -> dict:
+def probe_rate(floor_gflops: float, workers: int = 2, fits: int = FITS, repeats: int = 3,
+               floor_now: Callable[[], float] | None = None) -> dict:
     """The probe row: `workers` processes each fitting one cell at the same time, `repeats`
-    times (the median round is reported).
+    rounds. With `floor_now` (`kerabl.bench.flops.matmul_rate`) the floor is taken again just
+    before each round, and a round's share is its rate over that floor: a busy minute on a
+    shared machine then slows both sides of the ratio. The median round is reported.
 
     Example:
-        probe_rate(300.0)["cell_s"]
+        probe_rate(300.0, floor_now=matmul_rate)["floor_share"]
 
     Returns:
         {"rows", "units", "fits", "fit_units", "workers", "threads", "cell_s", "cells_per_s",
-         "gflops", "floor_share", "hessians_per_fit"}.
+         "gflops", "floor_gflops" (the median round's floor), "floor_share", "round_shares",
+         "hessians_per_fit"}.
     """
     import multiprocessing
 
@@ -72,26 +82,38 @@ def probe_rate(floor_gflops: float, workers: int = 2, fits: int = FITS,
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         pool.map(timed_cell, range(workers), chunksize=1)           # imports, first touches
         for r in range(repeats):
+            floor = floor_gflops
+            if floor_now is not None:
+                floor = floor_now()
+                time.sleep(SETTLE_S)
             start = time.perf_counter()
             cells = pool.starmap(timed_cell, [(100 + r * workers + i, fits)
                                               for i in range(workers)], chunksize=1)
-            rounds.append((time.perf_counter() - start, cells))
-    wall, cells = sorted(rounds, key=lambda item: item[0])[len(rounds) // 2]
-    gflops = sum(c["flops"] for c in cells) / wall / 1e9
+            wall = time.perf_counter() - start
+            gflops = sum(c["flops"] for c in cells) / wall / 1e9
+            rounds.append(dict(wall=wall, cells=cells, gflops=gflops, floor=floor,
+                               share=gflops / floor))
+    middle = sorted(rounds, key=lambda item: item["share"])[len(rounds) // 2]
+    cells = middle["cells"]
     return dict(rows=ROWS, units=UNITS, fits=fits, fit_units=FIT_UNITS, workers=workers,
                 threads=1, cell_s=float(np.median([c["seconds"] for c in cells])),
-                cells_per_s=workers / wall, gflops=gflops, floor_share=gflops / floor_gflops,
+                cells_per_s=workers / middle["wall"], gflops=middle["gflops"],
+                floor_gflops=middle["floor"], floor_share=middle["share"],
+                round_shares=[item["share"] for item in rounds],
                 hessians_per_fit=float(np.mean([c["hessians_per_fit"] for c in cells])))
 
 
-def probe_line(row: dict, floor_gflops: float) -> str:
+def probe_line(row: dict) -> str:
     """The printed probe row.
 
     Example:
-        print(probe_line(probe_rate(300.0), 300.0))
+        print(probe_line(probe_rate(300.0, floor_now=matmul_rate)))
     """
+    shares = ", ".join(f"{100 * share:.0f}" for share in row["round_shares"])
     return (f"probes: {row['fits']} fits of {row['fit_units']} units x {row['rows']} images per "
             f"cell ({row['units']} units), {row['workers']} workers x {row['threads']} thread: "
             f"{row['cell_s']:.2f} s per cell, {row['cells_per_s']:.2f} cells/s, "
             f"{row['gflops']:.1f} GFLOP/s executed = {100 * row['floor_share']:.0f} % of the "
-            f"{floor_gflops:.0f} GFLOP/s floor ({row['hessians_per_fit']:.1f} Hessians per fit)")
+            f"{row['floor_gflops']:.0f} GFLOP/s floor taken just before it (median of "
+            f"{len(row['round_shares'])} rounds: {shares} %; {row['hessians_per_fit']:.1f} "
+            "Hessians per fit)")
