@@ -128,16 +128,17 @@ def render_timed(results: Path, out: Path) -> tuple[list, float]:
     return files, time.perf_counter() - start
 
 
-def render(results: Path, out: Path, class_name=None, layer=None) -> list:
-    """The figures of one results file (H or Z) in `out`; the written paths.
+def render(results: Path, out: Path, class_name=None, layer=None, z_names=None) -> list:
+    """The figures of one results file (H or Z) in `out`; the written paths. `z_names`: which Z
+    figures (default all).
 
     Example:
         render(Path("kerabl-out/z_results.h5"), Path("figures"))   # [..."fig_z_....png", ...]
     """
     kind = results_kind(results)
     if kind == "kerabl.z-results":
-        from kerabl.zhou.figures import render_z_figures
-        return render_z_figures(results, out)
+        from kerabl.zhou.figures import FIGURE_NAMES, render_z_figures
+        return render_z_figures(results, out, names=FIGURE_NAMES if z_names is None else z_names)
     from kerabl.hayne.figures import render_h_figures
     return render_h_figures(results, out, class_name=class_name, layer=layer)
 

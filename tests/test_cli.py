@@ -161,12 +161,14 @@ def _arrays(path):
 @pytest.mark.slow
 def test_reproduce_draws_the_h_figures_beside_the_z_study(tmp_path, one_process):
     """With more than one worker the H figures are drawn in a spawned process while the Z study
-    runs: the same figure files as drawn in turn, and the wall-time line says which it was."""
+    runs, and half the Z figures there after it: the same figure files as drawn in turn, and the
+    wall-time line says which it was."""
     args = ["--layers", "dense_2", *SMALL]
     beside = invoke("reproduce", "--out", tmp_path / "beside", "--workers", "2", *args)
     in_turn = invoke("reproduce", "--out", tmp_path / "turn", "--workers", "1", *args)
     assert beside.exit_code == 0 and in_turn.exit_code == 0, beside.output + in_turn.output
     assert "H figures (beside the Z study)" in beside.output
+    assert "Z figures (half beside)" in beside.output and "Z figures (half" not in in_turn.output
     assert "H figures (beside" not in in_turn.output and "H figures" in in_turn.output
     names = [sorted(p.name for p in (tmp_path / run / "figures").iterdir())
              for run in ("beside", "turn")]

@@ -104,6 +104,12 @@ def test_render_writes_every_figure(tmp_path):
     assert "z_top_images" not in names
     with pytest.raises(KerablError, match="thumbnails"):
         figures_z.build_top_images(ZResults.open(bare), "conv_a")
+    part = figures_z.render_z_figures(path, tmp_path / "part", formats=("png",),
+                                      names=("z_top_images", "z_drop_curves"))
+    assert [p.name for p in part] == ["z_drop_curves.png", "z_top_images.png"]
+    assert (part[0].read_bytes() == (tmp_path / "figs" / "z_drop_curves.png").read_bytes())
+    with pytest.raises(KerablError, match="no Z figure 'z_nothing': the Z figures are z_drop"):
+        figures_z.render_z_figures(path, tmp_path / "part", names=("z_nothing",))
 
 
 def test_regulariser_curves():

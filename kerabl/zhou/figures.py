@@ -261,31 +261,47 @@ def _default_layer(z: ZResults) -> str:
 
 
 def render_z_figures(z_path: str | os.PathLike, out_dir: str | os.PathLike, *,
-                     imageset=None, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Write every Z figure of a results file into `out_dir`.
+                     imageset=None, formats: Sequence[str] = ("png", "pdf"),
+                     names: Sequence[str] = FIGURE_NAMES) -> list[Path]:
+    """Write the Z figures of a results file into `out_dir` (`names`: which; default all).
 
     Example:
         paths = render_z_figures("out/z_demo.h5", "figures", formats=("png",))
+        render_z_figures("out/z_demo.h5", "figures", names=("z_greedy",))   # one of them
 
     The top-image figure uses `imageset.load(...)` images when given (the network input size and
     preprocessing of the study), else the thumbnails stored for small images; it is skipped when
     neither is available. Layer-wise figures use the last layer studied.
 
     Returns:
-        the written paths.
+        the written paths, in the order of `FIGURE_NAMES`.
     """
+    unknown = [name for name in names if name not in FIGURE_NAMES]
+    if unknown:
+        raise KerablError(f"no Z figure {unknown[0]!r}: the Z figures are "
+                          f"{', '.join(FIGURE_NAMES)}")
     z = ZResults.open(z_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layer = _default_layer(z)
-    figures = {"z_drop_curves": build_drop_curves(z),
-               "z_attributes": build_attribute_scatter(z, layer),
-               "z_greedy": build_greedy_curves(z)}
-    images = None if imageset is None else imageset.load(tuple(z.config["input_size"]),
-                                                         z.config["preprocess"])
-    if images is not None or z.thumbnails is not None:
-        figures["z_top_images"] = build_top_images(z, layer, images=images)
-    return [path for name, fig in figures.items() for path in save_figure(fig, out / name, formats)]
+
+    def top_images():
+        images = None if imageset is None else imageset.load(tuple(z.config["input_size"]),
+                                                             z.config["preprocess"])
+        if images is None and z.thumbnails is None:
+            return None
+        return build_top_images(z, layer, images=images)
+
+    builders = {"z_drop_curves": lambda: build_drop_curves(z),
+                "z_attributes": lambda: build_attribute_scatter(z, layer),
+                "z_greedy": lambda: build_greedy_curves(z),
+                "z_top_images": top_images}
+    paths = []
+    for name in FIGURE_NAMES:
+        fig = builders[name]() if name in names else None
+        if fig is not None:
+            paths += save_figure(fig, out / name, formats)
+    return paths
 
 
 def figure_script(name: str, build: Callable[[ZResults, str | None], Figure]) -> None:
