@@ -430,8 +430,6 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
     import json
     import time
 
-    from kerabl.zhou.figures import FIGURE_NAMES
-
     from kerabl.cli_tools import render, render_timed
     from kerabl.hayne.results import HResults
     from kerabl.hayne.stats import summary
@@ -467,6 +465,8 @@ def _reproduce(out, probe_fits, z, progress, options: dict, start: float) -> Non
             else:
                 # half the Z figures go to the process of the H figures (done by now on the
                 # demo), half are drawn here: each figure's png and pdf take seconds to write
+                from kerabl.zhou.figures import FIGURE_NAMES
+
                 there = pool.submit(render, z_path, figures, z_names=Z_FIGURES_BESIDE)
                 z_files = render(z_path, figures, z_names=[
                     name for name in FIGURE_NAMES if name not in Z_FIGURES_BESIDE])

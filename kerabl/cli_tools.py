@@ -137,8 +137,8 @@ def render(results: Path, out: Path, class_name=None, layer=None, z_names=None) 
     """
     kind = results_kind(results)
     if kind == "kerabl.z-results":
-        from kerabl.zhou.figures import FIGURE_NAMES, render_z_figures
-        return render_z_figures(results, out, names=FIGURE_NAMES if z_names is None else z_names)
+        from kerabl.zhou.figures import render_z_figures
+        return render_z_figures(results, out, names=z_names)
     from kerabl.hayne.figures import render_h_figures
     return render_h_figures(results, out, class_name=class_name, layer=layer)
 

@@ -96,6 +96,20 @@ def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
+def _operands(rng: np.random.Generator,
+              size: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Random float32 operands (m x k) and (k x n) of a timed product."""
+    m, k, n = size
+    return (rng.standard_normal((m, k), dtype=np.float32),
+            rng.standard_normal((k, n), dtype=np.float32))
+
+
+def _gflops(size: tuple[int, int, int], fn: Callable[[], object], repeats: int) -> float:
+    """GFLOP/s of `fn`, an (m x k) times (k x n) product, from its fastest timed call."""
+    m, k, n = size
+    return 2.0 * m * k * n / _best_seconds(fn, repeats) / 1e9
+
+
 def _tf_matmul(a: np.ndarray, b: np.ndarray, dtype: str) -> Callable[[], object]:
     import tensorflow as tf
 
@@ -124,12 +138,11 @@ def matmul_floor(sizes: Sequence[tuple[int, int, int]] = MATMUL_SIZES, repeats: 
          "bf16_gflops": best bfloat16 GFLOP/s, "bf16_by_size": {"m x k x n": GFLOP/s}}.
     """
     rng = np.random.default_rng(SEED)
-    operands = {(m, k, n): (rng.standard_normal((m, k), dtype=np.float32),
-                            rng.standard_normal((k, n), dtype=np.float32)) for m, k, n in sizes}
+    operands = {tuple(size): _operands(rng, size) for size in sizes}
 
     def rates(run) -> dict:
-        return {f"{m}x{k}x{n}": 2.0 * m * k * n / _best_seconds(run(*operands[m, k, n]), repeats)
-                / 1e9 for m, k, n in operands}
+        return {"x".join(map(str, size)): _gflops(size, run(*operands[size]), repeats)
+                for size in operands}
 
     by_library = {"tensorflow": rates(lambda a, b: _tf_matmul(a, b, "float32")),
                   "numpy": rates(lambda a, b: lambda: a @ b)}
@@ -137,9 +150,8 @@ def matmul_floor(sizes: Sequence[tuple[int, int, int]] = MATMUL_SIZES, repeats: 
     best_library = max(by_library, key=lambda lib: max(by_library[lib].values()))
     if bf16_sizes is None:
         bf16_sizes = [max((s for s in sizes if s[0] == s[1] == s[2]), default=sizes[-1])]
-    operands = {(m, k, n): operands.get((m, k, n)) or
-                (rng.standard_normal((m, k), dtype=np.float32),
-                 rng.standard_normal((k, n), dtype=np.float32)) for m, k, n in bf16_sizes}
+    operands = {tuple(size): operands.get(tuple(size)) or _operands(rng, size)
+                for size in bf16_sizes}
     bf16 = rates(lambda a, b: _tf_matmul(a, b, "bfloat16"))
     return {"best_gflops": max(by_size.values()), "by_library": by_library, "by_size": by_size,
             "best_library": best_library, "bf16_gflops": max(bf16.values()), "bf16_by_size": bf16}
@@ -153,13 +165,9 @@ def matmul_rate(size: tuple[int, int, int] = (1024, 1024, 1024), repeats: int = 
     Example:
         matmul_rate()   # e.g. 170.0 on 2 cores
     """
-    m, k, n = size
-    rng = np.random.default_rng(SEED)
-    a = rng.standard_normal((m, k), dtype=np.float32)
-    b = rng.standard_normal((k, n), dtype=np.float32)
-    best = min(_best_seconds(_tf_matmul(a, b, "float32"), repeats),
-               _best_seconds(lambda: a @ b, repeats))
-    return 2.0 * m * k * n / best / 1e9
+    a, b = _operands(np.random.default_rng(SEED), size)
+    return max(_gflops(size, _tf_matmul(a, b, "float32"), repeats),
+               _gflops(size, lambda: a @ b, repeats))
 
 
 def floor_line(floor: dict) -> str:

@@ -262,8 +262,8 @@ def _default_layer(z: ZResults) -> str:
 
 def render_z_figures(z_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                      imageset=None, formats: Sequence[str] = ("png", "pdf"),
-                     names: Sequence[str] = FIGURE_NAMES) -> list[Path]:
-    """Write the Z figures of a results file into `out_dir` (`names`: which; default all).
+                     names: Sequence[str] | None = None) -> list[Path]:
+    """Write the Z figures of a results file into `out_dir` (`names`: which; None: all).
 
     Example:
         paths = render_z_figures("out/z_demo.h5", "figures", formats=("png",))
@@ -276,6 +276,7 @@ def render_z_figures(z_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     Returns:
         the written paths, in the order of `FIGURE_NAMES`.
     """
+    names = FIGURE_NAMES if names is None else names
     unknown = [name for name in names if name not in FIGURE_NAMES]
     if unknown:
         raise KerablError(f"no Z figure {unknown[0]!r}: the Z figures are "
