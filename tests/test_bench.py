@@ -11,7 +11,7 @@ from kerabl.engine import _chunks, fast_tail, TailAblator
 from kerabl.masks import cell_masks
 from kerabl.bench import run_bench
 from kerabl.bench.cases import probe_cell_seconds, random_cells
-from kerabl.bench.probes import probe_line, probe_rate
+from kerabl.bench.probes import probe_line, probe_rate, timed_cells
 from kerabl.bench.flops import layer_flops, model_flops, shortcut_flops, tail_flops, target_tail_flops
 from kerabl.bench.report import extrapolate, fast_cell_over_targets, format_table
 from kerabl.errors import KerablError
@@ -85,12 +85,23 @@ def test_extrapolation_counts_cells_probes_and_workers():
 
 def test_probe_rounds_each_take_their_own_floor():
     floors = iter([1.0, 1e9, 1e3])       # GFLOP/s: the shares differ ~1000x round to round
-    row = probe_rate(0.0, workers=1, fits=4, repeats=3, floor_now=lambda: next(floors))
+    row = probe_rate(0.0, workers=1, fits=4, repeats=3, floor_now=lambda: next(floors), cells=2)
     shares = row["round_shares"]
     assert len(shares) == 3 and shares[1] < 1e-6 < shares[2] < shares[0]
     assert row["floor_share"] == shares[2] and row["floor_gflops"] == 1e3
     assert row["gflops"] == pytest.approx(1e3 * shares[2])
-    assert "of the 1000 GFLOP/s floor taken just before it (median of 3 rounds" in probe_line(row)
+    assert row["cells"] == 2 and row["cells_per_s"] == pytest.approx(2 / (2 * row["cell_s"]))
+    line = probe_line(row)
+    assert "1 workers x 1 thread x 2 cells:" in line
+    assert "of the 1000 GFLOP/s floor taken just before it (median of 3 rounds" in line
+
+
+def test_probe_cells_default_to_800_fits_a_round_and_time_the_solver_alone():
+    assert probe_rate(100.0, workers=1, fits=400, repeats=1, cells=None)["cells"] == 2
+    span = timed_cells([0, 1], fits=3)
+    alone = timed_cells([0], fits=3)
+    assert span["cells"] == 2 and span["start"] < span["end"]
+    assert span["flops"] > alone["flops"] > 0 and 1 <= span["hessians_per_fit"] < 20
 
 
 def test_probe_cell_seconds_runs_the_default_probes():
