@@ -5,7 +5,9 @@ with Numba (cached on disk after the first run), so that a fit costs what its pr
 not what a Python loop over 200 fits costs. Each fit, alone in the cache:
 
 - the fit's own (d, rows) design, gathered once, in float32 when the values are float32 (a
-  network's activations: the same numbers in half the memory) and float64 otherwise;
+  network's activations: the same numbers in half the memory) and float64 otherwise; for fits
+  on columns of one matrix, its rows padded with zero rows of weight 0 to a multiple of 16, so
+  that no product ends in a remainder loop;
 - the gradient X^T (C s (p - y)) + reg w and the margin change X step with float64 sums
   (`_times`, `_combine`);
 - the Hessian X^T diag(C s p (1 - p)) X + diag(reg) in float32 (`_gram`: four rows of the design
@@ -45,6 +47,9 @@ KEEP_FACTOR = 0.5      # reuse a factor while each step shrinks the gradient at 
 LINE_ITERATIONS = 3     # 1-D Newton iterations of the line search, at most
 LINE_SLOPE = 0.3        # the line search stops where phi'(t) is in [-this * |phi'(0)|, 0]
 STALL_LENGTH = 1e-6     # a step shorter than this that leaves the gradient as large is a stall
+PAD = 16                # fits on columns of one matrix pad their rows to a multiple of this (zero
+                        # rows of weight 0): the products then need no remainder loop (a 101 x
+                        # 550 Hessian 100 -> 84 us, 101 x 560 here)
 
 _LN2_HI = 0.6931471803691238         # ln 2 in two parts (Cody-Waite): the high one exact in
 _LN2_LO = 1.9082149292705877e-10      # a product with any k here
@@ -322,11 +327,13 @@ def _objective(z, dz, w, step, t, y, s, reg):
 
 @njit(cache=True)
 def _fit(T, s, y, reg, tol, certify, first, w, z, record):
-    """One fit from w = 0: T (d, rows) float32 or float64 design (intercept row last), s the
-    row weights; `first` the first step's Hessian without its diagonal term (an empty array:
-    form it). Writes the weights into w and the margins into z; returns the flops
-    spent."""
+    """One fit from w = 0: T (d, n) float32 or float64 design (intercept row last), s and y the
+    row weights and labels (n,); `first` the first step's Hessian without its diagonal term (an
+    empty array: form it). The rows past z.size are padding (zero columns of T, zero weights),
+    there to make the products' lengths a multiple of the vector width. Writes the weights into
+    w and the margins of the first z.size rows into z; returns the flops spent."""
     d, n = T.shape
+    rows = z.size
     p = np.full(n, 0.5)
     r = np.empty(n)
     grad = np.empty(d)
@@ -342,7 +349,10 @@ def _fit(T, s, y, reg, tol, certify, first, w, z, record):
         for i in range(n):
             norms[i] = math.sqrt(norms[i])
     w[:] = 0.0
-    z[:] = 0.0
+    margins = z
+    if n > rows:
+        margins = np.zeros(n)
+    margins[:] = 0.0
     keep = False
     last_norm = np.inf
     stalled = 0
@@ -364,8 +374,8 @@ def _fit(T, s, y, reg, tol, certify, first, w, z, record):
         if certify:
             bound = math.sqrt(two) + 1e-9
             settled = True
-            for i in range(n):
-                if not abs(z[i]) > norms[i] * bound + 1e-9:
+            for i in range(rows):
+                if not abs(margins[i]) > norms[i] * bound + 1e-9:
                     settled = False
                     break
             if settled:
@@ -389,7 +399,7 @@ def _fit(T, s, y, reg, tol, certify, first, w, z, record):
         _cho_solve(L, grad, step)
         _combine(T, step, dz)
         flops += 2.0 * n * d + 2.0 * d * d
-        t = _line_search(z, dz, w, step, grad, y, s, reg, p)
+        t = _line_search(margins, dz, w, step, grad, y, s, reg, p)
         # no step of measurable length lowers the objective twice running: the weights are at
         # its rounding floor (a gradient entry stays near the tolerance); stop there
         stalled = stalled + 1 if t < STALL_LENGTH and largest >= last_norm else 0
@@ -398,9 +408,11 @@ def _fit(T, s, y, reg, tol, certify, first, w, z, record):
         for j in range(d):
             w[j] -= t * step[j]
         for i in range(n):
-            z[i] -= t * dz[i]
+            margins[i] -= t * dz[i]
         keep = True
         last_norm = largest
+    if n > rows:
+        z[:] = margins[:rows]
     record[STEPS] = max(record[STEPS], steps)
     return flops
 
@@ -420,23 +432,27 @@ def solve_columns(XT, sets, gram, y, reg, tol, certify, W, Z, record):
     n_fits, k = sets.shape
     n = XT.shape[1]
     d = k + 1
-    T = np.empty((d, n), dtype=XT.dtype)
-    T[k] = 1.0
-    s = np.ones(n)
+    padded = -(-n // PAD) * PAD
+    T = np.zeros((d, padded), dtype=XT.dtype)
+    T[k, :n] = 1.0
+    s = np.zeros(padded)
+    s[:n] = 1.0
+    labels = np.zeros(padded)
+    labels[:n] = y
     first = np.empty((0, 0), dtype=np.float32)
     idx = np.empty(d, dtype=np.int64)
     idx[k] = XT.shape[0]
     flops = 0.0
     for f in range(n_fits):
         for j in range(k):
-            T[j] = XT[sets[f, j]]
+            T[j, :n] = XT[sets[f, j]]
             idx[j] = sets[f, j]
         if gram.shape[0] > 0:
             first = np.empty((d, d), dtype=np.float32)
             for a in range(d):
                 for b in range(d):
                     first[a, b] = gram[idx[a], idx[b]]
-        flops += _fit(T, s, y, reg, tol[f], certify, first, W[f], Z[f], record)
+        flops += _fit(T, s, labels, reg, tol[f], certify, first, W[f], Z[f], record)
     return flops
 
 
