@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import time
 
 import keras
 import numpy as np
@@ -265,3 +266,19 @@ def test_split_at_head_then_tail_is_the_port():
             np.testing.assert_array_equal(tail(head(x)).numpy(), whole.numpy())
     with pytest.raises(KerablError, match="not a step"):
         split_at(port, torch.nn.ReLU())
+
+
+def test_timed_calls_count_the_fastest_and_return_the_last_value():
+    from kerabl.bench.cases import _timed
+
+    pauses = iter([0.06, 0.01, 0.04])
+    calls = []
+
+    def call():
+        calls.append(next(pauses))
+        time.sleep(calls[-1])
+        return len(calls)
+
+    value, seconds = _timed(call, repeats=3)
+    assert value == 3 and len(calls) == 3
+    assert 0.01 <= seconds < 0.04

@@ -80,9 +80,9 @@ def probe_rate(floor_gflops: float, workers: int = 2, fits: int = FITS, repeats:
                floor_now: Callable[[], float] | None = None,
                cells: int | None = None) -> dict:
     """The probe row: `workers` processes each fitting `cells` cells (default: FITS_PER_ROUND
-    fits' worth) back to back at the same time, `repeats` rounds. A round's time is the span from the first worker's start to the last
-    one's end (what the workers did outside their timed span, making the cells and passing
-    results, is not the solver's). With `floor_now` (`kerabl.bench.flops.matmul_rate`) the floor
+    fits' worth) back to back at the same time, `repeats` rounds. A round's time is the span
+    from the first worker's start to the last one's end (what the workers did outside their
+    timed span, making the cells and passing results, is not the solver's). With `floor_now` (`kerabl.bench.flops.matmul_rate`) the floor
     is taken again just before each round, and a round's share is its rate over that floor: a
     busy minute on a shared machine then slows both sides of the ratio. The median round is
     reported.

@@ -15,7 +15,6 @@ converted by `kerabl.convert.keras_to_torch`; no torchvision). Without torch the
 from __future__ import annotations
 
 import os
-import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -40,14 +39,11 @@ def tf_threads() -> int:
 
 def _fastest(fn: Callable[[], object], warm: Callable[[], object], repeats: int):
     """`warm()` once untimed, then `repeats` timed calls of `fn`: its last value and the fastest
-    call's seconds (the least disturbed by anything else on the machine)."""
+    call's seconds (`kerabl.bench.cases._timed`, as kerabl's side is timed)."""
+    from kerabl.bench.cases import _timed
+
     warm()
-    value, times = None, []
-    for _ in range(max(repeats, 1)):
-        start = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - start)
-    return value, min(times)
+    return _timed(fn, repeats)
 
 
 class TorchColumn:
@@ -133,9 +129,11 @@ class TorchColumn:
             return [torch.cat([tail(act[i:i + batch] * m) for i in range(0, n, batch)])
                     for m in masks]
 
-        outs, seconds = _fastest(lambda: run(len(act)), lambda: run(2), self.repeats)
+        # the ranks inside the timed call, as kerabl's `ranks` has them
+        ranks, seconds = _fastest(
+            lambda: np.stack([true_class_rank(o.numpy(), labels) for o in run(len(act))]),
+            lambda: run(2), self.repeats)
         tail_s = seconds / len(masks)
-        ranks = np.stack([true_class_rank(o.numpy(), labels) for o in outs])
         row = dict(layer=layer, cells=len(masks), head_s=head_s, tail_s=tail_s,
                    tail_cell_s=tail_s + head_s / GRID_CELLS,
                    same_ranks=float((ranks == fast["ranks"]).mean()),
@@ -145,10 +143,11 @@ class TorchColumn:
         if layer in self.hook_layers:
             ablator = TorchAblator(self.port, self.points[layer])
             mask = masks[0].numpy()
-            probs, hook_s = _fastest(lambda: ablator.outputs(x, mask),
-                                     lambda: ablator.outputs(x[:2], mask), self.repeats)
-            row.update(hook_cell_s=hook_s, hook_same_ranks=float(
-                (true_class_rank(probs, labels) == fast["ranks"][0]).mean()))
+            hook_ranks, hook_s = _fastest(
+                lambda: true_class_rank(ablator.outputs(x, mask), labels),
+                lambda: ablator.outputs(x[:2], mask), self.repeats)
+            row.update(hook_cell_s=hook_s,
+                       hook_same_ranks=float((hook_ranks == fast["ranks"][0]).mean()))
         return row
 
     def summary(self) -> dict:
