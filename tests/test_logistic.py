@@ -66,6 +66,22 @@ def test_column_design_equals_stacked_design():
         assert np.allclose(column_margins(X, sets, a), np.einsum("fnd,fd->fn", Xb, a))
 
 
+@pytest.mark.parametrize("n_other", [121, 127, 135, 136])
+def test_rows_padded_to_the_vector_width_change_nothing(n_other):
+    # fits on columns pad their rows with zero rows of weight 0 to a multiple of 16 (the stacked
+    # designs do not): 161, 167, 175 rows padded, 176 not
+    X, y = _cell(seed=6, n_other=n_other)
+    sets = _sets(X.shape[1], 20, 5, seed=7)
+    Xb = np.stack([_design(X, cols) for cols in sets])
+    a = solve_logistic(y, columns=(X, sets), penalise_intercept=True)
+    b = solve_logistic(y, stacked=Xb, penalise_intercept=True)
+    assert a.margins.shape == b.margins.shape == (5, y.size)
+    assert np.abs(a.weights - b.weights).max() < 1e-9
+    assert np.allclose(a.margins, np.einsum("fnd,fd->fn", Xb, a.weights))
+    signs = solve_logistic(y, columns=(X, sets), penalise_intercept=True, signs_only=True)
+    assert ((signs.margins > 0) == (b.margins > 0)).all()
+
+
 def test_row_weights_leave_rows_out():
     X, y = _cell(seed=5, units=15)
     Xb = _design(X, np.arange(15))[None]

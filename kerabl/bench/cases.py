@@ -30,7 +30,8 @@ GRID_CELLS = 16
 # Per network: the target layers timed (None: every default target; the rest are interpolated
 # by tail FLOPs in the extrapolation), those whose cells the authors' procedure also runs (None:
 # every timed layer), those whose bfloat16 tail is checked (None: the authors' layers), fast cells
-# timed per layer, and the Z layer (None: no Z case) with the units timed tail-only / full-forward.
+# timed per layer, the Z layer (None: no Z case) with the units timed tail-only / full-forward, and
+# the timed calls of each fast-engine and torch measurement, the fastest counting (default 1).
 PLANS = {
     "demo": dict(layers=None, paper_layers=None, fast_cells=16, z_layer="conv_5", z_tail=64,
                  z_full=8, repeats=3),
@@ -39,7 +40,7 @@ PLANS = {
     "alexnet": dict(layers=None, paper_layers=("conv_1", "conv_3", "conv_5", "dense_2"),
                     fast_cells=4, z_layer="conv_5", z_tail=32, z_full=3),
     "vgg16": dict(layers=None, paper_layers=("block3_conv1", "fc2"), fast_cells=1,
-                  z_layer="block5_conv3", z_tail=32, z_full=2),
+                  z_layer="block5_conv3", z_tail=32, z_full=2, repeats=2),
     "mobilenet_v2": dict(layers=("expanded_conv_project_BN", "block_5_add", "block_11_add",
                                  "block_16_project_BN"), paper_layers=None, fast_cells=4,
                          bf16_layers=("block_5_add",), z_layer=None),
