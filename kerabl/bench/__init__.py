@@ -27,7 +27,7 @@ import numpy as np
 
 from kerabl.bench.cases import STUDY_CLASSES, run_case
 from kerabl.bench.flops import MATMUL_SIZES, floor_line, matmul_floor, matmul_rate, onednn_enabled
-from kerabl.bench.probes import probe_line, probe_rate
+from kerabl.bench.probes import PROBE_ROUNDS, probe_line, probe_rate
 from kerabl.bench.report import (EXTRAPOLATION_COLUMNS, LEGEND, MAIN_COLUMNS, extrapolate,
                                  extrapolation_note, format_table, headline, table_rows, torch_tables,
                                  z_notes)
@@ -82,7 +82,7 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = No
     workers = os.cpu_count() or 1
     best_size = tuple(int(v) for v in max(floor["by_size"], key=floor["by_size"].get).split("x"))
     probe = probe_rate(floor["best_gflops"], workers=workers, fits=50 if quick else 200,
-                       repeats=3, floor_now=lambda: matmul_rate(best_size))
+                       repeats=PROBE_ROUNDS, floor_now=lambda: matmul_rate(best_size))
     extra = [] if quick else extrapolate(cases, workers)
     result = dict(machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
                                tensorflow=tf.__version__, onednn=onednn_enabled()),

@@ -29,6 +29,10 @@ SETTLE_S = 1.0
 # a round's share by a fifth.
 FITS_PER_ROUND = 800
 
+# Rounds of the bench's probe row, the median printed: single rounds of one run ranged from 18 to
+# 48 % of their floors on this shared machine, the medians of 3 from 24 to 30 %.
+PROBE_ROUNDS = 5
+
 
 def synthetic_cell(seed: int, rows: int = ROWS, units: int = UNITS,
                    n_target: int = TARGET_ROWS) -> tuple[np.ndarray, np.ndarray]:

@@ -16,9 +16,10 @@ not what a Python loop over 200 fits costs. Each fit, alone in the cache:
   curvature is 1/4, and the Hessian is a principal submatrix of one Gram matrix of [X 1] made
   once per cell. The Hessian is only the step's metric: its float32 rounding changes the path,
   not the optimum, which the float64 gradient fixes;
-- a factor is kept for the next step while each step at least halves the gradient's largest
-  entry (Shamanskii-style reuse; a step costs ~1/10 of a fresh Hessian and factor here, so reuse
-  pays sooner than in a solver whose steps are dearer);
+- a factor is kept for the next step while each step shrinks the gradient's largest entry to at
+  most 0.7 of the last (Shamanskii-style reuse; a step costs ~1/10 of a fresh Hessian and factor
+  here, so reuse pays sooner than in a solver whose steps are dearer: 0.7 took 8 % less time
+  than 0.5 on 40 real demo cells, 4 % fewer Hessians, the same predictions);
 - the step length: up to three 1-D Newton iterations on the objective along the direction (it
   is convex there), stopped where its slope is in [-0.3 |slope at 0|, 0] (a decrease, proven by
   convexity, without the exact minimum along the line: the next Newton step is cheaper than
@@ -43,7 +44,7 @@ from numba import njit
 
 C = 1.0                 # LogisticRegression's default inverse regularisation strength
 NEWTON_STEPS = 100
-KEEP_FACTOR = 0.5      # reuse a factor while each step shrinks the gradient at least this much
+KEEP_FACTOR = 0.7      # reuse a factor while each step shrinks the gradient at least this much
 LINE_ITERATIONS = 3     # 1-D Newton iterations of the line search, at most
 LINE_SLOPE = 0.3        # the line search stops where phi'(t) is in [-this * |phi'(0)|, 0]
 STALL_LENGTH = 1e-6     # a step shorter than this that leaves the gradient as large is a stall
