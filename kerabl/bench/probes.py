@@ -2,8 +2,9 @@
 
 - `probe_rate(floor_gflops, floor_now=...)`: synthetic cells (550 images, 256 units, the default
   200 fits of 100 units), 800 fits' worth back to back in each worker process, all workers at
-  once, as the study runs them; seconds per cell, cells per second, the floating-point rate the solver executed and its share
-  of the floor, taken again before each round. `probe_line(row)`: the printed row.
+  once, as the study runs them; seconds per cell, cells per second, the floating-point rate the
+  solver executed and its share of the floor, taken again before each round.
+  `probe_line(row)`: the printed row.
 
 Example:
     row = probe_rate(300.0, workers=2, floor_now=matmul_rate)
@@ -86,10 +87,10 @@ def probe_rate(floor_gflops: float, workers: int = 2, fits: int = FITS, repeats:
     """The probe row: `workers` processes each fitting `cells` cells (default: FITS_PER_ROUND
     fits' worth) back to back at the same time, `repeats` rounds. A round's time is the span
     from the first worker's start to the last one's end (what the workers did outside their
-    timed span, making the cells and passing results, is not the solver's). With `floor_now` (`kerabl.bench.flops.matmul_rate`) the floor
-    is taken again just before each round, and a round's share is its rate over that floor: a
-    busy minute on a shared machine then slows both sides of the ratio. The median round is
-    reported.
+    timed span, making the cells and passing results, is not the solver's). With `floor_now`
+    (`kerabl.bench.flops.matmul_rate`) the floor is taken again just before each round, and a
+    round's share is its rate over that floor: a busy minute on a shared machine then slows both
+    sides of the ratio. The median round is reported.
 
     Example:
         probe_rate(300.0, floor_now=matmul_rate)["floor_share"]
