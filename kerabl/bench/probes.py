@@ -59,7 +59,8 @@ def timed_cells(seeds: Sequence[int], fits: int = FITS) -> dict:
     floating-point operations and the Newton Hessians per fit.
 
     Example:
-        timed_cells([0, 1])["end"] - timed_cells([0, 1])["start"]     # seconds for two cells
+        span = timed_cells([0, 1])
+        span["end"] - span["start"]      # the solver's seconds for two cells
     """
     from kerabl.hayne.logistic import single_threaded, solve_logistic
 
