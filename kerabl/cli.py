@@ -50,42 +50,68 @@ def command(fn=None, **settings):
     def run(*args, **kwargs):
         from kerabl.validate import os_error_line
 
+        stop = _Stop()
         try:
-            with _terminate_as_interrupt():
+            with stop.catching():
                 return fn(*args, **kwargs)
-        except KerablError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
-        except OSError as err:
-            typer.echo(f"error: {os_error_line(err)}", err=True)
-            raise typer.Exit(2) from None
+        except Exception as err:
+            if stop.received:  # the interrupt, turned into another error by the library it hit
+                _interrupted()
+            if isinstance(err, KerablError):
+                typer.echo(f"error: {err}", err=True)
+                raise typer.Exit(2) from None
+            if isinstance(err, OSError):
+                typer.echo(f"error: {os_error_line(err)}", err=True)
+                raise typer.Exit(2) from None
+            raise
         except KeyboardInterrupt:
-            typer.echo("interrupted: finished work is kept; rerun the same command to resume",
-                       err=True)
-            raise typer.Exit(130) from None
+            _interrupted()
         finally:
             _forget_inputs()  # a model file may change between two commands of a process
     return app.command(**settings)(run)
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (what a batch scheduler sends) raises KeyboardInterrupt, as Ctrl-C does."""
-    import signal
-    import threading
+def _interrupted():
+    typer.echo("interrupted: finished work is kept; rerun the same command to resume", err=True)
+    raise typer.Exit(130) from None
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
-    def interrupt(signum, frame):
+class _Stop:
+    """Ctrl-C and SIGTERM (what a batch scheduler sends) raise KeyboardInterrupt in the main
+    thread while a command runs, and are remembered: a library that catches the interrupt where
+    it lands (TensorFlow does, while it traces a function) and raises another error instead still
+    ends the command as an interrupt, never with a traceback.
+
+    Example:
+        stop = _Stop()
+        with stop.catching():
+            work()              # a signal here raises KeyboardInterrupt; stop.received is True
+    """
+
+    def __init__(self):
+        self.received = False
+
+    def _interrupt(self, signum, frame):
+        self.received = True
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    @contextlib.contextmanager
+    def catching(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        # Ctrl-C too, unless something other than Python's own handler listens to it
+        signums = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT)
+                                      is signal.default_int_handler else [])
+        previous = {s: signal.signal(s, self._interrupt) for s in signums}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 @app.callback()

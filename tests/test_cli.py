@@ -176,6 +176,39 @@ def test_reproduce_draws_the_h_figures_beside_the_z_study(tmp_path, one_process)
     assert "fig2b_deficit_grids.png" in names[0] and "z_attributes.png" in names[0]
 
 
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_an_interrupt_a_library_turns_into_another_error_still_ends_as_an_interrupt(
+        tmp_path, monkeypatch, signum):
+    """TensorFlow catches a KeyboardInterrupt that lands while it traces a function and raises
+    a TypeError instead; the command must still end with the interrupt's line and status 130."""
+    import os
+    import signal
+    import time
+
+    import kerabl.cli_tools
+
+    def swallowing(path, send=True):
+        try:
+            if send:
+                os.kill(os.getpid(), getattr(signal, signum))
+            time.sleep(2)  # the handler runs here
+        except KeyboardInterrupt:
+            raise TypeError("Failed to convert elements of (None, 512) to Tensor") from None
+        raise TypeError("a genuine bug")
+
+    monkeypatch.setattr(kerabl.cli_tools, "results_kind", swallowing)
+    result = invoke("export", tmp_path / "h_results.h5", "--out", tmp_path / "r.csv")
+    assert result.exit_code == 130, (result.output, result.exception)
+    assert result.stderr.strip() == ("interrupted: finished work is kept; rerun the same "
+                                     "command to resume")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    monkeypatch.setattr(kerabl.cli_tools, "results_kind", lambda path: swallowing(path, False))
+    result = invoke("export", tmp_path / "h_results.h5", "--out", tmp_path / "r.csv")
+    assert result.exit_code == 1 and str(result.exception) == "a genuine bug"
+
+
 def test_reproduce_killed_midway_then_rerun_equals_an_uninterrupted_run(tmp_path, monkeypatch,
                                                                        one_process):
     import numpy as np

@@ -272,7 +272,9 @@ def _partial_pairs(path: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_interrupted_study_resumes_to_an_uninterrupted_run(images, tmp_path, sig):
+def test_interrupted_study_resumes_to_an_uninterrupted_run(tmp_path, sig):
+    # 8 classes x 4 layers: the pairs after the first one outlast the signal's way to the run
+    images = write_digits(tmp_path / "synsets", classes=range(8))
     args = ["--images", images, "--class-index", images.with_suffix(".json"), "--model", "demo",
             *SMALL[:-4], "--workers", "2",
             "--layers", "conv_3,conv_4,conv_5,dense_2", "--preprocess", "none"]
@@ -288,7 +290,8 @@ def test_interrupted_study_resumes_to_an_uninterrupted_run(images, tmp_path, sig
 
     code = _stop_when(proc, ready, sig)
     if sig == signal.SIGTERM:
-        assert code == 130 and "interrupted" in proc.stderr.read()
+        err = proc.stderr.read()
+        assert code == 130 and "interrupted" in err, (code, err[-3000:])
     time.sleep(2)
     assert workers and not [w for w in workers if Path(f"/proc/{w}").exists()
                             and "zombie" not in Path(f"/proc/{w}/status").read_text()]
