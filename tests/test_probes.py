@@ -78,6 +78,24 @@ def test_rsa_against_scipy(seed):
     assert tau > 0                                 # target images are closer to each other
 
 
+def test_float32_cells_score_as_their_float64_copies_and_are_left_unchanged():
+    """The held-out probe converts only its drawn columns and the RSA centres its own copy:
+    a float32 cell gives bit for bit the scores of its float64 copy, and neither is written."""
+    X, y = problem(4, n=110, units=150, signal=0.5)
+    X32 = np.maximum(X, 0).astype(np.float32)
+    X64, before = X32.astype(np.float64), X32.copy()
+    assert heldout_probe_score(X32, y, max_units=40, seed=2) == heldout_probe_score(
+        X64, y, max_units=40, seed=2)
+    for matrix in ("upper", "full"):
+        tau, rho = rsa_scores(X32, y, matrix)
+        assert (tau, rho) == rsa_scores(X64, y, matrix) and tau > 0
+    flat = X32.copy()
+    flat[5] = 0.0                                  # a zero-variance row (upper: correlation 0)
+    assert rsa_scores(flat, y) == rsa_scores(flat.astype(np.float64), y)
+    np.testing.assert_array_equal(X32, before)
+    np.testing.assert_array_equal(X64, before.astype(np.float64))
+
+
 def tight_predictions(X, y, draws):
     return np.stack([LogisticRegression(tol=1e-10, max_iter=10000).fit(X[:, c], y).predict(X[:, c])
                      for c in draws])

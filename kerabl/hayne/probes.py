@@ -221,14 +221,15 @@ def heldout_probe_score(X, y, *, folds: int = 5, max_units: int = 100, seed: int
             stops at tol 1e-4, so a test image very close to the boundary can now and then be
             predicted differently, moving the fold score by 1/(2 * class count).
     """
-    X, y = _check_xy(X, y)
+    X, y = _check_xy(X, y, as_float64=False)
     _check_solver(solver)
     cv = stratified_folds(y, folds, seed)
     cols = _column_draws(X.shape[1], 1, max_units, seed)[0]
+    X = np.asarray(X[:, cols], dtype=np.float64)    # the drawn columns only (exact either way)
     if solver == "sklearn":
-        return _heldout_sklearn(X[:, cols], y, cv)
+        return _heldout_sklearn(X, y, cv)
     splits = list(cv.split(X, y))
-    Xb, train = _standardised_folds(X[:, cols], splits)
+    Xb, train = _standardised_folds(X, splits)
     pred = solve_logistic(y, stacked=Xb, sample_weight=train).margins > 0
     scores = [balanced_accuracy(y[test], pred[f, test]) for f, (_, test) in enumerate(splits)]
     return float(np.mean(scores))
@@ -285,10 +286,12 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
 
 def _upper_correlation(X: np.ndarray) -> np.ndarray:
     """Pearson correlation between rows, upper triangle filled (one BLAS syrk, one thread);
-    a zero-variance row has correlation 0 with every row."""
-    centred = X - X.mean(1, keepdims=True)
-    norm = np.sqrt((centred ** 2).sum(1))
-    unit = centred / np.where(norm > 0, norm, 1.0)[:, None]    # a zero row stays zero
+    a zero-variance row has correlation 0 with every row. X is read, never written: the
+    centring and scaling run in place on one float64 copy."""
+    unit = np.array(X, dtype=np.float64)
+    unit -= unit.mean(1, keepdims=True)
+    norm = np.sqrt((unit ** 2).sum(1))
+    unit /= np.where(norm > 0, norm, 1.0)[:, None]    # a zero row stays zero
     with one_blas_thread():
         return blas.dsyrk(1.0, unit.T, trans=1)
 
@@ -337,9 +340,9 @@ def rsa_scores(X, y, matrix: str = "upper") -> tuple[float, float]:
     """
     if matrix not in RSA_MATRICES:
         raise KerablError(f"unknown srs matrix {matrix!r}; use 'upper' or 'full'")
-    X, y = _check_xy(X, y)
+    X, y = _check_xy(X, y, as_float64=False)
     if matrix == "full":
-        return _full_matrix_rsa(X, y)
+        return _full_matrix_rsa(np.asarray(X, dtype=np.float64), y)
     iu = _upper_pairs(len(y))
     a = 1.0 - _upper_correlation(X)[iu]
     b = ~((y[iu[0]] == 1) & (y[iu[1]] == 1))
