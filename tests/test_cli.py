@@ -191,7 +191,7 @@ def test_an_interrupt_a_library_turns_into_another_error_still_ends_as_an_interr
         try:
             if send:
                 os.kill(os.getpid(), getattr(signal, signum))
-            time.sleep(2)  # the handler runs here
+                time.sleep(2)  # the handler runs here at the latest
         except KeyboardInterrupt:
             raise TypeError("Failed to convert elements of (None, 512) to Tensor") from None
         raise TypeError("a genuine bug")

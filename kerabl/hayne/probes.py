@@ -303,7 +303,7 @@ def image_rdm(X) -> np.ndarray:
     Example:
         image_rdm([[1, 2, 3], [3, 2, 1]])   # [[0, 2], [2, 0]]
     """
-    corr = np.triu(_upper_correlation(np.asarray(X, dtype=np.float64)), 1)
+    corr = np.triu(_upper_correlation(X), 1)    # it makes its own float64 copy
     return 1.0 - (corr + corr.T) - np.eye(len(corr))
 
 
