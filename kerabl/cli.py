@@ -117,10 +117,12 @@ class _Stop:
 @app.callback()
 def _options(verbose: Annotated[bool, typer.Option(
         help="Show TensorFlow's own log output (start-up lines, warnings).")] = False) -> None:
-    """Quiet TensorFlow unless --verbose (set before TensorFlow is imported; a value the user
-    set in TF_CPP_MIN_LOG_LEVEL is kept)."""
+    """Quiet TensorFlow unless --verbose, and its oneDNN kernels on (both set before TensorFlow
+    is imported; values the user set in TF_CPP_MIN_LOG_LEVEL or TF_ENABLE_ONEDNN_OPTS are kept)."""
+    from kerabl.validate import onednn_by_default, quiet_tensorflow
+
+    onednn_by_default()
     if not verbose:
-        from kerabl.validate import quiet_tensorflow
         quiet_tensorflow()
 
 

@@ -189,6 +189,21 @@ def quiet_tensorflow() -> None:
         lambda record: "triggered tf.function retracing" not in record.getMessage())
 
 
+def onednn_by_default() -> None:
+    """TensorFlow's oneDNN CPU kernels on, unless the user set TF_ENABLE_ONEDNN_OPTS (then it is
+    kept). Called by the `kerabl` command before TensorFlow is imported; child processes inherit it.
+
+    Example:
+        onednn_by_default()   # then import tensorflow: oneDNN on, whatever the CPU
+
+    TensorFlow turns oneDNN on by itself only on CPUs with AVX-512 VNNI, bfloat16 or AMX; on an
+    AVX2 CPU it runs its own kernels, whose float32 matmul reaches about half the machine's
+    rate on 2 cores (`kerabl bench` prints which ran). Results differ from those kernels' by
+    float rounding only (the README's Speed section gives the demo's differences).
+    """
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
 def import_tensorflow() -> None:
     """Import TensorFlow and start its CPU device; with TF_CPP_MIN_LOG_LEVEL 3 the C++ lines
     it writes while starting (absl's, which ignore that level) are dropped.

@@ -63,21 +63,24 @@ def test_shortcut_flops_equal_the_hand_count():
 def _measured_h() -> dict:
     """A measured H case: targets a, b, c with tails of 10, 5 and 0 GFLOP; a and c timed."""
     return dict(targets=["a", "b", "c"], target_tail_gflop=[10.0, 5.0, 0.0], paper_cell_s=8.0,
-                paper=[dict(layer="a", cell_s=8.0)],
-                layers=[dict(layer="c", head_s=32.0, tail_s=0.0, cell_s=2.0),
-                        dict(layer="a", head_s=16.0, tail_s=4.0, cell_s=5.0)])
+                paper=[dict(layer="a", cell_s=8.0)], record_s=36.0,
+                layers=[dict(layer="c", head_s=32.0, tail_s=0.0, cell_s=2.0, pair_input_s=8.0,
+                             study_cell_s=0.5),
+                        dict(layer="a", head_s=16.0, tail_s=3.2, cell_s=4.2, pair_input_s=16.0,
+                             study_cell_s=4.4)])
 
 
 def test_untimed_targets_are_interpolated_in_tail_flops():
-    # b, halfway in tail FLOPs: head (16 + 32) / 2 = 24 -> 24 / 16 = 1.5 per cell, tail 2.0
-    assert fast_cell_over_targets(_measured_h()) == pytest.approx((5.0 + 3.5 + 2.0) / 3)
+    # b, halfway in tail FLOPs: tail 1.6 x 17 / 16 = 1.7, pair input (16 + 8) / 2 / 16 = 0.75
+    assert fast_cell_over_targets(_measured_h()) == pytest.approx((4.4 + 2.45 + 0.5) / 3)
 
 
-def test_extrapolation_counts_cells_probes_and_workers():
+def test_extrapolation_counts_cells_recording_probes_and_workers():
     cases = {"vgg16": dict(h=_measured_h(), probe=dict(mean_cell_s=1.8))}
     (row,) = extrapolate(cases, workers=2)
     assert row["cells"] == 8 * 3 * 16 == 384
-    assert row["fast_h"] == pytest.approx(384 * 3.5 / 3600)
+    assert row["record_h"] == pytest.approx(8 * 36.0 / 3600)
+    assert row["fast_h"] == pytest.approx(384 * 2.45 / 3600 + row["record_h"])
     assert row["probe_h"] == pytest.approx(384 * 1.8 / 2 / 3600)
     assert row["total_h"] == pytest.approx(row["fast_h"] + row["probe_h"])
     assert row["paper_h"] == pytest.approx(384 * 8.0 / 3600)
@@ -192,6 +195,11 @@ def test_quick_bench_writes_the_table(tmp_path):
     assert list(stored["cases"]) == ["demo"]
     h, z = stored["cases"]["demo"]["h"], stored["cases"]["demo"]["z"]
     assert h["same_ranks"] == 1.0 and h["traces"] == 1
+    assert h["record_s"] > 0    # the study's activation cache, one class recorded
+    for row in h["layers"]:     # every demo target is a cut point: the study reads the cache
+        assert row["pair_input"] == "cache read" and row["pair_input_s"] > 0
+        assert row["study_cell_s"] == pytest.approx(row["tail_s"] * 17 / 16
+                                                    + row["pair_input_s"] / 16)
     assert h["fast_cell_s"] > 0 and h["paper_cell_s"] > 0 and z["ratio"] > 0
     assert z["shortcut"] == "dense_1" and z["same_preds"] == 1.0 and z["traces"] == 1
     floor = stored["floor"]

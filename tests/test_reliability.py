@@ -330,3 +330,18 @@ def test_commands_that_build_models_start_quietly():
                           capture_output=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert done.returncode == 0 and "7 default targets" in done.stdout
     assert done.stderr == ""   # no oneDNN / CUDA / cpu_feature_guard lines
+
+
+@pytest.mark.parametrize("setting", [None, "0"])
+def test_commands_run_onednn_unless_the_user_turned_it_off(setting):
+    # TensorFlow itself turns oneDNN on only on CPUs with AVX-512 VNNI / AMX; kerabl asks for it
+    # everywhere, and keeps a TF_ENABLE_ONEDNN_OPTS the user set
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    done = subprocess.run([sys.executable, "-m", "kerabl", "--verbose", "layers", "demo"],
+                          text=True, capture_output=True, env={**env, "PYTHONPATH": str(ROOT)},
+                          timeout=120)
+    assert done.returncode == 0 and "7 default targets" in done.stdout
+    assert ("oneDNN custom operations are on" in done.stderr) == (setting is None), done.stderr

@@ -38,7 +38,7 @@ PLANS = {
     "demo-quick": dict(layers=None, paper_layers=("conv_1", "conv_4", "dense_2"), fast_cells=4,
                        z_layer="conv_5", z_tail=32, z_full=4, repeats=3),
     "alexnet": dict(layers=None, paper_layers=("conv_1", "conv_3", "conv_5", "dense_2"),
-                    fast_cells=4, z_layer="conv_5", z_tail=32, z_full=3),
+                    fast_cells=16, z_layer="conv_5", z_tail=32, z_full=3),
     "vgg16": dict(layers=None, paper_layers=("block3_conv1", "fc2"), fast_cells=1,
                   z_layer="block5_conv3", z_tail=32, z_full=2, repeats=2),
     "mobilenet_v2": dict(layers=("expanded_conv_project_BN", "block_5_add", "block_11_add",
@@ -113,10 +113,21 @@ def sample_masks(net, layer: str, n: int) -> np.ndarray:
 
 
 def _h_layer(net, layer: str, images: np.ndarray, labels: np.ndarray, n_fast: int,
-             repeats: int = 1) -> dict:
-    """Fast-engine timings of one layer: build, per-class head, per-cell tail (head and tail:
-    the fastest of `repeats` timed calls, as the torch column times its side)."""
+             repeats: int = 1, cache=None, pair_rows: int = 0) -> dict:
+    """Fast-engine timings of one layer: build, per-class head, per-copy tail (head and tail:
+    the fastest of `repeats` timed calls, as the torch column times its side).
+
+    The timed call is the H study's: `baseline_and_ablated_ranks`, the `n_fast` cells' masks and
+    the all-ones baseline through the tail in one call, so `tail_s` is seconds per masked copy.
+    `cell_s` = head / 16 + tail (a class's head shared by its cells; the rows and the torch
+    column compare it); `study_cell_s` is what a cell costs in `run_h_study`: 17 / 16 tails
+    (its pair's 16 cells and baseline) and 1 / 16 of the pair's input, which for a cut point is
+    the activation cache read of `pair_rows` rows (`cache`: timed on this class's rows, scaled
+    up) and otherwise the head on the class's images.
+    """
     from kerabl.engine import TailAblator
+    from kerabl.graph import is_cut_point
+    from kerabl.hayne.ablation import baseline_and_ablated_ranks
 
     masks = sample_masks(net, layer, n_fast)
 
@@ -128,11 +139,18 @@ def _h_layer(net, layer: str, images: np.ndarray, labels: np.ndarray, n_fast: in
 
     ablator, build_s = _timed(build)
     _, head_s = _timed(lambda: ablator.set_images(images), repeats)
-    ranks, sweep_s = _timed(lambda: ablator.ranks(masks, labels), repeats)
-    tail_s = sweep_s / n_fast
+    (_, ranks), sweep_s = _timed(lambda: baseline_and_ablated_ranks(ablator, masks, labels),
+                                 repeats)
+    tail_s = sweep_s / (n_fast + 1)
     flops = tail_flops(net.model, layer) * len(images)
+    pair_input_s, pair_input = head_s, "head"
+    if cache is not None and is_cut_point(net.model, layer):
+        pair_input = "cache read"
+        pair_input_s = _timed(lambda: cache.read(layer), repeats)[1] * pair_rows / len(images)
     return dict(layer=layer, build_s=build_s, head_s=head_s, tail_s=tail_s,
                 cell_s=head_s / GRID_CELLS + tail_s, tail_gflops=flops / tail_s / 1e9,
+                pair_input=pair_input, pair_input_s=pair_input_s,
+                study_cell_s=tail_s * (GRID_CELLS + 1) / GRID_CELLS + pair_input_s / GRID_CELLS,
                 traces=ablator.traces, ranks=ranks, masks=masks, ablator=ablator)
 
 
@@ -187,9 +205,12 @@ def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], Non
         authors_cell(net.name, weights, imageset, rows, paper_layers[0],
                      sample_masks(net, paper_layers[0], 1)[0], labels, net.input_size,
                      net.preprocess)  # untimed: warms oneDNN at the full network's shapes
+        cache, record_s = _recorded_class(net, imageset, rows, Path(tmp) / "activations.h5")
+        log(f"  {net.name}: activation cache of {len(rows)} images x {len(net.targets)} targets "
+            f"recorded in {record_s:.2f} s")
         for layer in timed_layers:
             fast = _h_layer(net, layer, images, labels, plan["fast_cells"],
-                            plan.get("repeats", 1))
+                            plan.get("repeats", 1), cache=cache, pair_rows=PROBE_ROWS)
             log(f"  {net.name} {layer}: fast {fast['cell_s']:.3f} s/cell "
                 f"({fast['tail_gflops']:.0f} GFLOP/s in the tail)")
             if layer in paper_layers:
@@ -206,7 +227,19 @@ def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], Non
             layers.append({k: v for k, v in fast.items() if k not in ("ranks", "masks", "ablator")})
             if column is not None:
                 column.layer(layer, fast)
-    return _h_summary(net, len(rows), layers, paper, bf16)
+        cache.close()
+    return dict(_h_summary(net, len(rows), layers, paper, bf16), record_s=record_s)
+
+
+def _recorded_class(net, imageset, rows: np.ndarray, path: Path):
+    """The study's activation cache of the images `rows` (one class) at every default target,
+    recorded into `path`, and the seconds it took (`run_h_study` records every image once)."""
+    from kerabl.activations import record_activations
+
+    label = int(np.asarray(imageset.labels)[rows[0]])
+    one_class = imageset.subset([label])
+    return _timed(lambda: record_activations(net, one_class, net.targets, path,
+                                             progress=False, log=lambda line: None))
 
 
 def _h_summary(net, n_images: int, layers: list, paper: list, bf16: list) -> dict:
