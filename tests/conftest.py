@@ -1,4 +1,5 @@
-"""Shared test setup: Keras's home in a temporary folder (nothing downloads), quiet TensorFlow,
+"""Shared test setup: Keras's home in a temporary folder (nothing downloads), quiet TensorFlow
+with oneDNN's kernels (as the command runs them),
 the path of the paper's image set (tests that need it skip when it is absent), and a process
 that holds an HDF5 file open."""
 
@@ -11,6 +12,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN's kernels, as the `kerabl` command runs them: tests compare in-process runs with command
+# runs in child processes, which must round alike
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="kerabl-keras-home-")
 
 HAYNE50 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-val-hayne50"
