@@ -102,7 +102,7 @@ def test_literal_values(tiny_model, tmp_path):
         np.testing.assert_allclose(cache.read("dense"), [[1.0, 1.0, 1.5]], atol=1e-6)
         with h5py.File(cache.path, "r") as f:
             np.testing.assert_array_equal(f["rows"]["0"][...], [0])
-            assert f["layers"]["conv"].compression == "lzf"
+            assert f["layers"]["conv"].compression is None    # read fast, pair after pair
 
 
 def _counting(monkeypatch):
@@ -191,7 +191,7 @@ def test_partial_cut_off_mid_write_starts_afresh(tiny_model, file_set, tmp_path,
         chunk = f["layers/conv"].id.get_chunk_info_by_coord((0, 0))
     with open(partial, "r+b") as raw:             # the chunk as a kill -9 mid-flush leaves it
         raw.seek(chunk.byte_offset)
-        raw.write(b"\xff" * chunk.size)
+        raw.write(np.random.default_rng(0).bytes(chunk.size // 2))
     messages = []
     resumed = _record(tiny_model, imageset, target, batch_size=2, preprocess="paper",
                       log=messages.append)
