@@ -206,8 +206,8 @@ def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], Non
                      sample_masks(net, paper_layers[0], 1)[0], labels, net.input_size,
                      net.preprocess)  # untimed: warms oneDNN at the full network's shapes
         cache, record_s = _recorded_class(net, imageset, rows, Path(tmp) / "activations.h5")
-        log(f"  {net.name}: activation cache of {len(rows)} images x {len(net.targets)} targets "
-            f"recorded in {record_s:.2f} s")
+        log(f"  {net.name}: recording the activation cache at {len(net.targets)} targets: "
+            f"{record_s:.2f} s per class of {len(rows)} images")
         for layer in timed_layers:
             fast = _h_layer(net, layer, images, labels, plan["fast_cells"],
                             plan.get("repeats", 1), cache=cache, pair_rows=PROBE_ROWS)
@@ -233,13 +233,23 @@ def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], Non
 
 def _recorded_class(net, imageset, rows: np.ndarray, path: Path):
     """The study's activation cache of the images `rows` (one class) at every default target,
-    recorded into `path`, and the seconds it took (`run_h_study` records every image once)."""
+    recorded into `path`, and what one more class adds to a recording (`run_h_study` records
+    every image once): seconds to record this class and the next, less this class's alone, so
+    that building and tracing the recording function count once, as in the study."""
     from kerabl.activations import record_activations
 
     label = int(np.asarray(imageset.labels)[rows[0]])
-    one_class = imageset.subset([label])
-    return _timed(lambda: record_activations(net, one_class, net.targets, path,
-                                             progress=False, log=lambda line: None))
+    two = [label] + [c for c in imageset.classes if c != label][:1]
+
+    def record(classes, where):
+        return record_activations(net, imageset.subset(classes), net.targets, where,
+                                  progress=False, log=lambda line: None)
+
+    record(two, path.with_name("warm-up.h5")).close()   # untimed: first-use costs
+    cache, one_s = _timed(lambda: record([label], path))
+    both, two_s = _timed(lambda: record(two, path.with_name("two-classes.h5")))
+    both.close()
+    return cache, two_s - one_s
 
 
 def _h_summary(net, n_images: int, layers: list, paper: list, bf16: list) -> dict:
@@ -388,21 +398,34 @@ def probe_cell_seconds(n_units: int, n_target: int = IMAGES_PER_CLASS,
 
 def probe_case(net, log: Callable[[str], None]) -> dict:
     """Probe seconds per cell for the smallest and largest cells of the default targets, and
-    their mean over the targets (linear in the cell's unit count between the two).
+    their mean over the targets (linear in the cell's unit count between the two), timed as the
+    study runs its probes: in as many spawned worker processes (no TensorFlow) as `run_h_study`
+    starts by default, all at once, the mean over them.
 
     Example:
         probe_case(load_network("demo"), print)["mean_cell_s"]
     """
+    from kerabl.hayne.study import worker_count, worker_pool
     from kerabl.masks import n_units
 
     cell_units = [n_units(net.model, t, "element") // GRID_CELLS for t in net.targets]
     sizes = sorted({min(cell_units), max(cell_units)})
-    probe_cell_seconds(min(sizes))    # untimed: imports, the compiled solver's load or first build
-    seconds = [probe_cell_seconds(n) for n in sizes]
+    workers = worker_count(None)
+    with worker_pool(workers) as pool:
+        runs = [pool.submit(_probe_seconds, sizes) for _ in range(workers)]
+        seconds = np.mean([run.result() for run in runs], axis=0).tolist()
     mean_s = float(np.mean(np.interp(cell_units, sizes, seconds)))
-    log(f"  {net.name} probes: " + ", ".join(f"{n} units {t:.2f} s" for n, t in
-                                              zip(sizes, seconds)) + " per cell")
-    return dict(cell_units=sizes, cell_s=seconds, mean_cell_s=mean_s, rows=PROBE_ROWS)
+    log(f"  {net.name} probes ({workers} workers at once): " + ", ".join(
+        f"{n} units {t:.2f} s" for n, t in zip(sizes, seconds)) + " per cell")
+    return dict(cell_units=sizes, cell_s=seconds, mean_cell_s=mean_s, rows=PROBE_ROWS,
+                workers=workers)
+
+
+def _probe_seconds(sizes: list[int]) -> list[float]:
+    """`probe_cell_seconds` of each size, after an untimed one (imports, the compiled solver's
+    load or first build); a worker process's task."""
+    probe_cell_seconds(min(sizes))
+    return [probe_cell_seconds(n) for n in sizes]
 
 
 def run_case(name: str, root: str | Path | None = None, quiet: bool = False,

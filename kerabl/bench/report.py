@@ -51,10 +51,11 @@ def extrapolate(cases: dict, workers: int) -> list[dict]:
 
     Per network: `STUDY_CLASSES` classes x its default targets x 16 cells. Fast engine: the
     mean over the targets of `fast_cell_over_targets` per cell, plus recording the activation
-    cache once (the one class recorded, times the classes); authors' procedure: the mean of its
-    timed cells (it rebuilds and runs the whole network whatever the layer); probes: the mean
-    probe seconds per cell over the targets, run by `workers` processes with the cores to
-    themselves (the sweep waits for a pair's probes, then ablates: total = fast + probes).
+    cache once (what one class adds to a recording, times the classes); authors' procedure: the
+    mean of its timed cells (it rebuilds and runs the whole network whatever the layer); probes:
+    the mean probe seconds per cell over the targets, as timed in `workers` processes at once,
+    divided among them (the sweep waits for a pair's probes, then ablates: total = fast +
+    probes).
     """
     rows = []
     for name, n_classes in STUDY_CLASSES.items():
@@ -91,12 +92,14 @@ def extrapolation_note(rows: Sequence[dict], workers: int) -> str:
             "scaled; the head where the layer is not a cut point); targets not timed get tail and "
             "input seconds interpolated in tail FLOPs between the timed ones"
             f"{' (timed: ' + sampled + ')' if sampled else ''}. fast h adds recording the "
-            "activation cache once (one class timed, times the classes). authors s/cell: mean of the timed "
+            "activation cache once (what a second class adds to a recording, times the classes). "
+            "authors s/cell: mean of the timed "
             "authors' cells. probe s/cell: cell_probe_scores with the default HConfig (200 fits "
             "of <= 100 units, 5-fold held-out, RSA over all the cell's units) on 550 random "
             "ReLU-like rows (11 classes x 50 images), timed on the smallest and largest cell of "
-            "the targets and interpolated in unit count; probe h assumes the default "
-            f"{workers} worker processes (os.cpu_count()) running in parallel with nothing else. "
+            "the targets and interpolated in unit count, in the default "
+            f"{workers} worker processes (os.cpu_count()) at once, as the study runs them; probe h "
+            f"= cells x probe s/cell / {workers}. "
             "total h = fast h + probe h (the sweep waits for a pair's probes, then ablates).")
 
 
