@@ -11,8 +11,9 @@ import pytest
 
 from kerabl.engine import _chunks, fast_tail, TailAblator
 from kerabl.masks import cell_masks
-from kerabl.bench import run_bench
-from kerabl.bench.cases import probe_case, probe_cell_seconds, random_cells
+from kerabl.bench import run_bench, spawned
+from kerabl.bench.cases import (probe_case, probe_cell_seconds, probe_seconds_in_workers,
+                                random_cells)
 from kerabl.models import load_network
 from kerabl.bench.probes import probe_line, probe_rate, timed_cells
 from kerabl.bench.flops import layer_flops, model_flops, shortcut_flops, tail_flops, target_tail_flops
@@ -306,3 +307,10 @@ def test_probe_cells_are_timed_in_the_study_s_workers_at_once():
     assert lines == [f"  demo probes ({probe['workers']} workers at once): "
                      f"{probe['cell_units'][0]} units {small:.2f} s, "
                      f"{probe['cell_units'][1]} units {large:.2f} s per cell"]
+
+
+def test_a_case_s_process_can_start_the_probe_workers():
+    # run_bench runs each case in a spawned process, and the case's probes start workers of
+    # their own: a daemonic (multiprocessing.Pool) process could not
+    (seconds,) = spawned(probe_seconds_in_workers, [20], 1)
+    assert 0 < seconds < 60

@@ -37,10 +37,20 @@ __all__ = ["run_bench"]
 
 def _in_subprocess(name: str, root: str | Path | None, quick: bool) -> dict:
     """`run_case` in a fresh spawned process, so that its peak memory is its own."""
-    import multiprocessing
+    return spawned(run_case, name, None if root is None else str(root), quick=quick)
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_case, (name, None if root is None else str(root)), dict(quick=quick))
+
+def spawned(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` in a fresh spawned process, which may start processes of its own
+    (a `multiprocessing.Pool` process is daemonic and could not start the probe workers).
+
+    Example:
+        spawned(run_case, "demo", quick=True)
+    """
+    from kerabl.hayne.study import worker_pool
+
+    with worker_pool(1) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
 
 
 def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = None,

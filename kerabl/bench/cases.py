@@ -405,20 +405,32 @@ def probe_case(net, log: Callable[[str], None]) -> dict:
     Example:
         probe_case(load_network("demo"), print)["mean_cell_s"]
     """
-    from kerabl.hayne.study import worker_count, worker_pool
+    from kerabl.hayne.study import worker_count
     from kerabl.masks import n_units
 
     cell_units = [n_units(net.model, t, "element") // GRID_CELLS for t in net.targets]
     sizes = sorted({min(cell_units), max(cell_units)})
     workers = worker_count(None)
-    with worker_pool(workers) as pool:
-        runs = [pool.submit(_probe_seconds, sizes) for _ in range(workers)]
-        seconds = np.mean([run.result() for run in runs], axis=0).tolist()
+    seconds = probe_seconds_in_workers(sizes, workers)
     mean_s = float(np.mean(np.interp(cell_units, sizes, seconds)))
     log(f"  {net.name} probes ({workers} workers at once): " + ", ".join(
         f"{n} units {t:.2f} s" for n, t in zip(sizes, seconds)) + " per cell")
     return dict(cell_units=sizes, cell_s=seconds, mean_cell_s=mean_s, rows=PROBE_ROWS,
                 workers=workers)
+
+
+def probe_seconds_in_workers(sizes: list[int], workers: int) -> list[float]:
+    """`probe_cell_seconds` of each size in `workers` spawned processes at once, the mean over
+    them (each after an untimed cell).
+
+    Example:
+        probe_seconds_in_workers([256, 18150], 2)   # e.g. [0.09, 0.43]
+    """
+    from kerabl.hayne.study import worker_pool
+
+    with worker_pool(workers) as pool:
+        runs = [pool.submit(_probe_seconds, sizes) for _ in range(workers)]
+        return np.mean([run.result() for run in runs], axis=0).tolist()
 
 
 def _probe_seconds(sizes: list[int]) -> list[float]:
