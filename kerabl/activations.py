@@ -78,7 +78,8 @@ def _row_runs(rows: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(p), int(rows[p]), int(n)) for p, n in zip(starts, lengths)]
 
 
-def _read_rows(ds, rows: np.ndarray | None, c0: int, c1: int) -> np.ndarray:
+def _read_rows(ds, rows: np.ndarray | None, c0: int, c1: int,
+               out: np.ndarray | None = None) -> np.ndarray:
     """ds[rows, c0:c1] for `rows` in the given order (None = all), decompressing each chunk once.
 
     HDF5 decompresses a whole chunk to read any row of it, and a chunk larger than its chunk
@@ -86,10 +87,15 @@ def _read_rows(ds, rows: np.ndarray | None, c0: int, c1: int) -> np.ndarray:
     paper's validation order) would decode each chunk once per run of rows in it (85 times per
     read on the demo). So each row block of chunks that holds a wanted row is read once into a
     buffer and the wanted rows copied out; runs of whole blocks are read straight into the
-    result. A contiguous (unchunked) dataset is read one run of consecutive rows at a time."""
-    if rows is None:
+    result. A contiguous (unchunked) dataset is read one run of consecutive rows at a time.
+    `out`: the (rows, c1 - c0) array of the dataset's dtype to read into (default a new one)."""
+    if rows is None and out is None:
         return ds[:, c0:c1]
-    out = np.empty((rows.size, c1 - c0), ds.dtype)
+    if rows is None:
+        ds.read_direct(out, np.s_[:, c0:c1])
+        return out
+    if out is None:
+        out = np.empty((rows.size, c1 - c0), ds.dtype)
     if ds.chunks is None:
         for pos, first, length in _row_runs(rows):
             ds.read_direct(out, np.s_[first:first + length, c0:c1], np.s_[pos:pos + length])
@@ -177,20 +183,25 @@ class ActivationCache:
         self._dataset(layer)
         return tuple(self.attrs["layer_shapes"][layer])
 
-    def read(self, layer: str, rows=None, cols=None) -> np.ndarray:
+    def read(self, layer: str, rows=None, cols=None, out: np.ndarray | None = None) -> np.ndarray:
         """Activations of `layer` as float32 (len(rows), len(cols)), in the order given.
 
         Example:
             x = cache.read("conv_5", rows=[10, 3], cols=np.arange(100))   # row 10 first
+            cache.read("conv_1", rows=rows, out=block)     # into a float32 (len(rows), units) array
 
         Args:
             layer: a layer name of the cache.
             rows, cols: index arrays (any order, repeats allowed), boolean masks, slices, or
                 None for all.
+            out: a C-contiguous float32 array of the result's shape to read into (all columns
+                only); it is returned.
         """
         ds = self._dataset(layer)
         rows = _as_index(_mask_to_index(rows), ds.shape[0], "row")
         cols = _as_index(_mask_to_index(cols), ds.shape[1], "column")
+        if out is not None:
+            return self._read_into(ds, rows, cols, out)
         if cols is None:
             out = _read_rows(ds, rows, 0, ds.shape[1])
         elif _is_range(cols):
@@ -207,6 +218,18 @@ class ActivationCache:
             if not _is_range(col_inv) or col_inv.size != col_set.size:
                 out = out[:, col_inv]
         return np.asarray(out, dtype=np.float32)
+
+    @staticmethod
+    def _read_into(ds, rows, cols, out: np.ndarray) -> np.ndarray:
+        shape = (ds.shape[0] if rows is None else rows.size, ds.shape[1])
+        if cols is not None or out.shape != shape or out.dtype != np.float32 \
+                or not out.flags.c_contiguous:
+            raise KerablError(f"out= takes all columns into a C-contiguous float32 array of shape "
+                              f"{shape}; got {out.dtype} {out.shape}")
+        if ds.dtype == np.float32:
+            return _read_rows(ds, rows, 0, ds.shape[1], out=out)
+        out[...] = _read_rows(ds, rows, 0, ds.shape[1])
+        return out
 
     def column_blocks(self, layer: str, block: int = 65536,
                       rows=None) -> Iterator[tuple[slice, np.ndarray]]:
@@ -449,8 +472,8 @@ def _last_rows_readable(f, layers: Sequence[str]) -> bool:
     it wrote that block's chunks leaves them failing their checksum (or, in files written
     lzf-compressed, undecodable), and resuming would have to read them (HDF5 rewrites a partly
     filled chunk by reading it first)."""
-    done = int(f.attrs["rows_done"])
     try:
+        done = int(f.attrs["rows_done"])     # a file killed before its first flush may lack it
         for layer in layers:
             ds = f["layers"][layer]
             start = (max(done, 1) - 1) // ds.chunks[0] * ds.chunks[0]

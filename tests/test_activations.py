@@ -202,6 +202,30 @@ def test_partial_cut_off_mid_write_starts_afresh(tiny_model, file_set, tmp_path,
     resumed.close()
 
 
+def test_partial_killed_before_its_first_flush_starts_afresh(tiny_model, file_set, tmp_path,
+                                                             monkeypatch):
+    """A process killed before HDF5 flushed its attributes can leave a `.partial` whose
+    fingerprint reads back but whose `rows_done` does not: the rerun starts afresh."""
+    imageset, _ = file_set
+    whole = _record(tiny_model, imageset, tmp_path / "whole.h5", batch_size=2, preprocess="paper")
+    target = tmp_path / "cut.h5"
+    monkeypatch.setattr(data, "load_image_cv2", _raise_on_call(data.load_image_cv2, 5))
+    with pytest.raises(KerablError):
+        _record(tiny_model, imageset, target, batch_size=2, preprocess="paper")
+    monkeypatch.undo()
+    partial = Path(str(target) + ".partial")
+    with h5py.File(partial, "r+") as f:
+        del f.attrs["rows_done"]
+    messages = []
+    resumed = _record(tiny_model, imageset, target, batch_size=2, preprocess="paper",
+                      log=messages.append)
+    assert "cut off mid-write" in messages[0] and "afresh" in messages[0]
+    for layer in ("conv", "dense"):
+        np.testing.assert_array_equal(resumed.read(layer), whole.read(layer))
+    whole.close()
+    resumed.close()
+
+
 def test_partial_with_other_arguments_starts_afresh(tiny_model, file_set, tmp_path,
                                                     monkeypatch):
     imageset, _ = file_set
@@ -248,6 +272,15 @@ def test_reads_by_rows_cols_and_blocks_agree(tiny_model, memory_set, tmp_path, m
                                    rtol=1e-6)
         with pytest.raises(KerablError, match="not in cache"):
             cache.read("nope")
+        for which in (rows, None):      # into a given array: the same values, that array
+            into = np.full(full[which if which is not None else slice(None)].shape, np.nan,
+                           dtype=np.float32)
+            assert cache.read("conv", rows=which, out=into) is into
+            np.testing.assert_array_equal(into, cache.read("conv", rows=which))
+        with pytest.raises(KerablError, match="out= takes all columns"):
+            cache.read("conv", rows=rows, out=np.empty((3, full.shape[1]), np.float32))
+        with pytest.raises(KerablError, match="out= takes all columns"):
+            cache.read("conv", cols=cols, out=np.empty((len(full), cols.size), np.float32))
 
 
 class _CountingDataset:

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from kerabl.engine import _chunks, fast_tail, TailAblator
-from kerabl.masks import cell_masks
+from kerabl.masks import cell_masks, n_units
 from kerabl.bench import run_bench, spawned
-from kerabl.bench.cases import (probe_case, probe_cell_seconds, probe_seconds_in_workers,
-                                random_cells)
+from kerabl.bench.cases import (probe_case, probe_cell_seconds, probe_stage_seconds, random_cells,
+                                stage_seconds_by_width)
 from kerabl.models import load_network
 from kerabl.bench.probes import probe_line, probe_rate, timed_cells
 from kerabl.bench.flops import layer_flops, model_flops, shortcut_flops, tail_flops, target_tail_flops
-from kerabl.bench.report import extrapolate, fast_cell_over_targets, format_table
+from kerabl.bench.report import extrapolate, extrapolation_note, fast_cell_over_targets, format_table
 from kerabl.errors import KerablError
 from kerabl.masks import lambda_masked_model
 
@@ -66,7 +66,7 @@ def test_shortcut_flops_equal_the_hand_count():
 def _measured_h() -> dict:
     """A measured H case: targets a, b, c with tails of 10, 5 and 0 GFLOP; a and c timed."""
     return dict(targets=["a", "b", "c"], target_tail_gflop=[10.0, 5.0, 0.0], paper_cell_s=8.0,
-                paper=[dict(layer="a", cell_s=8.0)], record_s=36.0,
+                paper=[dict(layer="a", cell_s=8.0)], record_s=36.0, start_s=0.9,
                 layers=[dict(layer="c", head_s=32.0, tail_s=0.0, cell_s=2.0, pair_input_s=8.0,
                              study_cell_s=0.5),
                         dict(layer="a", head_s=16.0, tail_s=3.2, cell_s=4.2, pair_input_s=16.0,
@@ -78,13 +78,16 @@ def test_untimed_targets_are_interpolated_in_tail_flops():
     assert fast_cell_over_targets(_measured_h()) == pytest.approx((4.4 + 2.45 + 0.5) / 3)
 
 
-def test_extrapolation_counts_cells_recording_probes_and_workers():
-    cases = {"vgg16": dict(h=_measured_h(), probe=dict(mean_cell_s=1.8))}
+def test_extrapolation_counts_cells_starts_recording_and_probe_stages():
+    cases = {"vgg16": dict(h=_measured_h(), probe=dict(class_s=12.0, extrapolated=["a"]))}
     (row,) = extrapolate(cases, workers=2)
     assert row["cells"] == 8 * 3 * 16 == 384
     assert row["record_h"] == pytest.approx(8 * 36.0 / 3600)
-    assert row["fast_h"] == pytest.approx(384 * 2.45 / 3600 + row["record_h"])
-    assert row["probe_h"] == pytest.approx(384 * 1.8 / 2 / 3600)
+    assert row["fast_h"] == pytest.approx(384 * 2.45 / 3600 + 8 * 0.9 / 3600 + row["record_h"])
+    assert row["probe_h"] == pytest.approx(8 * 12.0 / 3600)      # 8 classes x a class's pairs
+    assert row["probe_pair_s"] == pytest.approx(4.0)
+    assert "wider targets extrapolated linearly in units: vgg16: 1 targets" in \
+        extrapolation_note([row], 2)
     assert row["total_h"] == pytest.approx(row["fast_h"] + row["probe_h"])
     assert row["paper_h"] == pytest.approx(384 * 8.0 / 3600)
     assert row["timed"] == "2/3 layers, 1 authors' cells"
@@ -201,6 +204,7 @@ def test_quick_bench_writes_the_table(tmp_path):
     # what a second class adds to recording the study's activation cache: a difference of two
     # timings, so only that it was measured is checked here (its use is tested above)
     assert isinstance(h["record_s"], float) and np.isfinite(h["record_s"])
+    assert h["start_s"] > 0         # a class's images read and ranked, once per class
     for row in h["layers"]:     # every demo target is a cut point: the study reads the cache
         assert row["pair_input"] == "cache read" and row["pair_input_s"] > 0
         assert row["study_cell_s"] == pytest.approx(row["tail_s"] * 17 / 16
@@ -297,20 +301,28 @@ def test_timed_calls_count_the_fastest_and_return_the_last_value():
     assert 0.01 <= seconds < 0.04
 
 
-def test_probe_cells_are_timed_in_the_study_s_workers_at_once():
+def test_probe_stages_are_timed_per_target_width_as_the_study_runs_them():
     lines = []
-    probe = probe_case(load_network("demo"), lines.append)
+    net = load_network("demo")
+    probe = probe_case(net, lines.append)
+    widths = [n_units(net.model, t, "element") for t in net.targets]
     assert probe["workers"] == (os.cpu_count() or 1) and probe["rows"] == 550
-    small, large = probe["cell_s"]
-    assert probe["cell_units"][0] < probe["cell_units"][1] and 0 < small and 0 < large
-    assert min(small, large) <= probe["mean_cell_s"] <= max(small, large)
-    assert lines == [f"  demo probes ({probe['workers']} workers at once): "
-                     f"{probe['cell_units'][0]} units {small:.2f} s, "
-                     f"{probe['cell_units'][1]} units {large:.2f} s per cell"]
+    assert probe["widths"] == sorted(set(widths)) and probe["extrapolated"] == []
+    by_width = dict(zip(probe["widths"], probe["stage_s"]))
+    assert probe["target_s"] == [by_width[w] for w in widths] and min(probe["stage_s"]) > 0
+    assert probe["class_s"] == pytest.approx(sum(probe["target_s"]))
+    assert lines == [f"  demo grid + probe stages per pair ({probe['workers']} workers): " + ", ".join(
+        f"{w} units {t:.2f} s" for w, t in zip(probe["widths"], probe["stage_s"]))]
+
+
+def test_stage_seconds_interpolate_and_extrapolate_in_units():
+    assert stage_seconds_by_width([100, 200], [1.0, 3.0], [100, 150, 400]) == \
+        pytest.approx([1.0, 2.0, 7.0])
+    assert stage_seconds_by_width([100], [2.0], [50, 100, 300]) == [2.0, 2.0, 2.0]
 
 
 def test_a_case_s_process_can_start_the_probe_workers():
-    # run_bench runs each case in a spawned process, and the case's probes start workers of
-    # their own: a daemonic (multiprocessing.Pool) process could not
-    (seconds,) = spawned(probe_seconds_in_workers, [20], 1)
+    # run_bench runs each case in a spawned process, and the case's probe stages start workers
+    # of their own: a daemonic (multiprocessing.Pool) process could not
+    (seconds,) = spawned(probe_stage_seconds, [64], 2, n_target=10, n_rows=40)
     assert 0 < seconds < 60

@@ -172,12 +172,36 @@ def test_paper_engine_gives_the_fast_engine_numbers(demo, tmp_path):
     assert fast.deficit.max() > 0
 
 
-def test_worker_processes_give_the_same_numbers(demo, tmp_path):
+def _shm_names() -> set:
+    import os
+
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def test_worker_processes_give_the_same_numbers(demo, tmp_path, monkeypatch):
+    import kerabl.hayne.shared as shared
+    from kerabl.masks import n_units
+
     digits = digits_imageset().subset([1, 9])
-    kwargs = dict(layers=["dense_2"], config=HConfig(grid=(2, 2), probe_fits=3, heldout_folds=2))
+    kwargs = dict(layers=["dense_2", "conv_2"],
+                  config=HConfig(grid=(2, 2), probe_fits=3, heldout_folds=2))
     one = _run(demo, digits, tmp_path / "one", workers=1, **kwargs)
+    made, before = [], _shm_names()
+    create = shared.SharedBlock.create.__func__
+    monkeypatch.setattr(shared.SharedBlock, "create",
+                        classmethod(lambda cls, n: made.append(n) or create(cls, n)))
     two = _run(demo, digits, tmp_path / "two", workers=2, **kwargs)
     _assert_same_results(one, two)
+    # one block for the sweep, sized for its widest layer (conv_2), and freed at its end
+    rows = len(digits.rows_of(digits.classes[0])) + len(digits.rows_of(digits.classes[1]))
+    assert made == [rows * n_units(demo.model, "conv_2", "element") * 4]
+    assert _shm_names() == before
+
+    said = []
+    monkeypatch.setattr(shared, "room_for", lambda nbytes: False)
+    piped = _run(demo, digits, tmp_path / "piped", workers=2, log=said.append, **kwargs)
+    _assert_same_results(one, piped)
+    assert sum("no room for the pairs' activations" in line for line in said) == 1
 
 
 def test_unknown_layer_is_refused_before_any_file(demo, digits3, tmp_path):

@@ -9,7 +9,8 @@
   where the layer has one) against a full forward pass per unit.
 - `kerabl.bench.torch_case`: the same H cells of `TORCH_CASES` through a PyTorch port, each
   layer's right after the fast engine's.
-- `probe_case(net)`, `probe_cell_seconds(n_units)`: seconds of one cell's probes.
+- `probe_case(net)`: seconds of one pair's grid and probe stages per target, as the study runs
+  them; `probe_cell_seconds(n_units)`: one cell's probes in this process.
 - `authors_cell(...)`: one cell as the authors' code does it: rebuild the model, reload its
   weights from a file, re-read and preprocess the images, Lambda mask, full forward.
 """
@@ -228,7 +229,24 @@ def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], Non
             if column is not None:
                 column.layer(layer, fast)
         cache.close()
-    return dict(_h_summary(net, len(rows), layers, paper, bf16), record_s=record_s)
+    start_s = _class_start_seconds(net, imageset, rows)
+    log(f"  {net.name}: a class's start (its images read, the whole network's ranks): "
+        f"{start_s:.2f} s")
+    return dict(_h_summary(net, len(rows), layers, paper, bf16), record_s=record_s,
+                start_s=start_s)
+
+
+def _class_start_seconds(net, imageset, rows: np.ndarray) -> float:
+    """Seconds of what the study does once per class before its pairs (`_Sweep.start_class`):
+    read and preprocess the class's images, and rank the true class by the whole network; the
+    fastest of two calls (the first traces the network's predict function, once per study)."""
+    from kerabl.engine import predict_batched
+
+    def start():
+        images = imageset.load(net.input_size, net.preprocess, rows=rows)
+        return predict_batched(net.model, images, 64)
+
+    return _timed(start, repeats=2)[1]
 
 
 def _recorded_class(net, imageset, rows: np.ndarray, path: Path):
@@ -396,48 +414,109 @@ def probe_cell_seconds(n_units: int, n_target: int = IMAGES_PER_CLASS,
     return _timed(lambda: cell_probe_scores((x, y, HConfig(), seed)))[1]
 
 
+# The widest layer whose probe stage is timed (550 rows of float32: 640 MB); the stages of wider
+# targets are extrapolated linearly in units from the two widest timed.
+PROBE_WIDTH_CAP = 300_000
+
+
 def probe_case(net, log: Callable[[str], None]) -> dict:
-    """Probe seconds per cell for the smallest and largest cells of the default targets, and
-    their mean over the targets (linear in the cell's unit count between the two), timed as the
-    study runs its probes: in as many spawned worker processes (no TensorFlow) as `run_h_study`
-    starts by default, all at once, the mean over them.
+    """Seconds of one pair's grid and probe stages for every default target, as `run_h_study`
+    runs them: its sweep's stages (the shared-memory block, the held-out fold probe beside the
+    16 cells' probes, `os.cpu_count()` worker processes) on 550 random ReLU-like rows of the
+    layer's width. Each distinct width up to `PROBE_WIDTH_CAP` units is timed once; wider targets
+    are extrapolated linearly in units from the two widest timed (`stage_seconds_by_width`).
 
     Example:
-        probe_case(load_network("demo"), print)["mean_cell_s"]
+        probe_case(load_network("demo"), print)["class_s"]   # seconds of a class's 7 pairs
     """
     from kerabl.hayne.study import worker_count
     from kerabl.masks import n_units
 
-    cell_units = [n_units(net.model, t, "element") // GRID_CELLS for t in net.targets]
-    sizes = sorted({min(cell_units), max(cell_units)})
+    widths = [int(n_units(net.model, t, "element")) for t in net.targets]
+    timed = sorted({w for w in widths if w <= PROBE_WIDTH_CAP}) or [min(widths)]
     workers = worker_count(None)
-    seconds = probe_seconds_in_workers(sizes, workers)
-    mean_s = float(np.mean(np.interp(cell_units, sizes, seconds)))
-    log(f"  {net.name} probes ({workers} workers at once): " + ", ".join(
-        f"{n} units {t:.2f} s" for n, t in zip(sizes, seconds)) + " per cell")
-    return dict(cell_units=sizes, cell_s=seconds, mean_cell_s=mean_s, rows=PROBE_ROWS,
+    seconds = probe_stage_seconds(timed, workers)
+    target_s = stage_seconds_by_width(timed, seconds, widths)
+    wider = [t for t, w in zip(net.targets, widths) if w > max(timed)]
+    log(f"  {net.name} grid + probe stages per pair ({workers} workers): " + ", ".join(
+        f"{w} units {t:.2f} s" for w, t in zip(timed, seconds))
+        + (f"; extrapolated: {', '.join(wider)}" if wider else ""))
+    return dict(widths=timed, stage_s=seconds, targets=list(net.targets), target_s=target_s,
+                class_s=float(sum(target_s)), extrapolated=wider, rows=PROBE_ROWS,
                 workers=workers)
 
 
-def probe_seconds_in_workers(sizes: list[int], workers: int) -> list[float]:
-    """`probe_cell_seconds` of each size in `workers` spawned processes at once, the mean over
-    them (each after an untimed cell).
+def stage_seconds_by_width(widths: list[int], seconds: list[float], targets: list[int]) -> list[float]:
+    """Stage seconds at each target width: interpolated between the timed widths, and beyond the
+    widest linearly through the two widest (flat with one timed width).
 
     Example:
-        probe_seconds_in_workers([256, 18150], 2)   # e.g. [0.09, 0.43]
+        stage_seconds_by_width([100, 200], [1.0, 2.0], [150, 400])   # [1.5, 4.0]
     """
-    from kerabl.hayne.study import worker_pool
+    out = []
+    for w in targets:
+        if w <= widths[-1] or len(widths) == 1:
+            out.append(float(np.interp(w, widths, seconds)))
+        else:
+            slope = (seconds[-1] - seconds[-2]) / (widths[-1] - widths[-2])
+            out.append(float(seconds[-1] + slope * (w - widths[-1])))
+    return out
 
-    with worker_pool(workers) as pool:
-        runs = [pool.submit(_probe_seconds, sizes) for _ in range(workers)]
-        return np.mean([run.result() for run in runs], axis=0).tolist()
+
+class _RandomRows:
+    """The two calls the sweep's stages make of an activation cache (`n_units`, `read`), on
+    random ReLU-like rows (the target rows shifted up a little, so the probes find something);
+    the probes' cost depends on the shape, not on the values."""
+
+    def __init__(self, widths: dict[str, int], n_target: int, n_rows: int, seed: int):
+        self.widths, self.n_target, self.n_rows, self.seed = widths, n_target, n_rows, seed
+        self.rows = None
+
+    def draw(self, layer: str) -> None:
+        rng = np.random.default_rng([self.seed, self.widths[layer]])
+        y = (np.arange(self.n_rows) < self.n_target).astype(np.float32)
+        x = rng.standard_normal((self.n_rows, self.widths[layer]), dtype=np.float32)
+        x += np.float32(0.25) * y[:, None]
+        self.rows = np.maximum(x, 0.0, out=x)
+
+    def n_units(self, layer: str) -> int:
+        return self.widths[layer]
+
+    def read(self, layer: str, rows=None, out=None) -> np.ndarray:
+        if out is None:
+            return self.rows
+        out[...] = self.rows
+        return out
 
 
-def _probe_seconds(sizes: list[int]) -> list[float]:
-    """`probe_cell_seconds` of each size, after an untimed one (imports, the compiled solver's
-    load or first build); a worker process's task."""
-    probe_cell_seconds(min(sizes))
-    return [probe_cell_seconds(n) for n in sizes]
+def probe_stage_seconds(widths: list[int], workers: int, n_target: int = IMAGES_PER_CLASS,
+                        n_rows: int = PROBE_ROWS, seed: int = SEED) -> list[float]:
+    """Seconds of the sweep's grid and probe stages of one pair (default `HConfig`), at each
+    layer width, with `workers` probe processes (1: in this process), after an untimed pair at
+    the smallest width (worker start-up, the compiled solver's load).
+
+    Example:
+        probe_stage_seconds([4096, 290400], 2)   # e.g. [0.75, 4.5]
+    """
+    from kerabl.hayne.study import HConfig, _Sweep, probe_pool
+
+    layers = [f"units_{w}" for w in widths]
+    cache = _RandomRows(dict(zip(layers, widths)), n_target, n_rows, seed)
+    sweep = _Sweep(None, None, layers, HConfig(), cache, log=lambda line: None)
+    state = dict(ci=0, target_rows=np.arange(n_target), other_rows=np.arange(n_target, n_rows))
+
+    def stages(li: int):
+        return sweep.with_activations(state, li, lambda acts, block: sweep.probes(
+            state, li, acts, sweep.grid(state, acts)["grid"], block))
+
+    seconds = []
+    with probe_pool(workers) as sweep.pool, sweep:
+        cache.draw(layers[0])
+        stages(0)
+        for li, layer in enumerate(layers):
+            cache.draw(layer)
+            seconds.append(_timed(lambda: stages(li))[1])
+    return seconds
 
 
 def run_case(name: str, root: str | Path | None = None, quiet: bool = False,

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kerabl.bench.cases import GRID_CELLS, STUDY_CLASSES
+from kerabl.bench.cases import GRID_CELLS, PROBE_WIDTH_CAP, STUDY_CLASSES
 
 
 def fast_cell_over_targets(h: dict) -> float:
@@ -50,11 +50,12 @@ def extrapolate(cases: dict, workers: int) -> list[dict]:
         rows = extrapolate({"alexnet": alexnet_case, "vgg16": vgg_case}, workers=2)
 
     Per network: `STUDY_CLASSES` classes x its default targets x 16 cells. Fast engine: the
-    mean over the targets of `fast_cell_over_targets` per cell, plus recording the activation
-    cache once (what one class adds to a recording, times the classes); authors' procedure: the
-    mean of its timed cells (it rebuilds and runs the whole network whatever the layer); probes:
-    the mean probe seconds per cell over the targets, as timed in `workers` processes at once,
-    divided among them (the sweep waits for a pair's probes, then ablates: total = fast +
+    mean over the targets of `fast_cell_over_targets` per cell, plus each class's start (its
+    images read and ranked by the whole network) and recording the activation cache once (what
+    one class adds to a recording, times the classes); authors' procedure: the mean of its timed
+    cells (it rebuilds and runs the whole network whatever the layer); probes: the grid and probe
+    stages of each pair as the sweep runs them in `workers` processes (`probe_case`), per class
+    the sum over the targets (the sweep waits for a pair's probes, then ablates: total = fast +
     probes).
     """
     rows = []
@@ -66,15 +67,17 @@ def extrapolate(cases: dict, workers: int) -> list[dict]:
         cells = n_classes * n_layers * GRID_CELLS
         fast_cell = fast_cell_over_targets(h)
         record_h = n_classes * h["record_s"] / 3600
-        fast_h = cells * fast_cell / 3600 + record_h
-        probe_h = cells * probe["mean_cell_s"] / workers / 3600
+        start_h = n_classes * h["start_s"] / 3600
+        fast_h = cells * fast_cell / 3600 + start_h + record_h
+        probe_h = n_classes * probe["class_s"] / 3600
         rows.append(dict(network=name, classes=n_classes, layers=n_layers, cells=cells,
                          fast_cell_s=fast_cell, paper_cell_s=h["paper_cell_s"],
-                         probe_cell_s=probe["mean_cell_s"], record_h=record_h, fast_h=fast_h,
-                         probe_h=probe_h, total_h=fast_h + probe_h,
-                         paper_h=cells * h["paper_cell_s"] / 3600,
+                         probe_pair_s=probe["class_s"] / n_layers, start_s=h["start_s"],
+                         record_h=record_h, fast_h=fast_h, probe_h=probe_h,
+                         total_h=fast_h + probe_h, paper_h=cells * h["paper_cell_s"] / 3600,
                          timed=f"{n_timed}/{n_layers} layers, {len(h['paper'])} authors' cells",
-                         timed_layers=[row["layer"] for row in h["layers"]]))
+                         timed_layers=[row["layer"] for row in h["layers"]],
+                         probe_extrapolated=probe.get("extrapolated", [])))
     return rows
 
 
@@ -86,6 +89,8 @@ def extrapolation_note(rows: Sequence[dict], workers: int) -> str:
     """
     sampled = "; ".join(f"{row['network']}: {', '.join(row['timed_layers'])}" for row in rows
                         if len(row["timed_layers"]) < row["layers"])
+    wide = "; ".join(f"{row['network']}: {len(row['probe_extrapolated'])} targets" for row in rows
+                     if row.get("probe_extrapolated"))
     return ("fast s/cell: a cell as run_h_study runs it, averaged over all default targets: "
             "17/16 of a tail (the pair's 16 cells and its all-ones baseline in the study's calls) "
             "+ 1/16 of the pair's input (its activation cache read of 550 rows, timed on 50 and "
@@ -94,13 +99,17 @@ def extrapolation_note(rows: Sequence[dict], workers: int) -> str:
             f"{' (timed: ' + sampled + ')' if sampled else ''}. fast h adds recording the "
             "activation cache once (what a second class adds to a recording, times the classes). "
             "authors s/cell: mean of the timed "
-            "authors' cells. probe s/cell: cell_probe_scores with the default HConfig (200 fits "
-            "of <= 100 units, 5-fold held-out, RSA over all the cell's units) on 550 random "
-            "ReLU-like rows (11 classes x 50 images), timed on the smallest and largest cell of "
-            "the targets and interpolated in unit count, in the default "
-            f"{workers} worker processes (os.cpu_count()) at once, as the study runs them; probe h "
-            f"= cells x probe s/cell / {workers}. "
-            "total h = fast h + probe h (the sweep waits for a pair's probes, then ablates).")
+            "authors' cells. probe s/pair: a pair's grid and probe stages as run_h_study runs "
+            "them (the default HConfig: per cell 200 fits of <= 100 units, 5-fold held-out, RSA "
+            "over all the cell's units; the pair's held-out fold probe beside them; the "
+            "activations in shared memory) on 550 random ReLU-like rows (11 classes x 50 images) "
+            f"of each target's width, in the default {workers} worker processes "
+            "(os.cpu_count()), the mean over the targets; each distinct width up to "
+            f"{PROBE_WIDTH_CAP:,} units timed once"
+            f"{' (wider targets extrapolated linearly in units: ' + wide + ')' if wide else ''}; "
+            "probe h = classes x the pairs' seconds. start s: a class's images read and ranked "
+            "by the whole network, in fast h. total h = fast h + probe h (the sweep waits for a "
+            "pair's probes, then ablates).")
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
@@ -153,7 +162,7 @@ EXTRAPOLATION_COLUMNS = (("network", "network", "s"), ("classes", "classes", "d"
                          ("layers", "layers", "d"), ("cells", "cells", "d"),
                          ("fast_cell_s", "fast s/cell", ".3f"),
                          ("paper_cell_s", "authors s/cell", ".2f"),
-                         ("probe_cell_s", "probe s/cell", ".2f"),
+                         ("probe_pair_s", "probe s/pair", ".2f"), ("start_s", "start s", ".2f"),
                          ("record_h", "recording h", ".3f"), ("fast_h", "fast h", ".2f"),
                          ("probe_h", "probe h", ".2f"), ("total_h", "total h", ".2f"),
                          ("paper_h", "authors h", ".1f"), ("timed", "timed", "s"))

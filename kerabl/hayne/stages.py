@@ -162,10 +162,10 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
     cache = record_activations(network, imageset, layers, cache_path or out_dir / "activations.h5",
                                unit=config.unit, preprocess=network.preprocess,
                                progress=progress, log=log)
-    sweep = _Sweep(network, imageset, layers, config, cache)
+    sweep = _Sweep(network, imageset, layers, config, cache, log)
     sweep.workers = worker_count(workers) if stage == "probe" else 1
     bar = progress_bar(f"H {stage}: class x layer", len(todo), enabled=progress)
-    with probe_pool(sweep.workers) as sweep.pool, bar as advance:
+    with probe_pool(sweep.workers) as sweep.pool, sweep, bar as advance:
         for ci in sorted({ci for ci, _ in todo}):
             state = sweep.start_class(ci, forward=stage == "ablate")
             if stage == "ablate":
@@ -184,8 +184,8 @@ def _run_pair(stage: str, sweep: _Sweep, stages: StageFile, state: dict, li: int
         return
     found = stages.grid(ci, li)
     if stage == "probe":
-        acts = sweep.activations(state, li)
-        stages.write_probes(ci, li, sweep.probes(state, li, acts, found["grid"]))
+        stages.write_probes(ci, li, sweep.with_activations(
+            state, li, lambda acts, block: sweep.probes(state, li, acts, found["grid"], block)))
         return
     acts = sweep.activations(state, li)
     found.update(stages.probes(ci, li))

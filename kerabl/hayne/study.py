@@ -173,10 +173,10 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     cache = record_activations(network, imageset, layers, cache_path, unit=config.unit,
                                preprocess=preprocess, progress=progress, files=files, log=log)
     todo = [(ci, li) for ci, li in writer.pairs() if not writer.is_done(ci, li)]
-    sweep = _Sweep(network, imageset, layers, config, cache)
+    sweep = _Sweep(network, imageset, layers, config, cache, log)
     sweep.workers = worker_count(workers)
     bar = progress_bar("H study: class x layer", len(todo), enabled=progress)
-    with probe_pool(sweep.workers) as sweep.pool, bar as advance:
+    with probe_pool(sweep.workers) as sweep.pool, sweep, bar as advance:
         for ci in sorted({ci for ci, _ in todo}):
             state = sweep.start_class(ci)
             writer.write_class(ci, image_rows=state["target_rows"],
@@ -223,15 +223,19 @@ def _writer_args(network, imageset, layers, config: HConfig) -> dict:
 class _Sweep:
     """Per-class state and per-pair computation of the H sweep (one engine per layer, reused)."""
 
-    def __init__(self, network, imageset, layers, config: HConfig, cache):
+    def __init__(self, network, imageset, layers, config: HConfig, cache,
+                 log: Callable[[str], None] = print):
         from kerabl.hayne.ablation import ENGINES
 
         self.network, self.imageset, self.layers, self.config = network, imageset, layers, config
         self.cache = cache
+        self.log = log
         self._engine = ENGINES[config.engine]
         self._ablators: dict[str, object] = {}
         self.pool = None
         self.workers = 1
+        self._block = None
+        self._no_room = False
 
     def _ablator(self, layer):
         if layer not in self._ablators:
@@ -260,16 +264,65 @@ class _Sweep:
 
     def pair(self, state: dict, li: int) -> dict:
         """Every stage of pair (class state["ci"], layer li): grid, probes, ablation."""
-        acts = self.activations(state, li)
-        found = self.grid(state, acts)
-        found.update(self.probes(state, li, acts, found["grid"]))
-        found.update(self.ablate(state, li, acts, found["grid"]))
-        return found
+        def stages(acts, block):
+            found = self.grid(state, acts)
+            found.update(self.probes(state, li, acts, found["grid"], block))
+            found.update(self.ablate(state, li, acts, found["grid"]))
+            return found
 
-    def activations(self, state: dict, li: int) -> np.ndarray:
-        """Cached activations of the class's images, then its other classes' images."""
+        return self.with_activations(state, li, stages)
+
+    def with_activations(self, state: dict, li: int, fn: Callable):
+        """`fn(acts, block)` on the pair's activations (`activations`).
+
+        With probe workers, the activations are read into the sweep's shared-memory block, and
+        `block` (a `kerabl.hayne.shared.SharedBlock`, else None) lets each worker read its cell's
+        columns there; `fn` must keep no view of `acts`. Where the shared-memory folder has no
+        room, the activations go to the workers by pipe (said once)."""
+        shape = (len(state["target_rows"]) + len(state["other_rows"]),
+                 self.cache.n_units(self.layers[li]))
+        block = self._shared_block(shape)
+        if block is None:
+            return fn(self.activations(state, li), None)
+        return block.apply(shape, lambda acts: fn(self.activations(state, li, out=acts), block))
+
+    def _shared_block(self, shape: tuple[int, int]):
+        """The sweep's shared-memory block, made (or grown) to hold an array of `shape`, sized
+        at first for the widest layer; None without probe workers or without room."""
+        from kerabl.hayne.shared import SharedBlock
+
+        nbytes = shape[0] * shape[1] * 4
+        if self.pool is None or self._no_room:
+            return None
+        if self._block is not None and self._block.nbytes >= nbytes:
+            return self._block
+        if self._block is not None:
+            self._block.unlink()
+        widest = max(self.cache.n_units(layer) for layer in self.layers)
+        size = max(nbytes, shape[0] * widest * 4)
+        self._block = SharedBlock.create(size)
+        if self._block is None:
+            self._no_room = True
+            self.log(f"probes: the shared-memory folder has no room for the pairs' activations "
+                     f"({size / 2 ** 20:.0f} MB); they go to the probe workers by pipe, which is "
+                     "slower (the results are the same)")
+        return self._block
+
+    def __enter__(self) -> "_Sweep":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        """Free the shared-memory block (strictly, so a view left alive is an error, unless the
+        sweep is ending by an exception)."""
+        if self._block is not None:
+            block, self._block = self._block, None
+            block.unlink(strict=kind is None)
+
+    def activations(self, state: dict, li: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Cached activations of the class's images, then its other classes' images (into `out`
+        when given)."""
         rows = np.concatenate([state["target_rows"], state["other_rows"]])
-        return self.cache.read(self.layers[li], rows=rows)
+        return self.cache.read(self.layers[li], rows=rows, out=out)
 
     def grid(self, state: dict, acts: np.ndarray) -> dict:
         """Stage `grid`: unit coordinates and the equal-count grid."""
@@ -282,14 +335,15 @@ class _Sweep:
                                 legacy_bounds=self.config.legacy_bounds)
         return dict(selectivity=selectivity, magnitude=magnitude, grid=grid)
 
-    def probes(self, state: dict, li: int, acts: np.ndarray, grid) -> dict:
-        """Stage `probe`: the probe scores of each cell, and the leak-free held-out probe."""
+    def probes(self, state: dict, li: int, acts: np.ndarray, grid, block=None) -> dict:
+        """Stage `probe`: the probe scores of each cell, and the leak-free held-out probe (the
+        workers read the activations from `block`, the `SharedBlock` holding `acts`, when given)."""
         n_target = len(state["target_rows"])
-        fold_task = (acts, n_target, self.config, cell_seed(self.config.seed, state["ci"], li,
-                                                            2 ** 31 - 1))
+        fold_task = (acts if block is None else block.whole(acts.shape), n_target, self.config,
+                     cell_seed(self.config.seed, state["ci"], li, 2 ** 31 - 1))
         # the held-out fold probe runs beside the cells' probes when there is a pool
         fold = None if self.pool is None else self.pool.submit(pair_fold_probe, fold_task)
-        scores = self._probe_scores(acts, n_target, grid.cells, state["ci"], li)
+        scores = self._probe_scores(acts, n_target, grid.cells, state["ci"], li, block)
         folds = pair_fold_probe(fold_task) if fold is None else fold.result()
         scores["probe_fold"], scores["probe_fold_sd"] = folds
         return scores
@@ -303,7 +357,8 @@ class _Sweep:
         layer = self.layers[li]
         ablator = self._ablator(layer)
         if self._can_use_cache(ablator, layer):
-            ablator.set_activations(acts[:len(state["target_rows"])])
+            # a copy: the engine keeps its input, and `acts` may be a shared block's view
+            ablator.set_activations(acts[:len(state["target_rows"])].copy())
         else:
             ablator.set_images(state["images"])
         masks = cell_masks(ablator.shape, grid.cells, self.config.unit)
@@ -319,11 +374,11 @@ class _Sweep:
                 and np.dtype(self.cache.attrs.get("dtype", "float32")) == np.float32
                 and is_cut_point(self.network.model, layer))
 
-    def _probe_scores(self, acts, n_target, cells, ci, li) -> dict:
+    def _probe_scores(self, acts, n_target, cells, ci, li, block=None) -> dict:
         config = self.config
         y = np.r_[np.ones(n_target, dtype=np.int64), np.zeros(len(acts) - n_target, dtype=np.int64)]
-        tasks = ((acts[:, units], y, config, cell_seed(config.seed, ci, li, k))
-                 for k, units in enumerate(cells))
+        tasks = ((acts[:, units] if block is None else block.columns(acts.shape, units), y,
+                  config, cell_seed(config.seed, ci, li, k)) for k, units in enumerate(cells))
         scores = list(bounded_map(self.pool, cell_probe_scores, tasks, 2 * self.workers))
         return {name: np.array([row[j] for row in scores], dtype=np.float64)
                 for j, name in enumerate(PROBE_FIELDS)}
@@ -377,19 +432,21 @@ def pair_fold_probe(task) -> tuple[np.ndarray, np.ndarray]:
     """
     from kerabl.hayne.heldout import fold_probe_summary
     from kerabl.hayne.logistic import single_threaded
+    from kerabl.hayne.shared import resolve
 
     acts, n_target, config, seed = task
     with single_threaded():
-        return fold_probe_summary(acts, n_target, grid_shape=tuple(config.grid),
-                                  legacy_bounds=config.legacy_bounds,
-                                  folds=config.heldout_folds, max_units=config.probe_max_units,
-                                  seed=seed)
+        return resolve(acts, lambda a: fold_probe_summary(
+            a, n_target, grid_shape=tuple(config.grid), legacy_bounds=config.legacy_bounds,
+            folds=config.heldout_folds, max_units=config.probe_max_units, seed=seed))
 
 
 def _cell_probe_scores(x, y, config: HConfig,
                        seed: int) -> tuple[float, float, float, float, float]:
     from kerabl.hayne.probes import heldout_probe_score, paper_probe_loss, rsa_scores
+    from kerabl.hayne.shared import resolve
 
+    x = resolve(x)      # a shared block's columns, copied here in the worker
     if x.shape[1] == 0:
         return (np.nan,) * 5
     loss = paper_probe_loss(x, y, n_fits=config.probe_fits, max_units=config.probe_max_units,
