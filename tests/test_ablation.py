@@ -168,6 +168,37 @@ def test_fast_and_paper_engines_agree_on_demo(demo, layer):
     assert fast_ranks.shape == (4, target.sum()) and fast_ranks.max() > 0
 
 
+def test_dense_layers_run_on_the_rows_of_several_front_calls(demo, monkeypatch):
+    """The tail is cut before its first Dense: the convolutions run per call of `batch_floats`
+    copies, the Dense layers on the gathered rows of several calls, and the outputs are the
+    unsplit tail's."""
+    import kerabl.engine as engine
+
+    rng = np.random.default_rng(0)
+    whole = TailAblator(demo.model, "conv_2")
+    acts = np.maximum(rng.standard_normal((6, *whole.shape)).astype(np.float32), 0)
+    masks = (rng.random((5, *whole.shape)) > 0.3).astype(np.float32)
+    per_copy = int(np.prod(whole.shape))
+    split = TailAblator(demo.model, "conv_2", batch_floats=4 * per_copy)   # 4 copies per call
+    backs = []
+    run_back = engine.TailAblator._run_back
+    monkeypatch.setattr(engine.TailAblator, "_run_back", lambda self, pending, out, classes: (
+        backs.append(sum(int(p[2].shape[0]) for p in pending)), run_back(self, pending, out,
+                                                                           classes))[1])
+    for ablator in (whole, split):
+        ablator.set_activations(acts)
+    expected = whole.outputs(masks)
+    backs.clear()
+    np.testing.assert_array_equal(split.outputs(masks), expected)
+    assert split._back_fn is not None and sum(backs) == 5 * 6 and max(backs) > 4
+    monkeypatch.setattr(engine, "_dense_split", lambda tail: None)
+    plain = TailAblator(demo.model, "conv_2")
+    plain.set_activations(acts)
+    assert plain._back_fn is None
+    np.testing.assert_allclose(plain.outputs(masks), expected, rtol=1e-5, atol=1e-7)
+    assert split.trace_count == 1 and TailAblator(demo.model, "dense_2")._back_fn is None
+
+
 @pytest.mark.slow
 def test_fast_and_paper_engines_agree_on_random_vgg16():
     net = load_network("vgg16", weights=None)

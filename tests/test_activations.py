@@ -176,30 +176,40 @@ def test_interrupted_run_resumes_and_matches(tiny_model, file_set, tmp_path, mon
     resumed.close()
 
 
-def test_partial_cut_off_mid_write_starts_afresh(tiny_model, file_set, tmp_path, monkeypatch):
-    """A process killed while it flushed its last chunk leaves it undecodable: the rerun says so
-    and starts afresh instead of failing on the read HDF5 needs to resume."""
-    imageset, _ = file_set
+def _stopped_partial(tiny_model, imageset, tmp_path, monkeypatch):
+    """A whole cache and a `.partial` of the same recording stopped at its third batch."""
     whole = _record(tiny_model, imageset, tmp_path / "whole.h5", batch_size=2, preprocess="paper")
     target = tmp_path / "cut.h5"
     monkeypatch.setattr(data, "load_image_cv2", _raise_on_call(data.load_image_cv2, 5))
     with pytest.raises(KerablError):
         _record(tiny_model, imageset, target, batch_size=2, preprocess="paper")
     monkeypatch.undo()
-    partial = Path(str(target) + ".partial")
+    return whole, target, Path(str(target) + ".partial")
+
+
+def _assert_rerun_starts_afresh(tiny_model, imageset, whole, target, reason):
+    messages = []
+    resumed = _record(tiny_model, imageset, target, batch_size=2, preprocess="paper",
+                      log=messages.append)
+    assert reason in messages[0] and "afresh" in messages[0]
+    for layer in ("conv", "dense"):
+        np.testing.assert_array_equal(resumed.read(layer), whole.read(layer))
+    whole.close()
+    resumed.close()
+
+
+def test_partial_cut_off_mid_write_starts_afresh(tiny_model, file_set, tmp_path, monkeypatch):
+    """A process killed while it flushed its last chunk leaves it undecodable: the rerun says so
+    and starts afresh instead of failing on the read HDF5 needs to resume."""
+    imageset, _ = file_set
+    whole, target, partial = _stopped_partial(tiny_model, imageset, tmp_path, monkeypatch)
     with h5py.File(partial, "r") as f:
         chunk = f["layers/conv"].id.get_chunk_info_by_coord((0, 0))
     with open(partial, "r+b") as raw:             # the chunk as a kill -9 mid-flush leaves it
         raw.seek(chunk.byte_offset)
         raw.write(np.random.default_rng(0).bytes(chunk.size // 2))
-    messages = []
-    resumed = _record(tiny_model, imageset, target, batch_size=2, preprocess="paper",
-                      log=messages.append)
-    assert "its last rows were cut off mid-write" in messages[0] and "afresh" in messages[0]
-    for layer in ("conv", "dense"):
-        np.testing.assert_array_equal(resumed.read(layer), whole.read(layer))
-    whole.close()
-    resumed.close()
+    _assert_rerun_starts_afresh(tiny_model, imageset, whole, target,
+                                "its last rows were cut off mid-write")
 
 
 def test_partial_killed_before_its_first_flush_starts_afresh(tiny_model, file_set, tmp_path,
@@ -207,23 +217,10 @@ def test_partial_killed_before_its_first_flush_starts_afresh(tiny_model, file_se
     """A process killed before HDF5 flushed its attributes can leave a `.partial` whose
     fingerprint reads back but whose `rows_done` does not: the rerun starts afresh."""
     imageset, _ = file_set
-    whole = _record(tiny_model, imageset, tmp_path / "whole.h5", batch_size=2, preprocess="paper")
-    target = tmp_path / "cut.h5"
-    monkeypatch.setattr(data, "load_image_cv2", _raise_on_call(data.load_image_cv2, 5))
-    with pytest.raises(KerablError):
-        _record(tiny_model, imageset, target, batch_size=2, preprocess="paper")
-    monkeypatch.undo()
-    partial = Path(str(target) + ".partial")
+    whole, target, partial = _stopped_partial(tiny_model, imageset, tmp_path, monkeypatch)
     with h5py.File(partial, "r+") as f:
         del f.attrs["rows_done"]
-    messages = []
-    resumed = _record(tiny_model, imageset, target, batch_size=2, preprocess="paper",
-                      log=messages.append)
-    assert "cut off mid-write" in messages[0] and "afresh" in messages[0]
-    for layer in ("conv", "dense"):
-        np.testing.assert_array_equal(resumed.read(layer), whole.read(layer))
-    whole.close()
-    resumed.close()
+    _assert_rerun_starts_afresh(tiny_model, imageset, whole, target, "cut off mid-write")
 
 
 def test_partial_with_other_arguments_starts_afresh(tiny_model, file_set, tmp_path,

@@ -264,6 +264,12 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def _shm_blocks() -> set:
+    """Python's shared-memory blocks in /dev/shm (none where there is no such folder)."""
+    folder = Path("/dev/shm")
+    return {p.name for p in folder.glob("psm_*")} if folder.is_dir() else set()
+
+
 def _partial_pairs(path: Path) -> int:
     with contextlib.suppress(Exception), h5py.File(path, "r") as f:
         return int(f["done"][()].sum())
@@ -280,6 +286,7 @@ def test_interrupted_study_resumes_to_an_uninterrupted_run(tmp_path, sig):
             "--layers", "conv_3,conv_4,conv_5,dense_2", "--preprocess", "none"]
     whole = invoke("study", "--out", tmp_path / "whole", *args)
     assert whole.exit_code == 0, whole.output
+    shm_before = _shm_blocks()
     proc = _kerabl("study", "--out", tmp_path / "cut", *args)
     partial = tmp_path / "cut" / "h_results.h5.partial"
     workers = []
@@ -295,6 +302,11 @@ def test_interrupted_study_resumes_to_an_uninterrupted_run(tmp_path, sig):
     time.sleep(2)
     assert workers and not [w for w in workers if Path(f"/proc/{w}").exists()
                             and "zombie" not in Path(f"/proc/{w}/status").read_text()]
+    # the pairs' shared-memory block is freed (by the resource tracker after a kill -9)
+    deadline = time.time() + 20
+    while _shm_blocks() - shm_before and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _shm_blocks() - shm_before
     rerun = invoke("study", "--out", tmp_path / "cut", *args)
     assert rerun.exit_code == 0, rerun.output
     for name, value in arrays(tmp_path / "whole" / "h_results.h5").items():
