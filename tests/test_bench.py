@@ -214,8 +214,8 @@ def test_quick_bench_writes_the_table(tmp_path):
     floor = stored["floor"]
     assert set(floor["by_library"]) == {"tensorflow", "numpy"} and floor["bf16_gflops"] > 0
     assert floor["best_gflops"] == max(max(r.values()) for r in floor["by_library"].values())
-    assert lines[0].startswith(f"matmul floor: {floor['best_gflops']:.1f} GFLOP/s float32")
-    assert "bfloat16" in lines[0]
+    assert lines[1].startswith(f"matmul floor: {floor['best_gflops']:.1f} GFLOP/s float32")
+    assert "bfloat16" in lines[1]
     assert h["bf16_max_deficit_diff"] == max(b["max_deficit_diff"] for b in h["bf16"])
     assert [len(b["deficit_f32"]) for b in h["bf16"]] == [4, 4, 4]
     column = stored["cases"]["demo"]["torch"]
@@ -237,6 +237,21 @@ def test_quick_bench_writes_the_table(tmp_path):
         assert any(line.startswith("\ntorch demo: the H cells above, 45 images") for line in lines)
     assert [row["case"] for row in stored["table"]] == ["H demo (7 layers)", "Z demo conv_5"]
     assert lines[-1] == result["headline"] and lines[-1].startswith("headline: demo H sweep")
+    assert lines[0].startswith(f"machine: {stored['machine']['cpus']} CPUs, "
+                               f"{stored['machine']['cpu']}; TensorFlow ")
+
+
+def test_cpu_description_names_the_model_and_its_vector_units():
+    from kerabl.bench.flops import cpu_description
+
+    amx = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+           "flags\t\t: fpu sse2 avx2 avx512f avx512bw amx_bf16 amx_tile\n"
+           "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu\n")
+    assert cpu_description(amx) == "Intel(R) Xeon(R) Processor (AVX-512, AMX)"
+    avx2 = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx2 fma\n"
+    assert cpu_description(avx2) == "AMD EPYC 7B13 (AVX2)"
+    assert cpu_description("flags\t: fpu sse2\n") == "unknown CPU"
+    assert cpu_description("") == "unknown CPU"
 
 
 def test_matmul_floor_reports_both_libraries_and_bfloat16():

@@ -26,7 +26,8 @@ from typing import Callable
 import numpy as np
 
 from kerabl.bench.cases import STUDY_CLASSES, run_case
-from kerabl.bench.flops import MATMUL_SIZES, floor_line, matmul_floor, matmul_rate, onednn_enabled
+from kerabl.bench.flops import (MATMUL_SIZES, cpu_description, floor_line, matmul_floor,
+                                matmul_rate, onednn_enabled)
 from kerabl.bench.probes import PROBE_ROUNDS, probe_line, probe_rate
 from kerabl.bench.report import (EXTRAPOLATION_COLUMNS, LEGEND, MAIN_COLUMNS, extrapolate,
                                  extrapolation_note, format_table, headline, table_rows, torch_tables,
@@ -77,6 +78,8 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = No
 
     import tensorflow as tf
 
+    cpu = cpu_description()
+    log(f"machine: {os.cpu_count()} CPUs, {cpu}; TensorFlow {tf.__version__}")
     floor = matmul_floor(MATMUL_SIZES[:2] if quick else MATMUL_SIZES)
     log(f"{floor_line(floor)}; oneDNN on: {onednn_enabled()}")
     cases, skipped = {}, []
@@ -94,7 +97,7 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = No
     probe = probe_rate(floor["best_gflops"], workers=workers, fits=50 if quick else 200,
                        repeats=PROBE_ROUNDS, floor_now=lambda: matmul_rate(best_size))
     extra = [] if quick else extrapolate(cases, workers)
-    result = dict(machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
+    result = dict(machine=dict(cpus=os.cpu_count(), cpu=cpu, platform=platform.platform(),
                                tensorflow=tf.__version__, onednn=onednn_enabled()),
                   floor=floor, cases=cases, table=rows, notes=z_notes(cases, floor["best_gflops"]),
                   extrapolation=extra, skipped=skipped, probe_rate=probe,

@@ -9,12 +9,15 @@
   `floor_line(floor)`: its printed line. `matmul_rate(size)`: that rate on one product, taken
   again beside another measurement.
 - `onednn_enabled()`, `peak_rss_mb()`: what the machine runs with, and this process's memory.
+- `cpu_description()`: the CPU's model and its vector units (AVX-512, AMX), which the floor and
+  every rate here depend on.
 """
 
 from __future__ import annotations
 
 import resource
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -197,6 +200,36 @@ def onednn_enabled() -> bool:
         return bool(_pywrap_util_port.IsMklEnabled())
     except (ImportError, AttributeError):
         return False
+
+
+# cpuinfo flags named in the bench's machine line: the vector units the floor depends on
+VECTOR_FLAGS = (("avx512f", "AVX-512"), ("amx_bf16", "AMX"), ("avx2", "AVX2"))
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU's model name and vector units, from /proc/cpuinfo (or the given text): the same
+    package measures twice as fast on a CPU with AVX-512 and AMX as on one with AVX2 alone, so
+    the bench says which it ran on. "unknown CPU" where there is no /proc/cpuinfo.
+
+    Example:
+        cpu_description()    # 'Intel(R) Xeon(R) Processor (AVX-512, AMX)'
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown CPU"
+    model, flags = "unknown CPU", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown CPU":
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    units = [name for flag, name in VECTOR_FLAGS if flag in flags]
+    if "AVX-512" in units or "AMX" in units:      # AVX2 goes without saying beside them
+        units = [name for name in units if name != "AVX2"]
+    return f"{model} ({', '.join(units)})" if units else model
 
 
 def peak_rss_mb() -> float:
