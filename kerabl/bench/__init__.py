@@ -78,10 +78,11 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = No
 
     import tensorflow as tf
 
-    cpu = cpu_description()
-    log(f"machine: {os.cpu_count()} CPUs, {cpu}; TensorFlow {tf.__version__}")
+    machine = dict(cpus=os.cpu_count(), cpu=cpu_description(), platform=platform.platform(),
+                   tensorflow=tf.__version__, onednn=onednn_enabled())
+    log(f"machine: {machine['cpus']} CPUs, {machine['cpu']}; TensorFlow {machine['tensorflow']}")
     floor = matmul_floor(MATMUL_SIZES[:2] if quick else MATMUL_SIZES)
-    log(f"{floor_line(floor)}; oneDNN on: {onednn_enabled()}")
+    log(f"{floor_line(floor)}; oneDNN on: {machine['onednn']}")
     cases, skipped = {}, []
     for name in ("demo",) if quick else ("demo", *STUDY_CLASSES):
         if name != "demo" and (root is None or not (Path(root) / "images").is_dir()):
@@ -92,16 +93,14 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = No
         log(f"case {name} ...")
         cases[name] = _in_subprocess(name, root, quick)
     rows = table_rows(cases, floor["best_gflops"])
-    workers = os.cpu_count() or 1
+    workers = machine["cpus"] or 1
     best_size = tuple(int(v) for v in max(floor["by_size"], key=floor["by_size"].get).split("x"))
     probe = probe_rate(floor["best_gflops"], workers=workers, fits=50 if quick else 200,
                        repeats=PROBE_ROUNDS, floor_now=lambda: matmul_rate(best_size))
     extra = [] if quick else extrapolate(cases, workers)
-    result = dict(machine=dict(cpus=os.cpu_count(), cpu=cpu, platform=platform.platform(),
-                               tensorflow=tf.__version__, onednn=onednn_enabled()),
-                  floor=floor, cases=cases, table=rows, notes=z_notes(cases, floor["best_gflops"]),
-                  extrapolation=extra, skipped=skipped, probe_rate=probe,
-                  headline=headline(cases))
+    result = dict(machine=machine, floor=floor, cases=cases, table=rows,
+                  notes=z_notes(cases, floor["best_gflops"]), extrapolation=extra,
+                  skipped=skipped, probe_rate=probe, headline=headline(cases))
     Path(out).write_text(json.dumps(result, indent=1, default=_json_default))
     log(format_table(rows, MAIN_COLUMNS))
     log(LEGEND)
