@@ -101,7 +101,13 @@ def test_probe_rounds_each_take_their_own_floor():
     assert row["floor_share"] == shares[2] and row["floor_gflops"] == 1e3
     assert row["gflops"] == pytest.approx(1e3 * shares[2])
     assert row["cells"] == 2 and row["cells_per_s"] == pytest.approx(2 / (2 * row["cell_s"]))
+    # plain Newton's work over the same round's time and floor: more work, same predictions
+    assert row["plain_share"] == pytest.approx(row["plain_gflops"] / 1e3)
+    assert row["plain_gflops"] > row["gflops"] and row["plain_same"] is True
+    assert row["plain_hessians_per_fit"] > row["hessians_per_fit"]
     line = probe_line(row)
+    assert line.endswith(f"predictions the same) in this time: {row['plain_gflops']:.1f} GFLOP/s "
+                         f"= {100 * row['plain_share']:.0f} % of the floor")
     assert "1 workers x 1 thread x 2 cells:" in line
     assert "of the 1000 GFLOP/s floor taken just before it (median of 3 rounds" in line
 
@@ -112,6 +118,8 @@ def test_probe_cells_default_to_800_fits_a_round_and_time_the_solver_alone():
     alone = timed_cells([0], fits=3)
     assert span["cells"] == 2 and span["start"] < span["end"]
     assert span["flops"] > alone["flops"] > 0 and 1 <= span["hessians_per_fit"] < 20
+    assert span["plain_flops"] > span["flops"] and span["plain_same"]
+    assert span["plain_hessians_per_fit"] > span["hessians_per_fit"]
 
 
 def test_probe_cell_seconds_runs_the_default_probes():
@@ -195,6 +203,7 @@ def test_quick_bench_writes_the_table(tmp_path):
     assert len(probe["round_shares"]) == 5 and probe["floor_gflops"] > 0
     assert probe["floor_share"] == pytest.approx(probe["gflops"] / probe["floor_gflops"])
     assert sorted(probe["round_shares"])[2] == pytest.approx(probe["floor_share"])
+    assert probe["plain_share"] > probe["floor_share"] and probe["plain_same"] is True
     z_row = stored["table"][1]
     assert z_row["ratio_cached"] > z_row["ratio"]        # the sweep alone: no head pass to share
     assert stored["notes"][0].startswith(f"Z demo conv_5: {stored['cases']['demo']['z']['ratio']:.1f}x")

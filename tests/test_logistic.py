@@ -109,6 +109,27 @@ def test_signs_only_gives_the_optimum_predictions_with_less_work():
         assert (np.abs(zf) > bound).all() or np.linalg.norm(_gradient(Xd, y, wf, True)) < 1e-8
 
 
+def test_plain_newton_forms_a_hessian_every_step_and_reaches_the_same_optimum():
+    """The bench's reference method: a Hessian formed and factored at every step, none kept,
+    none shared. Same weights as the solver (both to the gradient tolerance); counted flops: the
+    solver's products, factors and steps plus the shared Gram matrix; plain Newton's products
+    and factors at every step."""
+    X, y = _cell(seed=15, units=50)
+    sets = _sets(50, 20, 12, seed=16)
+    fast = solve_logistic(y, columns=(X, sets), penalise_intercept=True)
+    plain = solve_logistic(y, columns=(X, sets), penalise_intercept=True, plain_newton=True)
+    assert np.abs(fast.weights - plain.weights).max() < 1e-8
+    assert plain.hessians > fast.hessians and plain.flops > fast.flops
+    n, d = y.size, 21
+    hessian = n * d * (d + 1) + d ** 3 / 3        # a product (upper triangle) and its factor
+    step = 4.0 * n * d + 2.0 * d * d              # gradient, margin change, the two solves
+    # every fit's steps each form a Hessian; one more gradient at the end that stops it
+    assert plain.flops == pytest.approx(plain.hessians * (hessian + step) + len(sets) * 2 * n * d)
+    assert fast.flops >= 2.0 * n * 51 ** 2          # the shared Gram matrix of [X 1] is counted
+    with pytest.raises(ValueError, match="columns"):
+        solve_logistic(y, stacked=_design(X, sets[0])[None], plain_newton=True)
+
+
 def test_signs_only_needs_the_strongly_convex_objective():
     X, y = _cell()
     with pytest.raises(ValueError, match="penalise_intercept"):

@@ -3,12 +3,16 @@
 - `probe_rate(floor_gflops, floor_now=...)`: synthetic cells (550 images, 256 units, the default
   200 fits of 100 units), 800 fits' worth back to back in each worker process, all workers at
   once, as the study runs them; seconds per cell, cells per second, the floating-point rate the
-  solver executed and its share of the floor, taken again before each round.
+  solver executed and its share of the floor, taken again before each round; beside it the
+  work of plain Newton on the same fits (a Hessian formed and factored at every step, counted
+  after the timed span, not timed) over the solver's time: the rate a solver doing the textbook
+  method's work would need to finish in the same time.
   `probe_line(row)`: the printed row.
 
 Example:
     row = probe_rate(300.0, workers=2, floor_now=matmul_rate)
-    row["gflops"], row["floor_share"]      # e.g. 50.0, 0.30
+    row["gflops"], row["floor_share"]      # e.g. 37.1, 0.12: what the solver executed
+    row["plain_share"]                     # e.g. 0.37: plain Newton's work in the same time
 """
 
 from __future__ import annotations
@@ -56,7 +60,10 @@ def timed_cells(seeds: Sequence[int], fits: int = FITS) -> dict:
     to back: the cells and their fits' column sets are made first, so that the timed span is the
     solver's alone. Returns the span's start and end (`time.perf_counter`, which is the system's
     monotonic clock on Linux, so that spans of processes running at once can be joined), the
-    floating-point operations and the Newton Hessians per fit.
+    floating-point operations and the Newton Hessians per fit. After the span, untimed, the
+    same fits by plain Newton (`solve_logistic(..., plain_newton=True)`): its operations
+    (`plain_flops`), Hessians per fit, and whether its hard predictions equal the solver's on
+    every row of every fit (`plain_same`).
 
     Example:
         span = timed_cells([0, 1])
@@ -70,16 +77,23 @@ def timed_cells(seeds: Sequence[int], fits: int = FITS) -> dict:
         rng = np.random.default_rng(seed)
         cells.append((X, y, np.stack([np.sort(rng.choice(X.shape[1], FIT_UNITS, replace=False))
                                       for _ in range(fits)])))
-    flops, hessians = 0.0, 0
+    fits_made = []
     with single_threaded():
         start = time.perf_counter()
         for X, y, sets in cells:
-            fit = solve_logistic(y, columns=(X, sets), penalise_intercept=True, signs_only=True)
-            flops += fit.flops
-            hessians += fit.hessians
+            fits_made.append(solve_logistic(y, columns=(X, sets), penalise_intercept=True,
+                                            signs_only=True))
         end = time.perf_counter()
-    return dict(start=start, end=end, cells=len(cells), flops=flops,
-                hessians_per_fit=hessians / (fits * len(cells)))
+        plain = [solve_logistic(y, columns=(X, sets), penalise_intercept=True, signs_only=True,
+                                plain_newton=True) for X, y, sets in cells]
+    total = fits * len(cells)
+    return dict(start=start, end=end, cells=len(cells),
+                flops=sum(fit.flops for fit in fits_made),
+                hessians_per_fit=sum(fit.hessians for fit in fits_made) / total,
+                plain_flops=sum(fit.flops for fit in plain),
+                plain_hessians_per_fit=sum(fit.hessians for fit in plain) / total,
+                plain_same=all(np.array_equal(fit.margins > 0, ref.margins > 0)
+                               for fit, ref in zip(fits_made, plain)))
 
 
 def probe_rate(floor_gflops: float, workers: int = 2, fits: int = FITS, repeats: int = 3,
@@ -99,7 +113,10 @@ def probe_rate(floor_gflops: float, workers: int = 2, fits: int = FITS, repeats:
     Returns:
         {"rows", "units", "fits", "fit_units", "workers", "threads", "cells" (per worker and
          round), "cell_s", "cells_per_s", "gflops", "floor_gflops" (the median round's floor),
-         "floor_share", "round_shares", "hessians_per_fit"}.
+         "floor_share", "round_shares", "hessians_per_fit", "plain_gflops" and "plain_share"
+         (plain Newton's operations on the median round's fits over its time and floor),
+         "plain_hessians_per_fit", "plain_same" (its predictions equal the solver's in every
+         round)}.
     """
     import multiprocessing
 
@@ -117,8 +134,9 @@ def probe_rate(floor_gflops: float, workers: int = 2, fits: int = FITS, repeats:
                                                 fits) for i in range(workers)], chunksize=1)
             wall = max(span["end"] for span in spans) - min(span["start"] for span in spans)
             gflops = sum(span["flops"] for span in spans) / wall / 1e9
+            plain = sum(span["plain_flops"] for span in spans) / wall / 1e9
             rounds.append(dict(wall=wall, spans=spans, gflops=gflops, floor=floor,
-                               share=gflops / floor))
+                               share=gflops / floor, plain_gflops=plain, plain_share=plain / floor))
     middle = sorted(rounds, key=lambda item: item["share"])[len(rounds) // 2]
     spans = middle["spans"]
     return dict(rows=ROWS, units=UNITS, fits=fits, fit_units=FIT_UNITS, workers=workers,
@@ -128,7 +146,11 @@ def probe_rate(floor_gflops: float, workers: int = 2, fits: int = FITS, repeats:
                 cells_per_s=workers * cells / middle["wall"], gflops=middle["gflops"],
                 floor_gflops=middle["floor"], floor_share=middle["share"],
                 round_shares=[item["share"] for item in rounds],
-                hessians_per_fit=float(np.mean([span["hessians_per_fit"] for span in spans])))
+                hessians_per_fit=float(np.mean([span["hessians_per_fit"] for span in spans])),
+                plain_gflops=middle["plain_gflops"], plain_share=middle["plain_share"],
+                plain_hessians_per_fit=float(np.mean([span["plain_hessians_per_fit"]
+                                                      for span in spans])),
+                plain_same=all(span["plain_same"] for item in rounds for span in item["spans"]))
 
 
 def probe_line(row: dict) -> str:
@@ -145,4 +167,7 @@ def probe_line(row: dict) -> str:
             f"{row['gflops']:.1f} GFLOP/s executed = {100 * row['floor_share']:.0f} % of the "
             f"{row['floor_gflops']:.0f} GFLOP/s floor taken just before it (median of "
             f"{len(row['round_shares'])} rounds: {shares} %; {row['hessians_per_fit']:.1f} "
-            "Hessians per fit)")
+            f"Hessians per fit); plain Newton's work on the same fits "
+            f"({row['plain_hessians_per_fit']:.1f} Hessians per fit, predictions "
+            f"{'the same' if row['plain_same'] else 'DIFFERENT'}) in this time: "
+            f"{row['plain_gflops']:.1f} GFLOP/s = {100 * row['plain_share']:.0f} % of the floor")

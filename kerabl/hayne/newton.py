@@ -327,10 +327,10 @@ def _objective(z, dz, w, step, t, y, s, reg):
 
 
 @njit(cache=True)
-def _fit(T, s, y, reg, tol, certify, first, w, z, record):
+def _fit(T, s, y, reg, tol, certify, first, reuse, w, z, record):
     """One fit from w = 0: T (d, n) float32 or float64 design (intercept row last), s and y the
     row weights and labels (n,); `first` the first step's Hessian without its diagonal term (an
-    empty array: form it). The rows past z.size are padding (zero columns of T, zero weights),
+    empty array: form it); `reuse` False forms and factors a Hessian at every step. The rows past z.size are padding (zero columns of T, zero weights),
     there to make the products' lengths a multiple of the vector width. Writes the weights into
     w and the margins of the first z.size rows into z; returns the flops spent on those rows
     (the padding's products with zeros not counted)."""
@@ -382,7 +382,7 @@ def _fit(T, s, y, reg, tol, certify, first, w, z, record):
                     break
             if settled:
                 break
-        keep = keep and largest <= KEEP_FACTOR * last_norm
+        keep = reuse and keep and largest <= KEEP_FACTOR * last_norm
         if not keep:
             if steps == 1 and first.shape[0] == d:
                 H = first.copy()
@@ -420,16 +420,17 @@ def _fit(T, s, y, reg, tol, certify, first, w, z, record):
 
 
 @njit(cache=True)
-def solve_columns(XT, sets, gram, y, reg, tol, certify, W, Z, record):
+def solve_columns(XT, sets, gram, y, reg, tol, certify, reuse, W, Z, record):
     """Fits on column sets of one matrix: XT (units, rows), float32 or float64; sets (fits, k);
     gram: (units + 1, units + 1) float32 0.25 [X 1]^T [X 1] for the first step, or (0, 0).
+    `reuse` False: plain Newton (a Hessian formed and factored at every step; `gram` empty).
     W (fits, k + 1) and Z (fits, rows) receive the weights and margins. Returns the
     flops spent.
 
     Example:
         record = np.zeros(3, np.int64)
         flops = solve_columns(XT, sets, np.empty((0, 0), np.float32), y, np.ones(k + 1),
-                              np.full(len(sets), 1e-8), True, W, Z, record)
+                              np.full(len(sets), 1e-8), True, True, W, Z, record)
     """
     n_fits, k = sets.shape
     n = XT.shape[1]
@@ -454,7 +455,7 @@ def solve_columns(XT, sets, gram, y, reg, tol, certify, W, Z, record):
             for a in range(d):
                 for b in range(d):
                     first[a, b] = gram[idx[a], idx[b]]
-        flops += _fit(T, s, labels, reg, tol[f], certify, first, W[f], Z[f], record)
+        flops += _fit(T, s, labels, reg, tol[f], certify, first, reuse, W[f], Z[f], record)
     return flops
 
 
@@ -473,5 +474,5 @@ def solve_stacked(TT, S, y, reg, tol, certify, W, Z, record):
     for f in range(n_fits):
         T = np.ascontiguousarray(TT[f])
         flops += _fit(T, np.ascontiguousarray(S[f]), y, reg, tol[f],
-                      certify, first, W[f], Z[f], record)
+                      certify, first, True, W[f], Z[f], record)
     return flops
