@@ -191,7 +191,7 @@ def test_dense_layers_run_on_the_rows_of_several_front_calls(demo, monkeypatch):
     backs.clear()
     np.testing.assert_array_equal(split.outputs(masks), expected)
     assert split._back_fn is not None and sum(backs) == 5 * 6 and max(backs) > 4
-    monkeypatch.setattr(engine, "_dense_split", lambda tail: None)
+    monkeypatch.setattr(engine, "dense_split", lambda tail: None)
     plain = TailAblator(demo.model, "conv_2")
     plain.set_activations(acts)
     assert plain._back_fn is None

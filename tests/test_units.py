@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from kerabl.zhou import ablation as z_ablation, attributes as z_attributes, results as z_results, study as z_study
-from kerabl import engine, graph, masks
+from kerabl import engine, graph, masks, tails
 from kerabl.errors import KerablError
 from kerabl.models import Network, demo_model
 from kerabl.weightfiles import randomize_weights
@@ -484,11 +484,11 @@ def test_dense_chain_steps_from_the_graph(demo_random):
 def test_skip_zero_inputs_equals_the_product_and_counts_kept_inputs():
     kernel = np.arange(8, dtype="float32").reshape(4, 2)
     sparse = np.array([[0, 2, 0, 1], [0, -1, 0, 3]], "float32")    # inputs 0 and 2 always zero
-    out, kept = engine._skip_zero_inputs(tf.constant(sparse), tf.constant(kernel))
+    out, kept = tails.skip_zero_inputs(tf.constant(sparse), tf.constant(kernel))
     np.testing.assert_array_equal(out, sparse @ kernel)
     assert int(kept) == 2
     dense = np.array([[1, 2, 0, 1], [0, -1, 5, 3]], "float32")     # every input used somewhere
-    out, kept = engine._skip_zero_inputs(tf.constant(dense), tf.constant(kernel))
+    out, kept = tails.skip_zero_inputs(tf.constant(dense), tf.constant(kernel))
     np.testing.assert_array_equal(out, dense @ kernel)
     assert int(kept) == 4
 
