@@ -15,7 +15,7 @@ from kerabl.bench import run_bench, spawned
 from kerabl.bench.cases import (probe_case, probe_cell_seconds, probe_stage_seconds, random_cells,
                                 stage_seconds_by_width)
 from kerabl.models import load_network
-from kerabl.bench.probes import probe_line, probe_rate, timed_cells
+from kerabl.bench.probes import plain_cells, probe_line, probe_rate, timed_cells
 from kerabl.bench.flops import layer_flops, model_flops, shortcut_flops, tail_flops, target_tail_flops
 from kerabl.bench.report import extrapolate, extrapolation_note, fast_cell_over_targets, format_table
 from kerabl.errors import KerablError
@@ -115,6 +115,7 @@ def test_probe_rounds_each_take_their_own_floor():
 def test_probe_cells_default_to_800_fits_a_round_and_time_the_solver_alone():
     assert probe_rate(100.0, workers=1, fits=400, repeats=1, cells=None)["cells"] == 2
     span = timed_cells([0, 1], fits=3)
+    span.update(plain_cells([0, 1], 3, span["signs"]))
     alone = timed_cells([0], fits=3)
     assert span["cells"] == 2 and span["start"] < span["end"]
     assert span["flops"] > alone["flops"] > 0 and 1 <= span["hessians_per_fit"] < 20

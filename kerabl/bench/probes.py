@@ -4,8 +4,8 @@
   200 fits of 100 units), 800 fits' worth back to back in each worker process, all workers at
   once, as the study runs them; seconds per cell, cells per second, the floating-point rate the
   solver executed and its share of the floor, taken again before each round; beside it the
-  work of plain Newton on the same fits (a Hessian formed and factored at every step, counted
-  after the timed span, not timed) over the solver's time: the rate a solver doing the textbook
+  work of plain Newton on the same fits (a Hessian formed and factored at every step; counted by
+  `plain_cells` after every worker's timed span, not timed) over the solver's time: the rate a solver doing the textbook
   method's work would need to finish in the same time.
   `probe_line(row)`: the printed row.
 
@@ -55,15 +55,24 @@ def synthetic_cell(seed: int, rows: int = ROWS, units: int = UNITS,
     return (np.maximum(x, 0.0) * 3.0).astype(np.float32), y
 
 
+def _cells(seeds: Sequence[int], fits: int) -> list:
+    """(X, y, column sets) of each seed's synthetic cell and its fits."""
+    cells = []
+    for seed in seeds:
+        X, y = synthetic_cell(seed)
+        rng = np.random.default_rng(seed)
+        cells.append((X, y, np.stack([np.sort(rng.choice(X.shape[1], FIT_UNITS, replace=False))
+                                      for _ in range(fits)])))
+    return cells
+
+
 def timed_cells(seeds: Sequence[int], fits: int = FITS) -> dict:
     """Cells' paper-probe fits (liblinear objective, sign-certified stop), one BLAS thread, back
     to back: the cells and their fits' column sets are made first, so that the timed span is the
     solver's alone. Returns the span's start and end (`time.perf_counter`, which is the system's
     monotonic clock on Linux, so that spans of processes running at once can be joined), the
-    floating-point operations and the Newton Hessians per fit. After the span, untimed, the
-    same fits by plain Newton (`solve_logistic(..., plain_newton=True)`): its operations
-    (`plain_flops`), Hessians per fit, and whether its hard predictions equal the solver's on
-    every row of every fit (`plain_same`).
+    floating-point operations, the Newton Hessians per fit and each cell's hard predictions
+    (`signs`, for `plain_cells`).
 
     Example:
         span = timed_cells([0, 1])
@@ -71,12 +80,7 @@ def timed_cells(seeds: Sequence[int], fits: int = FITS) -> dict:
     """
     from kerabl.hayne.logistic import single_threaded, solve_logistic
 
-    cells = []
-    for seed in seeds:
-        X, y = synthetic_cell(seed)
-        rng = np.random.default_rng(seed)
-        cells.append((X, y, np.stack([np.sort(rng.choice(X.shape[1], FIT_UNITS, replace=False))
-                                      for _ in range(fits)])))
+    cells = _cells(seeds, fits)
     fits_made = []
     with single_threaded():
         start = time.perf_counter()
@@ -84,16 +88,30 @@ def timed_cells(seeds: Sequence[int], fits: int = FITS) -> dict:
             fits_made.append(solve_logistic(y, columns=(X, sets), penalise_intercept=True,
                                             signs_only=True))
         end = time.perf_counter()
-        plain = [solve_logistic(y, columns=(X, sets), penalise_intercept=True, signs_only=True,
-                                plain_newton=True) for X, y, sets in cells]
-    total = fits * len(cells)
     return dict(start=start, end=end, cells=len(cells),
                 flops=sum(fit.flops for fit in fits_made),
-                hessians_per_fit=sum(fit.hessians for fit in fits_made) / total,
-                plain_flops=sum(fit.flops for fit in plain),
-                plain_hessians_per_fit=sum(fit.hessians for fit in plain) / total,
-                plain_same=all(np.array_equal(fit.margins > 0, ref.margins > 0)
-                               for fit, ref in zip(fits_made, plain)))
+                hessians_per_fit=sum(fit.hessians for fit in fits_made) / (fits * len(cells)),
+                signs=[fit.margins > 0 for fit in fits_made])
+
+
+def plain_cells(seeds: Sequence[int], fits: int, signs: Sequence[np.ndarray]) -> dict:
+    """The same cells' fits by plain Newton (`solve_logistic(..., plain_newton=True)`), untimed:
+    its operations (`plain_flops`), Hessians per fit, and whether its hard predictions equal
+    `signs` (the solver's, from `timed_cells`) on every row of every fit (`plain_same`).
+
+    Example:
+        span = timed_cells([0, 1], fits=3)
+        plain_cells([0, 1], 3, span["signs"])["plain_flops"]
+    """
+    from kerabl.hayne.logistic import single_threaded, solve_logistic
+
+    with single_threaded():
+        plain = [solve_logistic(y, columns=(X, sets), penalise_intercept=True, signs_only=True,
+                                plain_newton=True) for X, y, sets in _cells(seeds, fits)]
+    return dict(plain_flops=sum(fit.flops for fit in plain),
+                plain_hessians_per_fit=sum(fit.hessians for fit in plain) / (fits * len(plain)),
+                plain_same=all(np.array_equal(fit.margins > 0, ref)
+                               for fit, ref in zip(plain, signs)))
 
 
 def probe_rate(floor_gflops: float, workers: int = 2, fits: int = FITS, repeats: int = 3,
@@ -130,8 +148,13 @@ def probe_rate(floor_gflops: float, workers: int = 2, fits: int = FITS, repeats:
                 floor = floor_now()
                 time.sleep(SETTLE_S)
             first = 100 + r * workers * cells
-            spans = pool.starmap(timed_cells, [(range(first + i * cells, first + (i + 1) * cells),
-                                                fits) for i in range(workers)], chunksize=1)
+            seeds = [range(first + i * cells, first + (i + 1) * cells) for i in range(workers)]
+            spans = pool.starmap(timed_cells, [(part, fits) for part in seeds], chunksize=1)
+            # plain Newton's count once every timed span has ended, so that none shares the
+            # machine with it
+            jobs = [(part, fits, span.pop("signs")) for part, span in zip(seeds, spans)]
+            for span, plain in zip(spans, pool.starmap(plain_cells, jobs, chunksize=1)):
+                span.update(plain)
             wall = max(span["end"] for span in spans) - min(span["start"] for span in spans)
             gflops = sum(span["flops"] for span in spans) / wall / 1e9
             plain = sum(span["plain_flops"] for span in spans) / wall / 1e9

@@ -330,10 +330,11 @@ def _objective(z, dz, w, step, t, y, s, reg):
 def _fit(T, s, y, reg, tol, certify, first, reuse, w, z, record):
     """One fit from w = 0: T (d, n) float32 or float64 design (intercept row last), s and y the
     row weights and labels (n,); `first` the first step's Hessian without its diagonal term (an
-    empty array: form it); `reuse` False forms and factors a Hessian at every step. The rows past z.size are padding (zero columns of T, zero weights),
-    there to make the products' lengths a multiple of the vector width. Writes the weights into
-    w and the margins of the first z.size rows into z; returns the flops spent on those rows
-    (the padding's products with zeros not counted)."""
+    empty array: form it); `reuse` False forms and factors a Hessian at every step. The rows
+    past z.size are padding (zero columns of T, zero weights), there to make the products'
+    lengths a multiple of the vector width. Writes the weights into w and the margins of the
+    first z.size rows into z; returns the flops spent on those rows (the padding's products
+    with zeros not counted)."""
     d, n = T.shape
     rows = z.size
     p = np.full(n, 0.5)
