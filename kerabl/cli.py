@@ -114,9 +114,20 @@ class _Stop:
                 signal.signal(s, handler)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from kerabl import __version__
+
+        typer.echo(f"kerabl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(verbose: Annotated[bool, typer.Option(
-        help="Show TensorFlow's own log output (start-up lines, warnings).")] = False) -> None:
+        help="Show TensorFlow's own log output (start-up lines, warnings).")] = False,
+        version: Annotated[bool, typer.Option(
+            "--version", is_eager=True, callback=_print_version,
+            help="Print kerabl's version and exit.")] = False) -> None:
     """Quiet TensorFlow unless --verbose, and its oneDNN kernels on (both set before TensorFlow
     is imported; values the user set in TF_CPP_MIN_LOG_LEVEL or TF_ENABLE_ONEDNN_OPTS are kept)."""
     from kerabl.validate import onednn_by_default, quiet_tensorflow

@@ -328,9 +328,11 @@ class ChannelShortcut:
     inputs times their kernel rows; only the layers after the Dense run per unit.
 
     Attributes:
-        layer: the target layer; chain: the weightless layers between it and the Dense;
-        dense: the Dense layer's name; positions (C, S) int32 Dense inputs fed by each channel;
-        valid (C, S) float32, 0 where a row of `positions` is padding.
+        layer: the target layer.
+        chain: the weightless layers between it and the Dense.
+        dense: the Dense layer's name.
+        positions: (C, S) int32 Dense inputs fed by each channel.
+        valid: (C, S) float32, 0 where a row of `positions` is padding.
     """
 
     layer: str

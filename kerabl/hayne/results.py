@@ -445,11 +445,12 @@ class HResults:
 
     Attributes:
         config, versions: the run's configuration and library versions.
-        classes, class_index, layers, grid_shape, n_units, shard, complete.
-        probe, probe_heldout, deficit, srs_tau, srs_rho, cell_selectivity, cell_magnitude,
-        probe_loss, cell_count: (C, L, K); done: (C, L); rank_before, image_rows: (C, P);
-        rank_baseline: (C, L, P); rank_after: (C, L, K, P); others: (C, max_others).
-        Files written before `probe_loss` / `rank_baseline` existed read them as NaN / -1.
+        classes, class_index, layers, grid_shape, n_units, shard, complete: the study's shape.
+        probe, probe_heldout, probe_loss, deficit, srs_tau, srs_rho: (C, L, K).
+        cell_selectivity, cell_magnitude, cell_count: (C, L, K); done: (C, L);
+            rank_before, image_rows: (C, P);
+            rank_baseline: (C, L, P); rank_after: (C, L, K, P); others: (C, max_others).
+            Files written before `probe_loss` / `rank_baseline` existed read them as NaN / -1.
     """
 
     def __init__(self, path: Path, f: h5py.File):

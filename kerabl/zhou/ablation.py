@@ -139,7 +139,7 @@ def random_direction_ablation(network_or_model, images: np.ndarray, labels: np.n
 
     Args:
         rotation: (C, C) orthogonal matrix to use instead of a random one from `seed`.
-        Others as in `single_unit_ablation` (the tail engine is used).
+        others: as in `single_unit_ablation` (the tail engine is used).
 
     Returns:
         the keys of `single_unit_ablation` (one row per direction; `units` = direction index),
@@ -193,7 +193,7 @@ def greedy_ablation(network_or_model, images: np.ndarray, labels: np.ndarray, cl
         steps: number of units ablated.
         candidates: channel indices to choose from (default: all).
         return_order: also return the units in the order chosen.
-        Others as in `single_unit_ablation`.
+        others: as in `single_unit_ablation`.
 
     Returns:
         (steps + 1,) class accuracy after 0..steps units; with `return_order`, also (steps,) units.

@@ -41,9 +41,11 @@ class ZResults:
         z.layers, z.layer("conv_3")["max_class_drop"], z.greedy["curves"]
 
     Attributes:
-        path, config, versions, layers (names in study order), labels (N,), classes (C,),
-        class_names, greedy (dict: curves (C, steps+1), order (C, steps), random
-        (C, seeds, steps+1), layer), thumbnails (N, h, w, 3) uint8 or None.
+        path, config, versions: the file, the run's configuration and library versions.
+        layers, labels, classes, class_names: layer names in study order; labels (N,);
+            classes (C,).
+        greedy: dict of curves (C, steps+1), order (C, steps), random (C, seeds, steps+1), layer.
+        thumbnails: (N, h, w, 3) uint8 or None.
     """
 
     path: Path
