@@ -199,7 +199,7 @@ def onednn_by_default() -> None:
     TensorFlow turns oneDNN on by itself only on CPUs with AVX-512 VNNI, bfloat16 or AMX; on an
     AVX2 CPU it runs its own kernels, whose float32 matmul reaches about half the machine's
     rate on 2 cores (`kerabl bench` prints which ran). Results differ from those kernels' by
-    float rounding only (the README's Speed section gives the demo's differences).
+    float rounding only (docs/performance.md, oneDNN, gives the demo's differences).
     """
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from kerabl.bench import run_bench  # noqa: E402
 
-# The paper's image set beside a checkout (see the README's Data section).
+# The paper's image set beside a checkout (see docs/models.md, Data).
 HAYNE50 = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-val-hayne50"
 
 

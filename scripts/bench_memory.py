@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 
-# The paper's image set beside a checkout (see the README's Data section).
+# The paper's image set beside a checkout (see docs/models.md, Data).
 HAYNE50 = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-val-hayne50"
 
 N_PAIRS = 50 * 7

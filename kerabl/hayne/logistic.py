@@ -22,10 +22,7 @@ Fits on columns of one matrix gather their own (d, rows) design once, and their 
 Hessian (every curvature 1/4) is a principal submatrix of one Gram matrix of [X 1] when that
 product costs less than the fits' own.
 
-Measured side by side on the demo's real cells (classes 0 and 1, all 7 layers, 450 images, 200
-fits of 100 of up to 1024 units, one core, 2-core AVX2 machine, medians of 3): 13.5 s for the paper
-probe of all 224 cells against 22.3 s for the previous compiled solver (float64 designs, BLAS
-gemv, libm's exp in the line search); the same loss in every cell.
+Its speed, measured version by version, is on the documentation's Performance page (Probes).
 
 BLAS runs on one thread here: the study runs one cell per core.
 """

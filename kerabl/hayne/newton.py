@@ -17,9 +17,9 @@ not what a Python loop over 200 fits costs. Each fit, alone in the cache:
   once per cell. The Hessian is only the step's metric: its float32 rounding changes the path,
   not the optimum, which the float64 gradient fixes;
 - a factor is kept for the next step while each step shrinks the gradient's largest entry to at
-  most 0.7 of the last (Shamanskii-style reuse; a step costs ~1/10 of a fresh Hessian and factor
-  here, so reuse pays sooner than in a solver whose steps are dearer: 0.7 took 4-8 % less time
-  than 0.5 on 40 real demo cells, 4 % fewer Hessians, the same predictions);
+  most 0.7 of the last (Shamanskii-style reuse: a step costs far less than a fresh Hessian and
+  factor, so reuse pays sooner than in a solver whose steps are dearer; the documentation's
+  Performance page gives the measurements);
 - the step length: up to three 1-D Newton iterations on the objective along the direction (it
   is convex there), stopped where its slope is in [-0.3 |slope at 0|, 0] (a decrease, proven by
   convexity, without the exact minimum along the line: the next Newton step is cheaper than

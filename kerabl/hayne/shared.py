@@ -7,16 +7,15 @@
 - `resolve(x, fn=None)`: in a worker, a reference's columns (a copy) or `fn(whole array)`; a plain
   array passes through, so the same task runs in this process or in a worker.
 
-Why: the H sweep sends every cell's activations to its probe workers. Sent by pipe, each task was
-pickled (an AlexNet conv_1 cell: 550 x 18,150 float32, 40 MB; the pair's held-out fold probe the
-whole 550 x 290,400 array, 639 MB), and the parent's copying competed with the workers for the
-cores: conv_1's probe stage took 10-12.5 s per pair for ~4 s of probe arithmetic. Through shared
-memory a task is a name and a column index, and each worker gathers its own cell's columns.
+Why: the H sweep sends every cell's activations to its probe workers; sent by pipe, each task
+was pickled, and the parent's copying competed with the workers for the cores (the
+documentation's Performance page, Memory, has the numbers). Through shared memory a task is a
+name and a column index, and each worker gathers its own cell's columns.
 
-One block serves the whole sweep, every pair's activations read into its start: a fresh 639 MB
-array costs 0.7 s of page faults to fill, a filled one 0.04 s. For the same reason each worker
-keeps the block mapped between its tasks (`_attach`: this process's one open mapping), so its
-pages are mapped once per worker, not once per task.
+One block serves the whole sweep, every pair's activations read into its start (a filled block
+costs no page faults). For the same reason each worker keeps the block mapped between its tasks
+(`_attach`: this process's one open mapping), so its pages are mapped once per worker, not once
+per task.
 
 No numpy view of a block outlives the call it was passed to (`apply`, `resolve`): a mapping can
 only be closed when no view of it is left.

@@ -37,7 +37,7 @@ CONTROLS = ("none", "permuted-labels")
 @dataclass(frozen=True)
 class HConfig:
     """Protocol options of the H study; defaults are the authors' choices except where theirs
-    is a bug (the README's deviation table lists each difference).
+    is a bug (docs/protocol.md lists each difference).
 
     Example:
         HConfig(grid=(4, 4), others="all", probe_fits=50)
