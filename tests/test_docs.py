@@ -210,13 +210,15 @@ def test_every_readme_link_resolves():
 
 def test_a_broken_link_or_anchor_is_found(tmp_path):
     (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "page.md").write_text("# Page\n\n## The paper's networks\n\n```\n# not a heading\n```\n")
+    (tmp_path / "docs" / "page.md").write_text(
+        "# Page\n\n## The paper's networks\n\n```\n# not a heading\n```\n")
     readme = tmp_path / "README.md"
     readme.write_text("[ok](docs/page.md#the-papers-networks) [gone](docs/none.md) "
                       "[bad](docs/page.md#not-a-heading) [web](https://example.org) [top](#x)\n"
                       "```\n[in code](docs/none.md)\n```\n")
-    assert broken_links(readme) == ["docs/none.md: no such file",
-                                    "docs/page.md#not-a-heading: no heading with anchor #not-a-heading"]
+    assert broken_links(readme) == [
+        "docs/none.md: no such file",
+        "docs/page.md#not-a-heading: no heading with anchor #not-a-heading"]
 
 
 def _api_modules() -> set:

@@ -21,7 +21,7 @@ def fence_examples(text: str) -> str:
     """`text` with every indented `Example:` block inside a fenced code block.
 
     Example:
-        fence_examples("Do it.\\n\\nExample:\\n    f(x)")   # "...Example:\\n    ```\\n    f(x)\\n    ```"
+        fence_examples("Example:\\n    f(x)")   # "Example:\\n    ```\\n    f(x)\\n    ```"
     """
     lines, out, i = text.split("\n"), [], 0
     while i < len(lines):

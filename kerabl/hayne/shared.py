@@ -12,8 +12,8 @@ was pickled, and the parent's copying competed with the workers for the cores (t
 documentation's Performance page, Memory, has the numbers). Through shared memory a task is a
 name and a column index, and each worker gathers its own cell's columns.
 
-One block serves the whole sweep, every pair's activations read into its start (a filled block
-costs no page faults). For the same reason each worker keeps the block mapped between its tasks
+One block serves the whole sweep, every pair's activations read into its start (its pages are
+faulted in once, not for every pair). For the same reason each worker keeps the block mapped between its tasks
 (`_attach`: this process's one open mapping), so its pages are mapped once per worker, not once
 per task.
 
