@@ -104,6 +104,12 @@ def results_kind(results: Path) -> str:
     """
     import h5py
 
+    if results.is_dir():
+        inside = [p.name for p in (results / "h_results.h5", results / "z_results.h5")
+                  if p.is_file()]
+        raise KerablError(f"{results} is a folder: pass a results file"
+                          + (f" such as {results / inside[0]}" if inside else
+                             " (h_results.h5 or z_results.h5)"))
     if not results.is_file():
         raise KerablError(f"results file {results} does not exist: run `kerabl study` or "
                           "`kerabl reproduce` first")
@@ -223,7 +229,8 @@ def compare(
     tolerance: Annotated[float, typer.Option(help="Largest |diff| of deficit or probe that passes.")] = 1e-9,
     out: Annotated[Optional[Path], typer.Option(help="Folder for the scatter figure.")] = None,
 ) -> None:
-    """Join two cell CSVs on (class, layer, cell); exit 1 when a cell differs or is missing."""
+    """Join two cell CSVs on (class, layer, cell); exit 1 when a cell differs (a number against
+    NaN or empty included) or is missing, or when nothing was compared."""
     from kerabl.compare import compare_csv
 
     comparison = compare_csv(a, b, tolerance=tolerance, out_dir=out)

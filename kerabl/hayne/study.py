@@ -159,8 +159,8 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
             "every class is a random set of images")
 
     check_study_images(imageset)
+    files, note = image_files(imageset, cache_path, preprocess, log)
     check_live_outputs(network, imageset)
-    files, note = image_files(imageset, cache_path)
     writer_args = _writer_args(network, imageset, layers, config)
     writer_args["config"]["contents"] = contents_digest(files)
     check_grid_fits(tuple(config.grid), dict(zip(layers, writer_args["n_units"])))
