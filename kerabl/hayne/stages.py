@@ -165,7 +165,7 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
     sweep = _Sweep(network, imageset, layers, config, cache, log)
     sweep.workers = worker_count(workers) if stage == "probe" else 1
     bar = progress_bar(f"H {stage}: class x layer", len(todo), enabled=progress)
-    with probe_pool(sweep.workers) as sweep.pool, sweep, bar as advance:
+    with probe_pool(sweep.workers, log=log) as sweep.pool, sweep, bar as advance:
         for ci in sorted({ci for ci, _ in todo}):
             state = sweep.start_class(ci, forward=stage == "ablate")
             if stage == "ablate":
