@@ -32,10 +32,10 @@ def worker_count(workers: int | None) -> int:
     return workers or os.cpu_count() or 1
 
 
-def probe_pool(workers: int, kind: str | None = None, log=None):
+def probe_pool(workers: int, kind: str | None = None):
     """The probes' workers: None for workers <= 1 (they run in this thread); else `kind`
     "processes" (`worker_pool`) or "threads" (`thread_pool`), by default processes where
-    `spawn_is_safe()` and threads where not (said once through `log` when given).
+    `spawn_is_safe()` and threads where not (`pool_note` says so).
 
     Example:
         with probe_pool(4) as pool:       # None (no processes) for workers <= 1
@@ -43,15 +43,23 @@ def probe_pool(workers: int, kind: str | None = None, log=None):
     """
     if workers <= 1:
         return contextlib.nullcontext(None)
-    if kind is None:
-        kind = "processes" if spawn_is_safe() else "threads"
-        if kind == "threads" and log is not None:
-            log(f"probes: {workers} threads of this process, not worker processes: a script "
-                'whose study call is not under `if __name__ == "__main__":` would run again in '
-                "each spawned process (the numbers are the same)")
+    kind = kind or ("processes" if spawn_is_safe() else "threads")
     if kind not in ("processes", "threads"):
         raise ValueError(f"pool kind must be 'processes' or 'threads', got {kind!r}")
     return worker_pool(workers) if kind == "processes" else thread_pool(workers)
+
+
+def pool_note(workers: int) -> str | None:
+    """The line a run prints when its `workers` probe workers will be threads, not processes.
+
+    Example:
+        note = pool_note(4)   # None in a notebook or under the __main__ guard
+    """
+    if workers <= 1 or spawn_is_safe():
+        return None
+    return (f"probes: {workers} threads of this process, not worker processes: a script whose "
+            'study call is not under `if __name__ == "__main__":` would run again in each '
+            "spawned process (the numbers are the same)")
 
 
 def spawn_is_safe() -> bool:

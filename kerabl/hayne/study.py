@@ -24,7 +24,8 @@ import numpy as np
 
 from kerabl.contents import contents_digest, image_files
 from kerabl.errors import KerablError
-from kerabl.hayne.pools import bounded_map, probe_pool, worker_count, worker_pool  # noqa: F401
+from kerabl.hayne.pools import (bounded_map, pool_note, probe_pool, worker_count,  # noqa: F401
+                                worker_pool)
 from kerabl.progress import progress_bar
 from kerabl.validate import check_grid_fits, check_live_outputs, check_precision, check_study_images
 
@@ -177,7 +178,9 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     sweep = _Sweep(network, imageset, layers, config, cache, log)
     sweep.workers = worker_count(workers)
     bar = progress_bar("H study: class x layer", len(todo), enabled=progress)
-    with probe_pool(sweep.workers, log=log) as sweep.pool, sweep, bar as advance:
+    if note := pool_note(sweep.workers):
+        log(note)
+    with probe_pool(sweep.workers) as sweep.pool, sweep, bar as advance:
         for ci in sorted({ci for ci, _ in todo}):
             state = sweep.start_class(ci)
             writer.write_class(ci, image_rows=state["target_rows"],
