@@ -115,8 +115,8 @@ def image_problem(path: str | Path, preprocess: str = "scale") -> str | None:
     try:
         (load_image_cv2 if preprocess == "paper" else load_image)(path)
     except KerablError as error:
-        return str(error).removeprefix(f"cannot read image {path}").strip(" :;").split(
-            "; replace or remove")[0] or "cannot be decoded"
+        reason = str(error).removeprefix(f"cannot read image {path}").split("; replace or remove")[0]
+        return reason.replace(f" '{path}'", "").strip(" :;") or "cannot be decoded"
     return None
 
 
