@@ -117,7 +117,8 @@ def results_kind(results: Path) -> str:
         with h5py.File(results, "r") as f:
             return f.attrs.get("kind", "")
     except OSError:
-        raise KerablError(f"{results} is not an HDF5 results file") from None
+        raise KerablError(f"{results} is not an HDF5 results file: pass a h_results.h5 or "
+                          "z_results.h5 written by kerabl") from None
 
 
 def render_timed(results: Path, out: Path) -> tuple[list, float]:
