@@ -266,3 +266,14 @@ def test_study_and_units_name_every_bad_image_before_writing(tmp_path, tiny_mode
     assert "skipping 1 file in the class folders that is not an image by suffix" in result.stdout
     assert "notes.txt" in result.stdout
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_units_writes_a_z_file_with_its_schema(tmp_path, tiny_model):
+    out = tmp_path / "out"
+    result = invoke("units", "--model", tiny_model, "--images", _folders(tmp_path / "images"),
+                    "--out", out, "--preprocess", "scale", "--greedy-steps", "2",
+                    "--greedy-seeds", "1", "--no-progress")
+    assert result.exit_code == 0, result.output
+    with h5py.File(out / "z_results.h5", "r") as f:
+        assert f.attrs["kind"] == "kerabl.z-results" and int(f.attrs["schema"]) == 1
+    assert ZResults.open(out / "z_results.h5").layers
