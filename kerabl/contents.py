@@ -67,7 +67,8 @@ def file_table(imageset, known: Sequence[Sequence] | None = None,
                 if problem:
                     problems.append(f"{path} ({problem})")
         except OSError as err:
-            problems.append(f"{path} ({image_problem(path) if path.is_symlink() else err.strerror})")
+            reason = image_problem(path) if path.is_symlink() else err.strerror
+            problems.append(f"{path} ({reason})")
             continue
         table.append(list(row))
     if problems:

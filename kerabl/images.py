@@ -115,7 +115,8 @@ def image_problem(path: str | Path, preprocess: str = "scale") -> str | None:
     try:
         (load_image_cv2 if preprocess == "paper" else load_image)(path)
     except KerablError as error:
-        reason = str(error).removeprefix(f"cannot read image {path}").split("; replace or remove")[0]
+        reason = str(error).removeprefix(f"cannot read image {path}")
+        reason = reason.split("; replace or remove")[0]
         return reason.replace(f" '{path}'", "").strip(" :;") or "cannot be decoded"
     return None
 

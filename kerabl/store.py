@@ -173,7 +173,8 @@ def reading_results(path, command: str):
         raise
     except (KeyError, ValueError, TypeError, IndexError, AttributeError, OSError) as error:
         detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise KerablError(damaged_line(path, f"{type(error).__name__}: {detail}", command)) from None
+        line = damaged_line(path, f"{type(error).__name__}: {detail}", command)
+        raise KerablError(line) from None
 
 
 def damaged_line(path, detail: str, command: str) -> str:

@@ -3,7 +3,6 @@ Excel-written cells; 16-bit PNGs against TensorFlow's decoding; damaged H and Z 
 `export` and `figures`; unreadable images and dangling links named together before any file is
 written; a folder passed where a results file belongs."""
 
-import json
 import os
 from pathlib import Path
 

@@ -88,7 +88,8 @@ def spawn_is_safe() -> bool:
 
 
 def _inside_main_guard(path: str, line: int) -> bool:
-    """Whether line `line` of the script at `path` lies in a top-level `if __name__ == "__main__":`."""
+    """Whether line `line` of the script at `path` lies in a top-level
+    `if __name__ == "__main__":` block."""
     try:
         tree = ast.parse(open(path, encoding="utf-8").read())
     except (OSError, SyntaxError, UnicodeDecodeError, ValueError):

@@ -99,9 +99,11 @@ class ZResults:
             check_shape(self.path, "thumbnails", self.thumbnails, (n, None, None, 3), WRITER)
         needed = [f"layer_{name}/{key}" for name, d in self._layers.items()
                   for key in (*UNIT_VECTORS, "top_images", "top_maps") if key not in d]
-        needed += [f"greedy/{key}" for key in ("curves", "random", "order") if key not in self.greedy]
+        needed += [f"greedy/{key}" for key in ("curves", "random", "order")
+                   if key not in self.greedy]
         if needed:
-            raise KerablError(damaged_line(self.path, f"no dataset {', '.join(needed[:3])}", WRITER))
+            raise KerablError(damaged_line(self.path, f"no dataset {', '.join(needed[:3])}",
+                                           WRITER))
         for name, d in self._layers.items():
             units = np.shape(d["overall_drop"])[:1]
             for key in UNIT_VECTORS:
@@ -110,8 +112,9 @@ class ZResults:
                         WRITER)
             maps = np.shape(d["top_maps"])
             if maps[:2] != d["top_images"].shape[:2]:
-                raise KerablError(damaged_line(self.path, f"layer_{name}/top_maps has shape {maps}"
-                                               f", not {d['top_images'].shape[:2]} + a map", WRITER))
+                raise KerablError(damaged_line(
+                    self.path, f"layer_{name}/top_maps has shape {maps}, not "
+                    f"{d['top_images'].shape[:2]} + a map", WRITER))
             for key, top in (("top_images", n), ("argmax_class", c)):
                 if d[key].size and not 0 <= d[key].min() <= d[key].max() < top:
                     raise KerablError(damaged_line(self.path, f"layer_{name}/{key} holds numbers "
