@@ -146,3 +146,19 @@ def test_readme_library_snippet_runs_as_a_plain_script(tmp_path):
         assert (tmp_path / "out" / "z_results.h5").is_file()
     if (os.cpu_count() or 1) > 1 and "if __name__" not in snippet:
         assert "threads of this process" in out.stdout
+
+
+def test_spawn_is_safe_in_a_spawned_process_of_a_guarded_script(tmp_path):
+    # a `kerabl bench` case runs in a spawned process of the `kerabl` script; its own probe
+    # workers are processes too
+    (tmp_path / "script.py").write_text(textwrap.dedent("""\
+        import multiprocessing
+        from kerabl.hayne.pools import spawn_is_safe
+
+        if __name__ == "__main__":
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                print(spawn_is_safe(), pool.apply(spawn_is_safe))
+        """))
+    out = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == "True True", out.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import collections
 import contextlib
+import multiprocessing
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -73,6 +74,8 @@ def spawn_is_safe() -> bool:
     Example:
         spawn_is_safe()   # True in a notebook, False in a script without the guard
     """
+    if multiprocessing.parent_process() is not None:
+        return True     # a spawned process: its main module was imported once already, safely
     main = sys.modules.get("__main__")
     name = getattr(getattr(main, "__spec__", None), "name", None)
     if main is None or name == "__main__" or (name or "").endswith(".__main__"):
@@ -145,7 +148,6 @@ def worker_pool(workers: int):
     parent's end, whatever ended it (`kill -9` included); when the block ends by an exception
     the pending tasks are cancelled and the workers stopped at once.
     """
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     return _stopping(ProcessPoolExecutor(max_workers=workers,
