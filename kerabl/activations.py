@@ -543,7 +543,8 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
         model_name, weights_id: identify a bare keras model (override a Network's).
         progress: show a rich progress bar.
         files: the image set's `kerabl.contents.file_table` when the caller has it (default:
-            computed here, hashing only files changed since the existing cache).
+            computed here, hashing and decoding only files changed since the existing cache, so
+            that every unreadable image is named before the cache is written).
         log: where messages go (default: this module's `logging` logger at WARNING, which
             Python shows without any logging setup).
 
@@ -568,7 +569,7 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
 
     path = Path(path)
     known = stored_files(path) if path.exists() else None
-    files = files if files is not None else file_table(imageset, known)
+    files = files if files is not None else file_table(imageset, known, preprocess)
     wanted = _fingerprint(name, wid, layers, imageset, preprocess, unit, dtype, size,
                           contents_digest(files))
     if path.exists():

@@ -104,6 +104,12 @@ def results_kind(results: Path) -> str:
     """
     import h5py
 
+    if results.is_dir():
+        inside = [p.name for p in (results / "h_results.h5", results / "z_results.h5")
+                  if p.is_file()]
+        raise KerablError(f"{results} is a folder: pass a results file"
+                          + (f" such as {results / inside[0]}" if inside else
+                             " (h_results.h5 or z_results.h5)"))
     if not results.is_file():
         raise KerablError(f"results file {results} does not exist: run `kerabl study` or "
                           "`kerabl reproduce` first")
@@ -111,7 +117,8 @@ def results_kind(results: Path) -> str:
         with h5py.File(results, "r") as f:
             return f.attrs.get("kind", "")
     except OSError:
-        raise KerablError(f"{results} is not an HDF5 results file") from None
+        raise KerablError(f"{results} is not an HDF5 results file: pass a h_results.h5 or "
+                          "z_results.h5 written by kerabl") from None
 
 
 def render_timed(results: Path, out: Path) -> tuple[list, float]:
@@ -223,7 +230,8 @@ def compare(
     tolerance: Annotated[float, typer.Option(help="Largest |diff| of deficit or probe that passes.")] = 1e-9,
     out: Annotated[Optional[Path], typer.Option(help="Folder for the scatter figure.")] = None,
 ) -> None:
-    """Join two cell CSVs on (class, layer, cell); exit 1 when a cell differs or is missing."""
+    """Join two cell CSVs on (class, layer, cell); exit 1 when a cell differs (a number against
+    NaN or empty included) or is missing, or when nothing was compared."""
     from kerabl.compare import compare_csv
 
     comparison = compare_csv(a, b, tolerance=tolerance, out_dir=out)

@@ -1,9 +1,12 @@
 """`kerabl compare`: two cell CSVs of `kerabl export`'s schema, joined and compared.
 
-- `read_cells(path)`: (class, layer, cell) -> {"deficit", "probe"} floats (NaN for empty fields).
+- `read_cells(path)`: (class, layer, cell) -> {"deficit", "probe"} floats (NaN for empty fields);
+  a UTF-8 byte-order mark and CRLF line ends (a CSV saved by Excel) are read.
 - `compare_csv(a, b, tolerance, out_dir)`: a `Comparison`: per layer the cells compared, max |diff|
-  and Pearson r of deficit and probe; the cells beyond the tolerance; rows missing on either side;
-  with `out_dir`, the scatter figure `compare.png` / `.pdf`.
+  and Pearson r of deficit and probe; the cells that differ (beyond the tolerance, or a number on
+  one side against NaN or an empty field on the other); rows missing on either side; with
+  `out_dir`, the scatter figure `compare.png` / `.pdf`. A comparison in which no value is a number
+  on both sides fails: nothing was compared.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def read_cells(path) -> dict[tuple[str, str, int], dict[str, float]]:
     if not path.is_file():
         raise KerablError(f"CSV file {path} does not exist: write it with `kerabl export`")
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
             missing = [c for c in KEY_COLUMNS + VALUE_COLUMNS if c not in header]
@@ -99,7 +102,8 @@ class LayerStats:
 
 @dataclass
 class Comparison:
-    """The result of `compare_csv`; `ok` is False when a cell differs or a row is missing.
+    """The result of `compare_csv`; `ok` is False when a cell differs, a row is missing or no
+    value was a number on both sides (nothing compared).
 
     Example:
         c = compare_csv("kerabl.csv", "port.csv")
@@ -116,8 +120,13 @@ class Comparison:
     figure: list[Path]
 
     @property
+    def compared(self) -> int:
+        """Values (deficit or probe) that are numbers on both sides."""
+        return sum(sum(s.pairs.values()) for s in self.layers)
+
+    @property
     def ok(self) -> bool:
-        return not (self.beyond or self.only_a or self.only_b)
+        return self.compared > 0 and not (self.beyond or self.only_a or self.only_b)
 
     def lines(self) -> list[str]:
         """The report `kerabl compare` prints, one layer per line, then the differing cells."""
@@ -138,8 +147,11 @@ class Comparison:
         if len(self.beyond) > SHOWN:
             out.append(f"... and {len(self.beyond) - SHOWN} more cells beyond the tolerance")
         out.append(f"{sum(s.cells for s in self.layers)} cells compared, {len(self.beyond)} "
-                   f"beyond tolerance {self.tolerance:g}, {len(self.only_a) + len(self.only_b)} "
-                   "missing on one side")
+                   f"differ (beyond tolerance {self.tolerance:g}, or a number against NaN/empty), "
+                   f"{len(self.only_a) + len(self.only_b)} missing on one side")
+        if not self.compared:
+            out.append("nothing compared: no deficit or probe is a number in both files (no "
+                       "common cells, or the values are empty or NaN); check the files")
         return out
 
 
@@ -151,8 +163,9 @@ def compare_csv(a, b, *, tolerance: float = 1e-9, out_dir=None) -> Comparison:
         c.ok            # False when a cell differs by more than 1e-6 or a row is missing
         print("\\n".join(c.lines()))
 
-    A value is compared where both files have it (an empty field on either side is skipped);
-    a cell differs when |a - b| > tolerance for deficit or probe.
+    A cell differs when, for deficit or probe, |a - b| > tolerance, or one side is a number and
+    the other NaN or empty (both NaN or empty is equal). Max |diff| and r are over the values
+    that are finite on both sides.
     """
     if not tolerance >= 0:
         raise KerablError(f"--tolerance must be >= 0, got {tolerance}")
@@ -167,14 +180,16 @@ def compare_csv(a, b, *, tolerance: float = 1e-9, out_dir=None) -> Comparison:
         for column in VALUE_COLUMNS:
             x = np.array([cells_a[k][column] for k in keys])
             y = np.array([cells_b[k][column] for k in keys])
-            both = ~(np.isnan(x) | np.isnan(y))
+            both = np.isfinite(x) & np.isfinite(y)
             diff = np.abs(x[both] - y[both])
             s.pairs[column] = int(both.sum())
             s.max_diff[column] = float(diff.max()) if diff.size else math.nan
             s.r[column] = pearson(x[both], y[both])
             points[(layer, column)] = (x[both], y[both])
+            with np.errstate(invalid="ignore"):
+                same = (x == y) | (np.isnan(x) & np.isnan(y)) | (np.abs(x - y) <= tolerance)
             beyond += [(k, column, float(u), float(v))
-                       for k, u, v, ok in zip(keys, x, y, both) if ok and abs(u - v) > tolerance]
+                       for k, u, v, ok in zip(keys, x, y, same) if not ok]
         stats.append(s)
     order = {k: n for n, k in enumerate(common)}
     beyond.sort(key=lambda item: (order[item[0]], item[1]))

@@ -31,19 +31,31 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_table(imageset, known: Sequence[Sequence] | None = None) -> list[list]:
+SHOWN = 20  # unreadable images named one by one at most
+
+
+def file_table(imageset, known: Sequence[Sequence] | None = None,
+               preprocess: str | None = None) -> list[list]:
     """`[name, size, mtime_ns, sha256]` of every image, reusing hashes of unchanged files.
+
+    With `preprocess`, every file hashed afresh (new or changed since `known`) is also decoded as
+    that recipe reads it, so a file that cannot be read is found before anything is written.
 
     Example:
         table = file_table(synset_imageset("val"))
         again = file_table(synset_imageset("val"), known=table)   # hashes only changed files
+
+    Raises:
+        KerablError: one line naming every image that cannot be read or decoded (a dangling
+            link, a missing or truncated file, a file that is not an image), up to `SHOWN`.
     """
     from kerabl.errors import KerablError
+    from kerabl.images import image_problem
 
     if getattr(imageset, "paths", None) is None:
         return array_table(imageset.images)
     previous = {row[0]: row for row in (known or [])}
-    table = []
+    table, problems = [], []
     for path in imageset.paths:
         name = str(path)
         try:
@@ -51,10 +63,19 @@ def file_table(imageset, known: Sequence[Sequence] | None = None) -> list[list]:
             row = previous.get(name)
             if row is None or row[1] != stat.st_size or row[2] != stat.st_mtime_ns:
                 row = [name, int(stat.st_size), int(stat.st_mtime_ns), _sha256(path)]
+                problem = image_problem(path, preprocess) if preprocess is not None else None
+                if problem:
+                    problems.append(f"{path} ({problem})")
         except OSError as err:
-            raise KerablError(f"cannot read image {path} ({err.strerror}): restore it or "
-                              "remove it from the image folder") from None
+            reason = image_problem(path) if path.is_symlink() else err.strerror
+            problems.append(f"{path} ({reason})")
+            continue
         table.append(list(row))
+    if problems:
+        more = f", and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
+        raise KerablError(f"{len(problems)} image{'s' if len(problems) != 1 else ''} cannot be "
+                          f"read: {'; '.join(problems[:SHOWN])}{more}: replace or remove "
+                          f"{'them' if len(problems) != 1 else 'it'} and rerun")
     return table
 
 
@@ -103,17 +124,27 @@ def describe_changes(names: Sequence[str], shown: int = 5) -> str:
     return f"{len(names)} image{'s' if len(names) != 1 else ''} changed ({listed})"
 
 
-def image_files(imageset, cache_path) -> tuple[list, str]:
+def image_files(imageset, cache_path, preprocess: str | None = None,
+                log=None) -> tuple[list, str]:
     """The image set's file table (hashing only files changed since the activation cache at
-    `cache_path`, when there is one) and a note naming the files that changed.
+    `cache_path`, when there is one) and a note naming the files that changed; with
+    `preprocess`, the changed files are decoded too (`file_table`); with `log`, the files the
+    image set skipped (not images by their suffix) are said there.
 
     Example:
         files, note = image_files(imageset, "out/activations.h5")   # note: '2 images changed (...)'
     """
     from kerabl.activations import stored_files
 
+    skipped = getattr(imageset, "skipped", None)
+    if log is not None and skipped:
+        listed = ", ".join(str(p) for p in skipped[:5]) + (
+            f", ... {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        log(f"skipping {len(skipped)} file{'s' if len(skipped) != 1 else ''} in the class folders "
+            f"that {'are' if len(skipped) != 1 else 'is'} not an image by suffix: {listed}")
+
     known = stored_files(Path(cache_path)) if Path(cache_path).exists() else None
-    files = file_table(imageset, known)
+    files = file_table(imageset, known, preprocess)
     return files, describe_changes(changed_files(known, files) if known else [])
 
 

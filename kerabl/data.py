@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -88,6 +88,8 @@ class ImageSet:
         class_names: names of `classes`, same order.
         paths: image files (decoded on demand), or None for in-memory images.
         images: (N, h, w, 3) float32 network inputs for in-memory sets, else None.
+        skipped: files in the class folders that are not read (not images by their suffix);
+            a study says how many and names a few.
     """
 
     name: str
@@ -96,6 +98,7 @@ class ImageSet:
     class_names: list[str]
     paths: list[Path] | None = None
     images: np.ndarray | None = None
+    skipped: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
@@ -202,13 +205,14 @@ def _digest(items: Sequence) -> str:
 
 
 def _from_classes(name: str, folder: Path, class_ids: list[int], class_names: list[str],
-                  files_per_class: list[list[Path]]) -> ImageSet:
+                  files_per_class: list[list[Path]], skipped: Sequence[Path] = ()) -> ImageSet:
     """An ImageSet from files grouped by class (study order), named with a digest of both."""
     paths = [p for files in files_per_class for p in files]
     labels = np.repeat(np.asarray(class_ids, dtype=np.int64), [len(f) for f in files_per_class])
     digest = _digest([*class_ids, *(p.name for p in paths)])
     return ImageSet(name=f"{name}:{folder.resolve()}:{digest}", labels=labels,
-                    classes=class_ids, class_names=class_names, paths=paths)
+                    classes=class_ids, class_names=class_names, paths=paths,
+                    skipped=list(skipped))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,16 +387,17 @@ def synset_imageset(folder: str | Path, classes: Sequence[str] | None = None) ->
                               "layout")
     ids = [imagenet.index_of(str(c).strip()) for c in classes]
     classes = [imagenet.wnids()[i] for i in ids]   # class names given as their WNIDs
-    files_per_class = []
+    files_per_class, skipped = [], []
     for wnid in classes:
         sub = folder / wnid
-        files = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-            if sub.is_dir() else []
+        entries = [p for p in sub.iterdir() if not p.is_dir()] if sub.is_dir() else []
+        files = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise KerablError(f"no images of class {wnid} in {sub}: check the folder")
         files_per_class.append(files)
+        skipped += sorted(p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES)
     return _from_classes("imagenet-synsets", folder, ids,
-                         [imagenet.class_names()[i] for i in ids], files_per_class)
+                         [imagenet.class_names()[i] for i in ids], files_per_class, skipped)
 
 
 def digits_imageset(seed: int = DIGITS_SEED) -> ImageSet:

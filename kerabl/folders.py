@@ -106,16 +106,18 @@ def folder_imageset(folder: str | Path, classes: Sequence[str] | None = None,
         raise KerablError(f"{folder} gives {len(chosen)} class ({', '.join(chosen) or 'none'}): "
                           "a study compares each class with others; give at least two class "
                           "folders")
-    files_per_class = []
+    files_per_class, skipped = [], []
     for name in chosen:
-        files = sorted(p for p in (folder / name).rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        # a dangling link is kept: the study names it with every other unreadable image
+        entries = [p for p in (folder / name).rglob("*") if not p.is_dir()]
+        files = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise KerablError(f"no images in class folder {folder / name}: add images "
                               f"({', '.join(IMAGE_SUFFIXES)}) or remove the folder")
         files_per_class.append(files)
+        skipped += sorted(p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES)
     return _from_classes("class-folders", folder, [index[c] for c in chosen], chosen,
-                         files_per_class)
+                         files_per_class, skipped)
 
 
 def check_outputs(imageset: ImageSet, n_outputs: int, expected: int | None, model: str) -> None:

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -73,20 +74,51 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".we
 def load_image(path: str | Path) -> np.ndarray:
     """Decode one image file as uint8 RGB, (H, W, 3); greyscale, CMYK and palette become RGB.
 
+    A 16-bit image (greyscale or RGB PNG, 16-bit TIFF) is decoded at full depth and scaled to 8
+    bits by its high byte (value // 256, as `tf.image.convert_image_dtype` does).
+
     Example:
         image = load_image("images/ILSVRC2012_val_00000011.JPEG")
         image.shape, image.dtype  # ((256, 341, 3), dtype('uint8'))
 
     Raises:
-        KerablError: the file is missing, unreadable or not a decodable image.
+        KerablError: the file is missing, unreadable or not a decodable image, or its pixels are
+            32-bit integers or floats (no 8-bit scale to assume).
     """
     from PIL import Image
 
     try:
         with Image.open(path) as image:
+            if image.mode.startswith("I;16"):
+                grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=-1)
+            if image.mode in ("I", "F"):
+                raise KerablError(f"cannot read image {path}: its pixels are 32-bit "
+                                  f"{'integers' if image.mode == 'I' else 'floats'}; convert it to "
+                                  "an 8- or 16-bit image")
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise KerablError(f"cannot read image {path}: {err}; replace or remove the file") from None
+
+
+def image_problem(path: str | Path, preprocess: str = "scale") -> str | None:
+    """Why `path` cannot be read as the recipe `preprocess` reads it ("paper": OpenCV, else
+    Pillow), or None when it decodes: the whole file is decoded, so a truncated one is found.
+
+    Example:
+        image_problem("flowers/rose/1.jpg")      # None
+        image_problem("flowers/rose/empty.jpg")  # "cannot identify image file ..."
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return f"a link to {os.readlink(path)}, which does not exist"
+    try:
+        (load_image_cv2 if preprocess == "paper" else load_image)(path)
+    except KerablError as error:
+        reason = str(error).removeprefix(f"cannot read image {path}")
+        reason = reason.split("; replace or remove")[0]
+        return reason.replace(f" '{path}'", "").strip(" :;") or "cannot be decoded"
+    return None
 
 
 def load_image_cv2(path: str | Path) -> np.ndarray:

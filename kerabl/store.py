@@ -10,6 +10,10 @@
   file) was given is one line naming what it holds and which command writes the wanted one.
 - `open_h5(path, mode)`: `h5py.File`, waiting while another process holds the file's HDF5 lock
   (a figure drawn from a run in progress reads the `.partial` its run writes pair by pair).
+- `reading_results(path, command)`: a block that reads a results file; a broken config, a missing
+  dataset or attribute, or an array of the wrong shape inside it is one line naming the file.
+- `check_shape(path, name, array, shape)`: a stored array's shape, or that one line.
+- `check_schema(path, found, schema, kind)`: a results file of the layout this kerabl reads.
 
 A reader never sees a half-written file under the final name: an interrupted run leaves only
 `PATH.partial` (or `PATH.tmp`), which the next run resumes or replaces. The activation cache itself
@@ -18,6 +22,7 @@ is `kerabl.activations`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -150,3 +155,56 @@ def check_results_kind(path, kind, wanted: str) -> None:
         other, _, writer = RESULTS_KINDS[kind]
         raise KerablError(f"{path} holds {other} results (`{writer}`), not {name} results: {hint}")
     raise KerablError(f"{path} is not a kerabl {name} results file (kind={kind!r}): {hint}")
+
+
+@contextlib.contextmanager
+def reading_results(path, command: str):
+    """Turn what a damaged results file raises while it is read (a config that is not JSON, a
+    dataset or attribute missing, an array of another shape: KeyError, ValueError, TypeError,
+    IndexError, an HDF5 read error) into one `KerablError` naming the file and what to do.
+
+    Example:
+        with reading_results("out/h_results.h5", "kerabl study"):
+            config = json.loads(f.attrs["config"])   # a broken attribute: one line, no traceback
+    """
+    try:
+        yield
+    except KerablError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, OSError) as error:
+        detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        line = damaged_line(path, f"{type(error).__name__}: {detail}", command)
+        raise KerablError(line) from None
+
+
+def damaged_line(path, detail: str, command: str) -> str:
+    """The one line of a damaged results file.
+
+    Example:
+        damaged_line("out/z_results.h5", "no dataset labels", "kerabl units")
+    """
+    return (f"{path} is damaged ({detail}): delete it and rerun `{command}` to write it again "
+            "(or restore it from a copy)")
+
+
+def check_shape(path, name: str, array, shape: Sequence[int | None], command: str) -> None:
+    """Raise the damaged-file line unless `array.shape` is `shape` (None: any length there).
+
+    Example:
+        check_shape("h.h5", "deficit", np.zeros((2, 3, 16)), (2, 3, 16), "kerabl study")  # fine
+    """
+    got = tuple(getattr(array, "shape", ()))
+    if len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape)):
+        want = "(" + ", ".join("any" if w is None else str(w) for w in shape) + ")"
+        raise KerablError(damaged_line(path, f"{name} has shape {got}, expected {want}", command))
+
+
+def check_schema(path, found, schema: int, command: str) -> None:
+    """Raise one line unless a results file's `schema` attribute is `schema`.
+
+    Example:
+        check_schema("z_results.h5", 1, 1, "kerabl units")   # fine
+    """
+    if found is None or int(found) != schema:
+        raise KerablError(f"{path} has results schema {found}, this kerabl reads {schema}: use the "
+                          f"kerabl version that wrote it, or rerun `{command}` with this one")

@@ -29,6 +29,8 @@ BLAS runs on one thread here: the study runs one cell per core.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -70,13 +72,18 @@ def one_blas_thread():
 
 def single_threaded():
     """Context that runs BLAS and OpenMP on one thread: a sweep runs one cell per core instead
-    (`kerabl.hayne.study` worker processes); threads of one small problem mostly wait on each other.
+    (`kerabl.hayne.pools` workers); threads of one small problem mostly wait on each other.
+    Inside a block that already holds BLAS at one thread (the probes' thread pool) it changes
+    nothing, so the pool's threads never set the process's thread counts under each other.
 
     Example:
         with single_threaded():
             score = paper_probe_score(acts, labels)
     """
-    return _blas_controller().limit(limits=1)
+    controller = _blas_controller()
+    if all(lib.num_threads == 1 for lib in controller.lib_controllers if lib.user_api == "blas"):
+        return contextlib.nullcontext()
+    return controller.limit(limits=1)
 
 
 @lru_cache(maxsize=1)

@@ -32,7 +32,8 @@ not what a Python loop over 200 fits costs. Each fit, alone in the cache:
   1e-6 lowers the objective while the gradient stays as large (its rounding floor: values of
   1e4 and saturated rows).
 
-No TensorFlow here, and no Python objects in the loop.
+No TensorFlow here, and no Python objects in the loop; every kernel releases the GIL (`nogil`),
+so the probes' threads (`kerabl.hayne.pools`, a script that cannot spawn workers) run side by side.
 """
 
 from __future__ import annotations
@@ -62,13 +63,13 @@ _SHIFT_BITS = np.array([_SHIFT]).view(np.int64)[0]
 STEPS, HESSIANS, FAILED = 0, 1, 2
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _softplus(x: float) -> float:
     """log(1 + e^x) without overflow."""
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _gram(T, c, H):
     """H = T diag(c) T^T (float32), upper triangle then mirrored: four rows of T, scaled by c
     into a small buffer, against two rows of T at a time, so that each load serves more than one
@@ -123,7 +124,7 @@ def _gram(T, c, H):
             H[a, b] = H[b, a]
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _times(T, r, out):
     """out = T r with float64 sums, T float32 or float64 (d, rows); four rows of T per pass
     over r."""
@@ -150,7 +151,7 @@ def _times(T, r, out):
         out[j] = acc
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, nogil=True, fastmath={"contract"})
 def _combine(T, v, out):
     """out = T^T v (rows,) in float64, as a sum of T's rows (each contiguous), four per pass
     over out."""
@@ -169,7 +170,7 @@ def _combine(T, v, out):
             out[i] += vj * T[j, i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _factor(H, reg):
     """Lower Cholesky factor (float64) of H + diag(reg), H float32 without the diagonal term.
     A matrix that rounding left not positive definite gets a ridge of 1e-6 of each diagonal
@@ -197,7 +198,7 @@ def _factor(H, reg):
                 return np.eye(d), False
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _cho_solve(L, g, out):
     """out = (L L^T)^-1 g for a lower-triangular L, reading L by rows only: forward by dot
     products of rows, backward by subtracting multiples of rows."""
@@ -214,7 +215,7 @@ def _cho_solve(L, g, out):
             out[j] -= L[i, j] * x
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, nogil=True, fastmath={"contract"})
 def _exp_parts(a, frac, kd):
     """For a <= 0 (clamped at -700): a = k ln2 + r with |r| <= ln2 / 2 (Cody-Waite, ln2 in two
     parts), frac = e^r by its Taylor series to r^13 (the rest is below 4e-18), kd = k + 1.5 2^52,
@@ -241,7 +242,7 @@ def _exp_parts(a, frac, kd):
         frac[i] = e * r + 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _exp_negative(a, out, kd):
     """out = e^a for an array a <= 0, within an ulp of libm's (tested), vectorised: Numba calls
     libm's exp once per element (pip's llvmlite has no vector math library), which made the
@@ -256,7 +257,7 @@ def _exp_negative(a, out, kd):
         out[i] *= scale[i]
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _sigmoid_along(z, dz, t, y, s, p, e, kd):
     """p = sigmoid(z - t dz); returns the sums that make the objective's slope and curvature
     along the line at t: sum(s (p - y) dz) and sum(s p (1 - p) dz^2)."""
@@ -276,7 +277,7 @@ def _sigmoid_along(z, dz, t, y, s, p, e, kd):
     return slope, curve
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _line_search(z, dz, w, step, grad, y, s, reg, p):
     """Step length t along -step; p is set to sigmoid(z - t dz). See the module docstring."""
     n, d = z.size, w.size
@@ -312,7 +313,7 @@ def _line_search(z, dz, w, step, grad, y, s, reg, p):
     return t
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _objective(z, dz, w, step, t, y, s, reg):
     """C * sum(s * log loss) + 0.5 * sum(reg * w^2) at w - t step (margins z - t dz)."""
     total = 0.0
@@ -326,7 +327,7 @@ def _objective(z, dz, w, step, t, y, s, reg):
     return C * total + 0.5 * penalty
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _fit(T, s, y, reg, tol, certify, first, reuse, w, z, record):
     """One fit from w = 0: T (d, n) float32 or float64 design (intercept row last), s and y the
     row weights and labels (n,); `first` the first step's Hessian without its diagonal term (an
@@ -420,7 +421,7 @@ def _fit(T, s, y, reg, tol, certify, first, reuse, w, z, record):
     return flops
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def solve_columns(XT, sets, gram, y, reg, tol, certify, reuse, W, Z, record):
     """Fits on column sets of one matrix: XT (units, rows), float32 or float64; sets (fits, k);
     gram: (units + 1, units + 1) float32 0.25 [X 1]^T [X 1] for the first step, or (0, 0).
@@ -460,7 +461,7 @@ def solve_columns(XT, sets, gram, y, reg, tol, certify, reuse, W, Z, record):
     return flops
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def solve_stacked(TT, S, y, reg, tol, certify, W, Z, record):
     """Fits on their own designs: TT (fits, d, rows) float64, transposed, intercept row last; S
     (fits, rows) row weights. W (fits, d) and Z (fits, rows) receive the weights and margins.

@@ -37,11 +37,13 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.store import (check_results_kind, config_differences, differing_keys, finish_partial,
-                          open_h5, partial_path, write_csv_atomic)
+from kerabl.store import (check_results_kind, check_schema, check_shape, config_differences,
+                          damaged_line, differing_keys, finish_partial, open_h5, partial_path,
+                          reading_results, write_csv_atomic)
 
 KIND = "kerabl.h-results"
 SCHEMA = 1
+WRITER = "kerabl study"   # the command that writes a results file, named when one is damaged
 CELL_FLOATS = ("probe", "probe_heldout", "deficit", "srs_tau", "srs_rho",
                "cell_selectivity", "cell_magnitude", "probe_loss", "probe_fold", "probe_fold_sd")
 # absent from files written before them: read as NaN (floats) or -1 (ranks)
@@ -194,9 +196,7 @@ def check_kind(f: h5py.File, path: Path) -> None:
             check_kind(f, Path("out/h_results.h5"))   # None; a Z results file raises
     """
     check_results_kind(path, f.attrs.get("kind"), KIND)
-    if int(f.attrs.get("schema", -1)) != SCHEMA:
-        raise KerablError(f"{path} has results schema {f.attrs.get('schema')}, this kerabl reads "
-                          f"{SCHEMA}; rerun with this version or use the kerabl that wrote it")
+    check_schema(path, f.attrs.get("schema"), SCHEMA, WRITER)
 
 
 def shard_pairs(n_classes: int, n_layers: int, shard: tuple[int, int] | None) -> list[tuple[int, int]]:
@@ -454,19 +454,35 @@ class HResults:
     """
 
     def __init__(self, path: Path, f: h5py.File):
-        layout = ResultsLayout.read(f)
-        self.path = path
-        self.config = layout.config
-        self.versions = json.loads(f.attrs["versions"])
-        self.shard = layout.shard
-        self.complete = bool(f.attrs["complete"])
-        self.classes = list(layout.classes)
-        self.class_index = np.asarray(layout.class_index, dtype=np.int64)
-        self.layers = list(layout.layers)
-        self.grid_shape = layout.grid_shape
-        self.n_units = np.asarray(layout.n_units, dtype=np.int64)
-        for name in CELL_ARRAYS + CLASS_ARRAYS + ("done", "rank_after", "rank_baseline"):
-            setattr(self, name, cell_dataset(f, name))
+        with reading_results(path, WRITER):
+            layout = ResultsLayout.read(f)
+            self.path = path
+            self.config = layout.config
+            self.versions = json.loads(f.attrs["versions"])
+            self.shard = layout.shard
+            self.complete = bool(f.attrs["complete"])
+            self.classes = list(layout.classes)
+            self.class_index = np.asarray(layout.class_index, dtype=np.int64)
+            self.layers = list(layout.layers)
+            self.grid_shape = layout.grid_shape
+            self.n_units = np.asarray(layout.n_units, dtype=np.int64)
+            for name in CELL_ARRAYS + CLASS_ARRAYS + ("done", "rank_after", "rank_baseline"):
+                setattr(self, name, cell_dataset(f, name))
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Every array of the shape its layout gives (a damaged file is one line)."""
+        c, l_ = len(self.classes), len(self.layers)
+        if not isinstance(self.config, dict):
+            raise KerablError(damaged_line(self.path, "config is not a JSON object", WRITER))
+        check_shape(self.path, "grid_shape", np.asarray(self.grid_shape), (2,), WRITER)
+        k = int(np.prod(self.grid_shape))
+        p, o = self.image_rows.shape[-1], self.others.shape[-1]
+        shapes = {"class_index": (c,), "n_units": (l_,), "done": (c, l_), "image_rows": (c, p),
+                  "rank_before": (c, p), "others": (c, o), "rank_after": (c, l_, k, p),
+                  "rank_baseline": (c, l_, p), **{name: (c, l_, k) for name in CELL_ARRAYS}}
+        for name, shape in shapes.items():
+            check_shape(self.path, name, getattr(self, name), shape, WRITER)
 
     @classmethod
     def open(cls, path, allow_partial: bool = False) -> "HResults":
@@ -483,7 +499,7 @@ class HResults:
             hint = (f"; {partial_path(path).name} exists: the run has not finished, rerun it to resume"
                     if partial_path(path).exists() else "; run `kerabl study` to write it")
             raise KerablError(f"no results file at {path}{hint}")
-        with open_h5(path) as f:
+        with reading_results(path, WRITER), open_h5(path) as f:
             check_kind(f, path)
             if not bool(f.attrs["complete"]) and not allow_partial:
                 done = f["done"][()]
@@ -500,8 +516,14 @@ class HResults:
         name = self.layers[layer] if isinstance(layer, (int, np.integer)) else str(layer)
         if name not in self.layers:
             raise KerablError(f"layer {name!r} is not in {self.path} (layers: {self.layers})")
-        with open_h5(self.path) as f:
+        c, u = len(self.classes), int(self.n_units[self.layers.index(name)])
+        n, m = self.grid_shape
+        shapes = {"selectivity": (c, u), "magnitude": (c, u), "membership": (c, u),
+                  "sel_edges": (c, n + 1), "mag_edges": (c, n, m + 1)}
+        with reading_results(self.path, WRITER), open_h5(self.path) as f:
             g = f[f"units/{name}"]
+            for key, shape in shapes.items():
+                check_shape(self.path, f"units/{name}/{key}", g[key], shape, WRITER)
             return {key: g[key][ci] for key in UNIT_ARRAYS}
 
 

@@ -23,8 +23,8 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, probe_pool, worker_count,
-                                results_name, target_layers)
+from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, pool_note, probe_pool,
+                                results_name, target_layers, worker_count)
 from kerabl.progress import progress_bar
 from kerabl.store import config_differences, open_h5
 
@@ -165,6 +165,8 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
     sweep = _Sweep(network, imageset, layers, config, cache, log)
     sweep.workers = worker_count(workers) if stage == "probe" else 1
     bar = progress_bar(f"H {stage}: class x layer", len(todo), enabled=progress)
+    if note := pool_note(sweep.workers):
+        log(note)
     with probe_pool(sweep.workers) as sweep.pool, sweep, bar as advance:
         for ci in sorted({ci for ci, _ in todo}):
             state = sweep.start_class(ci, forward=stage == "ablate")

@@ -14,10 +14,8 @@ Example:
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import dataclasses
-import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,6 +24,8 @@ import numpy as np
 
 from kerabl.contents import contents_digest, image_files
 from kerabl.errors import KerablError
+from kerabl.hayne.pools import (bounded_map, pool_note, probe_pool, worker_count,  # noqa: F401
+                                worker_pool)
 from kerabl.progress import progress_bar
 from kerabl.validate import check_grid_fits, check_live_outputs, check_precision, check_study_images
 
@@ -138,7 +138,9 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
         cache_path: activation cache (default `out_dir/activations.h5`).
         shard: `(i, n)` to run only pairs k = class * n_layers + layer with k % n == i.
         workers: processes computing the probes (default: the number of CPU cores); 1 runs them
-            in this process. Results do not depend on it.
+            in this thread. Where this process cannot spawn workers safely (a plain script
+            without `if __name__ == "__main__":`) they are threads of this process
+            (`kerabl.hayne.pools`). Results depend on neither.
 
     Returns:
         The finished results file, or None for a shard whose file is written but not renamed
@@ -159,8 +161,8 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
             "every class is a random set of images")
 
     check_study_images(imageset)
+    files, note = image_files(imageset, cache_path, preprocess, log)
     check_live_outputs(network, imageset)
-    files, note = image_files(imageset, cache_path)
     writer_args = _writer_args(network, imageset, layers, config)
     writer_args["config"]["contents"] = contents_digest(files)
     check_grid_fits(tuple(config.grid), dict(zip(layers, writer_args["n_units"])))
@@ -176,6 +178,8 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     sweep = _Sweep(network, imageset, layers, config, cache, log)
     sweep.workers = worker_count(workers)
     bar = progress_bar("H study: class x layer", len(todo), enabled=progress)
+    if note := pool_note(sweep.workers):
+        log(note)
     with probe_pool(sweep.workers) as sweep.pool, sweep, bar as advance:
         for ci in sorted({ci for ci, _ in todo}):
             state = sweep.start_class(ci)
@@ -288,12 +292,12 @@ class _Sweep:
 
     def _shared_block(self, shape: tuple[int, int]):
         """The sweep's shared-memory block, made (or grown) to hold an array of `shape`, sized
-        at first for the widest layer; None without probe workers or without room."""
+        at first for the widest layer; None without probe worker processes or without room."""
         from kerabl.hayne.shared import SharedBlock
 
         nbytes = shape[0] * shape[1] * 4
-        if self.pool is None or self._no_room:
-            return None
+        if self.pool is None or self._no_room or isinstance(self.pool, ThreadPoolExecutor):
+            return None     # threads read the activations where they are
         if self._block is not None and self._block.nbytes >= nbytes:
             return self._block
         if self._block is not None:
@@ -384,26 +388,6 @@ class _Sweep:
                 for j, name in enumerate(PROBE_FIELDS)}
 
 
-def bounded_map(pool, fn, tasks, in_flight: int = 4):
-    """`map(fn, tasks)` in order, on `pool` when given, with at most `in_flight` tasks built and
-    sent at once, so the cells of a large layer are never all copied together.
-
-    Example:
-        with probe_pool(4) as pool:
-            scores = list(bounded_map(pool, cell_probe_scores, tasks, in_flight=8))
-    """
-    if pool is None:
-        yield from map(fn, tasks)
-        return
-    pending: collections.deque = collections.deque()
-    for task in tasks:
-        pending.append(pool.submit(fn, task))
-        if len(pending) >= in_flight:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
 PROBE_FIELDS = ("probe", "probe_heldout", "srs_tau", "srs_rho", "probe_loss")
 
 
@@ -457,73 +441,3 @@ def _cell_probe_scores(x, y, config: HConfig,
                                   solver=config.probe_solver)
     tau, rho = rsa_scores(x, y, config.srs_matrix) if config.srs else (np.nan, np.nan)
     return float(np.exp(-loss)), heldout, tau, rho, loss
-
-
-def worker_count(workers: int | None) -> int:
-    """The probe workers to run: `workers` as given, else one per CPU core.
-
-    Example:
-        worker_count(None)     # os.cpu_count() (1 where it is unknown)
-    """
-    return workers or os.cpu_count() or 1
-
-
-def probe_pool(workers: int):
-    """Worker processes for the probes (`worker_pool`); None (no processes) for workers <= 1.
-
-    Example:
-        with probe_pool(4) as pool:       # None (no processes) for workers <= 1
-            results = list(bounded_map(pool, cell_probe_scores, tasks))
-    """
-    return contextlib.nullcontext(None) if workers <= 1 else worker_pool(workers)
-
-
-def worker_pool(workers: int):
-    """A pool of `workers` spawned processes (they import only what their tasks import: the
-    probes numpy and scikit-learn, the figures matplotlib).
-
-    Example:
-        with worker_pool(1) as pool:      # one process beside this one
-            future = pool.submit(fn, task)
-
-    Each worker ignores Ctrl-C (its parent stops the run) and exits within a second of its
-    parent's end, whatever ended it (`kill -9` included); when the block ends by an exception
-    the pending tasks are cancelled and the workers stopped at once.
-    """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    return _stopping(ProcessPoolExecutor(max_workers=workers,
-                                         mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_worker_start, initargs=(os.getpid(),)))
-
-
-@contextlib.contextmanager
-def _stopping(pool):
-    try:
-        yield pool
-    except BaseException:
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.join(5)
-        raise
-    pool.shutdown(wait=True)
-
-
-def _worker_start(parent: int) -> None:
-    """In a worker: ignore SIGINT, and exit when the parent process is gone."""
-    import signal
-    import threading
-    import time
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="kerabl-parent-watch").start()

@@ -16,20 +16,31 @@ from typing import Any
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.store import check_results_kind, write_csv_atomic
+from kerabl.store import (check_results_kind, check_schema, check_shape, damaged_line,
+                          reading_results, write_csv_atomic)
 from kerabl.zhou.attributes import ATTRIBUTES
 
 
 Z_KIND = "kerabl.z-results"
+# The layout version, as H files have: files written before the attribute existed have this
+# layout and read as schema 1.
+Z_SCHEMA = 1
+WRITER = "kerabl units"   # the command that writes a Z results file, named when one is damaged
 DROPS = ("overall_drop", "max_class_drop")
+# per-unit vectors of a layer group: one value per unit, as the figures and the CSV read them
+UNIT_VECTORS = DROPS + ("rand_overall_drop", "rand_max_class_drop", "argmax_class") + ATTRIBUTES
 
 
 def _read_config(path: Path) -> dict[str, Any]:
     import h5py
 
-    with h5py.File(path, "r") as f:
+    with reading_results(path, WRITER), h5py.File(path, "r") as f:
         check_results_kind(path, f.attrs.get("kind"), Z_KIND)
-        return json.loads(f.attrs["config"])
+        check_schema(path, f.attrs.get("schema", Z_SCHEMA), Z_SCHEMA, WRITER)
+        config = json.loads(f.attrs["config"])
+        if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+            raise KerablError(damaged_line(path, "its config names no layers", WRITER))
+        return config
 
 
 @dataclass
@@ -69,15 +80,51 @@ class ZResults:
                 path.name + ".partial").exists() else ""
             raise KerablError(f"no Z results at {path}{hint}: run `kerabl units` first")
         config = _read_config(path)
-        with h5py.File(path, "r") as f:
+        with reading_results(path, WRITER), h5py.File(path, "r") as f:
             layers = {name: _read_group(f[f"layer_{name}"]) for name in config["layers"]}
-            return cls(path=path, config=config, versions=json.loads(f.attrs["versions"]),
-                       labels=f["labels"][()], classes=f["classes"][()],
-                       class_names=[n.decode() if isinstance(n, bytes) else str(n)
-                                    for n in f["class_names"][()]],
-                       greedy=_read_group(f["greedy"]),
-                       thumbnails=f["thumbnails"][()] if "thumbnails" in f else None,
-                       _layers=layers)
+            z = cls(path=path, config=config, versions=json.loads(f.attrs["versions"]),
+                    labels=f["labels"][()], classes=f["classes"][()],
+                    class_names=[n.decode() if isinstance(n, bytes) else str(n)
+                                 for n in f["class_names"][()]],
+                    greedy=_read_group(f["greedy"]),
+                    thumbnails=f["thumbnails"][()] if "thumbnails" in f else None,
+                    _layers=layers)
+        z._check_shapes()
+        return z
+
+    def _check_shapes(self) -> None:
+        """The arrays the figures and the CSV read, of consistent shapes (else one line)."""
+        n, c = len(self.labels), len(self.classes)
+        check_shape(self.path, "labels", self.labels, (None,), WRITER)
+        check_shape(self.path, "class_names", np.asarray(self.class_names), (c,), WRITER)
+        if self.thumbnails is not None:
+            check_shape(self.path, "thumbnails", self.thumbnails, (n, None, None, 3), WRITER)
+        needed = [f"layer_{name}/{key}" for name, d in self._layers.items()
+                  for key in (*UNIT_VECTORS, "top_images", "top_maps") if key not in d]
+        needed += [f"greedy/{key}" for key in ("curves", "random", "order")
+                   if key not in self.greedy]
+        if needed:
+            raise KerablError(damaged_line(self.path, f"no dataset {', '.join(needed[:3])}",
+                                           WRITER))
+        for name, d in self._layers.items():
+            units = np.shape(d["overall_drop"])[:1]
+            for key in UNIT_VECTORS:
+                check_shape(self.path, f"layer_{name}/{key}", d[key], units, WRITER)
+            check_shape(self.path, f"layer_{name}/top_images", d["top_images"], (*units, None),
+                        WRITER)
+            maps = np.shape(d["top_maps"])
+            if maps[:2] != d["top_images"].shape[:2]:
+                raise KerablError(damaged_line(
+                    self.path, f"layer_{name}/top_maps has shape {maps}, not "
+                    f"{d['top_images'].shape[:2]} + a map", WRITER))
+            for key, top in (("top_images", n), ("argmax_class", c)):
+                if d[key].size and not 0 <= d[key].min() <= d[key].max() < top:
+                    raise KerablError(damaged_line(self.path, f"layer_{name}/{key} holds numbers "
+                                                   f"beyond 0..{top - 1}", WRITER))
+        steps = self.greedy["curves"].shape[1:2]
+        for key, shape in (("curves", (c, *steps)), ("random", (c, None, *steps)),
+                           ("order", (c, None))):
+            check_shape(self.path, f"greedy/{key}", self.greedy[key], shape, WRITER)
 
     @property
     def layers(self) -> list[str]:
@@ -91,7 +138,8 @@ class ZResults:
 
     def correlations(self, name: str) -> dict[str, dict[str, dict[str, float]]]:
         """`attribute_drop_correlations` of one layer, as stored."""
-        return json.loads(self.layer(name)["correlations"])
+        with reading_results(self.path, WRITER):
+            return json.loads(self.layer(name)["correlations"])
 
 
 def _read_group(group) -> dict[str, Any]:

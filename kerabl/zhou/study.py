@@ -26,7 +26,7 @@ from kerabl.validate import check_live_outputs
 from kerabl.zhou.ablation import _direction_drops, _greedy, _random_order, _unit_drops
 from kerabl.zhou.heldout import most_hurt_class, split_greedy
 from kerabl.zhou.attributes import TOP_K, attribute_drop_correlations, class_correlation, class_means, l1_norms, selectivity_index, top_activating
-from kerabl.zhou.results import Z_KIND, _read_config, display_images
+from kerabl.zhou.results import Z_KIND, Z_SCHEMA, _read_config, display_images
 
 
 THUMBNAIL_MAX = 64
@@ -109,6 +109,7 @@ def _create_partial(partial: Path, config: dict[str, Any], data: _StudyData,
 
     with h5py.File(partial, "w") as f:
         f.attrs["kind"] = Z_KIND
+        f.attrs["schema"] = Z_SCHEMA
         f.attrs["config"] = json.dumps(config)
         f.attrs["versions"] = json.dumps(library_versions())
         f.create_dataset("labels", data=data.labels)
@@ -251,7 +252,8 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
         images = data.images()
         files, note = array_table(images), describe_changes([])
     else:
-        files, note = image_files(imageset, Path(out_dir) / "activations.h5")
+        files, note = image_files(imageset, Path(out_dir) / "activations.h5",
+                                  network.preprocess, log)
     wanted = _study_config(network, data, layers, seed, greedy_layer, greedy_steps, greedy_seeds,
                            top_k)
     wanted["contents"] = contents_digest(files)
