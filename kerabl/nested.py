@@ -9,7 +9,9 @@ masks, the tails and the activation recorder see every inner layer as a layer of
 
 - `nested_models(model)`: paths of the functional models called inside `model`.
 - `flatten_nested(model)`: the flat model (`model` itself when nothing is nested).
+- `flat_network(network)`: a kerabl `Network` (or a bare model) with its model flattened.
 - `layer_paths(model)`: {layer name: path} of the layers that came from inside a nested model.
+- `from_paths(model, names)`: each path replaced by its layer's name, other names kept.
 - `resolve_layer(model, name)`, `resolve_layers(model, names)`: a layer name or path
   (`base/inner`) to the layer's name in the flat model, or a one-line error.
 
@@ -189,6 +191,25 @@ def flatten_nested(model) -> keras.Model:
     return flat
 
 
+def flat_network(network_or_model):
+    """`network_or_model` with its model flattened (`flatten_nested`); itself when nothing is nested.
+
+    Example:
+        net = flat_network(Network(name="flowers", model=classifier, ...))
+        net.model.get_layer("block_4_add")   # a layer of the flat model
+
+    Args:
+        network_or_model: a kerabl `Network` (a dataclass with a `model` field) or a Keras model.
+    """
+    import dataclasses
+
+    model = getattr(network_or_model, "model", network_or_model)
+    flat = flatten_nested(model)
+    if flat is model:
+        return network_or_model
+    return flat if model is network_or_model else dataclasses.replace(network_or_model, model=flat)
+
+
 def layer_paths(model) -> dict[str, str]:
     """{flat layer name: path} of the layers that came from inside nested models ({} if none).
 
@@ -197,6 +218,18 @@ def layer_paths(model) -> dict[str, str]:
         # "mobilenetv2_0.35_96/block_4_add"
     """
     return {str(name): str(path) for name, path in getattr(model, "kerabl_paths", ())}
+
+
+def from_paths(model, names: Sequence[str]) -> list[str]:
+    """`names` with each path into a nested model replaced by its layer's name; the others kept
+    as they are (for a caller that checks them with its own message).
+
+    Example:
+        from_paths(flat, ["mobilenetv2_0.35_96/block_4_add", "dense", "nope"])
+        # ["block_4_add", "dense", "nope"]
+    """
+    by_path = {path: flat for flat, path in layer_paths(model).items()}
+    return [by_path.get(str(name), str(name)) for name in names]
 
 
 def resolve_layer(model, name: str) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 
 from kerabl.engine import DEFAULT_BATCH, HEAD_BATCH, TailAblator, _engine, _Engine, predict_batched
 from kerabl.graph import _as_model
-from kerabl.nested import resolve_layer, resolve_layers
+from kerabl.nested import flat_network, resolve_layer, resolve_layers
 from kerabl.contents import array_table, contents_digest, describe_changes, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
@@ -241,6 +241,7 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
     seed, greedy_layer, greedy_steps = config.seed, config.greedy_layer, config.greedy_steps
     greedy_seeds, top_k, batch_size = config.greedy_seeds, config.top_k, config.batch_size
     out_path = Path(out_dir) / RESULTS_NAME
+    network = flat_network(network)   # a model calling other models: one graph
     model = _as_model(network)
     layers = resolve_layers(model, network.targets if layers is None else layers)
     greedy_layer = greedy_layer and resolve_layer(model, greedy_layer)
