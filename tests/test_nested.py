@@ -24,7 +24,7 @@ from test_cli import invoke, one_process  # noqa: F401 (a fixture)
 SIZE = 32
 BASE = f"mobilenetv2_0.35_{SIZE}"
 LAYER = "block_4_add"          # inside the base: (4, 4, 16) at a 32 x 32 input, a cut point
-Z_LAYER = "block_4_project_BN"  # (4, 4, 16), not a cut point (the skip crosses it), has L1 norms
+Z_LAYER = "block_3_project_BN"  # (4, 4, 16): a conv's output, where the Z study has L1 norms
 SMALL = ["--grid", "2x2", "--probe-fits", "2", "--heldout-folds", "2", "--no-progress",
          "--preprocess", "tf"]
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -36,7 +36,8 @@ def _base():
 
 
 def _classifiers() -> dict:
-    """The two ways of calling a base: a Sequential and a functional model, random weights.
+    """The two ways of calling a base: a Sequential and a functional model, the same random
+    weights (drawn in the same order).
 
     Random weights shrink the signal about tenfold every two blocks (out_relu ~1e-8), so the
     head's kernel is scaled up to give class scores of order one that differ between images.
@@ -46,8 +47,8 @@ def _classifiers() -> dict:
     x = _base()(inputs, training=False)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     fun = keras.Model(inputs, keras.layers.Dense(3, name="logits")(x), name="transfer")
-    for seed, model in enumerate((seq, fun)):
-        randomize_weights(model, seed, "he")
+    for model in (seq, fun):
+        randomize_weights(model, 0, "he")
         dense = model.layers[-1]
         dense.kernel.assign(np.asarray(dense.kernel) * 1e8)
     return {"sequential": seq, "functional": fun}
@@ -68,24 +69,31 @@ def nested(tmp_path_factory):
     return root, models, images
 
 
-def _times(mask):
-    """A layer that multiplies its input by the constant `mask`."""
-    constant = np.asarray(mask, np.float32)
-    return keras.layers.Lambda(lambda x: x * constant)
+class Times(keras.layers.Layer):
+    """x * mask, the mask a variable (set with `mask.assign`, no rebuild)."""
+
+    def __init__(self, shape, **kwargs):
+        super().__init__(**kwargs)
+        self.mask = self.add_weight(shape=shape, initializer="ones", trainable=False)
+
+    def call(self, inputs):
+        return inputs * self.mask
 
 
-def _literal(model, mask, target=LAYER):
-    """`model` (nested) with the base's `target` output multiplied by `mask`, shared weights."""
+def _literal(model, target):
+    """`model` (nested) with a `Times` layer after the base's `target` layer (shared weights)."""
     base = model.get_layer(BASE)
+    times = Times(tuple(base.get_layer(target).output.shape[1:]))
 
     def call(layer, *args, **kwargs):
         out = layer(*args, **kwargs)
-        return _times(mask)(out) if layer.name == target else out
+        return times(out) if layer.name == target else out
 
     masked = keras.models.clone_model(base, clone_function=lambda layer: layer,
                                       call_function=call)
-    return keras.models.clone_model(
+    whole = keras.models.clone_model(
         model, clone_function=lambda layer: masked if layer is base else layer)
+    return whole, times.mask
 
 
 def test_flat_graph_equals_the_nested_model_and_names_inner_layers_by_path(nested):
@@ -151,6 +159,7 @@ def test_study_and_units_on_an_inner_layer_equal_literal_recomputation(nested, k
     res = HResults.open(tmp_path / "h" / "h_results.h5")
     assert res.layers == [LAYER] and res.done.all()
     assert list(res.n_units) == [4 * 4 * 16]
+    literal, mask = _literal(model, LAYER)
     changed = 0
     for ci, c in enumerate(data.classes):
         rows = data.rows_of(c)
@@ -160,8 +169,8 @@ def test_study_and_units_on_an_inner_layer_equal_literal_recomputation(nested, k
         np.testing.assert_array_equal(res.rank_before[ci, :len(rows)], before)
         membership = res.units(ci, LAYER)["membership"]
         for k in range(4):
-            mask = (membership != k).astype(np.float32).reshape(4, 4, 16)
-            after = true_class_rank(_literal(model, mask).predict_on_batch(x), labels)
+            mask.assign((membership != k).astype(np.float32).reshape(4, 4, 16))
+            after = true_class_rank(literal.predict_on_batch(x), labels)
             np.testing.assert_array_equal(res.rank_after[ci, 0, k, :len(rows)], after)
             np.testing.assert_allclose(res.deficit[ci, 0, k], (after - before).mean(),
                                        atol=1e-12)
@@ -181,11 +190,13 @@ def test_study_and_units_on_an_inner_layer_equal_literal_recomputation(nested, k
     base_preds = model.predict_on_batch(x).argmax(axis=1)
     np.testing.assert_allclose(z["base_class_acc"],
                                [(base_preds[labels == c] == c).mean() for c in data.classes])
+    literal, mask = _literal(model, Z_LAYER)
     moved = 0
     for unit in range(16):
-        mask = np.ones((4, 4, 16), np.float32)
-        mask[..., unit] = 0
-        preds = _literal(model, mask, Z_LAYER).predict_on_batch(x).argmax(axis=1)
+        ones = np.ones((4, 4, 16), np.float32)
+        ones[..., unit] = 0
+        mask.assign(ones)
+        preds = literal.predict_on_batch(x).argmax(axis=1)
         accuracy = [(preds[labels == c] == c).mean() for c in data.classes]
         np.testing.assert_allclose(z["class_acc"][unit], accuracy, err_msg=f"unit {unit}")
         moved += int((preds != base_preds).sum())
