@@ -10,16 +10,18 @@ import keras
 import numpy as np
 import pytest
 
+from kerabl.activations import record_activations
 from kerabl.errors import KerablError
 from kerabl.folders import folder_imageset
 from kerabl.hayne.ablation import true_class_rank
 from kerabl.hayne.results import HResults
+from kerabl.models import Network
 from kerabl.nested import flatten_nested, layer_paths, nested_models, resolve_layer
 from kerabl.networks import layer_table, load_any_network
 from kerabl.weightfiles import randomize_weights
 from kerabl.zhou.results import ZResults
 
-from test_cli import invoke, one_process  # noqa: F401 (a fixture)
+from test_cli import assert_one_line_error, invoke, one_process  # noqa: F401 (a fixture)
 
 SIZE = 32
 BASE = f"mobilenetv2_0.35_{SIZE}"
@@ -96,6 +98,7 @@ def _literal(model, target):
     return whole, times.mask
 
 
+@pytest.mark.slow
 def test_flat_graph_equals_the_nested_model_and_names_inner_layers_by_path(nested):
     _, models, _ = nested
     x = np.random.default_rng(0).uniform(-1, 1, (4, SIZE, SIZE, 3)).astype(np.float32)
@@ -134,6 +137,7 @@ def test_clashing_inner_names_get_paths_and_a_bare_name_is_refused():
     np.testing.assert_array_equal(flat.predict_on_batch(x), outer.predict_on_batch(x))
 
 
+@pytest.mark.slow
 def test_layers_command_lists_the_base_inner_layers(nested):
     root, _, _ = nested
     result = invoke("layers", root / "functional.keras")
@@ -203,6 +207,7 @@ def test_study_and_units_on_an_inner_layer_equal_literal_recomputation(nested, k
     assert moved > 0   # some single-unit ablations change a prediction
 
 
+@pytest.mark.slow
 def test_a_nested_model_loaded_by_name_is_flat(nested):
     root, models, _ = nested
     net = load_any_network(str(root / "sequential.keras"))
@@ -210,3 +215,31 @@ def test_a_nested_model_loaded_by_name_is_flat(nested):
     x = np.random.default_rng(1).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
     np.testing.assert_array_equal(net.model.predict_on_batch(x),
                                   models["sequential"].predict_on_batch(x))
+
+
+@pytest.mark.slow
+def test_recorder_flattens_a_nested_network_and_takes_paths(nested, tmp_path):
+    _, models, images = nested
+    model = models["sequential"]
+    net = Network(name="transfer", model=model, weights_id="random:0", targets=(LAYER,),
+                  input_size=(SIZE, SIZE), preprocess="tf", n_classes=3)
+    data = folder_imageset(images)
+    with record_activations(net, data, [f"{BASE}/{LAYER}"], tmp_path / "acts.h5") as cache:
+        recorded = cache.read(LAYER)
+    base = model.get_layer(BASE)
+    inner = keras.Model(base.inputs, base.get_layer(LAYER).output)
+    expected = inner.predict_on_batch(data.load((SIZE, SIZE), "tf")).reshape(len(data), -1)
+    np.testing.assert_allclose(recorded, expected, rtol=1e-6, atol=1e-7)
+    assert BASE in {layer.name for layer in model.layers}   # the model passed is left as it was
+
+
+@pytest.mark.slow
+def test_unknown_inner_layer_is_one_line_before_any_file(nested, tmp_path):
+    root, _, images = nested
+    common = ["--model", root / "sequential.keras", "--images", images, "--preprocess", "tf"]
+    result = invoke("study", "--out", tmp_path / "h", *common, "--layers", f"{BASE}/block_3_add")
+    assert_one_line_error(result, "unknown layer 'mobilenetv2_0.35_32/block_3_add'",
+                          "BASE/LAYER")
+    result = invoke("units", "--out", tmp_path / "z", *common, "--layers", "block_99_add")
+    assert_one_line_error(result, "has no layer 'block_99_add'", "BASE/NAME paths")
+    assert not (tmp_path / "h").exists() and not (tmp_path / "z").exists()
