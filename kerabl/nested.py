@@ -112,11 +112,17 @@ def _flat_names(graph) -> dict[int, str]:
 
 
 def _copy(layer, name: str):
-    """A new layer of `layer`'s class and configuration, named `name` (weights set later)."""
+    """A new layer of `layer`'s class and configuration, named `name` (weights set later); an
+    operation that is not a layer (`x + y` on tensors) holds no state and is copied where its
+    config allows, else called as it is."""
+    import keras
+
     config = dict(layer.get_config(), name=name)
     try:
         return type(layer).from_config(config)
     except Exception as error:  # noqa: BLE001 - any from_config failure: the layer's class
+        if not isinstance(layer, keras.layers.Layer):
+            return layer
         raise KerablError(f"layer {layer.name!r} ({type(layer).__name__}) inside a nested model "
                           f"cannot be rebuilt from its config ({type(error).__name__}: "
                           f"{str(error)[:200]}): give the class a get_config/from_config that "
@@ -186,7 +192,8 @@ def flatten_nested(model) -> keras.Model:
     flat = keras.Model(inputs[0] if len(inputs) == 1 else inputs,
                        outputs[0] if len(outputs) == 1 else outputs, name=model.name)
     for original, copy in copies.values():
-        copy.set_weights(original.get_weights())
+        if copy is not original and getattr(original, "weights", None):
+            copy.set_weights(original.get_weights())
     flat.kerabl_paths = tuple(paths.items())
     return flat
 
