@@ -67,12 +67,10 @@ def _calls(graph, prefix: str = ""):
         op = node.operation
         if isinstance(op, keras.layers.InputLayer):
             continue
-        inner = _graph(op) if op is not graph else None
+        yield prefix, node
+        inner = _graph(op)
         if inner is not None:
-            yield prefix, node
             yield from _calls(inner, f"{prefix}{op.name}{SEPARATOR}")
-        else:
-            yield prefix, node
 
 
 def nested_models(model) -> list[str]:
@@ -117,9 +115,8 @@ def _copy(layer, name: str):
     config allows, else called as it is."""
     import keras
 
-    config = dict(layer.get_config(), name=name)
     try:
-        return type(layer).from_config(config)
+        return type(layer).from_config(dict(layer.get_config(), name=name))
     except Exception as error:  # noqa: BLE001 - any from_config failure: the layer's class
         if not isinstance(layer, keras.layers.Layer):
             return layer
@@ -261,7 +258,7 @@ def resolve_layer(model, name: str) -> str:
         raise KerablError(f"layer name {name!r} is in several nested models of {model.name!r}: "
                           f"name it by its path, one of {', '.join(inside)}")
     few = ", ".join(names[:4] + (["...", names[-1]] if len(names) > 5 else names[4:]))
-    hint = " (or BASE/NAME paths; `kerabl layers MODEL` lists them)" if paths else ""
+    hint = " (or a path BASE/LAYER that `kerabl layers` lists)" if paths else ""
     raise KerablError(f"model {model.name!r} has no layer {name!r}; valid names include: "
                       f"{few}{hint}")
 

@@ -243,5 +243,24 @@ def test_unknown_inner_layer_is_one_line_before_any_file(nested, tmp_path):
     assert_one_line_error(result, "unknown layer 'mobilenetv2_0.35_32/block_3_add'",
                           "BASE/LAYER")
     result = invoke("units", "--out", tmp_path / "z", *common, "--layers", "block_99_add")
-    assert_one_line_error(result, "has no layer 'block_99_add'", "BASE/NAME paths")
+    assert_one_line_error(result, "has no layer 'block_99_add'", "a path BASE/LAYER")
     assert not (tmp_path / "h").exists() and not (tmp_path / "z").exists()
+
+
+def test_an_inner_layer_without_a_config_is_one_clear_error():
+    class Scaled(keras.layers.Layer):   # its array argument leaves it without a config
+        def __init__(self, factor, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def call(self, inputs):
+            return inputs * self.factor
+
+    inputs = keras.Input((3,))
+    inner = keras.Model(inputs, Scaled(np.array([1.0, 2.0, 3.0]), name="scaled")(inputs),
+                        name="inner")
+    outer_inputs = keras.Input((3,))
+    outer = keras.Model(outer_inputs, inner(outer_inputs))
+    with pytest.raises(KerablError, match="layer 'scaled' .Scaled. inside a nested model cannot "
+                                          "be rebuilt from its config"):
+        flatten_nested(outer)
