@@ -29,6 +29,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from kerabl.errors import KerablError
+from kerabl.nested import flat_network, from_paths
 from kerabl.progress import progress_bar
 from kerabl.store import partial_path
 
@@ -556,11 +557,12 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
             kerabl activation cache.
     """
     log = log or _logger.warning
+    network_or_model = flat_network(network_or_model)   # a model calling other models: one graph
     model, name, wid, size, preprocess = _source(network_or_model, model_name, weights_id,
                                                  preprocess, imageset)
     if layers is None:
         layers = getattr(network_or_model, "targets", None)
-    layers = [str(layer) for layer in (layers or [])]
+    layers = from_paths(model, layers or [])
     _check_arguments(model, layers, unit, dtype, batch_size)
     from kerabl.images import check_preprocess
 

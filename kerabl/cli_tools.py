@@ -37,14 +37,21 @@ def layers(
     built, targets = untrained_model(model, alpha=alpha, custom_objects=custom_objects)
     rows = layer_table(built, targets)
     width = max(len(r["name"]) for r in rows)
-    typer.echo(f"{'layer':<{width}}  {'kind':<22} {'output shape':<22} {'units':>10}  cut  target")
+    inside = sorted({r["inside"] for r in rows if r["inside"]})
+    typer.echo(f"{'layer':<{width}}  {'kind':<22} {'output shape':<22} {'units':>10}  cut  target"
+               + ("  inside" if inside else ""))
     for r in rows:
         shape = "?" if r["shape"] is None else str(tuple(r["shape"][1:]))
         units = "?" if r["units"] is None else str(r["units"])
+        target = "yes" if r["target"] else "no"
         typer.echo(f"{r['name']:<{width}}  {r['kind']:<22} {shape:<22} {units:>10}  "
-                   f"{'yes' if r['cut_point'] else 'no ':<4} {'yes' if r['target'] else 'no'}")
+                   f"{'yes' if r['cut_point'] else 'no ':<4} "
+                   + (f"{target:<3}     {r['inside']}".rstrip() if inside else target))
     typer.echo(f"{len(rows)} layers, {sum(r['cut_point'] for r in rows)} cut points, "
                f"{len(targets)} default targets: {', '.join(targets)}")
+    if inside:
+        typer.echo(f"{sum(bool(r['inside']) for r in rows)} layers come from inside "
+                   f"{', '.join(inside)}: name them as listed or as {inside[0]}/LAYER")
 
 
 @command

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from kerabl.errors import KerablError
+from kerabl.nested import flatten_nested, layer_paths
 
 CONV_KINDS = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D",
               "SeparableConv1D", "SeparableConv2D", "Conv2DTranspose", "Conv3DTranspose", "Dense",
@@ -212,10 +213,12 @@ def _has_weights_kind(layer) -> bool:
 
 
 def layer_table(model, targets) -> list[dict]:
-    """One row per layer: name, kind, output shape, units, cut point, default target.
+    """One row per layer: name, kind, output shape, units, cut point, default target, and the
+    nested model it came from (`inside`: its path, "" for the model's own layers).
 
     Example:
         for row in layer_table(net.model, net.targets): print(row["name"], row["units"])
+        layer_table(flatten_nested(classifier), ())[0]["inside"]   # "mobilenetv2_0.35_96"
     """
     import keras
 
@@ -223,6 +226,7 @@ def layer_table(model, targets) -> list[dict]:
 
     graph = _functional(model)
     cuts, chosen = set(cut_points(graph)), set(targets)
+    paths = layer_paths(model)
     rows = []
     for layer in graph.layers:
         if isinstance(layer, keras.layers.InputLayer):
@@ -233,7 +237,8 @@ def layer_table(model, targets) -> list[dict]:
         except (AttributeError, ValueError):
             shape, units = None, None
         rows.append(dict(name=layer.name, kind=type(layer).__name__, shape=shape, units=units,
-                         cut_point=layer.name in cuts, target=layer.name in chosen))
+                         cut_point=layer.name in cuts, target=layer.name in chosen,
+                         inside=paths.get(layer.name, "").rpartition("/")[0]))
     return rows
 
 
@@ -265,7 +270,9 @@ def load_any_network(spec: str, weights: str | Path | None = "default", *, alpha
     Returns:
         A Network: input size from the model's input shape, n_classes from its output,
         targets `block_targets(model)` (zoo models keep theirs), preprocess the application's
-        own (applications) or "none" (files: RGB 0..255, resized).
+        own (applications) or "none" (files: RGB 0..255, resized). A model that calls other
+        models as layers (a transfer-learning classifier) comes flattened
+        (`kerabl.nested.flatten_nested`): the nested models' layers are its layers.
 
     Raises:
         KerablError: unknown name, a file that does not load (naming a missing custom object),
@@ -297,13 +304,15 @@ def load_any_network(spec: str, weights: str | Path | None = "default", *, alpha
     elif not use_default:  # a file's name is no zoo name: never the heuritech loader
         label = Path(spec).name if is_model_file(spec) else name
         weights_id = weightfiles.load_weights_file(label, model, weights)
+    model = flatten_nested(model)   # after the weights: they are copied into the flat layers
     return models.Network(name=name, model=model, weights_id=weights_id,
                           targets=block_targets(model), input_size=input_size_of(model, name),
                           preprocess=preprocess, n_classes=output_count_of(model, name))
 
 
 def untrained_model(spec: str, *, alpha: float = 0.35, custom_objects: str | None = None):
-    """`(model, default targets)` of `spec` without loading or drawing weights (a file's own stay).
+    """`(model, default targets)` of `spec` without loading or drawing weights (a file's own stay);
+    nested models flattened as in `load_any_network`.
 
     Example:
         model, targets = untrained_model("EfficientNetB0")
@@ -319,6 +328,7 @@ def untrained_model(spec: str, *, alpha: float = 0.35, custom_objects: str | Non
         model = application(spec)(weights=None)
     else:
         raise _unknown_model(spec)
+    model = flatten_nested(model)
     return model, block_targets(model)
 
 

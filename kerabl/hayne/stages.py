@@ -25,6 +25,7 @@ import numpy as np
 from kerabl.errors import KerablError
 from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, pool_note, probe_pool,
                                 results_name, target_layers, worker_count)
+from kerabl.nested import flat_network
 from kerabl.progress import progress_bar
 from kerabl.store import config_differences, open_h5
 
@@ -139,6 +140,7 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
         raise KerablError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    network = flat_network(network)   # a model calling other models: one graph
     layers = target_layers(network, layers)
     args = _writer_args(network, imageset, layers, config)
     run = {**args["config"], "n_units": args["n_units"]}

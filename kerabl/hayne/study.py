@@ -26,6 +26,7 @@ from kerabl.contents import contents_digest, image_files
 from kerabl.errors import KerablError
 from kerabl.hayne.pools import (bounded_map, pool_note, probe_pool, worker_count,  # noqa: F401
                                 worker_pool)
+from kerabl.nested import flat_network, from_paths, layer_paths
 from kerabl.progress import progress_bar
 from kerabl.validate import check_grid_fits, check_live_outputs, check_precision, check_study_images
 
@@ -151,6 +152,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    network = flat_network(network)   # a model calling other models: one graph
     layers = target_layers(network, layers)
     cache_path = Path(cache_path or out_dir / "activations.h5")
     preprocess = network.preprocess
@@ -192,17 +194,21 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
 
 
 def target_layers(network, layers: Sequence[str] | None) -> list[str]:
-    """`layers` (default: the network's targets), each checked to be a layer of the model.
+    """`layers` (default: the network's targets), each checked to be a layer of the model; a
+    path into a nested model (`base/layer`, see `kerabl.nested`) becomes the layer's name.
 
     Example:
         target_layers(load_network("demo"), None)   # ["conv_1", ..., "dense_2"]
         target_layers(net, ["conv_9"])   # KerablError: unknown layer 'conv_9' for model demo
+        target_layers(classifier, ["mobilenetv2_0.35_96/block_4_add"])   # ["block_4_add"]
     """
-    layers = list(layers or network.targets)
+    layers = from_paths(network.model, layers or network.targets)
     unknown = [name for name in layers if name not in {l.name for l in network.model.layers}]
     if unknown:
+        nested = layer_paths(network.model)
+        hint = " (or a path BASE/LAYER that `kerabl layers` lists)" if nested else ""
         raise KerablError(f"unknown layer {unknown[0]!r} for model {network.name}: "
-                          f"choose from {', '.join(network.targets)}")
+                          f"choose from {', '.join(network.targets)}{hint}")
     return layers
 
 

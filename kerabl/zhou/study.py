@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from kerabl.engine import DEFAULT_BATCH, HEAD_BATCH, TailAblator, _engine, _Engine, predict_batched
-from kerabl.graph import _as_model, _check_layer
+from kerabl.graph import _as_model
+from kerabl.nested import flat_network, resolve_layer, resolve_layers
 from kerabl.contents import array_table, contents_digest, describe_changes, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
@@ -241,10 +242,10 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
     seed, greedy_layer, greedy_steps = config.seed, config.greedy_layer, config.greedy_steps
     greedy_seeds, top_k, batch_size = config.greedy_seeds, config.top_k, config.batch_size
     out_path = Path(out_dir) / RESULTS_NAME
+    network = flat_network(network)   # a model calling other models: one graph
     model = _as_model(network)
-    layers = list(network.targets if layers is None else layers)
-    for name in layers + ([greedy_layer] if greedy_layer else []):
-        _check_layer(model, name)
+    layers = resolve_layers(model, network.targets if layers is None else layers)
+    greedy_layer = greedy_layer and resolve_layer(model, greedy_layer)
     greedy_layer = greedy_layer or _default_greedy_layer(model, layers)
     data = _study_data(network, imageset)
     images = None
