@@ -299,9 +299,12 @@ def study(
 
 
 def _check_inputs(options: dict, study: bool = False) -> None:
-    """The shared options, checked before a model is built or a file is created."""
-    from kerabl.validate import check_at_least, check_listed_once, check_study_images
+    """The shared options, checked before a model is built or a file is created (TensorFlow,
+    which the demo's image set loads, is started quietly first)."""
+    from kerabl.validate import (check_at_least, check_listed_once, check_study_images,
+                                 import_tensorflow)
 
+    import_tensorflow()
     check_listed_once(options["classes"], "--classes")
     check_listed_once(options["layers"], "--layers")
     check_at_least(options["seed"], 0, "--seed")
