@@ -21,6 +21,7 @@ from typing import Annotated, Optional
 import typer
 
 from kerabl.errors import KerablError
+from kerabl.space import no_space_file, no_space_line
 from kerabl.options import (H_OPTIONS, INPUT_OPTIONS, Control, Engine, FitsOpt, Model,
                             Objective, ProgressOpt, Protocol, ShardOpt, Solver, SrsMatrix, Unit,
                             UnitOpt, with_options)
@@ -52,11 +53,13 @@ def command(fn=None, **settings):
 
         stop = _Stop()
         try:
-            with stop.catching():
+            with stop.catching(), _full_disk_quiet():
                 return fn(*args, **kwargs)
         except Exception as err:
             if stop.received:  # the interrupt, turned into another error by the library it hit
                 _interrupted()
+            if no_space_file(err) is not None:
+                _no_space(no_space_file(err))
             if isinstance(err, KerablError):
                 typer.echo(f"error: {err}", err=True)
                 raise typer.Exit(2) from None
@@ -69,6 +72,38 @@ def command(fn=None, **settings):
         finally:
             _forget_inputs()  # a model file may change between two commands of a process
     return app.command(**settings)(run)
+
+
+@contextlib.contextmanager
+def _full_disk_quiet():
+    """While a command runs, h5py's errors from releasing objects of a file the full disk stopped
+    writing (it prints one traceback per object) are dropped; others are printed as usual."""
+    import sys
+
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if no_space_file(unraisable.exc_value) is None:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
+def _no_space(file: str):
+    """A full disk: one line, then the process ends at once with status 2 (closing an HDF5 file
+    whose writes failed retries them, which prints tracebacks and can crash the interpreter; the
+    `.partial` files stay as a kill would leave them, and the next run resumes or discards each)."""
+    import os
+    import sys
+
+    typer.echo(f"error: {no_space_line(file)}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
 
 
 def _interrupted():

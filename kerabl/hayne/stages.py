@@ -164,7 +164,8 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
                                progress=progress, log=log)
     sweep = _Sweep(network, imageset, layers, config, cache, log)
     sweep.workers = worker_count(workers) if stage == "probe" else 1
-    bar = progress_bar(f"H {stage}: class x layer", len(todo), enabled=progress)
+    bar = progress_bar(f"H {stage}: class x layer", len(pairs), enabled=progress,
+                       done=len(pairs) - len(todo), every=0)
     with probe_pool(sweep.workers) as sweep.pool, sweep, bar as advance:
         for ci in sorted({ci for ci, _ in todo}):
             state = sweep.start_class(ci, forward=stage == "ablate")

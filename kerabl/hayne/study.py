@@ -172,10 +172,12 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
 
     cache = record_activations(network, imageset, layers, cache_path, unit=config.unit,
                                preprocess=preprocess, progress=progress, files=files, log=log)
-    todo = [(ci, li) for ci, li in writer.pairs() if not writer.is_done(ci, li)]
+    pairs = writer.pairs()
+    todo = [(ci, li) for ci, li in pairs if not writer.is_done(ci, li)]
     sweep = _Sweep(network, imageset, layers, config, cache, log)
     sweep.workers = worker_count(workers)
-    bar = progress_bar("H study: class x layer", len(todo), enabled=progress)
+    bar = progress_bar("H study: class x layer", len(pairs), enabled=progress,
+                       done=len(pairs) - len(todo), every=0)
     with probe_pool(sweep.workers) as sweep.pool, sweep, bar as advance:
         for ci in sorted({ci for ci, _ in todo}):
             state = sweep.start_class(ci)

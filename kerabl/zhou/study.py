@@ -271,7 +271,7 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
     probs = None
     todo = [layer for layer in layers if f"layer_{layer}" not in done]
     with progress_bar("Z study: layers", len(layers), enabled=progress,
-                      done=len(layers) - len(todo)) as advance:
+                      done=len(layers) - len(todo), every=0) as advance:
         for layer in todo:
             if probs is None:
                 probs = predict_batched(model, images, HEAD_BATCH)[0]

@@ -1,0 +1,123 @@
+"""Disk space: what a run will write, whether it fits, and one line when the disk fills anyway.
+
+- `free_bytes(path)`: the space free to this user on the file system that holds `path` (or would
+  hold it: the nearest existing folder above it counts).
+- `mount_point(path)`: that file system's mount point, the DEVICE of the one-line messages.
+- `check_free_space(path, need, what, advice)`: stop before writing when `need` bytes do not fit.
+- `no_space_file(err)`: the file a full disk stopped writing when `err` (or an error it came from)
+  is ENOSPC, however h5py worded it; None for other errors. `no_space_line(file)`: the one line.
+- `human_bytes(n)`: "1.64 GB".
+
+Why not wait for the disk to fill: HDF5 keeps unwritten chunks in memory and retries them each
+time an object of the file is released, so a full disk mid-write gives hundreds of lines of
+tracebacks, and closing such a file can crash the interpreter. Checking first stops a run before
+it writes anything; when the disk fills anyway (another process fills it), the command line
+prints `no_space_line` and ends the process at once (`kerabl.cli`), and the next run resumes or
+discards each `.partial` it finds, saying which.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+from pathlib import Path
+
+from kerabl.errors import KerablError
+
+_ENOSPC_TEXT = ("No space left on device", f"errno = {errno.ENOSPC},")
+_FILENAME = re.compile(r"filename = '([^']*)'")
+
+
+def human_bytes(n: float) -> str:
+    """A byte count in decimal units, three significant digits.
+
+    Example:
+        human_bytes(1_638_400_000)   # '1.64 GB'
+    """
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _existing(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Bytes free to this user on the file system of `path` (or of its nearest existing folder).
+
+    Example:
+        free_bytes("kerabl-out/activations.h5")   # e.g. 41238462464
+    """
+    return shutil.disk_usage(_existing(Path(path))).free
+
+
+def mount_point(path: str | os.PathLike) -> Path:
+    """The mount point of the file system that holds `path`.
+
+    Example:
+        mount_point("/scratch/me/out/activations.h5")   # Path('/scratch'), if mounted there
+    """
+    path = _existing(Path(path)).resolve()
+    device = path.stat().st_dev
+    while path != path.parent and path.parent.stat().st_dev == device:
+        path = path.parent
+    return path
+
+
+def check_free_space(path: str | os.PathLike, need: int, what: str, advice: str) -> None:
+    """Stop with one line when `need` bytes for `what` at `path` exceed the free space there.
+
+    Example:
+        check_free_space("out/activations.h5", 22e9, "the activation cache",
+                         "free space or choose another --out")
+        # KerablError: the activation cache (22 GB) does not fit in the 4.1 GB free on /scratch ...
+    """
+    free = free_bytes(path)
+    if need > free:
+        raise KerablError(f"{what} ({human_bytes(need)}) does not fit in the {human_bytes(free)} "
+                          f"free on {mount_point(path)}: {advice}")
+
+
+def _chain(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def no_space_file(err: BaseException) -> str | None:
+    """The file being written when the disk filled, if `err` or an error in its chain is ENOSPC
+    (an OSError's errno, or h5py's "errno = 28" text); "" when the file is not named; None when
+    the error is not a full disk.
+
+    Example:
+        no_space_file(OSError(28, "No space left on device", "out/x.csv"))   # 'out/x.csv'
+        no_space_file(ValueError("bad"))                                      # None
+    """
+    for error in _chain(err):
+        text = str(error)
+        if getattr(error, "errno", None) == errno.ENOSPC or any(t in text for t in _ENOSPC_TEXT):
+            found = _FILENAME.search(text)
+            return getattr(error, "filename", None) or (found.group(1) if found else "")
+    return None
+
+
+def no_space_line(file: str) -> str:
+    """The one line a full disk gets: the device, the file, what to do.
+
+    Example:
+        no_space_line("/scratch/out/activations.h5.partial")
+        # 'no space left on /scratch writing /scratch/out/activations.h5.partial: free space
+        #  and rerun (finished work is kept and resumed)'
+    """
+    where = f"{mount_point(file)} writing {file}" if file else "the output device"
+    return f"no space left on {where}: free space and rerun (finished work is kept and resumed)"
