@@ -363,7 +363,7 @@ def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage
     from kerabl.hayne.study import run_h_study
     from kerabl.slurm import shard_of
 
-    h = {name: options[name] for name, _, _ in H_OPTIONS if name != "workers"}
+    h = {name: options[name] for name, _, _ in H_OPTIONS if name not in ("workers", "cache")}
     inputs = _authors_inputs(options)
     config = _study_config(seed=options["seed"], probe_fits=probe_fits, model=options["model"],
                            inputs=inputs, **h)
@@ -379,8 +379,8 @@ def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage
             and options["model"] == "mobilenet_v2":   # their Conv and BN outputs
         from kerabl.models import paper_targets
         layers = list(paper_targets(options["model"], net.model))
-    return run(net, imageset, out, layers=layers, config=config,
-               progress=progress, workers=options["workers"], log=typer.echo)
+    return run(net, imageset, out, layers=layers, config=config, progress=progress,
+               workers=options["workers"], log=typer.echo, cache=options["cache"].value)
 
 
 def _stage_command(stage: str, doc: str) -> None:

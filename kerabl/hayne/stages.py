@@ -23,8 +23,8 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, probe_pool, worker_count,
-                                results_name, target_layers)
+from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, check_cache_room, probe_pool,
+                                results_name, study_activations, target_layers, worker_count)
 from kerabl.progress import progress_bar
 from kerabl.store import config_differences, open_h5
 
@@ -115,7 +115,8 @@ class StageFile:
 
 def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str] | None = None,
                 config: HConfig = HConfig(), cache_path=None, progress: bool = True,
-                workers: int | None = None, log: Callable[[str], None] = print) -> Path:
+                workers: int | None = None, log: Callable[[str], None] = print,
+                cache: str = "file") -> Path:
     """Run one stage of the H study for every class x layer pair; return the file it wrote.
 
     Example:
@@ -125,14 +126,13 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
 
     Args:
         stage: "grid", "probe" or "ablate" (`STAGES`), run in that order.
-        network, imageset, layers, config, cache_path, workers: as `run_h_study`, the same for
-            every stage.
+        network, imageset, layers, config, cache_path, workers, cache: as `run_h_study`, the
+            same for every stage.
 
     Raises:
         KerablError: an unknown stage, a stage whose inputs are not stored yet, or a stage file
             written with other options.
     """
-    from kerabl.activations import record_activations
     from kerabl.hayne.results import HResultsWriter
 
     if stage not in STAGES:
@@ -141,6 +141,8 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
     out_dir.mkdir(parents=True, exist_ok=True)
     layers = target_layers(network, layers)
     args = _writer_args(network, imageset, layers, config)
+    cache_path = cache_path or out_dir / "activations.h5"
+    check_cache_room(network, imageset, layers, config, cache_path, cache)
     run = {**args["config"], "n_units": args["n_units"]}
     stages = StageFile(out_dir / STAGE_FILE, run, create=stage == "grid")
     pairs = [(ci, li) for ci in range(len(imageset.classes)) for li in range(len(layers))]
@@ -159,10 +161,8 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
         raise KerablError(f"{len(missing)} pairs have no stored {needed} (first: class "
                           f"{imageset.class_names[ci]}, layer {layers[li]}): run `kerabl "
                           f"{needed}` with these options first")
-    cache = record_activations(network, imageset, layers, cache_path or out_dir / "activations.h5",
-                               unit=config.unit, preprocess=network.preprocess,
-                               progress=progress, log=log)
-    sweep = _Sweep(network, imageset, layers, config, cache, log)
+    acts = study_activations(network, imageset, layers, config, cache_path, cache, progress, log)
+    sweep = _Sweep(network, imageset, layers, config, acts, log)
     sweep.workers = worker_count(workers) if stage == "probe" else 1
     bar = progress_bar(f"H {stage}: class x layer", len(pairs), enabled=progress,
                        done=len(pairs) - len(todo), every=0)
