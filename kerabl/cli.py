@@ -80,17 +80,21 @@ def _full_disk_quiet():
     writing (it prints one traceback per object) are dropped; others are printed as usual."""
     import sys
 
-    previous = sys.unraisablehook
+    previous, printed = sys.unraisablehook, sys.excepthook
 
     def hook(unraisable):
         if no_space_file(unraisable.exc_value) is None:
             previous(unraisable)
 
-    sys.unraisablehook = hook
+    def print_hook(kind, value, trace):   # h5py prints the traceback too, through this hook
+        if no_space_file(value) is None:
+            printed(kind, value, trace)
+
+    sys.unraisablehook, sys.excepthook = hook, print_hook
     try:
         yield
     finally:
-        sys.unraisablehook = previous
+        sys.unraisablehook, sys.excepthook = previous, printed
 
 
 def _no_space(file: str):

@@ -21,6 +21,7 @@ from kerabl.graph import _as_model, _check_layer
 from kerabl.contents import array_table, contents_digest, describe_changes, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
+from kerabl.space import no_space_file
 from kerabl.store import config_differences, differing_keys, finish_partial, open_h5, partial_path
 from kerabl.validate import check_live_outputs
 from kerabl.zhou.ablation import _direction_drops, _greedy, _random_order, _unit_drops
@@ -125,6 +126,46 @@ def _done_groups(partial: Path) -> set[str]:
     with open_h5(partial) as f:
         return {name for name, group in f.items()
                 if isinstance(group, h5py.Group) and group.attrs.get("done", False)}
+
+
+def _salvage(partial: Path, log: Callable[[str], None]) -> None:
+    """Rewrite `partial` with what reads back whole: its top-level datasets and attributes and
+    each finished group, every array read (a run stopped mid-write, by a full disk or a kill,
+    can leave a group or the file's index cut off); a group that fails is dropped, to be
+    computed again, and a file whose top level fails is removed. Each loss is said."""
+    import h5py
+
+    fresh = partial.with_name(partial.name + ".tmp")
+    dropped = []
+    try:
+        with open_h5(partial) as src, h5py.File(fresh, "w") as dst:
+            dst.attrs.update(dict(src.attrs))
+            for name in list(src):
+                if not name.startswith("layer_") and name != "greedy":   # labels, classes...
+                    src[name][()]
+                    src.copy(name, dst, name)
+                    continue
+                try:
+                    group = src[name]
+                    if not group.attrs.get("done", False):
+                        continue               # begun, not finished: computed again
+                    for ds in group.values():
+                        ds[()]
+                except (OSError, RuntimeError, KeyError, ValueError):
+                    dropped.append(name)
+                    continue
+                src.copy(group, dst, name)
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        fresh.unlink(missing_ok=True)
+        if no_space_file(err) is not None:
+            raise
+        log(f"discarding {partial} (unreadable, cut off mid-write: {str(err)[:80]}): starting "
+            "afresh")
+        partial.unlink()
+        return
+    os.replace(fresh, partial)
+    for name in dropped:
+        log(f"{partial}: {name} was cut off mid-write: computing it again")
 
 
 def _write_group(partial: Path, name: str, arrays: Mapping[str, np.ndarray],
@@ -262,6 +303,8 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
     partial = partial_path(out)
     images = data.images() if images is None else images
     check_live_outputs(network, images=images, labels=data.labels)
+    if partial.exists():
+        _salvage(partial, log)
     if partial.exists() and _check_config(partial, _read_config(partial), wanted, note, log):
         log(f"resuming {partial}")
     else:
