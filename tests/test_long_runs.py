@@ -1,0 +1,262 @@
+"""Long runs as they really run: progress in a redirected log, the activation cache sized before
+it is written, a study without a cache, a full disk (a small tmpfs: mounting needs root, which CI
+has; elsewhere those tests skip and say why) and the reruns after it, the lock file and a quiet
+start. Real digits in class folders on the demo model."""
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from kerabl.activations import cache_bytes, layer_shapes, record_activations
+from kerabl.cli import app
+from kerabl.data import digits_imageset
+from kerabl.models import load_network
+from kerabl.progress import progress_line, progress_bar
+from kerabl.space import FILE_EXTRA_BYTES, chunked_bytes, human_bytes, no_space_file, no_space_line
+from test_reliability import write_digits
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--grid", "2x2", "--probe-fits", "2", "--heldout-folds", "2", "--workers", "1",
+        "--preprocess", "none", "--model", "demo"]
+Z_FAST = ["--greedy-steps", "2", "--greedy-seeds", "1", "--layers", "conv_3,conv_5,dense_1"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def kerabl(*args, stdout=subprocess.PIPE, env=None) -> subprocess.Popen:
+    env = {**(env or os.environ), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "kerabl", *map(str, args)], env=env,
+                            stdout=stdout, stderr=subprocess.PIPE, text=True)
+
+
+def run(*args, **kw) -> tuple[int, str, str]:
+    proc = kerabl(*args, **kw)
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_digits(tmp_path_factory.mktemp("synsets"), classes=(0, 1, 2), per_class=6)
+
+
+def inputs(images: Path) -> list:
+    return ["--images", images, "--class-index", images.with_suffix(".json")]
+
+
+def export(results: Path) -> str:
+    out = results.with_suffix(".csv")
+    code, _, err = run("export", results, "--out", out)
+    assert code == 0, err
+    return out.read_text()
+
+
+# --- progress off a terminal -------------------------------------------------------------------
+
+def test_progress_off_a_terminal_is_plain_lines(capsys):
+    with progress_bar("pairs", 3, every=0) as advance:        # a line per step
+        for _ in range(3):
+            advance(1)
+    with progress_bar("images", 100, done=40, every=3600) as advance:   # only the last line
+        advance(60)
+    with progress_bar("units", 5, every=3600, transient=True) as advance:   # nothing
+        advance(5)
+    with progress_bar("off", 5, enabled=False, every=0) as advance:
+        advance(5)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "pairs 1/3 (33 %)", "pairs 2/3 (66 %)", "pairs 3/3 (100 %)", "images 100/100 (100 %)"]
+    assert "left" in lines[0] and lines[2].endswith(", done")
+    # the estimate counts this run's pace only: 2 of 10 done in 60 s, 5 left -> 150 s
+    assert progress_line("x", 5, 10, 60.0, 2) == "x 5/10 (50 %), elapsed 0:01:00, about 0:02:30 left"
+
+
+@pytest.mark.slow
+def test_a_redirected_study_log_grows_while_it_runs(images, tmp_path):
+    log = tmp_path / "study.log"
+    with open(log, "w") as fh:
+        proc = kerabl("study", "--out", tmp_path / "out", *inputs(images), *FAST, stdout=fh)
+        seen = []
+        while proc.poll() is None:
+            lines = [l for l in log.read_text().splitlines() if l.startswith("H study: class x")]
+            if lines and (not seen or seen[-1] != len(lines)):
+                seen.append(len(lines))
+            time.sleep(0.1)
+        assert proc.wait() == 0, proc.stderr.read()
+    final = log.read_text().splitlines()
+    assert "H study: class x layer 21/21 (100 %)" in "\n".join(final)
+    # read while the run went on: more than one length, the first before the last pair
+    assert len(seen) >= 2 and seen[0] < 21, seen
+
+
+# --- the cache's size, a run without it ----------------------------------------------------------
+
+def test_cache_estimate_is_the_file_size_within_ten_percent_and_64_kB(tmp_path):
+    net, imageset = load_network("demo"), digits_imageset()
+    said = []
+    for unit, layers in (("element", ["conv_1", "conv_5", "dense_2"]), ("channel", ["conv_3"])):
+        path = tmp_path / f"{unit}.h5"
+        record_activations(net, imageset, layers, path, unit=unit, progress=False, log=said.append)
+        estimate = cache_bytes(len(imageset.labels), layer_shapes(net.model, layers), unit)
+        size = path.stat().st_size
+        assert 0 <= estimate - size < 0.1 * size + FILE_EXTRA_BYTES, (estimate, size)
+        assert said[-1].startswith(f"activation cache: {human_bytes(estimate)} (450 images")
+    # VGG16's block1_conv1, 100 images: HDF5 stores 128 rows of chunks (1.64 GB, as measured)
+    assert chunked_bytes(100, [224 * 224 * 64], 4, 32, 16384) == pytest.approx(1.6443e9, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_study_without_a_cache_equals_one_with_it(images, tmp_path):
+    cached = invoke("study", "--out", tmp_path / "cached", *inputs(images), *FAST, "--no-progress")
+    assert cached.exit_code == 0, cached.output
+    none = invoke("study", "--out", tmp_path / "none", *inputs(images), *FAST, "--no-progress",
+                  "--cache", "none")
+    assert none.exit_code == 0, none.output
+    assert "no activation cache" in none.output
+    assert sorted(p.name for p in (tmp_path / "none").iterdir()) == ["h_results.h5"]
+    assert export(tmp_path / "none" / "h_results.h5") == export(tmp_path / "cached" / "h_results.h5")
+
+
+# --- a full disk --------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, megabytes: int):
+    """A tmpfs of `megabytes` at `folder`, unmounted afterwards; skips where mounting is refused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs",
+                           str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root (CI runs as root): {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """A ballast file filling `folder`'s file system but `leave` bytes."""
+    ballast = folder / "ballast"
+    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+    with open(ballast, "wb") as fh:
+        fh.truncate(0)
+        os.posix_fallocate(fh.fileno(), 0, max(free - leave, 0))
+    return ballast
+
+
+def one_no_space_line(code: int, err: str, file: str):
+    assert code == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no space left on "), err[-3000:]
+    assert file in lines[0] and "free space and rerun" in lines[0], lines[0]
+
+
+def test_no_space_file_reads_h5py_and_os_errors():
+    h5 = RuntimeError("Can't decrement id ref count (file write failed: time = x, filename = "
+                      "'/mnt/out/a.h5.partial', file descriptor = 4, errno = 28, error message "
+                      "= 'No space left on device', buf = 0x1)")
+    assert no_space_file(h5) == "/mnt/out/a.h5.partial"
+    assert no_space_file(OSError(28, "No space left on device", "/mnt/x.csv")) == "/mnt/x.csv"
+    try:
+        try:
+            raise h5
+        except RuntimeError:
+            raise KeyError("closing failed")
+    except KeyError as chained:
+        assert no_space_file(chained) == "/mnt/out/a.h5.partial"
+    assert no_space_file(OSError(13, "Permission denied", "x")) is None
+    assert no_space_line("/").startswith("no space left on / writing /: free space and rerun")
+
+
+@pytest.mark.slow
+def test_a_cache_too_large_stops_before_writing_anything(tmp_path):
+    with tmpfs(tmp_path / "fs", 40) as fs:        # the demo's default cache: 63 MB
+        code, out, err = run("study", "--out", fs / "out", "--no-progress")
+        assert code == 2 and out == "", err
+        assert err.startswith("error: the activation cache (63.3 MB) does not fit in the ")
+        assert "--cache none" in err and len(err.strip().splitlines()) == 1
+        assert not (fs / "out").exists()
+
+
+# the size check passed as if the disk were large (another process fills it after the check)
+UNCHECKED = ("import sys, kerabl.activations as a; a.check_free_space = lambda *x, **k: None; "
+             "from kerabl.cli import main; sys.argv[0] = 'kerabl'; main()")
+
+
+def unchecked(*args) -> tuple[int, str, str]:
+    done = subprocess.run([sys.executable, "-c", UNCHECKED, *map(str, args)], text=True,
+                          capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=600)
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_every_partial_resumes(images, tmp_path):
+    """The disk fills while the activations, the H results and the Z results are written: one
+    line, exit 2, no crash; a rerun with space resumes (or redoes, saying so) each partial, and
+    its exports equal an undisturbed run's."""
+    whole = tmp_path / "whole"
+    h_args = [*inputs(images), *FAST, "--no-progress"]
+    assert run("study", "--out", whole, *h_args)[0] == 0
+    assert run("units", "--out", whole, *inputs(images), "--preprocess", "none", *Z_FAST,
+               "--no-progress")[0] == 0
+    with tmpfs(tmp_path / "fs", 2) as fs:       # the cache of 7 layers x 18 images: 2.44 MB
+        out = fs / "out"
+        code, _, err = unchecked("study", "--out", out, *h_args)
+        one_no_space_line(code, err, str(out / "activations.h5.partial"))
+        subprocess.run(["mount", "-o", "remount,size=8m", str(fs)], check=True)
+        ballast = fill(fs, 96 << 10)    # the cache fits now; the H results (600 kB) do not
+        code, _, err = run("study", "--out", out, *h_args)
+        one_no_space_line(code, err, str(out / "h_results.h5.partial"))
+        assert (out / "activations.h5").exists() and (out / "h_results.h5.partial").exists()
+        ballast.unlink()
+        code, log, err = run("study", "--out", out, *h_args)
+        assert code == 0, err
+        assert export(out / "h_results.h5") == export(whole / "h_results.h5")
+        # the Z study stopped after its first layer, in the middle of writing the second
+        ballast = fill(fs, 300 << 10)
+        z_args = ["units", "--out", out, *inputs(images), "--preprocess", "none", *Z_FAST]
+        code, _, err = run(*z_args, "--no-progress")
+        one_no_space_line(code, err, str(out / "z_results.h5.partial"))
+        ballast.unlink()
+        code, log, err = run(*z_args, "--no-progress")
+        assert code == 0, err
+        assert "resuming" in log or "discarding" in log, log
+        assert export(out / "z_results.h5") == export(whole / "z_results.h5")
+        assert not (out / ".kerabl.lock").exists()
+
+
+# --- the end of a run ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_units_starts_quietly_and_a_finished_run_leaves_no_lock(images, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    code, out, err = run("units", "--out", tmp_path, *inputs(images), "--preprocess", "none",
+                         *Z_FAST[:4], "--layers", "conv_5", "--no-progress", env=env)
+    assert code == 0 and "results:" in out, err
+    assert err == ""     # no oneDNN / CUDA / absl start-up lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z_results.h5"]
+
+
+def test_a_stopped_run_leaves_no_lock_and_the_next_one_runs(images, tmp_path):
+    bad = invoke("study", "--out", tmp_path, *inputs(images), *FAST, "--grid", "100x100",
+                 "--no-progress")
+    assert bad.exit_code == 2
+    assert not list(tmp_path.iterdir())
+    from kerabl.lock import output_lock
+
+    with output_lock(tmp_path / "a", "kerabl study"):
+        (tmp_path / "a" / "h_results.h5").write_text("x")
+        assert (tmp_path / "a" / ".kerabl.lock").exists()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["h_results.h5"]
+    with output_lock(tmp_path / "a", "kerabl study"):    # taken again after its file went
+        pass
