@@ -30,7 +30,7 @@ import numpy as np
 
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
-from kerabl.space import check_free_space, chunked_bytes, free_bytes, human_bytes
+from kerabl.space import check_free_space, check_room, chunked_bytes, free_bytes, human_bytes
 from kerabl.store import partial_path
 
 UNITS = ("element", "channel")
@@ -650,6 +650,7 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
             todo = np.arange(done, n)
             for batch in imageset.batches(size, preprocess, batch_size, rows=todo):
                 outputs = forward(batch)
+                check_room(partial, sum(o.nbytes for o in outputs))
                 end = done + len(batch)
                 for layer, output in zip(layers, outputs):
                     f["layers"][layer][done:end] = as_units(output, unit).astype(dtype)

@@ -4,6 +4,8 @@
   hold it: the nearest existing folder above it counts).
 - `mount_point(path)`: that file system's mount point, the DEVICE of the one-line messages.
 - `check_free_space(path, need, what, advice)`: stop before writing when `need` bytes do not fit.
+- `check_room(path, nbytes)`: before each HDF5 write of a long run, stop with `no_space_line`
+  when the write and `WRITE_MARGIN_BYTES` do not fit (`NoSpaceError`).
 - `no_space_file(err)`: the file a full disk stopped writing when `err` (or an error it came from)
   is ENOSPC, however h5py worded it; None for other errors. `no_space_line(file)`: the one line.
 - `chunked_bytes(rows, widths, itemsize, chunk_rows, chunk_cols)`: an HDF5 file of chunked
@@ -11,10 +13,13 @@
 
 Why not wait for the disk to fill: HDF5 keeps unwritten chunks in memory and retries them each
 time an object of the file is released, so a full disk mid-write gives hundreds of lines of
-tracebacks, and closing such a file can crash the interpreter. Checking first stops a run before
-it writes anything; when the disk fills anyway (another process fills it), the command line
-prints `no_space_line` and ends the process at once (`kerabl.cli`), and the next run resumes or
-discards each `.partial` it finds, saying which.
+tracebacks, and flushing or closing such a file can crash the interpreter (a segmentation
+fault). So a run checks the whole activation cache before it writes anything, and each write of
+a long run (a batch of activations, a pair's or a layer's results) first checks that it fits with
+`WRITE_MARGIN_BYTES` to spare: a disk that another process fills stops the run with one line,
+its files closed cleanly, and the next run resumes them. Where HDF5 meets a full disk anyway
+(a write larger than the margin), the command line prints `no_space_line` and ends the process
+at once (`kerabl.cli`), and the next run resumes or discards each `.partial`, saying which.
 """
 
 from __future__ import annotations
@@ -110,6 +115,29 @@ def check_free_space(path: str | os.PathLike, need: int, what: str, advice: str)
     if need > free:
         raise KerablError(f"{what} ({human_bytes(need)}) does not fit in the {human_bytes(free)} "
                           f"free on {mount_point(path)}: {advice}")
+
+
+# free space a write must leave: HDF5 writes metadata beside the data (and a flush of its cache
+# on a full disk can crash the process)
+WRITE_MARGIN_BYTES = 1 << 20
+
+
+class NoSpaceError(KerablError):
+    """The disk cannot take the next write: `no_space_line`, raised before HDF5 writes.
+
+    Example:
+        raise NoSpaceError(no_space_line("out/h_results.h5.partial"))
+    """
+
+
+def check_room(path: str | os.PathLike, nbytes: int = 0) -> None:
+    """Stop with `NoSpaceError` unless `nbytes` plus `WRITE_MARGIN_BYTES` are free at `path`.
+
+    Example:
+        check_room("out/h_results.h5.partial", arrays_nbytes)   # before writing a pair
+    """
+    if free_bytes(path) < nbytes + WRITE_MARGIN_BYTES:
+        raise NoSpaceError(no_space_line(str(path)))
 
 
 def _chain(err: BaseException):

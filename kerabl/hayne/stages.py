@@ -26,6 +26,7 @@ from kerabl.errors import KerablError
 from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, check_cache_room, probe_pool,
                                 results_name, study_activations, target_layers, worker_count)
 from kerabl.progress import progress_bar
+from kerabl.space import check_room
 from kerabl.store import config_differences, open_h5
 
 STAGES = ("grid", "probe", "ablate")
@@ -173,6 +174,7 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
                 writer.write_class(ci, image_rows=state["target_rows"],
                                    rank_before=state["rank_before"], others=state["others"])
             for li in [li for c, li in todo if c == ci]:
+                check_room(stages.path)        # a pair's arrays: kB, in the margin
                 _run_pair(stage, sweep, stages, state, li, writer if stage == "ablate" else None)
                 advance(1)
     return writer.finish() if stage == "ablate" else stages.path

@@ -29,6 +29,7 @@ from kerabl.contents import contents_digest, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
 from kerabl.recompute import RecomputedActivations
+from kerabl.space import check_room
 from kerabl.validate import check_grid_fits, check_live_outputs, check_precision, check_study_images
 
 UNITS = ("element", "channel")
@@ -186,10 +187,13 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     with probe_pool(sweep.workers) as sweep.pool, sweep, bar as advance:
         for ci in sorted({ci for ci, _ in todo}):
             state = sweep.start_class(ci)
+            check_room(writer.partial_path)
             writer.write_class(ci, image_rows=state["target_rows"],
                                rank_before=state["rank_before"], others=state["others"])
             for li in [li for c, li in todo if c == ci]:
-                writer.write_pair(ci, li, **sweep.pair(state, li))
+                found = sweep.pair(state, li)
+                check_room(writer.partial_path)     # a pair's arrays: kB, in the margin
+                writer.write_pair(ci, li, **found)
                 advance(1)
     return writer.finish()
 

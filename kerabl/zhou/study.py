@@ -21,7 +21,7 @@ from kerabl.graph import _as_model, _check_layer
 from kerabl.contents import array_table, contents_digest, describe_changes, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
-from kerabl.space import no_space_file
+from kerabl.space import check_room, no_space_file
 from kerabl.store import config_differences, differing_keys, finish_partial, open_h5, partial_path
 from kerabl.validate import check_live_outputs
 from kerabl.zhou.ablation import _direction_drops, _greedy, _random_order, _unit_drops
@@ -108,6 +108,7 @@ def _create_partial(partial: Path, config: dict[str, Any], data: _StudyData,
 
     from kerabl.hayne.results import library_versions
 
+    check_room(partial, images.nbytes)
     with h5py.File(partial, "w") as f:
         f.attrs["kind"] = Z_KIND
         f.attrs["config"] = json.dumps(config)
@@ -170,6 +171,7 @@ def _salvage(partial: Path, log: Callable[[str], None]) -> None:
 
 def _write_group(partial: Path, name: str, arrays: Mapping[str, np.ndarray],
                  attrs: Mapping[str, Any]) -> None:
+    check_room(partial, sum(np.asarray(a).nbytes for a in arrays.values()))
     with open_h5(partial, "a") as f:
         if name in f:
             del f[name]
