@@ -327,7 +327,7 @@ def _source(network_or_model, model_name, weights_id, preprocess, imageset):
     return model, model_name, weights_id, tuple(model.input_shape[1:3]), preprocess
 
 
-def activation_fn(model, layers: Sequence[str]) -> Callable[[np.ndarray], list[np.ndarray]]:
+def _activation_fn(model, layers: Sequence[str]) -> Callable[[np.ndarray], list[np.ndarray]]:
     """A traced function: input batch -> the outputs of `layers` (numpy arrays, in order).
 
     Example:
@@ -349,7 +349,7 @@ def activation_fn(model, layers: Sequence[str]) -> Callable[[np.ndarray], list[n
     return run
 
 
-def as_units(output: np.ndarray, unit: str) -> np.ndarray:
+def _units(output: np.ndarray, unit: str) -> np.ndarray:
     """(B, ...) layer output -> (B, n_units): flattened elements or spatially averaged channels.
 
     Example:
@@ -358,6 +358,12 @@ def as_units(output: np.ndarray, unit: str) -> np.ndarray:
     if unit == "channel" and output.ndim > 2:
         return output.mean(axis=tuple(range(1, output.ndim - 1)))
     return output.reshape(len(output), -1)
+
+
+# the recording's forward pass and unit kinds, for what recomputes a cache's rows
+# (`kerabl.recompute`) exactly as they were recorded
+activation_fn = _activation_fn
+as_units = _units
 
 
 def _n_units(shape: tuple[int, ...], unit: str) -> int:
@@ -392,12 +398,11 @@ def check_cache_fits(path, n_images: int, shapes: dict, unit: str = "element",
     return need
 
 
-def _check_space(path: Path, n: int, shapes: dict, unit: str, dtype: str, log) -> None:
-    """Say the cache's size and the free space, then `check_cache_fits`."""
-    log(f"activation cache: {human_bytes(cache_bytes(n, shapes, unit, dtype))} ({n} images, "
-        f"{len(shapes)} layer{'s' * (len(shapes) != 1)}, {unit} units, {dtype}) to {path}; "
-        f"{human_bytes(free_bytes(path))} free")
-    check_cache_fits(path, n, shapes, unit, dtype)
+def _size_line(path: Path, n: int, shapes: dict, unit: str, dtype: str) -> str:
+    """The cache's size and the free space, said before its rows are written."""
+    return (f"activation cache: {human_bytes(cache_bytes(n, shapes, unit, dtype))} ({n} images, "
+            f"{len(shapes)} layer{'s' * (len(shapes) != 1)}, {unit} units, {dtype}) to {path}; "
+            f"{human_bytes(free_bytes(path))} free")
 
 
 def layer_shapes(model, layers: Sequence[str]) -> dict[str, tuple[int, ...]]:
@@ -639,13 +644,14 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
 
     shapes = layer_shapes(model, layers)
     partial = partial_path(path)
-    _check_space(path, len(imageset.labels), shapes, unit, dtype, log)
+    check_cache_fits(path, len(imageset.labels), shapes, unit, dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
-    forward = activation_fn(model, layers)
+    forward = _activation_fn(model, layers)
     n = wanted["n_images"]
     with _resume_or_create(partial, wanted, imageset, layers, shapes, unit, dtype, log,
                            files) as f:
         done = int(f.attrs["rows_done"])
+        log(_size_line(path, n, shapes, unit, dtype))
         with progress_bar(f"activations {name}", n, enabled=progress, done=done) as advance:
             todo = np.arange(done, n)
             for batch in imageset.batches(size, preprocess, batch_size, rows=todo):
@@ -653,7 +659,7 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
                 check_room(partial, sum(o.nbytes for o in outputs))
                 end = done + len(batch)
                 for layer, output in zip(layers, outputs):
-                    f["layers"][layer][done:end] = as_units(output, unit).astype(dtype)
+                    f["layers"][layer][done:end] = _units(output, unit).astype(dtype)
                 f.attrs["rows_done"] = done = end
                 f.flush()
                 advance(len(batch))
