@@ -188,6 +188,8 @@ def test_array_on_slurm_equals_unsharded_run_after_a_cancelled_task(cluster, tmp
     logs = sorted((run / "slurm" / "logs").iterdir())
     assert set(states.values()) == {"COMPLETED"}, (states, [p.read_text()[-1500:] for p in logs])
     assert f"{jobs['shards']}_2" in states and len(states) == 1 + 1 + 4 + 1
+    # the shards' logs show their progress, a line per pair (a log is no terminal)
+    assert any("H study: class x layer" in p.read_text() for p in logs if "shards" in p.name)
     export_csv(ref / "h_results.h5", tmp_path / "ref.csv")
     export_csv(run / "h_results.h5", tmp_path / "array.csv")
     ref_csv, array_csv = (tmp_path / "ref.csv").read_bytes(), (tmp_path / "array.csv").read_bytes()
