@@ -278,3 +278,22 @@ def test_a_stopped_run_leaves_no_lock_and_the_next_one_runs(images, tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["h_results.h5"]
     with output_lock(tmp_path / "a", "kerabl study"):    # taken again after its file went
         pass
+
+
+def test_an_unreadable_h_partial_is_discarded_with_a_word_a_final_file_is_not(tmp_path):
+    from kerabl.errors import KerablError
+    from kerabl.hayne.results import HResultsWriter
+    from test_results import CONFIG, LAYOUT
+
+    path = tmp_path / "h_results.h5"
+    HResultsWriter(path, config=CONFIG, **LAYOUT)
+    partial = tmp_path / "h_results.h5.partial"
+    partial.write_bytes(partial.read_bytes()[:3000])      # cut off mid-write
+    said = []
+    writer = HResultsWriter(path, config=CONFIG, log=said.append, **LAYOUT)
+    assert len(said) == 1 and said[0].startswith(f"discarding {partial} (unreadable"), said
+    assert not writer.complete and not any(writer.is_done(*p) for p in writer.pairs())
+    partial.rename(path)
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(KerablError, match="is damaged .*: delete it and rerun"):
+        HResultsWriter(path, config=CONFIG, **LAYOUT)
