@@ -29,7 +29,7 @@ def progress_line(description: str, done: int, total: int, elapsed: float,
 
     Example:
         progress_line("H study: class x layer", 12, 70, 845.0, 12)
-        # 'H study: class x layer 12/70 (17 %), elapsed 0:14:05, about 1:08:05 left'
+        # 'H study: class x layer 12/70 (17 %), elapsed 0:14:05, about 1:08:04 left'
     """
     line = f"{description} {done}/{total} ({100 * done // max(total, 1)} %), " \
            f"elapsed {_clock(elapsed)}"
