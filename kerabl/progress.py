@@ -2,7 +2,7 @@
 
 On a terminal it is a rich bar; where stdout is not a terminal (a SLURM log, `nohup`, `> log`)
 it is plain lines, flushed as they are written: `H study: class x layer 12/70 (17 %), elapsed
-0:14:05, about 1:08:02 left`. A loop whose steps are long (a study's pairs and layers) writes a
+0:14:05, about 1:08:04 left`. A loop whose steps are long (a study's pairs and layers) writes a
 line per step (`every=0`); one of many short steps (images, units) a line every `LOG_EVERY_S`
 seconds and one at its end.
 """
