@@ -31,6 +31,7 @@ import numpy as np
 from kerabl.errors import KerablError
 from kerabl.nested import flat_network, from_paths
 from kerabl.progress import progress_bar
+from kerabl.space import check_free_space, check_room, chunked_bytes, free_bytes, human_bytes
 from kerabl.store import partial_path
 
 UNITS = ("element", "channel")
@@ -328,7 +329,12 @@ def _source(network_or_model, model_name, weights_id, preprocess, imageset):
 
 
 def _activation_fn(model, layers: Sequence[str]) -> Callable[[np.ndarray], list[np.ndarray]]:
-    """A traced function: input batch -> the outputs of `layers` (numpy arrays)."""
+    """A traced function: input batch -> the outputs of `layers` (numpy arrays, in order).
+
+    Example:
+        forward = activation_fn(net.model, ["conv_1", "conv_5"])
+        conv_1, conv_5 = forward(batch)
+    """
     import keras
     import tensorflow as tf
 
@@ -345,14 +351,69 @@ def _activation_fn(model, layers: Sequence[str]) -> Callable[[np.ndarray], list[
 
 
 def _units(output: np.ndarray, unit: str) -> np.ndarray:
-    """(B, ...) layer output -> (B, n_units): flattened elements or spatially averaged channels."""
+    """(B, ...) layer output -> (B, n_units): flattened elements or spatially averaged channels.
+
+    Example:
+        as_units(np.ones((2, 4, 4, 3)), "channel").shape   # (2, 3)
+    """
     if unit == "channel" and output.ndim > 2:
         return output.mean(axis=tuple(range(1, output.ndim - 1)))
     return output.reshape(len(output), -1)
 
 
+# the recording's forward pass and unit kinds, for what recomputes a cache's rows
+# (`kerabl.recompute`) exactly as they were recorded
+activation_fn = _activation_fn
+as_units = _units
+
+
 def _n_units(shape: tuple[int, ...], unit: str) -> int:
     return int(shape[-1]) if unit == "channel" else int(np.prod(shape))
+
+
+def cache_bytes(n_images: int, shapes: dict, unit: str = "element", dtype: str = "float32") -> int:
+    """The size of a finished activation cache (`kerabl.space.chunked_bytes` of its layers).
+
+    Example:
+        cache_bytes(100, {"block1_conv1": (224, 224, 64)})   # 1.64e9: 128 rows of chunks
+    """
+    return chunked_bytes(n_images, [_n_units(tuple(s), unit) for s in shapes.values()],
+                         np.dtype(dtype).itemsize, CHUNK_ROWS, CHUNK_COLS)
+
+
+def check_cache_fits(path, n_images: int, shapes: dict, unit: str = "element",
+                     dtype: str = "float32") -> int:
+    """Stop with one line, before anything is written, when the cache at `path` would not fit
+    in the free space there (a `.partial` to resume counts as written); returns its size.
+
+    Example:
+        check_cache_fits("out/activations.h5", 100, {"block1_conv1": (224, 224, 64)})
+        # KerablError: the activation cache (1.64 GB) does not fit in the 40 MB free on /mnt: ...
+    """
+    need = cache_bytes(n_images, shapes, unit, dtype)
+    partial = partial_path(path)
+    have = partial.stat().st_blocks * 512 if partial.exists() else 0
+    check_free_space(partial, need - have, "the activation cache",
+                     "free space, choose another --out, record channel units (--unit channel), "
+                     "fewer or later layers, or run the study without a cache (--cache none)")
+    return need
+
+
+def _size_line(path: Path, n: int, shapes: dict, unit: str, dtype: str) -> str:
+    """The cache's size and the free space, said before its rows are written."""
+    return (f"activation cache: {human_bytes(cache_bytes(n, shapes, unit, dtype))} ({n} images, "
+            f"{len(shapes)} layer{'s' * (len(shapes) != 1)}, {unit} units, {dtype}) to {path}; "
+            f"{human_bytes(free_bytes(path))} free")
+
+
+def layer_shapes(model, layers: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Each layer's output shape without the batch axis.
+
+    Example:
+        layer_shapes(net.model, ["conv_5"])   # {"conv_5": (8, 8, 32)}
+    """
+    return {layer: tuple(int(d) for d in model.get_layer(layer).output.shape[1:])
+            for layer in layers}
 
 
 def _fingerprint(model_name, weights_id, layers, imageset, preprocess, unit, dtype,
@@ -584,19 +645,21 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
             return ActivationCache(path)
         log(f"recomputing {path}: " + "; ".join(changes))
 
-    shapes = {layer: tuple(int(d) for d in model.get_layer(layer).output.shape[1:])
-              for layer in layers}
+    shapes = layer_shapes(model, layers)
     partial = partial_path(path)
+    check_cache_fits(path, len(imageset.labels), shapes, unit, dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     forward = _activation_fn(model, layers)
     n = wanted["n_images"]
     with _resume_or_create(partial, wanted, imageset, layers, shapes, unit, dtype, log,
                            files) as f:
         done = int(f.attrs["rows_done"])
+        log(_size_line(path, n, shapes, unit, dtype))
         with progress_bar(f"activations {name}", n, enabled=progress, done=done) as advance:
             todo = np.arange(done, n)
             for batch in imageset.batches(size, preprocess, batch_size, rows=todo):
                 outputs = forward(batch)
+                check_room(partial, sum(o.nbytes for o in outputs))
                 end = done + len(batch)
                 for layer, output in zip(layers, outputs):
                     f["layers"][layer][done:end] = _units(output, unit).astype(dtype)

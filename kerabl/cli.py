@@ -21,6 +21,7 @@ from typing import Annotated, Optional
 import typer
 
 from kerabl.errors import KerablError
+from kerabl.space import no_space_file, no_space_line
 from kerabl.options import (H_OPTIONS, INPUT_OPTIONS, Control, Engine, FitsOpt, Model,
                             Objective, ProgressOpt, Protocol, ShardOpt, Solver, SrsMatrix, Unit,
                             UnitOpt, with_options)
@@ -52,11 +53,13 @@ def command(fn=None, **settings):
 
         stop = _Stop()
         try:
-            with stop.catching():
+            with stop.catching(), _full_disk_quiet():
                 return fn(*args, **kwargs)
         except Exception as err:
             if stop.received:  # the interrupt, turned into another error by the library it hit
                 _interrupted()
+            if no_space_file(err) is not None:
+                _no_space(no_space_file(err))
             if isinstance(err, KerablError):
                 typer.echo(f"error: {err}", err=True)
                 raise typer.Exit(2) from None
@@ -69,6 +72,42 @@ def command(fn=None, **settings):
         finally:
             _forget_inputs()  # a model file may change between two commands of a process
     return app.command(**settings)(run)
+
+
+@contextlib.contextmanager
+def _full_disk_quiet():
+    """While a command runs, h5py's errors from releasing objects of a file the full disk stopped
+    writing (it prints one traceback per object) are dropped; others are printed as usual."""
+    import sys
+
+    previous, printed = sys.unraisablehook, sys.excepthook
+
+    def hook(unraisable):
+        if no_space_file(unraisable.exc_value) is None:
+            previous(unraisable)
+
+    def print_hook(kind, value, trace):   # h5py prints the traceback too, through this hook
+        if no_space_file(value) is None:
+            printed(kind, value, trace)
+
+    sys.unraisablehook, sys.excepthook = hook, print_hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook, sys.excepthook = previous, printed
+
+
+def _no_space(file: str):
+    """A full disk: one line, then the process ends at once with status 2 (closing an HDF5 file
+    whose writes failed retries them, which prints tracebacks and can crash the interpreter; the
+    `.partial` files stay as a kill would leave them, and the next run resumes or discards each)."""
+    import os
+    import sys
+
+    typer.echo(f"error: {no_space_line(file)}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)
 
 
 def _interrupted():
@@ -310,9 +349,12 @@ def study(
 
 
 def _check_inputs(options: dict, study: bool = False) -> None:
-    """The shared options, checked before a model is built or a file is created."""
-    from kerabl.validate import check_at_least, check_listed_once, check_study_images
+    """The shared options, checked before a model is built or a file is created (TensorFlow,
+    which the demo's image set loads, is started quietly first)."""
+    from kerabl.validate import (check_at_least, check_listed_once, check_study_images,
+                                 import_tensorflow)
 
+    import_tensorflow()
     check_listed_once(options["classes"], "--classes")
     check_listed_once(options["layers"], "--layers")
     check_at_least(options["seed"], 0, "--seed")
@@ -336,7 +378,7 @@ def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage
     from kerabl.hayne.study import run_h_study
     from kerabl.slurm import shard_of
 
-    h = {name: options[name] for name, _, _ in H_OPTIONS if name != "workers"}
+    h = {name: options[name] for name, _, _ in H_OPTIONS if name not in ("workers", "cache")}
     inputs = _authors_inputs(options)
     config = _study_config(seed=options["seed"], probe_fits=probe_fits, model=options["model"],
                            inputs=inputs, **h)
@@ -352,8 +394,8 @@ def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage
             and options["model"] == "mobilenet_v2":   # their Conv and BN outputs
         from kerabl.models import paper_targets
         layers = list(paper_targets(options["model"], net.model))
-    return run(net, imageset, out, layers=layers, config=config,
-               progress=progress, workers=options["workers"], log=typer.echo)
+    return run(net, imageset, out, layers=layers, config=config, progress=progress,
+               workers=options["workers"], log=typer.echo, cache=options["cache"].value)
 
 
 def _stage_command(stage: str, doc: str) -> None:

@@ -4,7 +4,8 @@
   folder, when missing); a second run on the same folder stops with one line naming the holder.
   A shard of a sharded study holds its own lock (`.kerabl.shard-I-of-N.lock`) instead.
   The lock is an `flock`: the system releases it when its process ends, even by `kill -9`.
-  A run that wrote nothing leaves nothing: the lock file and a folder it created go with it.
+  The lock file is removed when the run ends (finished, failed or interrupted; only a killed
+  run leaves it, unlocked); a run that wrote nothing also removes a folder it created.
 """
 
 from __future__ import annotations
@@ -48,21 +49,36 @@ def output_lock(folder: str | os.PathLike, command: str,
             from None
     held = False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held = True
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-            raise KerablError(f"{folder} is in use by {holder}: wait for it to finish or choose "
-                              "another --out") from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+                raise KerablError(f"{folder} is in use by {holder}: wait for it to finish or "
+                                  "choose another --out") from None
+            if _same_file(fd, folder / name):
+                break
+            # the holder removed the file between our open and our flock: lock the new one
+            os.close(fd)
+            fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
+        held = True
         os.ftruncate(fd, 0)
         os.pwrite(fd, (f"{command} (pid {os.getpid()} on {socket.gethostname()}, started "
                        f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n").encode(), 0)
         yield folder
     finally:
         with contextlib.suppress(OSError):
-            if held and [p.name for p in folder.iterdir()] == [name]:   # nothing written
-                (folder / name).unlink()
-                if created:
+            if held:
+                (folder / name).unlink()       # removed while held: no other run holds it
+                if created and not any(folder.iterdir()):   # nothing written
                     folder.rmdir()
         os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the file at `path` (not removed or replaced)."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)

@@ -40,6 +40,7 @@ Control = choices("Control", "none", "permuted-labels")
 Protocol = choices("Protocol", "default", "authors")
 Objective = choices("Objective", "liblinear", "lbfgs")
 SrsMatrix = choices("SrsMatrix", "upper", "full")
+CacheMode = choices("CacheMode", "file", "none")
 
 
 ModelOpt = Annotated[str, typer.Option(
@@ -142,6 +143,12 @@ ShardOpt = Annotated[Optional[str], typer.Option(
     help="Run shard i of n (0-based, e.g. 3/8), or 'auto' (this SLURM array task's shard); "
          "join the shard files with `kerabl merge`.")]
 
+CacheOpt = Annotated[CacheMode, typer.Option(
+    help="file: record the activation cache OUT/activations.h5 (its size is said first; a cache "
+         "that does not fit in the free space stops the run before it writes); none: no cache, "
+         "each class x layer pair runs its images through the network again (slower, same "
+         "results, only the results on disk).")]
+
 H_OPTIONS = (  # the H protocol: shared by study and reproduce
     ("unit", UnitOpt, Unit.element), ("grid", GridOpt, "4x4"),
     ("others", OthersOpt, "random-10"), ("clip", ClipOpt, True),
@@ -150,4 +157,5 @@ H_OPTIONS = (  # the H protocol: shared by study and reproduce
     ("probe_solver", SolverOpt, Solver.batched), ("control", ControlOpt, Control.none),
     ("workers", WorkersOpt, None), ("protocol", ProtocolOpt, Protocol.default),
     ("probe_objective", ObjectiveOpt, Objective.liblinear),
-    ("srs_matrix", SrsMatrixOpt, SrsMatrix.upper), ("precision", PrecisionOpt, "float32"))
+    ("srs_matrix", SrsMatrixOpt, SrsMatrix.upper), ("precision", PrecisionOpt, "float32"),
+    ("cache", CacheOpt, CacheMode.file))

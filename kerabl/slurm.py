@@ -134,7 +134,7 @@ def stage_commands(stage: str, options: Mapping[str, object], out: Path, array: 
         if array != 1:
             raise KerablError("the Z study (units) is not sharded: pass --array 1, or run the H "
                               "study as an array (kerabl slurm study)")
-        return {"units": [["units", *option_args(options), "--out", str(out), "--no-progress"],
+        return {"units": [["units", *option_args(options), "--out", str(out)],
                           ["figures", str(out / "z_results.h5"), "--out", str(out / "figures")]]}
     if array < 1:
         raise KerablError(f"--array must be at least 1, got {array}")
@@ -144,13 +144,11 @@ def stage_commands(stage: str, options: Mapping[str, object], out: Path, array: 
     cache = {k: v for k, v in options.items() if k in CACHE_OPTIONS}
     shards = [str(out / f"h_results.shard-{i}-of-{array}.h5") for i in range(array)]
     merged = out / "h_results.h5"
-    last = (["reproduce", *option_args(options), "--out", str(out), "--no-progress"]
+    last = (["reproduce", *option_args(options), "--out", str(out)]
             if stage == "reproduce" else ["figures", str(merged), "--out", str(out / "figures")])
     return {
-        "activations": [["activations", *option_args(cache), "--out", str(out / "activations.h5"),
-                         "--no-progress"]],
-        "shards": [["study", *option_args(study), "--out", str(out), "--shard", "auto",
-                    "--no-progress"]],
+        "activations": [["activations", *option_args(cache), "--out", str(out / "activations.h5")]],
+        "shards": [["study", *option_args(study), "--out", str(out), "--shard", "auto"]],
         "merge": [["merge", *shards, "--out", str(merged)], last]}
 
 

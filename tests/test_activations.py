@@ -141,7 +141,8 @@ def test_changed_argument_recomputes_and_says_what(tiny_model, memory_set, tmp_p
     assert any("unit: element -> channel" in m for m in messages)
     _record(tiny_model, memory_set, tmp_path / "a.h5", unit="channel", weights_id="other",
             log=messages.append).close()
-    assert len(calls) == 3 and "weights_id: hand-set -> other" in messages[-1]
+    assert len(calls) == 3 and "weights_id: hand-set -> other" in messages[-2]
+    assert messages[-1].startswith("activation cache: ")    # its size, before it is written
     with open_cache(tmp_path / "a.h5") as cache:
         assert cache.attrs["weights_id"] == "other" and cache.unit == "channel"
 

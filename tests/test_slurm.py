@@ -85,10 +85,10 @@ def test_slurm_study_writes_three_dependent_jobs(tmp_path, monkeypatch):
     assert "#SBATCH --cpus-per-task=2" in shards and "#SBATCH --mem=4G" in shards
     assert f"#SBATCH --chdir={tmp_path}" in shards
     assert (f"{python} study --layers conv_5,dense_1 --probe-fits 2 --no-clip --workers 2 "
-            "--out run --shard auto --no-progress") in shards
+            "--out run --shard auto\n") in shards   # progress lines go to the log
     cache = (folder / "activations.sbatch").read_text()
-    assert (f"{python} activations --layers conv_5,dense_1 --out run/activations.h5 "
-            "--no-progress") in cache and "--array" not in cache
+    assert (f"{python} activations --layers conv_5,dense_1 --out run/activations.h5\n"
+            ) in cache and "--array" not in cache
     merge = (folder / "merge.sbatch").read_text()
     assert (f"{python} merge run/h_results.shard-0-of-3.h5 run/h_results.shard-1-of-3.h5 "
             "run/h_results.shard-2-of-3.h5 --out run/h_results.h5") in merge
@@ -188,6 +188,8 @@ def test_array_on_slurm_equals_unsharded_run_after_a_cancelled_task(cluster, tmp
     logs = sorted((run / "slurm" / "logs").iterdir())
     assert set(states.values()) == {"COMPLETED"}, (states, [p.read_text()[-1500:] for p in logs])
     assert f"{jobs['shards']}_2" in states and len(states) == 1 + 1 + 4 + 1
+    # the shards' logs show their progress, a line per pair (a log is no terminal)
+    assert any("H study: class x layer" in p.read_text() for p in logs if "shards" in p.name)
     export_csv(ref / "h_results.h5", tmp_path / "ref.csv")
     export_csv(run / "h_results.h5", tmp_path / "array.csv")
     ref_csv, array_csv = (tmp_path / "ref.csv").read_bytes(), (tmp_path / "array.csv").read_bytes()

@@ -293,13 +293,19 @@ class HResultsWriter:
     def _check_existing(self, path: Path) -> bool:
         """True when `path` holds this run; False when it was replaceable and is removed."""
         try:
-            with h5py.File(path, "r") as f:
+            with open_h5(path, "r") as f:      # waits while a reader holds it
                 check_kind(f, path)
                 stored = ResultsLayout.read(f)
                 n_done = int(f["done"][()].sum())
-        except (OSError, KeyError) as err:
-            raise KerablError(f"{path} is damaged ({str(err).splitlines()[0][:120]}): delete it "
-                              "and rerun") from None
+        except (OSError, KeyError, RuntimeError) as err:
+            reason = str(err).splitlines()[0][:120]
+            if path != self.partial_path:
+                raise KerablError(f"{path} is damaged ({reason}): delete it and rerun") from None
+            # a run stopped mid-write (a kill, a full disk) can leave it unreadable
+            self._log(f"discarding {path} (unreadable, cut off mid-write: {reason}): starting "
+                      "afresh")
+            path.unlink()
+            return False
         differences = stored.differences(self.layout)
         if not differences:
             return True

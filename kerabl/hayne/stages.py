@@ -23,10 +23,12 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, pool_note, probe_pool,
-                                results_name, target_layers, worker_count)
+from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, check_cache_room, pool_note,
+                                probe_pool, results_name, study_activations, target_layers,
+                                worker_count)
 from kerabl.nested import flat_network
 from kerabl.progress import progress_bar
+from kerabl.space import check_room
 from kerabl.store import config_differences, open_h5
 
 STAGES = ("grid", "probe", "ablate")
@@ -116,7 +118,8 @@ class StageFile:
 
 def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str] | None = None,
                 config: HConfig = HConfig(), cache_path=None, progress: bool = True,
-                workers: int | None = None, log: Callable[[str], None] = print) -> Path:
+                workers: int | None = None, log: Callable[[str], None] = print,
+                cache: str = "file") -> Path:
     """Run one stage of the H study for every class x layer pair; return the file it wrote.
 
     Example:
@@ -126,14 +129,13 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
 
     Args:
         stage: "grid", "probe" or "ablate" (`STAGES`), run in that order.
-        network, imageset, layers, config, cache_path, workers: as `run_h_study`, the same for
-            every stage.
+        network, imageset, layers, config, cache_path, workers, cache: as `run_h_study`, the
+            same for every stage.
 
     Raises:
         KerablError: an unknown stage, a stage whose inputs are not stored yet, or a stage file
             written with other options.
     """
-    from kerabl.activations import record_activations
     from kerabl.hayne.results import HResultsWriter
 
     if stage not in STAGES:
@@ -143,6 +145,8 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
     network = flat_network(network)   # a model calling other models: one graph
     layers = target_layers(network, layers)
     args = _writer_args(network, imageset, layers, config)
+    cache_path = cache_path or out_dir / "activations.h5"
+    check_cache_room(network, imageset, layers, config, cache_path, cache)
     run = {**args["config"], "n_units": args["n_units"]}
     stages = StageFile(out_dir / STAGE_FILE, run, create=stage == "grid")
     pairs = [(ci, li) for ci in range(len(imageset.classes)) for li in range(len(layers))]
@@ -161,12 +165,11 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
         raise KerablError(f"{len(missing)} pairs have no stored {needed} (first: class "
                           f"{imageset.class_names[ci]}, layer {layers[li]}): run `kerabl "
                           f"{needed}` with these options first")
-    cache = record_activations(network, imageset, layers, cache_path or out_dir / "activations.h5",
-                               unit=config.unit, preprocess=network.preprocess,
-                               progress=progress, log=log)
-    sweep = _Sweep(network, imageset, layers, config, cache, log)
+    acts = study_activations(network, imageset, layers, config, cache_path, cache, progress, log)
+    sweep = _Sweep(network, imageset, layers, config, acts, log)
     sweep.workers = worker_count(workers) if stage == "probe" else 1
-    bar = progress_bar(f"H {stage}: class x layer", len(todo), enabled=progress)
+    bar = progress_bar(f"H {stage}: class x layer", len(pairs), enabled=progress,
+                       done=len(pairs) - len(todo), every=0)
     if note := pool_note(sweep.workers):
         log(note)
     with probe_pool(sweep.workers) as sweep.pool, sweep, bar as advance:
@@ -176,6 +179,7 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
                 writer.write_class(ci, image_rows=state["target_rows"],
                                    rank_before=state["rank_before"], others=state["others"])
             for li in [li for c, li in todo if c == ci]:
+                check_room(stages.path)        # a pair's arrays: kB, in the margin
                 _run_pair(stage, sweep, stages, state, li, writer if stage == "ablate" else None)
                 advance(1)
     return writer.finish() if stage == "ablate" else stages.path

@@ -22,12 +22,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from kerabl.activations import check_cache_fits, layer_shapes, record_activations
 from kerabl.contents import contents_digest, image_files
 from kerabl.errors import KerablError
 from kerabl.hayne.pools import (bounded_map, pool_note, probe_pool, worker_count,  # noqa: F401
                                 worker_pool)
 from kerabl.nested import flat_network, from_paths, layer_paths
 from kerabl.progress import progress_bar
+from kerabl.recompute import RecomputedActivations
+from kerabl.space import check_room
 from kerabl.validate import check_grid_fits, check_live_outputs, check_precision, check_study_images
 
 UNITS = ("element", "channel")
@@ -123,7 +126,8 @@ def results_name(shard: tuple[int, int] | None) -> str:
 def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = None,
                 config: HConfig = HConfig(), cache_path=None,
                 shard: tuple[int, int] | None = None, progress: bool = True,
-                workers: int | None = None, log: Callable[[str], None] = print) -> Path | None:
+                workers: int | None = None, log: Callable[[str], None] = print,
+                cache: str = "file") -> Path | None:
     """Run (or resume, or skip when finished) the H study and return the results file.
 
     Example:
@@ -142,12 +146,13 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
             in this thread. Where this process cannot spawn workers safely (a plain script
             without `if __name__ == "__main__":`) they are threads of this process
             (`kerabl.hayne.pools`). Results depend on neither.
+        cache: "file" (record the activation cache, stopping first when it does not fit in
+            the free space) or "none" (no cache: `kerabl.recompute`; the same results).
 
     Returns:
         The finished results file, or None for a shard whose file is written but not renamed
         because it does not cover every pair (it is renamed when its own pairs are done).
     """
-    from kerabl.activations import record_activations
     from kerabl.hayne.results import HResultsWriter
 
     out_dir = Path(out_dir)
@@ -168,29 +173,72 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     writer_args = _writer_args(network, imageset, layers, config)
     writer_args["config"]["contents"] = contents_digest(files)
     check_grid_fits(tuple(config.grid), dict(zip(layers, writer_args["n_units"])))
+    check_cache_room(network, imageset, layers, config, cache_path, cache)
     writer = HResultsWriter(out_dir / results_name(shard), shard=shard, log=log,
                             contents_note=note, **writer_args)
     if writer.complete:
         log(f"results are complete, nothing to compute: {out_dir / results_name(shard)}")
         return out_dir / results_name(shard)
 
-    cache = record_activations(network, imageset, layers, cache_path, unit=config.unit,
-                               preprocess=preprocess, progress=progress, files=files, log=log)
-    todo = [(ci, li) for ci, li in writer.pairs() if not writer.is_done(ci, li)]
-    sweep = _Sweep(network, imageset, layers, config, cache, log)
+    acts = study_activations(network, imageset, layers, config, cache_path, cache, progress,
+                             log, files)
+    pairs = writer.pairs()
+    todo = [(ci, li) for ci, li in pairs if not writer.is_done(ci, li)]
+    sweep = _Sweep(network, imageset, layers, config, acts, log)
     sweep.workers = worker_count(workers)
-    bar = progress_bar("H study: class x layer", len(todo), enabled=progress)
+    bar = progress_bar("H study: class x layer", len(pairs), enabled=progress,
+                       done=len(pairs) - len(todo), every=0)
     if note := pool_note(sweep.workers):
         log(note)
     with probe_pool(sweep.workers) as sweep.pool, sweep, bar as advance:
         for ci in sorted({ci for ci, _ in todo}):
             state = sweep.start_class(ci)
+            check_room(writer.partial_path)
             writer.write_class(ci, image_rows=state["target_rows"],
                                rank_before=state["rank_before"], others=state["others"])
             for li in [li for c, li in todo if c == ci]:
-                writer.write_pair(ci, li, **sweep.pair(state, li))
+                found = sweep.pair(state, li)
+                check_room(writer.partial_path)     # a pair's arrays: kB, in the margin
+                writer.write_pair(ci, li, **found)
                 advance(1)
     return writer.finish()
+
+
+CACHE_MODES = ("file", "none")
+
+
+def check_cache_room(network, imageset, layers: Sequence[str], config: HConfig, cache_path,
+                     cache: str = "file") -> None:
+    """Before a study writes anything: an unknown cache mode, or a cache to record that does
+    not fit in the free space, is one `KerablError` (`kerabl.activations.check_cache_fits`).
+
+    Example:
+        check_cache_room(net, images, ["block1_conv1"], HConfig(), "out/activations.h5")
+    """
+    if cache not in CACHE_MODES:
+        raise KerablError(f"unknown cache mode {cache!r}: use file or none")
+    if cache == "file" and not Path(cache_path).exists():
+        check_cache_fits(cache_path, len(imageset.labels), layer_shapes(network.model, layers),
+                         config.unit)
+
+
+def study_activations(network, imageset, layers: Sequence[str], config: HConfig, cache_path,
+                      cache: str = "file", progress: bool = True,
+                      log: Callable[[str], None] = print, files=None):
+    """The activations a study's pairs read: the recorded cache at `cache_path`, or with
+    `cache="none"` a `RecomputedActivations` that writes nothing (each pair runs its images
+    through the network again; every value equals the cache's).
+
+    Example:
+        acts = study_activations(net, images, ["conv_5"], HConfig(), "out/activations.h5", "none")
+    """
+    if cache == "none":
+        log("no activation cache: each class x layer pair runs its images through the network "
+            "again (slower; the results equal a cached run's)")
+        return RecomputedActivations(network, imageset, layers, config.unit)
+    return record_activations(network, imageset, layers, cache_path, unit=config.unit,
+                              preprocess=network.preprocess, progress=progress, files=files,
+                              log=log)
 
 
 def target_layers(network, layers: Sequence[str] | None) -> list[str]:

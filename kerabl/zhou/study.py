@@ -22,6 +22,7 @@ from kerabl.nested import flat_network, resolve_layer, resolve_layers
 from kerabl.contents import array_table, contents_digest, describe_changes, image_files
 from kerabl.errors import KerablError
 from kerabl.progress import progress_bar
+from kerabl.space import check_room, no_space_file
 from kerabl.store import config_differences, differing_keys, finish_partial, open_h5, partial_path
 from kerabl.validate import check_live_outputs
 from kerabl.zhou.ablation import _direction_drops, _greedy, _random_order, _unit_drops
@@ -108,6 +109,7 @@ def _create_partial(partial: Path, config: dict[str, Any], data: _StudyData,
 
     from kerabl.hayne.results import library_versions
 
+    check_room(partial, images.nbytes)
     with h5py.File(partial, "w") as f:
         f.attrs["kind"] = Z_KIND
         f.attrs["schema"] = Z_SCHEMA
@@ -129,8 +131,49 @@ def _done_groups(partial: Path) -> set[str]:
                 if isinstance(group, h5py.Group) and group.attrs.get("done", False)}
 
 
+def _salvage(partial: Path, log: Callable[[str], None]) -> None:
+    """Rewrite `partial` with what reads back whole: its top-level datasets and attributes and
+    each finished group, every array read (a run stopped mid-write, by a full disk or a kill,
+    can leave a group or the file's index cut off); a group that fails is dropped, to be
+    computed again, and a file whose top level fails is removed. Each loss is said."""
+    import h5py
+
+    fresh = partial.with_name(partial.name + ".tmp")
+    dropped = []
+    try:
+        with open_h5(partial) as src, h5py.File(fresh, "w") as dst:
+            dst.attrs.update(dict(src.attrs))
+            for name in list(src):
+                if not name.startswith("layer_") and name != "greedy":   # labels, classes...
+                    src[name][()]
+                    src.copy(name, dst, name)
+                    continue
+                try:
+                    group = src[name]
+                    if not group.attrs.get("done", False):
+                        continue               # begun, not finished: computed again
+                    for ds in group.values():
+                        ds[()]
+                except (OSError, RuntimeError, KeyError, ValueError):
+                    dropped.append(name)
+                    continue
+                src.copy(group, dst, name)
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        fresh.unlink(missing_ok=True)
+        if no_space_file(err) is not None:
+            raise
+        log(f"discarding {partial} (unreadable, cut off mid-write: {str(err)[:80]}): starting "
+            "afresh")
+        partial.unlink()
+        return
+    os.replace(fresh, partial)
+    for name in dropped:
+        log(f"{partial}: {name} was cut off mid-write: computing it again")
+
+
 def _write_group(partial: Path, name: str, arrays: Mapping[str, np.ndarray],
                  attrs: Mapping[str, Any]) -> None:
+    check_room(partial, sum(np.asarray(a).nbytes for a in arrays.values()))
     with open_h5(partial, "a") as f:
         if name in f:
             del f[name]
@@ -265,6 +308,8 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
     partial = partial_path(out)
     images = data.images() if images is None else images
     check_live_outputs(network, images=images, labels=data.labels)
+    if partial.exists():
+        _salvage(partial, log)
     if partial.exists() and _check_config(partial, _read_config(partial), wanted, note, log):
         log(f"resuming {partial}")
     else:
@@ -274,7 +319,7 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
     probs = None
     todo = [layer for layer in layers if f"layer_{layer}" not in done]
     with progress_bar("Z study: layers", len(layers), enabled=progress,
-                      done=len(layers) - len(todo)) as advance:
+                      done=len(layers) - len(todo), every=0) as advance:
         for layer in todo:
             if probs is None:
                 probs = predict_batched(model, images, HEAD_BATCH)[0]
