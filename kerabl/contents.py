@@ -20,6 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
+from kerabl.errors import KerablError
+
+
 _BLOCK = 1 << 20
 
 
@@ -38,8 +41,6 @@ def file_table(imageset, known: Sequence[Sequence] | None = None) -> list[list]:
         table = file_table(synset_imageset("val"))
         again = file_table(synset_imageset("val"), known=table)   # hashes only changed files
     """
-    from kerabl.errors import KerablError
-
     if getattr(imageset, "paths", None) is None:
         return array_table(imageset.images)
     previous = {row[0]: row for row in (known or [])}
@@ -103,6 +104,21 @@ def describe_changes(names: Sequence[str], shown: int = 5) -> str:
     return f"{len(names)} image{'s' if len(names) != 1 else ''} changed ({listed})"
 
 
+def stored_files(path: Path) -> list | None:
+    """The `/files` table of a cache or `.partial` (None when absent or unreadable).
+
+    Example:
+        stored_files(Path("out/activations.h5"))   # [[name, size, mtime_ns, sha256], ...]
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return json.loads(f["files"][()]) if "files" in f else None
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def image_files(imageset, cache_path) -> tuple[list, str]:
     """The image set's file table (hashing only files changed since the activation cache at
     `cache_path`, when there is one) and a note naming the files that changed.
@@ -110,8 +126,6 @@ def image_files(imageset, cache_path) -> tuple[list, str]:
     Example:
         files, note = image_files(imageset, "out/activations.h5")   # note: '2 images changed (...)'
     """
-    from kerabl.activations import stored_files
-
     known = stored_files(Path(cache_path)) if Path(cache_path).exists() else None
     files = file_table(imageset, known)
     return files, describe_changes(changed_files(known, files) if known else [])

@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from kerabl import imagenet
 from kerabl.errors import KerablError
 from kerabl.images import (IMAGE_SUFFIXES, check_preprocess, load_image, load_image_cv2,
                            preprocess_images)
@@ -201,7 +202,7 @@ def _digest(items: Sequence) -> str:
     return hashlib.sha1("\n".join(map(str, items)).encode()).hexdigest()[:12]
 
 
-def _from_classes(name: str, folder: Path, class_ids: list[int], class_names: list[str],
+def from_classes(name: str, folder: Path, class_ids: list[int], class_names: list[str],
                   files_per_class: list[list[Path]]) -> ImageSet:
     """An ImageSet from files grouped by class (study order), named with a digest of both."""
     paths = [p for files in files_per_class for p in files]
@@ -273,8 +274,6 @@ def _chosen_classes(classes: str | Sequence[str] | Path, root: Path) -> list[tup
 
 def _named_classes(requested: Sequence[str], listed: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Each requested WNID or class-list name as (name, WNID); unknown WNIDs get ImageNet names."""
-    from kerabl import imagenet
-
     by_name = dict(listed)
     by_wnid = {wnid: name for name, wnid in listed}
     chosen = []
@@ -318,8 +317,6 @@ def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
         KerablError: a missing folder or file (named), an image number beyond the ground
             truth, or a requested class without images.
     """
-    from kerabl import imagenet
-
     folder = Path(folder)
     if not folder.is_dir():
         raise KerablError(f"image folder {folder} does not exist: pass the dataset root or "
@@ -350,7 +347,7 @@ def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
     if empty:
         raise KerablError(f"no images of class {', '.join(empty)} in {image_dir}: check the "
                           "folder and the class list")
-    return _from_classes(f"imagenet-paper:{classes if isinstance(classes, str) else 'list'}",
+    return from_classes(f"imagenet-paper:{classes if isinstance(classes, str) else 'list'}",
                          image_dir, [imagenet.index_of(w) for _, w in chosen],
                          [name for name, _ in chosen], files_per_class)
 
@@ -369,8 +366,6 @@ def synset_imageset(folder: str | Path, classes: Sequence[str] | None = None) ->
     Raises:
         KerablError: missing folder, unknown WNID, or a class folder without images.
     """
-    from kerabl import imagenet
-
     folder = Path(folder)
     if not folder.is_dir():
         raise KerablError(f"image folder {folder} does not exist: pass the folder of WNID "
@@ -391,7 +386,7 @@ def synset_imageset(folder: str | Path, classes: Sequence[str] | None = None) ->
         if not files:
             raise KerablError(f"no images of class {wnid} in {sub}: check the folder")
         files_per_class.append(files)
-    return _from_classes("imagenet-synsets", folder, ids,
+    return from_classes("imagenet-synsets", folder, ids,
                          [imagenet.class_names()[i] for i in ids], files_per_class)
 
 

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from kerabl.data import ImageSet, _from_classes
+from kerabl.data import ImageSet, from_classes
 from kerabl.images import IMAGE_SUFFIXES
 from kerabl.errors import KerablError
 
@@ -114,7 +114,7 @@ def folder_imageset(folder: str | Path, classes: Sequence[str] | None = None,
             raise KerablError(f"no images in class folder {folder / name}: add images "
                               f"({', '.join(IMAGE_SUFFIXES)}) or remove the folder")
         files_per_class.append(files)
-    return _from_classes("class-folders", folder, [index[c] for c in chosen], chosen,
+    return from_classes("class-folders", folder, [index[c] for c in chosen], chosen,
                          files_per_class)
 
 

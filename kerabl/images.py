@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from kerabl.errors import KerablError
+from kerabl.networks import application_preprocess
 
 
 HEURITECH_RESIZE = 256
@@ -65,7 +66,6 @@ def _batch_step(preprocess: str):
         return BATCH_STEPS[preprocess]
     if preprocess in PREPROCESS:
         return None
-    from kerabl.networks import application_preprocess
     return application_preprocess(preprocess)
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kerabl.engine import PRECISIONS, engine_kind, predict_batched
 from kerabl.errors import KerablError
+from kerabl.hayne.grid import others_count
 
 LIVE_PROBE_IMAGES = 8     # images, evenly spaced over the set, the liveness check runs
 CONSTANT_SPREAD = 1e-6    # outputs that differ less than this across images count as constant
@@ -32,8 +34,6 @@ def check_live_outputs(network, imageset=None, *, images=None, labels=None) -> N
     `LIVE_PROBE_IMAGES` images evenly spaced over the set run (spread over its classes: a
     confident network gives the same saturated outputs for images of one class).
     """
-    from kerabl.engine import predict_batched
-
     n = len(imageset.labels) if imageset is not None else len(labels)
     rows = np.unique(np.linspace(0, n - 1, min(n, LIVE_PROBE_IMAGES)).astype(np.int64))
     if len(rows) < 2:
@@ -79,8 +79,6 @@ def check_h_options(grid: str, others: str, seed: int, probe_fits: int, probe_ma
     Example:
         check_h_options("4x4", "random-10", 0, 200, 100, 5, None)   # (4, 4)
     """
-    from kerabl.hayne.grid import others_count
-
     parts = grid.lower().split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
         raise KerablError(f"--grid must be two positive integers like 4x4, got {grid!r}")
@@ -95,17 +93,16 @@ def check_h_options(grid: str, others: str, seed: int, probe_fits: int, probe_ma
 
 def check_precision(precision: str, engine: str = "fast") -> None:
     """The tail's arithmetic: one of `kerabl.engine.PRECISIONS`, and float32 unless the engine
-    is the fast one (the paper engine runs the authors' float32 model).
+    is the tail one, spelled "fast" on the command line (the paper engine runs the authors'
+    float32 model).
 
     Example:
         check_precision("bfloat16")            # passes
         check_precision("bfloat16", "paper")   # KerablError: ... needs --engine fast ...
     """
-    from kerabl.engine import PRECISIONS
-
     if precision not in PRECISIONS:
         raise KerablError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision != "float32" and engine != "fast":
+    if precision != "float32" and engine_kind(engine) != "tail":
         raise KerablError(f"precision {precision} needs --engine fast: the {engine} engine runs "
                           "the authors' float32 model")
 

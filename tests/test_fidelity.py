@@ -238,11 +238,12 @@ def test_protocol_authors_on_the_demo_matches_the_literal_formulas(authors_run):
 
 
 def _all_ones_deficits(model, layers, images, labels, engine="fast"):
-    from kerabl.hayne.ablation import ENGINES, baseline_and_ablated_ranks, mean_rank_deficit
+    from kerabl.engine import rank_engine
+    from kerabl.hayne.ablation import baseline_and_ablated_ranks, mean_rank_deficit
 
     deficits = []
     for layer in layers:
-        ablator = ENGINES[engine](model, layer)
+        ablator = rank_engine(engine, model, layer)
         ablator.set_images(images)
         ones = np.ones((3, *ablator.shape), dtype=np.float32)
         before, after = baseline_and_ablated_ranks(ablator, ones, labels)

@@ -32,8 +32,9 @@ from matplotlib.figure import Figure
 
 from kerabl.errors import KerablError
 from kerabl.hayne.plot import (FONT, GRID_METRICS, draw_mean_grids, finite_range, grid_image,
-                               grid_shape, mean_grid, metric_panels, nan_cmap, nanmean,
-                               new_figure, open_results, save_figure)
+                               grid_shape, mean_grid, metric_panels, nan_cmap, nanmean, new_figure,
+                               open_results, save_figure)
+from kerabl.hayne.results import HResults
 from kerabl.hayne.stat_figures import (build_interaction_coefficients, build_probe_contrast,
                                        build_probe_vs_deficit, fig_interaction_coefficients,
                                        fig_probe_contrast, fig_probe_vs_deficit,
@@ -409,8 +410,6 @@ def render_h_figures(results_path: str | Path, out_dir: str | Path, *,
         fig3_network_means, fig_probe_vs_deficit, fig_probe_contrast, fig_interaction, each in
         every format.
     """
-    from kerabl.hayne.results import HResults
-
     res = HResults.open(results_path, allow_partial=allow_partial)
     out = Path(out_dir)
     layer = _layer_name(res, layer)

@@ -22,6 +22,7 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
 from kerabl.errors import KerablError
+from kerabl.hayne.results import HResults
 
 #: Per-cell metrics that the grid figures can show, with their colour-bar labels and colour maps.
 GRID_METRICS = {
@@ -44,7 +45,6 @@ def open_results(res: Any):
         open_results("out/h_results.h5").layers   # ["conv_1", ...]; an HResults is passed through
     """
     if isinstance(res, (str, Path)):
-        from kerabl.hayne.results import HResults
         return HResults.open(res)
     return res
 

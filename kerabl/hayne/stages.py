@@ -22,9 +22,12 @@ from typing import Callable, Sequence
 import h5py
 import numpy as np
 
+from kerabl.activations import record_activations
 from kerabl.errors import KerablError
-from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, probe_pool, worker_count,
-                                results_name, target_layers)
+from kerabl.hayne.grid import Grid
+from kerabl.hayne.results import HResultsWriter
+from kerabl.hayne.study import (HConfig, Sweep, probe_pool, results_name, sweep_writer_args,
+                                target_layers, worker_count)
 from kerabl.progress import progress_bar
 from kerabl.store import config_differences, open_h5
 
@@ -97,8 +100,6 @@ class StageFile:
             cell_sizes=np.array([c.size for c in grid.cells], dtype=np.int64)))
 
     def grid(self, ci: int, li: int) -> dict:
-        from kerabl.hayne.grid import Grid
-
         a = self._read("grid", ci, li)
         cells = np.split(a["cell_units"].astype(np.int64), np.cumsum(a["cell_sizes"])[:-1])
         shape = (a["mag_edges"].shape[0], a["mag_edges"].shape[1] - 1)
@@ -107,7 +108,7 @@ class StageFile:
         return dict(selectivity=a["selectivity"], magnitude=a["magnitude"], grid=grid)
 
     def write_probes(self, ci: int, li: int, scores: dict) -> None:
-        self._write("probe", ci, li, dict(scores))   # every field of `_Sweep.probes`
+        self._write("probe", ci, li, dict(scores))   # every field of `Sweep.probes`
 
     def probes(self, ci: int, li: int) -> dict:
         return self._read("probe", ci, li)
@@ -132,15 +133,12 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
         KerablError: an unknown stage, a stage whose inputs are not stored yet, or a stage file
             written with other options.
     """
-    from kerabl.activations import record_activations
-    from kerabl.hayne.results import HResultsWriter
-
     if stage not in STAGES:
         raise KerablError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     layers = target_layers(network, layers)
-    args = _writer_args(network, imageset, layers, config)
+    args = sweep_writer_args(network, imageset, layers, config)
     run = {**args["config"], "n_units": args["n_units"]}
     stages = StageFile(out_dir / STAGE_FILE, run, create=stage == "grid")
     pairs = [(ci, li) for ci in range(len(imageset.classes)) for li in range(len(layers))]
@@ -162,7 +160,7 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
     cache = record_activations(network, imageset, layers, cache_path or out_dir / "activations.h5",
                                unit=config.unit, preprocess=network.preprocess,
                                progress=progress, log=log)
-    sweep = _Sweep(network, imageset, layers, config, cache, log)
+    sweep = Sweep(network, imageset, layers, config, cache, log)
     sweep.workers = worker_count(workers) if stage == "probe" else 1
     bar = progress_bar(f"H {stage}: class x layer", len(todo), enabled=progress)
     with probe_pool(sweep.workers) as sweep.pool, sweep, bar as advance:
@@ -177,7 +175,7 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
     return writer.finish() if stage == "ablate" else stages.path
 
 
-def _run_pair(stage: str, sweep: _Sweep, stages: StageFile, state: dict, li: int, writer) -> None:
+def _run_pair(stage: str, sweep: Sweep, stages: StageFile, state: dict, li: int, writer) -> None:
     ci = state["ci"]
     if stage == "grid":
         stages.write_grid(ci, li, sweep.grid(state, sweep.activations(state, li)))

@@ -24,13 +24,24 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from kerabl.activations import record_activations
 from kerabl.contents import contents_digest, image_files
+from kerabl.engine import engine_kind, predict_batched, rank_engine, true_class_rank
 from kerabl.errors import KerablError
+from kerabl.graph import is_cut_point
+from kerabl.hayne.ablation import baseline_and_ablated_ranks, mean_rank_deficit
+from kerabl.hayne.controls import permuted_labels
+from kerabl.hayne.grid import choose_others, coordinates, equal_count_grid, others_count
+from kerabl.hayne.heldout import fold_probe_summary
+from kerabl.hayne.logistic import single_threaded
+from kerabl.hayne.probes import heldout_probe_score, paper_probe_loss, rsa_scores
+from kerabl.hayne.results import HResultsWriter
+from kerabl.hayne.shared import SharedBlock, resolve
+from kerabl.masks import cell_masks, n_units
 from kerabl.progress import progress_bar
 from kerabl.validate import check_grid_fits, check_live_outputs, check_precision, check_study_images
 
 UNITS = ("element", "channel")
-ENGINE_NAMES = ("fast", "paper")
 CONTROLS = ("none", "permuted-labels")
 
 
@@ -81,8 +92,7 @@ class HConfig:
     def __post_init__(self):
         if self.unit not in UNITS:
             raise KerablError(f"unknown unit kind {self.unit!r}: use one of {', '.join(UNITS)}")
-        if self.engine not in ENGINE_NAMES:
-            raise KerablError(f"unknown engine {self.engine!r}: use fast or paper")
+        engine_kind(self.engine)
         if self.probe_solver not in ("batched", "sklearn"):
             raise KerablError(f"unknown probe solver {self.probe_solver!r}: use batched or sklearn")
         if self.control not in CONTROLS:
@@ -144,16 +154,12 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
         The finished results file, or None for a shard whose file is written but not renamed
         because it does not cover every pair (it is renamed when its own pairs are done).
     """
-    from kerabl.activations import record_activations
-    from kerabl.hayne.results import HResultsWriter
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     layers = target_layers(network, layers)
     cache_path = Path(cache_path or out_dir / "activations.h5")
     preprocess = network.preprocess
     if config.control == "permuted-labels":
-        from kerabl.hayne.controls import permuted_labels
         imageset = permuted_labels(imageset, config.seed)
         log(f"control: class labels permuted among the images (seed {config.seed}); "
             "every class is a random set of images")
@@ -161,7 +167,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     check_study_images(imageset)
     check_live_outputs(network, imageset)
     files, note = image_files(imageset, cache_path)
-    writer_args = _writer_args(network, imageset, layers, config)
+    writer_args = sweep_writer_args(network, imageset, layers, config)
     writer_args["config"]["contents"] = contents_digest(files)
     check_grid_fits(tuple(config.grid), dict(zip(layers, writer_args["n_units"])))
     writer = HResultsWriter(out_dir / results_name(shard), shard=shard, log=log,
@@ -173,7 +179,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     cache = record_activations(network, imageset, layers, cache_path, unit=config.unit,
                                preprocess=preprocess, progress=progress, files=files, log=log)
     todo = [(ci, li) for ci, li in writer.pairs() if not writer.is_done(ci, li)]
-    sweep = _Sweep(network, imageset, layers, config, cache, log)
+    sweep = Sweep(network, imageset, layers, config, cache, log)
     sweep.workers = worker_count(workers)
     bar = progress_bar("H study: class x layer", len(todo), enabled=progress)
     with probe_pool(sweep.workers) as sweep.pool, sweep, bar as advance:
@@ -202,10 +208,7 @@ def target_layers(network, layers: Sequence[str] | None) -> list[str]:
     return layers
 
 
-def _writer_args(network, imageset, layers, config: HConfig) -> dict:
-    from kerabl.hayne.grid import others_count
-    from kerabl.masks import n_units
-
+def sweep_writer_args(network, imageset, layers, config: HConfig) -> dict:
     counts = [len(imageset.rows_of(c)) for c in imageset.classes]
     n_others = len(imageset.classes) - 1
     if others_count(config.others) is not None:
@@ -220,17 +223,14 @@ def _writer_args(network, imageset, layers, config: HConfig) -> dict:
                 grid_shape=tuple(config.grid), max_images=max(counts), max_others=n_others)
 
 
-class _Sweep:
+class Sweep:
     """Per-class state and per-pair computation of the H sweep (one engine per layer, reused)."""
 
     def __init__(self, network, imageset, layers, config: HConfig, cache,
                  log: Callable[[str], None] = print):
-        from kerabl.hayne.ablation import ENGINES
-
         self.network, self.imageset, self.layers, self.config = network, imageset, layers, config
         self.cache = cache
         self.log = log
-        self._engine = ENGINES[config.engine]
         self._ablators: dict[str, object] = {}
         self.pool = None
         self.workers = 1
@@ -239,16 +239,12 @@ class _Sweep:
 
     def _ablator(self, layer):
         if layer not in self._ablators:
-            extra = {} if self.config.engine == "paper" else {"precision": self.config.precision}
-            self._ablators[layer] = self._engine(self.network.model, layer, **extra)
+            self._ablators[layer] = rank_engine(self.config.engine, self.network.model, layer,
+                                                self.config.precision)
         return self._ablators[layer]
 
     def start_class(self, ci: int, forward: bool = True) -> dict:
         """Class `ci`'s image rows and other classes; with `forward`, its images and ranks."""
-        from kerabl.engine import predict_batched
-        from kerabl.hayne.ablation import true_class_rank
-        from kerabl.hayne.grid import choose_others
-
         imageset, net = self.imageset, self.network
         n_classes = len(imageset.classes)
         target_rows = imageset.rows_of(imageset.classes[ci])
@@ -289,8 +285,6 @@ class _Sweep:
     def _shared_block(self, shape: tuple[int, int]):
         """The sweep's shared-memory block, made (or grown) to hold an array of `shape`, sized
         at first for the widest layer; None without probe workers or without room."""
-        from kerabl.hayne.shared import SharedBlock
-
         nbytes = shape[0] * shape[1] * 4
         if self.pool is None or self._no_room:
             return None
@@ -308,7 +302,7 @@ class _Sweep:
                      "slower (the results are the same)")
         return self._block
 
-    def __enter__(self) -> "_Sweep":
+    def __enter__(self) -> "Sweep":
         return self
 
     def __exit__(self, kind, *_) -> None:
@@ -326,8 +320,6 @@ class _Sweep:
 
     def grid(self, state: dict, acts: np.ndarray) -> dict:
         """Stage `grid`: unit coordinates and the equal-count grid."""
-        from kerabl.hayne.grid import coordinates, equal_count_grid
-
         n_target = len(state["target_rows"])
         selectivity, magnitude = coordinates(acts[:n_target].mean(0, dtype=np.float64),
                                              acts[n_target:].mean(0, dtype=np.float64))
@@ -351,9 +343,6 @@ class _Sweep:
     def ablate(self, state: dict, li: int, acts: np.ndarray, grid) -> dict:
         """Stage `ablate`: the true class's ranks with each cell ablated and with none (an
         all-ones mask through the same engine), their mean deficit."""
-        from kerabl.hayne.ablation import baseline_and_ablated_ranks, mean_rank_deficit
-        from kerabl.masks import cell_masks
-
         layer = self.layers[li]
         ablator = self._ablator(layer)
         if self._can_use_cache(ablator, layer):
@@ -368,8 +357,6 @@ class _Sweep:
 
     def _can_use_cache(self, ablator, layer) -> bool:
         """Cached activations feed the tail only when they are the exact layer output."""
-        from kerabl.graph import is_cut_point
-
         return (self.config.engine == "fast" and self.config.unit == "element"
                 and np.dtype(self.cache.attrs.get("dtype", "float32")) == np.float32
                 and is_cut_point(self.network.model, layer))
@@ -416,8 +403,6 @@ def cell_probe_scores(task) -> tuple[float, float, float, float, float]:
 
     Runs in a worker process when the sweep has a pool: it imports no TensorFlow.
     """
-    from kerabl.hayne.logistic import single_threaded
-
     with single_threaded():
         return _cell_probe_scores(*task)
 
@@ -430,10 +415,6 @@ def pair_fold_probe(task) -> tuple[np.ndarray, np.ndarray]:
     Example:
         mean, sd = pair_fold_probe((acts, n_target, HConfig(), cell_seed(0, ci, li, 2 ** 31 - 1)))
     """
-    from kerabl.hayne.heldout import fold_probe_summary
-    from kerabl.hayne.logistic import single_threaded
-    from kerabl.hayne.shared import resolve
-
     acts, n_target, config, seed = task
     with single_threaded():
         return resolve(acts, lambda a: fold_probe_summary(
@@ -443,9 +424,6 @@ def pair_fold_probe(task) -> tuple[np.ndarray, np.ndarray]:
 
 def _cell_probe_scores(x, y, config: HConfig,
                        seed: int) -> tuple[float, float, float, float, float]:
-    from kerabl.hayne.probes import heldout_probe_score, paper_probe_loss, rsa_scores
-    from kerabl.hayne.shared import resolve
-
     x = resolve(x)      # a shared block's columns, copied here in the worker
     if x.shape[1] == 0:
         return (np.nan,) * 5

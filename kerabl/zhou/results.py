@@ -24,7 +24,7 @@ Z_KIND = "kerabl.z-results"
 DROPS = ("overall_drop", "max_class_drop")
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -66,7 +66,7 @@ class ZResults:
             hint = " (the run has not finished: rerun it)" if path.with_name(
                 path.name + ".partial").exists() else ""
             raise KerablError(f"no Z results at {path}{hint}: run `kerabl units` first")
-        config = _read_config(path)
+        config = read_config(path)
         with h5py.File(path, "r") as f:
             layers = {name: _read_group(f[f"layer_{name}"]) for name in config["layers"]}
             return cls(path=path, config=config, versions=json.loads(f.attrs["versions"]),
