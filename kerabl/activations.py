@@ -29,7 +29,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from kerabl import __version__
-from kerabl.contents import changed_files, contents_digest, describe_changes, encode, file_table, stored_files
+from kerabl.contents import (changed_files, contents_digest, describe_changes, encode, file_table,
+                             stored_files)
 from kerabl.errors import KerablError
 from kerabl.images import check_preprocess
 from kerabl.progress import progress_bar

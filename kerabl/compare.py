@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.hayne.plot import save_figure
+from kerabl.plotting import save_figure
 
 KEY_COLUMNS = ("class", "layer", "cell")
 VALUE_COLUMNS = ("deficit", "probe")

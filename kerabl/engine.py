@@ -14,12 +14,13 @@
 - `PaperAblator`: the reference engine of the H study, the authors' procedure: per cell, the
   whole model is rebuilt with a literal `Lambda` mask after the target layer and runs.
 - The tail models they run (`fast_tail`) and the Dense shortcut's traced step: `kerabl.tails`.
-- `predict_batched(model, images, batch_size)`: `predict_on_batch` over batches.
+- `predict_batched(model, images, batch_size)`: `predict_on_batch` over batches;
+  `check_live_outputs(network, imageset)`: the network's outputs vary across images (constant
+  outputs give ranks equal to the class index and NaN statistics).
 - `true_class_rank(scores, labels)`: the one place outputs become true-class ranks; every
   engine's `ranks(masks, labels)` is `RankingEngine.ranks`, built on it.
-- The one engine vocabulary: `ENGINES` ("tail", "full"; the H study's command line and results
-  spell them "fast" and "paper", `ENGINE_SPELLINGS`), `engine_kind(name)` to read any spelling,
-  `rank_engine(...)` (the H study: ranks) and `channel_engine(...)` (the Z study: predicted
+- The one engine vocabulary is `kerabl.choices.ENGINES` ("tail", "full"; the H study's command
+  line and results spell them "fast" and "paper"); `rank_engine(...)` (the H study: ranks) and `channel_engine(...)` (the Z study: predicted
   classes under channel keep-masks) to build one.
 """
 
@@ -31,12 +32,13 @@ import logging
 
 import numpy as np
 
+from kerabl.choices import ENGINES, ENGINE_SPELLINGS, PRECISIONS, engine_kind
 from kerabl.errors import KerablError
 from kerabl.graph import apply_chain, as_model, channel_shortcut, check_layer, head_model
 from kerabl.masks import ablated, lambda_masked_model, masked_model, n_units
-from kerabl.tails import PRECISIONS, dense_split, fast_tail, shortcut_function
+from kerabl.tails import dense_split, fast_tail, shortcut_function
 
-__all__ = ["BATCH_FLOATS", "ENGINES", "ENGINE_SPELLINGS", "PRECISIONS", "STORAGES", "ChannelEngine",
+__all__ = ["BATCH_FLOATS", "ENGINES", "check_live_outputs", "ENGINE_SPELLINGS", "PRECISIONS", "STORAGES", "ChannelEngine",
            "FullEngine", "PaperAblator", "RankingEngine", "TailAblator", "channel_engine",
            "engine_kind", "fast_tail", "predict_batched", "quiet_retracing_warning", "rank_engine",
            "tail_engine", "true_class_rank"]
@@ -56,12 +58,6 @@ SHORTCUT_FLOATS = BATCH_FLOATS // 4
 HEAD_BATCH = 64
 
 
-# The engines, in one vocabulary: "tail" runs the target layer's output once and only the network
-# tail per mask (`TailAblator`); "full" runs the whole network per mask, the reference (ranks:
-# `PaperAblator`, the authors' Lambda rebuild; predicted classes: `FullEngine`). The H study's
-# command line and results files spell them "fast" and "paper"; both spellings are read.
-ENGINES = ("tail", "full")
-ENGINE_SPELLINGS = {"tail": "tail", "full": "full", "fast": "tail", "paper": "full"}
 # The Z study's batch_size (masked copies per tail call) defaults to None: by float count.
 DEFAULT_BATCH = None
 
@@ -80,19 +76,6 @@ def _chunks(n_masks: int, n_images: int, per_copy: int, batch_floats: int,
     for m in range(0, n_masks, masks_per_call):
         for i in range(0, n_images, images_per_call):
             yield slice(m, m + masks_per_call), slice(i, i + images_per_call)
-
-
-def engine_kind(name: str) -> str:
-    """The engine `name` names, in `ENGINES`' vocabulary ("fast" is "tail", "paper" is "full").
-
-    Example:
-        engine_kind("fast")    # 'tail'
-        engine_kind("full")    # 'full'
-    """
-    if name not in ENGINE_SPELLINGS:
-        raise KerablError(f"unknown engine {name!r}: use tail (also spelled fast) or full "
-                          "(also spelled paper)")
-    return ENGINE_SPELLINGS[name]
 
 
 def true_class_rank(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -550,3 +533,33 @@ def rank_engine(engine: str, model, layer: str, precision: str = "float32") -> R
     if engine_kind(engine) == "full":
         return PaperAblator(model, layer)
     return TailAblator(model, layer, precision=precision)
+
+
+LIVE_PROBE_IMAGES = 8     # images, evenly spaced over the set, the liveness check runs
+CONSTANT_SPREAD = 1e-6    # outputs that differ less than this across images count as constant
+
+
+def check_live_outputs(network, imageset=None, *, images=None, labels=None) -> None:
+    """Stop when the network gives (nearly) the same outputs for different images.
+
+    Example:
+        check_live_outputs(load_network("demo"), digits_imageset())   # passes silently
+        check_live_outputs(net, images=x, labels=y)                   # already loaded inputs
+
+    `LIVE_PROBE_IMAGES` images evenly spaced over the set run (spread over its classes: a
+    confident network gives the same saturated outputs for images of one class).
+    """
+    n = len(imageset.labels) if imageset is not None else len(labels)
+    rows = np.unique(np.linspace(0, n - 1, min(n, LIVE_PROBE_IMAGES)).astype(np.int64))
+    if len(rows) < 2:
+        return
+    if images is None:
+        images = imageset.load(network.input_size, network.preprocess, rows=rows)
+    else:
+        images = np.asarray(images)[rows]
+    scores = predict_batched(network.model, images, len(rows))[0]
+    if float(np.ptp(scores, axis=0).max()) <= CONSTANT_SPREAD:
+        raise KerablError(
+            f"{network.name} with weights {network.weights_id} gives the same outputs "
+            f"(to {CONSTANT_SPREAD:g}) for {len(rows)} different images: its ranks and "
+            "deficits would be meaningless; use other weights")

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from kerabl.data import ImageSet, from_classes
-from kerabl.images import IMAGE_SUFFIXES
 from kerabl.errors import KerablError
+from kerabl.images import IMAGE_SUFFIXES
 
 WNID = re.compile(r"n\d{8}")
 

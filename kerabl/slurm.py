@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from kerabl.errors import KerablError
-from kerabl.hayne.results import parse_shard
+from kerabl.store import parse_shard
 
 STAGES = ("study", "reproduce", "units")
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from kerabl.choices import PRECISIONS
 from kerabl.errors import KerablError
 from kerabl.graph import (dense_chain, head_model, is_cut_point, layer_node, producer_name,
                           tail_model)
 
-PRECISIONS = ("float32", "bfloat16")
 
 
 def _split_groups(conv):

@@ -26,9 +26,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from kerabl.errors import KerablError
-from kerabl.hayne.plot import (FONT, draw_mean_grids, mean_grid, new_figure, open_results, p_text,
-                               save_figure)
+from kerabl.hayne.plot import draw_mean_grids, mean_grid, open_results, p_text
 from kerabl.hayne.stats import interaction_test, majority_probe_level, probe_deficit_correlation
+from kerabl.plotting import FONT, new_figure, save_figure
 
 __all__ = [
     "probe_deficit_arrays", "build_probe_vs_deficit", "fig_probe_vs_deficit", "CONTRAST_METRICS",

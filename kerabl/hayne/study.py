@@ -25,13 +25,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from kerabl.activations import record_activations
+from kerabl.choices import engine_kind
 from kerabl.contents import contents_digest, image_files
-from kerabl.engine import engine_kind, predict_batched, rank_engine, true_class_rank
+from kerabl.engine import check_live_outputs, predict_batched, rank_engine, true_class_rank
 from kerabl.errors import KerablError
 from kerabl.graph import is_cut_point
 from kerabl.hayne.ablation import baseline_and_ablated_ranks, mean_rank_deficit
+from kerabl.hayne.config import HConfig, others_count
 from kerabl.hayne.controls import permuted_labels
-from kerabl.hayne.grid import choose_others, coordinates, equal_count_grid, others_count
+from kerabl.hayne.grid import choose_others, coordinates, equal_count_grid
 from kerabl.hayne.heldout import fold_probe_summary
 from kerabl.hayne.logistic import single_threaded
 from kerabl.hayne.probes import heldout_probe_score, paper_probe_loss, rsa_scores
@@ -39,77 +41,7 @@ from kerabl.hayne.results import HResultsWriter
 from kerabl.hayne.shared import SharedBlock, resolve
 from kerabl.masks import cell_masks, n_units
 from kerabl.progress import progress_bar
-from kerabl.validate import check_grid_fits, check_live_outputs, check_precision, check_study_images
-
-UNITS = ("element", "channel")
-CONTROLS = ("none", "permuted-labels")
-
-
-@dataclass(frozen=True)
-class HConfig:
-    """Protocol options of the H study; defaults are the authors' choices except where theirs
-    is a bug (the README's deviation table lists each difference).
-
-    Example:
-        HConfig(grid=(4, 4), others="all", probe_fits=50)
-        HConfig.authors("alexnet")       # alexnet_ablation.py exactly, bugs included
-    """
-
-    grid: tuple[int, int] = (4, 4)
-    unit: str = "element"
-    others: str = "random-10"
-    seed: int = 0
-    clip: bool = True
-    legacy_bounds: bool = False
-    probe_fits: int = 200
-    probe_max_units: int = 100
-    heldout_folds: int = 5
-    srs: bool = True
-    engine: str = "fast"
-    probe_solver: str = "batched"
-    control: str = "none"
-    probe_objective: str = "liblinear"
-    srs_matrix: str = "upper"
-    precision: str = "float32"
-
-    @classmethod
-    def authors(cls, network: str = "alexnet", **changes) -> "HConfig":
-        """Every choice of the authors' code: `alexnet_ablation.py` (used for every network but
-        MobileNetV2), or for "mobilenet_v2" `mobilenet_paper_results.py` (every other image as
-        "other", the lbfgs probe). Their grid bounds, full-matrix srs, liblinear probe, random-10
-        others; `changes` override single fields.
-
-        Example:
-            HConfig.authors("mobilenet_v2").others    # "all"
-        """
-        choices = dict(legacy_bounds=True, srs_matrix="full", probe_objective="liblinear",
-                       others="random-10", grid=(4, 4), unit="element", clip=True,
-                       probe_fits=200, probe_max_units=100)
-        if network == "mobilenet_v2":
-            choices.update(others="all", probe_objective="lbfgs")
-        return cls(**{**choices, **changes})
-
-    def __post_init__(self):
-        if self.unit not in UNITS:
-            raise KerablError(f"unknown unit kind {self.unit!r}: use one of {', '.join(UNITS)}")
-        engine_kind(self.engine)
-        if self.probe_solver not in ("batched", "sklearn"):
-            raise KerablError(f"unknown probe solver {self.probe_solver!r}: use batched or sklearn")
-        if self.control not in CONTROLS:
-            raise KerablError(f"unknown control {self.control!r}: use none or permuted-labels")
-        if self.probe_objective not in ("liblinear", "lbfgs"):
-            raise KerablError(f"unknown probe objective {self.probe_objective!r}: "
-                              "use liblinear or lbfgs")
-        if self.srs_matrix not in ("upper", "full"):
-            raise KerablError(f"unknown srs matrix {self.srs_matrix!r}: use upper or full")
-        check_precision(self.precision, self.engine)
-        if len(self.grid) != 2 or min(self.grid) < 1:
-            raise KerablError(f"grid must be two positive integers, got {self.grid}")
-
-    def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
-
+from kerabl.validate import check_grid_fits, check_precision, check_study_images
 
 def cell_seed(seed: int, *keys: int) -> int:
     """A seed for one (class, layer, cell) derived from the run's seed, independent of run order.

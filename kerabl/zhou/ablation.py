@@ -15,9 +15,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kerabl.engine import DEFAULT_BATCH, channel_engine, ChannelEngine
+from kerabl.engine import DEFAULT_BATCH, ChannelEngine, channel_engine
 from kerabl.errors import KerablError
-from kerabl.masks import unit_indices, keep_masks
+from kerabl.masks import keep_masks, unit_indices
 from kerabl.progress import progress_bar
 from kerabl.zhou.attributes import class_rows
 

@@ -17,14 +17,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from kerabl.contents import array_table, contents_digest, describe_changes, image_files
-from kerabl.engine import (ChannelEngine, DEFAULT_BATCH, HEAD_BATCH, TailAblator, channel_engine,
-                           predict_batched)
+from kerabl.engine import (DEFAULT_BATCH, HEAD_BATCH, ChannelEngine, TailAblator, channel_engine,
+                           check_live_outputs, predict_batched)
 from kerabl.errors import KerablError
 from kerabl.graph import as_model, check_layer
-from kerabl.hayne.results import library_versions
 from kerabl.progress import progress_bar
-from kerabl.store import config_differences, differing_keys, finish_partial, open_h5, partial_path
-from kerabl.validate import check_live_outputs
+from kerabl.store import (config_differences, differing_keys, finish_partial, library_versions,
+                          open_h5, partial_path)
 from kerabl.zhou.ablation import direction_drops, greedy, random_order, unit_drops
 from kerabl.zhou.attributes import (TOP_K, attribute_drop_correlations, class_correlation,
                                     class_means, l1_norms, selectivity_index, top_activating)
