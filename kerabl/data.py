@@ -203,8 +203,12 @@ def _digest(items: Sequence) -> str:
 
 
 def from_classes(name: str, folder: Path, class_ids: list[int], class_names: list[str],
-                  files_per_class: list[list[Path]]) -> ImageSet:
-    """An ImageSet from files grouped by class (study order), named with a digest of both."""
+                 files_per_class: list[list[Path]]) -> ImageSet:
+    """An ImageSet from files grouped by class (study order), named with a digest of both.
+
+    Example:
+        from_classes("flowers", root, [0, 1], ["daisy", "rose"], [daisies, roses])
+    """
     paths = [p for files in files_per_class for p in files]
     labels = np.repeat(np.asarray(class_ids, dtype=np.int64), [len(f) for f in files_per_class])
     digest = _digest([*class_ids, *(p.name for p in paths)])

@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 
 
 def functional(model: keras.Model) -> keras.Model:
-    """The functional graph of `model` (a Sequential is viewed through its inputs and outputs)."""
+    """The functional graph of `model` (a Sequential is viewed through its inputs and outputs).
+
+    Example:
+        functional(keras.Sequential([...])).layers   # the same layers, as a functional model
+    """
     import keras
 
     if isinstance(model, keras.Sequential):
@@ -49,14 +53,22 @@ def functional(model: keras.Model) -> keras.Model:
 
 
 def layer_names(model: keras.Model) -> list[str]:
-    """Names of the model's non-input layers, in model order."""
+    """Names of the model's non-input layers, in model order.
+
+    Example:
+        layer_names(load_network("demo").model)[:2]   # ["conv_1", "pool_1"]
+    """
     import keras
 
     return [lay.name for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
 
 
 def unknown_layer(model: keras.Model, name: object, names: Sequence[str] | None = None) -> KerablError:
-    """The error for a layer name that the model does not have, with a few valid names."""
+    """The error for a layer name that the model does not have, with a few valid names.
+
+    Example:
+        raise unknown_layer(model, "conv_9")   # KerablError: no layer 'conv_9' ... (conv_1, ...)
+    """
     names = list(layer_names(model) if names is None else names)
     few = ", ".join(names[:4] + (["...", names[-1]] if len(names) > 5 else names[4:]))
     return KerablError(
@@ -65,7 +77,11 @@ def unknown_layer(model: keras.Model, name: object, names: Sequence[str] | None 
 
 
 def get_layer(model: keras.Model, layer: str | keras.layers.Layer) -> keras.layers.Layer:
-    """The layer object for a name or a layer of `model`."""
+    """The layer object for a name or a layer of `model`.
+
+    Example:
+        get_layer(model, "conv_5").name   # "conv_5"
+    """
     import keras
 
     name = layer.name if isinstance(layer, keras.layers.Layer) else layer
@@ -84,7 +100,11 @@ def _model_nodes(model: keras.Model) -> list:
 
 
 def layer_node(model: keras.Model, layer: str | keras.layers.Layer):
-    """The single call node of `layer` in `model` (shared layers are refused)."""
+    """The single call node of `layer` in `model` (shared layers are refused).
+
+    Example:
+        layer_node(model, "conv_5").input_tensors   # the tensors conv_5 was called on
+    """
     lay = get_layer(model, layer)
     nodes = [node for node in _model_nodes(model) if node.operation is lay]
     if len(nodes) != 1:
@@ -137,7 +157,11 @@ def _crossing_tensors(model: keras.Model, node) -> list:
 
 
 def producer_name(tensor) -> str:
-    """Name of the layer (or input layer) that produced `tensor`."""
+    """Name of the layer (or input layer) that produced `tensor`.
+
+    Example:
+        producer_name(model.get_layer("conv_5").input)   # "conv_4"
+    """
     return tensor._keras_history.operation.name
 
 
@@ -264,7 +288,11 @@ def tail_model(model: keras.Model, layer: str | keras.layers.Layer) -> keras.Mod
 
 
 def rebuild_with(model: keras.Model, after: Mapping[str, keras.layers.Layer]) -> keras.Model:
-    """`model` rebuilt on the same layers with `after[name]` applied to the output of `name`."""
+    """`model` rebuilt on the same layers with `after[name]` applied to the output of `name`.
+
+    Example:
+        rebuild_with(model, {"conv_5": MaskLayer(mask)})   # conv_5 output masked, weights shared
+    """
 
     import keras
 
@@ -278,6 +306,11 @@ def rebuild_with(model: keras.Model, after: Mapping[str, keras.layers.Layer]) ->
 
 
 def check_layer(model, layer: str):
+    """The layer `layer` of `model`; a KerablError naming the model when it has none.
+
+    Example:
+        check_layer(model, "conv_5")   # the layer; "conv_9": KerablError
+    """
     try:
         return model.get_layer(layer)
     except ValueError as err:
@@ -285,10 +318,20 @@ def check_layer(model, layer: str):
 
 
 def as_model(network_or_model):
+    """The Keras model of a `Network`, or the model itself.
+
+    Example:
+        as_model(load_network("demo")) is as_model(load_network("demo").model)   # both models
+    """
     return getattr(network_or_model, "model", network_or_model)
 
 
 def inbound_layers(layer) -> list:
+    """The layers whose outputs `layer` was called on (its first call; [] for an input).
+
+    Example:
+        [l.name for l in inbound_layers(model.get_layer("conv_5"))]   # ["conv_4"]
+    """
     node = layer._inbound_nodes[0] if getattr(layer, "_inbound_nodes", None) else None
     if node is None:
         return []
@@ -341,6 +384,11 @@ class ChannelShortcut:
 
 
 def apply_chain(chain: Sequence, x):
+    """`x` through each layer of `chain` in turn, in inference mode.
+
+    Example:
+        apply_chain([model.get_layer("dense_1"), model.get_layer("dense_2")], x)
+    """
     for lay in chain:
         x = lay(x, training=False)
     return x

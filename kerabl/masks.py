@@ -334,6 +334,11 @@ def keep_masks(n_channels: int, ablated_sets: Sequence[Sequence[int]]) -> np.nda
 
 
 def unit_indices(units, n: int) -> np.ndarray:
+    """Unit indices as int64, all `n` units when `units` is None; a KerablError for one outside 0..n-1.
+
+    Example:
+        unit_indices([3, 1], 8)   # array([3, 1]); unit_indices(None, 3): array([0, 1, 2])
+    """
     units = np.arange(n) if units is None else np.asarray(units, dtype=np.int64).reshape(-1)
     if len(units) and (units.min() < 0 or units.max() >= n):
         raise KerablError(f"units must lie in 0..{n - 1}, got {units.min()}..{units.max()}")

@@ -141,6 +141,12 @@ def target_layers(network, layers: Sequence[str] | None) -> list[str]:
 
 
 def sweep_writer_args(network, imageset, layers, config: HConfig) -> dict:
+    """The keyword arguments of `HResultsWriter` for a run: its recorded config, classes, layers, unit
+    counts, grid and the largest image and other-class counts.
+
+    Example:
+        HResultsWriter(path, **sweep_writer_args(net, imageset, ["conv_5"], HConfig()))
+    """
     counts = [len(imageset.rows_of(c)) for c in imageset.classes]
     n_others = len(imageset.classes) - 1
     if others_count(config.others) is not None:
@@ -156,7 +162,12 @@ def sweep_writer_args(network, imageset, layers, config: HConfig) -> dict:
 
 
 class Sweep:
-    """Per-class state and per-pair computation of the H sweep (one engine per layer, reused)."""
+    """Per-class state and per-pair computation of the H sweep (one engine per layer, reused).
+
+    Example:
+        sweep = Sweep(net, imageset, ["conv_5"], HConfig(), cache)
+        state = sweep.start_class(0)     # the class's rows, others, images and ranks
+    """
 
     def __init__(self, network, imageset, layers, config: HConfig, cache,
                  log: Callable[[str], None] = print):

@@ -89,7 +89,13 @@ def single_unit_ablation(network_or_model, images: np.ndarray, labels: np.ndarra
 
 
 def unit_drops(eng: ChannelEngine, labels: np.ndarray, classes: Sequence[int], units, progress: bool,
-                label: str) -> dict[str, Any]:
+               label: str) -> dict[str, Any]:
+    """Per-class accuracy drops with each unit of `units` zeroed alone, on engine `eng` (the body of
+    `single_unit_ablation`).
+
+    Example:
+        unit_drops(channel_engine(net, x, "conv_5"), y, [0, 1], None, False, "conv_5")["drop"]
+    """
     units = unit_indices(units, eng.n_channels)
     keep = keep_masks(eng.n_channels, [[u] for u in units])
     preds = _chunked(eng.predict, keep, progress, label)
@@ -151,7 +157,13 @@ def random_direction_ablation(network_or_model, images: np.ndarray, labels: np.n
 
 
 def direction_drops(eng: ChannelEngine, labels: np.ndarray, classes: Sequence[int], seed: int,
-                     rotation: np.ndarray | None, progress: bool, label: str) -> dict[str, Any]:
+                    rotation: np.ndarray | None, progress: bool, label: str) -> dict[str, Any]:
+    """Per-class accuracy drops with each random unit direction (the columns of an orthogonal
+    `rotation`, seeded when None) removed alone, on engine `eng`.
+
+    Example:
+        direction_drops(eng, y, [0, 1], seed=0, rotation=None, progress=False, label="conv_5")
+    """
     n = eng.n_channels
     q = random_rotation(n, seed) if rotation is None else np.asarray(rotation, float)
     if q.shape != (n, n) or not np.allclose(q.T @ q, np.eye(n), atol=1e-5):
@@ -205,7 +217,13 @@ def greedy_ablation(network_or_model, images: np.ndarray, labels: np.ndarray, cl
 
 
 def greedy(eng: ChannelEngine, labels: np.ndarray, class_: int, steps: int,
-            candidates: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+           candidates: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Units chosen greedily for class `class_` (each step the one whose removal lowers the class's
+    accuracy most) and the accuracy curve, on engine `eng`.
+
+    Example:
+        units, curve = greedy(eng, y, class_=3, steps=10, candidates=None)   # curve[0]: no unit off
+    """
     rows = _class_rows_for(labels, class_)
     pool = unit_indices(candidates, eng.n_channels)
     _check_steps(steps, pool)
@@ -242,7 +260,13 @@ def random_order_ablation(network_or_model, images: np.ndarray, labels: np.ndarr
 
 
 def random_order(eng: ChannelEngine, labels: np.ndarray, class_: int, steps: int, seeds: Sequence[int],
-                  candidates: Sequence[int] | None) -> np.ndarray:
+                 candidates: Sequence[int] | None) -> np.ndarray:
+    """Accuracy of class `class_` with the first 0..steps units of a random order removed, one row per
+    seed, on engine `eng`.
+
+    Example:
+        random_order(eng, y, class_=3, steps=10, seeds=[0, 1], candidates=None).shape   # (2, 11)
+    """
     rows = _class_rows_for(labels, class_)
     pool = unit_indices(candidates, eng.n_channels)
     _check_steps(steps, pool)

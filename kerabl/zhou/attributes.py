@@ -60,6 +60,11 @@ def class_correlation(acts: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 
 def class_rows(labels: np.ndarray, classes: Sequence[int]) -> list[np.ndarray]:
+    """The image rows of each class in `classes`; a KerablError for a class without images.
+
+    Example:
+        class_rows(np.array([0, 1, 0]), [0, 1])   # [array([0, 2]), array([1])]
+    """
     labels = np.asarray(labels)
     rows = [np.flatnonzero(labels == c) for c in classes]
     empty = [int(c) for c, r in zip(classes, rows) if len(r) == 0]

@@ -25,6 +25,11 @@ DROPS = ("overall_drop", "max_class_drop")
 
 
 def read_config(path: Path) -> dict[str, Any]:
+    """The recorded config of a Z results file (a one-line error for another file).
+
+    Example:
+        read_config(Path("out/z_results.h5"))["seed"]   # 0
+    """
     import h5py
 
     with h5py.File(path, "r") as f:
