@@ -27,9 +27,10 @@ import typer
 from kerabl import cli_tools
 from kerabl.errors import KerablError
 from kerabl.hayne.config import HConfig, authors_inputs
+from kerabl.imagenet import is_paper_layout
 from kerabl.lock import output_lock
-from kerabl.options import (H_OPTIONS, INPUT_OPTIONS, FitsOpt, Model, ProgressOpt, Protocol,
-                            ShardOpt, Unit, UnitOpt, with_options)
+from kerabl.options import (H_OPTIONS, INPUT_OPTIONS, FitsOpt, ProgressOpt, Protocol, ShardOpt,
+                            Unit, UnitOpt, with_options)
 from kerabl.slurm import shard_of
 from kerabl.validate import (check_at_least, check_listed_once, check_output_file,
                              check_study_images, import_tensorflow, onednn_by_default,
@@ -155,41 +156,17 @@ def _network(model: str, weights: str, alpha: float, seed: int, preprocess: Opti
 @functools.lru_cache(maxsize=1)
 def _imageset(model: str, images: Optional[Path], classes: Optional[str],
               class_index: Optional[Path] = None):
-    """The image set and the output count its labels imply (None: only the indices must fit)."""
-    from kerabl import data, folders
+    """`kerabl.folders.study_imageset`, kept for the command's stages (loaded once)."""
+    from kerabl.folders import study_imageset
 
-    if class_index is not None and images is None:
-        raise KerablError("--class-index applies to class folders: pass --images DIR too")
-    if images is None:
-        if model != Model.demo:
-            raise KerablError(f"--images is required for {model}: pass the ImageNet "
-                              "validation folder (paper layout or synset folders) or class "
-                              "folders")
-        if classes:
-            raise KerablError("--classes applies to ImageNet images; the demo uses all 10 digits")
-        return data.digits_imageset(), 10
-    if not images.is_dir():
-        raise KerablError(f"image folder {images} does not exist: pass an existing folder")
-    chosen = classes or ("hayne50" if model == Model.alexnet else "hayne8")
-    listed = None if classes is None else classes.split(",")
-    if class_index is None and _paper_layout(images):
-        listed = chosen if chosen in data.PAPER_CLASS_SETS else chosen.split(",")
-        return data.paper_imageset(images, classes=listed), 1000
-    if class_index is None and folders.is_synset_layout(images):
-        return data.synset_imageset(images, classes=listed), 1000
-    imageset = folders.folder_imageset(images, classes=listed, class_index=class_index)
-    return imageset, None if class_index else len(folders.class_folders(images))
-
-
-def _paper_layout(images: Path) -> bool:
-    return (images / "images").is_dir() or any(images.glob("ILSVRC2012_val_*"))
+    return study_imageset(model, images, classes, class_index)
 
 
 def _authors_inputs(options: dict) -> dict:
     """The input options `--protocol authors` fills in (`kerabl.hayne.config.authors_inputs`)."""
     images = options.get("images")
     return authors_inputs(options.get("protocol", Protocol.default), options["model"], options,
-                          bool(images and images.is_dir() and _paper_layout(images)))
+                          bool(images and is_paper_layout(images)))
 
 
 def _layers(text: Optional[str]):
