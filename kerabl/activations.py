@@ -419,7 +419,6 @@ def _create(path: Path, wanted: dict, imageset, layers, shapes, unit, dtype, fil
     """A fresh `.partial` file with empty datasets and every attribute but `complete`."""
     import h5py
 
-
     f = _open_for_writing(path, shapes, unit, dtype, mode="w")
     f.attrs.update({"kerabl_cache": True, "complete": False, "rows_done": 0, **wanted,
                     "class_names": json.dumps(list(imageset.class_names)),

@@ -190,7 +190,6 @@ def _scatter(points: dict, layers: list[str], a: Path, b: Path, out_dir: Path) -
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-
     columns = [c for c in VALUE_COLUMNS if any(len(points[(lay, c)][0]) for lay in layers)]
     fig = Figure(figsize=(4.2 * max(len(columns), 1), 4.0))
     FigureCanvasAgg(fig)

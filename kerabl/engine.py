@@ -278,7 +278,6 @@ class TailAblator(ChannelEngine, RankingEngine):
         """Compute the target layer's output (and any skip tensors) for `images` once."""
         import tensorflow as tf
 
-
         if self._head is None:
             head = head_model(self._model, self.layer)
             self._head = tf.function(functools.partial(head, training=False), input_signature=[

@@ -220,7 +220,6 @@ def layer_table(model, targets) -> list[dict]:
     """
     import keras
 
-
     graph = functional(model)
     cuts, chosen = set(cut_points(graph)), set(targets)
     rows = []

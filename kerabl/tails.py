@@ -97,7 +97,6 @@ def fast_tail(model, layer: str, precision: str = "float32"):
     """
     import keras
 
-
     if precision not in PRECISIONS:
         raise KerablError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     tail = tail_model(model, layer)
@@ -128,7 +127,6 @@ def dense_split(tail):
         scores = back.predict_on_batch(front.predict_on_batch(acts))
     """
     import keras
-
 
     names = [lay.name for lay in tail.layers]
     dense = next((lay for lay in tail.layers if isinstance(lay, keras.layers.Dense)), None)

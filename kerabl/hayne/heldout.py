@@ -25,7 +25,7 @@ import numpy as np
 from kerabl.errors import KerablError
 from kerabl.hayne.grid import coordinates, equal_count_grid
 from kerabl.hayne.logistic import fit_logistic_batched
-from kerabl.hayne.probes import balanced_accuracy, stratified_folds
+from kerabl.hayne.probes import balanced_accuracy, standardised, stratified_folds
 
 
 def _train_means(acts, y: np.ndarray, test: np.ndarray,

@@ -94,8 +94,7 @@ def _blas_controller():
     import scipy.linalg  # noqa: F401 -- loads SciPy's OpenBLAS
     from threadpoolctl import ThreadpoolController
 
-
-    return ThreadpoolController()
+    return ThreadpoolController()  # after Numba and what it links (kerabl.hayne.newton, above)
 
 
 def solve_logistic(y: np.ndarray, *, stacked: np.ndarray | None = None,

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from kerabl.errors import KerablError
 from kerabl.hayne.results import HResults
-from kerabl.plotting import FONT, new_figure
+from kerabl.plotting import FONT
 
 #: Per-cell metrics that the grid figures can show, with their colour-bar labels and colour maps.
 GRID_METRICS = {

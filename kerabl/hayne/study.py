@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from kerabl.activations import record_activations
-from kerabl.choices import engine_kind
 from kerabl.contents import contents_digest, image_files
 from kerabl.engine import check_live_outputs, predict_batched, rank_engine, true_class_rank
 from kerabl.errors import KerablError
@@ -41,7 +38,7 @@ from kerabl.hayne.results import HResultsWriter
 from kerabl.hayne.shared import SharedBlock, resolve
 from kerabl.masks import cell_masks, n_units
 from kerabl.progress import progress_bar
-from kerabl.validate import check_grid_fits, check_precision, check_study_images
+from kerabl.validate import check_grid_fits, check_study_images
 
 def cell_seed(seed: int, *keys: int) -> int:
     """A seed for one (class, layer, cell) derived from the run's seed, independent of run order.

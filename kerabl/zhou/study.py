@@ -107,7 +107,6 @@ def _create_partial(partial: Path, config: dict[str, Any], data: _StudyData,
                     images: np.ndarray) -> None:
     import h5py
 
-
     with h5py.File(partial, "w") as f:
         f.attrs["kind"] = Z_KIND
         f.attrs["config"] = json.dumps(config)
