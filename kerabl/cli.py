@@ -5,6 +5,8 @@ Bad input raises `KerablError`, printed as one line with exit status 2.
 Here: the app, the `command` decorator, a command's inputs (network and image set, loaded and
 checked once) and the study stages (activations, study, grid, probe, ablate, units, reproduce);
 the commands on stored results, weights, ports, SLURM and speed are in `kerabl.cli_tools`.
+The library modules that load TensorFlow are imported inside the command that needs them, so
+`kerabl --help` starts in a fraction of a second.
 
 Example:
     kerabl reproduce                                  # the demo study into ./kerabl-out
