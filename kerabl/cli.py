@@ -367,13 +367,13 @@ def reproduce(
     With no arguments: the demo model on the digits test split, written to ./kerabl-out.
     The paper's AlexNet: --model alexnet --weights alexnet_weights.h5 --images DIR.
     """
-    from kerabl.reproduce import reproduce as run_reproduce
-
     start = time.perf_counter()
     _forget_inputs()
     config = _check_study(options, probe_fits)
     with output_lock(out, "kerabl reproduce"):
-        net, imageset, layers = _study_inputs(options)
+        net, imageset, layers = _study_inputs(options)   # TensorFlow imported quietly here
+        from kerabl.reproduce import reproduce as run_reproduce
+
         run_reproduce(net, imageset, out, config, layers=layers, z_layers=_layers(options["layers"]),
                       z=z, workers=options["workers"], progress=progress, log=typer.echo,
                       start=start)

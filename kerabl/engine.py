@@ -35,7 +35,6 @@ import numpy as np
 from kerabl.choices import ENGINES, ENGINE_SPELLINGS, PRECISIONS, engine_kind
 from kerabl.errors import KerablError
 from kerabl.graph import apply_chain, as_model, channel_shortcut, check_layer, head_model
-from kerabl.masks import ablated, lambda_masked_model, masked_model, n_units
 from kerabl.tails import dense_split, fast_tail, shortcut_function
 
 __all__ = ["BATCH_FLOATS", "ENGINES", "check_live_outputs", "ENGINE_SPELLINGS", "PRECISIONS", "STORAGES", "ChannelEngine",
@@ -412,6 +411,8 @@ class PaperAblator(RankingEngine):
         self._images = np.asarray(images, dtype=np.float32)
 
     def outputs(self, masks: np.ndarray) -> np.ndarray:
+        from kerabl.masks import lambda_masked_model  # loads TensorFlow: on first use
+
         masks = np.asarray(masks, dtype=np.float32).reshape((-1, *self.shape))
         result = []
         with quiet_retracing_warning():  # a rebuild per cell is the point of this engine
@@ -419,7 +420,6 @@ class PaperAblator(RankingEngine):
                 rebuilt = lambda_masked_model(self._model, self.layer, mask)
                 result.append(rebuilt.predict(self._images, batch_size=self.batch_size, verbose=0))
         return np.stack(result)
-
 
 
 class _DropRetracing(logging.Filter):
@@ -467,6 +467,8 @@ class FullEngine(ChannelEngine):
     """
 
     def __init__(self, model, layer: str, images: np.ndarray, batch_size: int | None):
+        from kerabl.masks import masked_model, n_units  # loads TensorFlow: on first use
+
         self.masked = masked_model(model, [layer])
         self.layer = layer
         self.images = images
@@ -475,6 +477,8 @@ class FullEngine(ChannelEngine):
         self.acts = None
 
     def predict(self, keep, rows=None):
+        from kerabl.masks import ablated  # loads TensorFlow: on first use
+
         images = self.images if rows is None else self.images[rows]
         out = []
         for vector in np.asarray(keep):

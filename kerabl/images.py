@@ -23,7 +23,6 @@ from typing import Sequence
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.networks import application_preprocess
 
 
 HEURITECH_RESIZE = 256
@@ -66,6 +65,8 @@ def _batch_step(preprocess: str):
         return BATCH_STEPS[preprocess]
     if preprocess in PREPROCESS:
         return None
+    from kerabl.networks import application_preprocess  # loads TensorFlow: on first use
+
     return application_preprocess(preprocess)
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 

@@ -36,7 +36,6 @@ from kerabl.hayne.logistic import single_threaded
 from kerabl.hayne.probes import heldout_probe_score, paper_probe_loss, rsa_scores
 from kerabl.hayne.results import HResultsWriter
 from kerabl.hayne.shared import SharedBlock, resolve
-from kerabl.masks import cell_masks, n_units
 from kerabl.progress import progress_bar
 from kerabl.validate import check_grid_fits, check_study_images
 
@@ -144,6 +143,8 @@ def sweep_writer_args(network, imageset, layers, config: HConfig) -> dict:
     Example:
         HResultsWriter(path, **sweep_writer_args(net, imageset, ["conv_5"], HConfig()))
     """
+    from kerabl.masks import n_units  # loads TensorFlow: on first use
+
     counts = [len(imageset.rows_of(c)) for c in imageset.classes]
     n_others = len(imageset.classes) - 1
     if others_count(config.others) is not None:
@@ -290,6 +291,8 @@ class Sweep:
             ablator.set_activations(acts[:len(state["target_rows"])].copy())
         else:
             ablator.set_images(state["images"])
+        from kerabl.masks import cell_masks  # loads TensorFlow: on first use
+
         masks = cell_masks(ablator.shape, grid.cells, self.config.unit)
         rank_baseline, rank_after = baseline_and_ablated_ranks(ablator, masks, state["labels"])
         deficit = mean_rank_deficit(rank_baseline, rank_after, clip=self.config.clip)
