@@ -76,8 +76,11 @@ def test_units_subset_and_bad_input(tiny):
         z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", units=[3])
     with pytest.raises(KerablError, match="no layer 'nope'"):
         z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "nope")
-    with pytest.raises(KerablError, match="engine"):
-        z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", engine="fast")
+    with pytest.raises(KerablError, match="unknown engine 'turbo'"):
+        z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", engine="turbo")
+    spelled = z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", units=[2],
+                                              engine="fast")     # the H study's name of "tail"
+    np.testing.assert_array_equal(spelled["max_class_drop"], r["max_class_drop"])
     with pytest.raises(KerablError, match="classes \\[7\\] have no images"):
         z_ablation.single_unit_ablation(tiny, X, Y, [0, 7], "hidden")
 
