@@ -8,9 +8,11 @@
 - `kerabl.masks`: unit kinds, mask arrays, mask layers and `ablated(...)`.
 - `kerabl.engine`: the ablation engines (head once, tail per mask; the paper's and full references).
 - `kerabl.activations`: the self-describing HDF5 activation cache.
-- `kerabl.hayne`: the H study (`grid`, `probes`, `ablation`, `study`, `stages`, `results`, `stats`,
-  `figures`, `stat_figures`, `plot`).
+- `kerabl.hayne`: the H study (`config`, `grid`, `probes`, `ablation`, `study`, `stages`,
+  `results`, `stats`, `figures`, `stat_figures`, `plot`).
 - `kerabl.zhou`: the Z study (`attributes`, `ablation`, `study`, `results`, `figures`).
+- `kerabl.reproduce`: both studies, their statistics and figures in one call (`reproduce`).
+- docs/architecture.md: the layers these modules form and the contract that checks them.
 
 Example:
     import kerabl
@@ -36,7 +38,7 @@ _LAZY = {
     "load_any_network": "kerabl.networks",
     "folder_imageset": "kerabl.folders",
     "record_activations": "kerabl.activations",
-    "HConfig": "kerabl.hayne.study",
+    "HConfig": "kerabl.hayne.config",
     "run_h_study": "kerabl.hayne.study",
     "run_h_stage": "kerabl.hayne.stages",
     "HResults": "kerabl.hayne.results",

@@ -28,7 +28,11 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from kerabl import __version__
+from kerabl.contents import (changed_files, contents_digest, describe_changes, encode, file_table,
+                             stored_files)
 from kerabl.errors import KerablError
+from kerabl.images import check_preprocess
 from kerabl.nested import flat_network, from_paths
 from kerabl.progress import progress_bar
 from kerabl.space import check_free_space, check_room, chunked_bytes, free_bytes, human_bytes
@@ -427,8 +431,6 @@ def _fingerprint(model_name, weights_id, layers, imageset, preprocess, unit, dty
 
 def _changes(stored: dict, wanted: dict, changed: Sequence[str] = ()) -> list[str]:
     """'key: old -> new' for every fingerprint entry that differs (changed images by name)."""
-    from kerabl.contents import describe_changes
-
     return [describe_changes(changed) if k == "contents" and stored.get(k) else
             f"{k}: {_attr(stored.get(k))} -> {wanted[k]}" for k in FINGERPRINT
             if _attr(stored.get(k)) != wanted[k]]
@@ -442,21 +444,6 @@ def _not_a_cache(path: Path) -> str:
         return (f"{path} is a damaged HDF5 file (truncated or overwritten): delete it and rerun "
                 "to record the activations again")
     return f"{path} exists and is not a kerabl activation cache: choose another path or remove it"
-
-
-def stored_files(path: Path) -> list | None:
-    """The `/files` table of a cache or `.partial` (None when absent or unreadable).
-
-    Example:
-        stored_files(Path("out/activations.h5"))   # [[name, size, mtime_ns, sha256], ...]
-    """
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return json.loads(f["files"][()]) if "files" in f else None
-    except (OSError, KeyError, ValueError):
-        return None
 
 
 def _stored_attrs(path: Path) -> dict | None:
@@ -493,9 +480,6 @@ def _check_arguments(model, layers, unit, dtype, batch_size) -> None:
 def _create(path: Path, wanted: dict, imageset, layers, shapes, unit, dtype, files):
     """A fresh `.partial` file with empty datasets and every attribute but `complete`."""
     import h5py
-
-    from kerabl import __version__
-    from kerabl.contents import encode
 
     f = _open_for_writing(path, shapes, unit, dtype, mode="w")
     f.attrs.update({"kerabl_cache": True, "complete": False, "rows_done": 0, **wanted,
@@ -548,8 +532,6 @@ def _last_rows_readable(f, layers: Sequence[str]) -> bool:
 def _resume_or_create(partial: Path, wanted: dict, imageset, layers, shapes, unit, dtype, log,
                       files):
     """The `.partial` file to continue (same fingerprint) or a fresh one."""
-    from kerabl.contents import changed_files
-
     if partial.exists():
         stored = _stored_attrs(partial)
         changes = None if stored is None else _changes(
@@ -625,10 +607,8 @@ def record_activations(network_or_model, imageset, layers: Sequence[str] | None,
         layers = getattr(network_or_model, "targets", None)
     layers = from_paths(model, layers or [])
     _check_arguments(model, layers, unit, dtype, batch_size)
-    from kerabl.images import check_preprocess
 
     check_preprocess(preprocess)
-    from kerabl.contents import changed_files, contents_digest, file_table
 
     path = Path(path)
     known = stored_files(path) if path.exists() else None

@@ -1,7 +1,9 @@
 """The `kerabl` commands beside the study stages: on stored results (`figures`, `export`,
 `merge`), a model's layers (`layers`), weights (`convert`), PyTorch ports (`crosscheck`,
-`compare`), SLURM jobs (`slurm`) and speed (`bench`). They register on `kerabl.cli.app` with its
-`command` decorator (one-line errors, exit status 2) when `kerabl.cli` is imported.
+`compare`), SLURM jobs (`slurm`) and speed (`bench`). `kerabl.cli` adds them to its app with
+`register(command)`, its `command` decorator (one-line errors, exit status 2). The library
+modules that load TensorFlow, matplotlib or h5py are imported inside the command that runs them,
+so `kerabl --help` starts in a fraction of a second.
 
 Example:
     kerabl export kerabl-out/h_results.h5 --out h.csv
@@ -15,9 +17,37 @@ from typing import Annotated, Optional
 
 import typer
 
-from kerabl.cli import app, command
 from kerabl.errors import KerablError
 from kerabl.options import AlphaOpt, CustomOpt, Model, ProgressOpt, choices
+from kerabl.store import results_kind
+from kerabl.validate import check_output_file, import_tensorflow
+
+# The commands of this module with their settings, in --help order: `register` adds them.
+COMMANDS: list = []
+
+
+def command(fn=None, **settings):
+    """Mark a function as a command of this module (`settings`: those of typer's `app.command`).
+
+    Example:
+        @command
+        def export(results: Path, out: Path = Path("results.csv")) -> None: ...
+    """
+    if fn is None:
+        return lambda fn: command(fn, **settings)
+    COMMANDS.append((fn, settings))
+    return fn
+
+
+def register(cli_command) -> None:
+    """Add this module's commands to the app with `cli_command`, the app's command decorator
+    (`kerabl.cli.command`).
+
+    Example:
+        register(command)    # in kerabl.cli, after `command` is defined
+    """
+    for fn, settings in COMMANDS:
+        cli_command(fn, **settings) if not settings else cli_command(**settings)(fn)
 
 
 @command
@@ -27,8 +57,6 @@ def layers(
     custom_objects: CustomOpt = None,
 ) -> None:
     """Print every layer of a model: kind, output shape, units, cut point, default target."""
-    from kerabl.validate import import_tensorflow
-
     import_tensorflow()   # quietly, before the models
     from kerabl.models import check_alpha
     from kerabl.networks import layer_table, untrained_model
@@ -68,93 +96,13 @@ def figures(
     and Fig 3, the probe contrast and the interaction coefficients of all H files side by side
     in OUT/fig3_networks, OUT/fig_probe_contrast and OUT/fig_interaction.
     """
+    from kerabl.render import render, render_several
+
     if len(results) == 1:
         paths = render(results[0], out, class_name, layer)
     else:
         paths = render_several(results, out, class_name, layer)
     typer.echo(f"{len(paths)} files in {out}")
-
-
-def render_several(results: list[Path], out: Path, class_name, layer) -> list:
-    """Each file's figures in OUT/<n>-<model>/, and the H files' Fig 3, probe contrast and
-    interaction coefficients side by side in OUT; the written paths.
-
-    Example:
-        render_several([Path("a/h_results.h5"), Path("b/h_results.h5")], Path("figs"), None, None)
-    """
-    from kerabl.hayne.figures import fig_network_means
-    from kerabl.hayne.results import HResults
-
-    paths, h_files, labels = [], [], []
-    for n, path in enumerate(results):
-        kind = results_kind(path)
-        model = "z" if kind == "kerabl.z-results" else HResults.open(path).config.get("model", "h")
-        paths += render(path, out / f"{n}-{model}", class_name, layer)
-        if kind != "kerabl.z-results":
-            h_files.append(path)
-            labels.append(model)
-    if len(h_files) > 1:
-        from kerabl.hayne.figures import fig_interaction_coefficients, fig_probe_contrast, run_label
-
-        runs = [run_label(HResults.open(p), name) for p, name in zip(h_files, labels)]
-        paths += fig_network_means(h_files, labels, out / "fig3_networks")
-        paths += fig_probe_contrast(h_files, runs, out / "fig_probe_contrast")
-        paths += fig_interaction_coefficients(h_files, runs, out / "fig_interaction")
-    return paths
-
-
-def results_kind(results: Path) -> str:
-    """The `kind` attribute of a results file; a missing or non-HDF5 file is a KerablError.
-
-    Example:
-        results_kind(Path("kerabl-out/h_results.h5"))   # "kerabl.h-results"
-    """
-    import h5py
-
-    if results.is_dir():
-        inside = [p.name for p in (results / "h_results.h5", results / "z_results.h5")
-                  if p.is_file()]
-        raise KerablError(f"{results} is a folder: pass a results file"
-                          + (f" such as {results / inside[0]}" if inside else
-                             " (h_results.h5 or z_results.h5)"))
-    if not results.is_file():
-        raise KerablError(f"results file {results} does not exist: run `kerabl study` or "
-                          "`kerabl reproduce` first")
-    try:
-        with h5py.File(results, "r") as f:
-            return f.attrs.get("kind", "")
-    except OSError:
-        raise KerablError(f"{results} is not an HDF5 results file: pass a h_results.h5 or "
-                          "z_results.h5 written by kerabl") from None
-
-
-def render_timed(results: Path, out: Path) -> tuple[list, float]:
-    """`render(results, out)` and its seconds: what `kerabl reproduce` runs in a process beside
-    the Z study.
-
-    Example:
-        files, seconds = render_timed(Path("kerabl-out/h_results.h5"), Path("figures"))
-    """
-    import time
-
-    start = time.perf_counter()
-    files = render(results, out)
-    return files, time.perf_counter() - start
-
-
-def render(results: Path, out: Path, class_name=None, layer=None, z_names=None) -> list:
-    """The figures of one results file (H or Z) in `out`; the written paths. `z_names`: which Z
-    figures (default all).
-
-    Example:
-        render(Path("kerabl-out/z_results.h5"), Path("figures"))   # [..."fig_z_....png", ...]
-    """
-    kind = results_kind(results)
-    if kind == "kerabl.z-results":
-        from kerabl.zhou.figures import render_z_figures
-        return render_z_figures(results, out, names=z_names)
-    from kerabl.hayne.figures import render_h_figures
-    return render_h_figures(results, out, class_name=class_name, layer=layer)
 
 
 @command
@@ -164,8 +112,6 @@ def export(
 ) -> None:
     """Write a results file as CSV (H: one row per class x layer x cell; Z: per layer x unit)."""
     from kerabl.hayne.results import HResults, export_csv
-    from kerabl.validate import check_output_file
-
     check_output_file(out)
     if results_kind(results) == "kerabl.z-results":
         from kerabl.zhou.results import export_units_csv
@@ -183,8 +129,6 @@ def merge(
 ) -> None:
     """Join shard results (from `--shard i/n`) into one file; refuses inconsistent shards."""
     from kerabl.hayne.merge import merge as merge_results
-    from kerabl.validate import check_output_file
-
     check_output_file(out)
     for shard in shards:
         results_kind(shard)
@@ -199,8 +143,6 @@ def convert(
     out: Annotated[Path, typer.Option(help="Keras weights file to write (.weights.h5).")],
 ) -> None:
     """Convert a torch state dict into Keras weights once (then --weights FILE.weights.h5)."""
-    from kerabl.validate import import_tensorflow
-
     import_tensorflow()   # quietly, before the models
     from kerabl.convert import convert_file
 
@@ -218,8 +160,6 @@ def crosscheck(
     progress: ProgressOpt = True,
 ) -> None:
     """Re-run the study's baseline and every cell's ablation in PyTorch (forward hooks) and compare."""
-    from kerabl.validate import import_tensorflow
-
     import_tensorflow()   # quietly, before the models
     from kerabl.crosscheck import crosscheck as run_crosscheck
 
@@ -271,7 +211,7 @@ def slurm(
     """
     from kerabl import slurm as jobs
 
-    options, out = _stage_options(stage.value, ctx.args)
+    options, out = _stage_options(ctx.find_root(), stage.value, ctx.args)
     folder = jobs.write_jobs(stage.value, options, out=out, array=array,
                              resources=jobs.Resources(partition, time, cpus, mem))
     typer.echo(f"job scripts: {folder}")
@@ -285,10 +225,11 @@ def slurm(
                f"(when done: sacct -X -j {','.join(ids.values())})")
 
 
-def _stage_options(stage: str, args: list[str]) -> tuple[dict, Path]:
-    """The options given to a stage (parsed and checked as `kerabl STAGE` would) and its --out."""
+def _stage_options(root, stage: str, args: list[str]) -> tuple[dict, Path]:
+    """The options given to a stage (parsed and checked as `kerabl STAGE` would, by the command
+    group of context `root`) and its --out."""
     try:
-        ctx = typer.main.get_command(app).commands[stage].make_context(stage, list(args))
+        ctx = root.command.commands[stage].make_context(stage, list(args))
     except Exception as err:  # click's usage errors (click is vendored by recent typer)
         if not hasattr(err, "format_message"):
             raise
@@ -310,8 +251,6 @@ def bench(
         help="The paper's image set (a folder with images/); without it only the demo runs.")] = None,
 ) -> None:
     """Measure the fast engine against the authors' procedure and the machine's matmul floor."""
-    from kerabl.validate import import_tensorflow
-
     import_tensorflow()   # quietly, before the models
     from kerabl.bench import run_bench
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kerabl.errors import KerablError
+from kerabl.plotting import save_figure
 
 KEY_COLUMNS = ("class", "layer", "cell")
 VALUE_COLUMNS = ("deficit", "probe")
@@ -203,8 +204,6 @@ def _scatter(points: dict, layers: list[str], a: Path, b: Path, out_dir: Path) -
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from kerabl.hayne.plot import save_figure
 
     columns = [c for c in VALUE_COLUMNS if any(len(points[(lay, c)][0]) for lay in layers)]
     fig = Figure(figsize=(4.2 * max(len(columns), 1), 4.0))

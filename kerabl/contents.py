@@ -20,6 +20,10 @@ from typing import Sequence
 
 import numpy as np
 
+from kerabl.errors import KerablError
+from kerabl.images import image_problem
+
+
 _BLOCK = 1 << 20
 
 
@@ -49,9 +53,6 @@ def file_table(imageset, known: Sequence[Sequence] | None = None,
         KerablError: one line naming every image that cannot be read or decoded (a dangling
             link, a missing or truncated file, a file that is not an image), up to `SHOWN`.
     """
-    from kerabl.errors import KerablError
-    from kerabl.images import image_problem
-
     if getattr(imageset, "paths", None) is None:
         return array_table(imageset.images)
     previous = {row[0]: row for row in (known or [])}
@@ -124,6 +125,21 @@ def describe_changes(names: Sequence[str], shown: int = 5) -> str:
     return f"{len(names)} image{'s' if len(names) != 1 else ''} changed ({listed})"
 
 
+def stored_files(path: Path) -> list | None:
+    """The `/files` table of a cache or `.partial` (None when absent or unreadable).
+
+    Example:
+        stored_files(Path("out/activations.h5"))   # [[name, size, mtime_ns, sha256], ...]
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return json.loads(f["files"][()]) if "files" in f else None
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def image_files(imageset, cache_path, preprocess: str | None = None,
                 log=None) -> tuple[list, str]:
     """The image set's file table (hashing only files changed since the activation cache at
@@ -134,8 +150,6 @@ def image_files(imageset, cache_path, preprocess: str | None = None,
     Example:
         files, note = image_files(imageset, "out/activations.h5")   # note: '2 images changed (...)'
     """
-    from kerabl.activations import stored_files
-
     skipped = getattr(imageset, "skipped", None)
     if log is not None and skipped:
         listed = ", ".join(str(p) for p in skipped[:5]) + (

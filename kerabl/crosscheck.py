@@ -21,8 +21,17 @@ from typing import Callable
 
 import numpy as np
 
-from kerabl.convert import TORCH_MODELS, import_torch
+from kerabl import data, imagenet
+from kerabl.compare import compare_csv
+from kerabl.engine import true_class_rank
 from kerabl.errors import KerablError
+from kerabl.hayne.ablation import mean_rank_deficit
+from kerabl.hayne.results import CSV_COLUMNS, HResults, export_csv
+from kerabl.masks import hwc_to_chw
+from kerabl.models import load_network
+from kerabl.progress import progress_bar
+from kerabl.store import write_csv_atomic
+from kerabl.torch_models import RESNET50_STAGES, TORCH_MODELS, import_torch, keras_to_torch
 
 PORT_CSV = "port.csv"
 KERAS_CSV = "kerabl.csv"
@@ -108,8 +117,6 @@ def _net_classes():
         """torchvision's resnet50 layout: conv1, bn1, relu, maxpool, layer1..layer4, avgpool, fc."""
 
         def __init__(self):
-            from kerabl.convert import RESNET50_STAGES
-
             super().__init__()
             self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
             self.bn1 = nn.BatchNorm2d(64)
@@ -214,8 +221,6 @@ def torch_from_keras(name: str, keras_model):
     Example:
         net = torch_from_keras("demo", load_network("demo").model)
     """
-    from kerabl.convert import keras_to_torch
-
     torch = import_torch()
     net = torch_network(name)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
@@ -263,8 +268,6 @@ def chw_mask(shape: tuple, units: np.ndarray, unit: str) -> np.ndarray:
 
     Element units are converted with `kerabl.masks.hwc_to_chw`; channel units keep their index.
     """
-    from kerabl.masks import hwc_to_chw
-
     torch_shape = (shape[-1], *shape[:-1])
     mask = np.ones(torch_shape, dtype=np.float32)
     if unit == "channel":
@@ -313,8 +316,6 @@ class CrosscheckSummary:
 
 
 def _network_of(res, weights):
-    from kerabl.models import load_network
-
     model, weights_id = res.config["model"], str(res.config["weights_id"])
     if model not in TORCH_MODELS:
         raise KerablError(f"{res.path} studies {model}: the torch reference engine has "
@@ -333,8 +334,6 @@ def _network_of(res, weights):
 
 
 def _imageset_of(res, images):
-    from kerabl import data, imagenet
-
     dataset = str(res.config["dataset"])
     digits = re.fullmatch(r"digits-test:seed(\d+)", dataset)
     if isinstance(images, data.ImageSet):
@@ -359,8 +358,6 @@ def _imageset_of(res, images):
 def _class_in_torch(ci, name, res, imageset, net, port, points, deficits, rows, advance,
                     counts):
     """Baseline and every cell of class position `ci` in torch; fills `deficits` and `rows`."""
-    from kerabl.hayne.ablation import mean_rank_deficit, true_class_rank
-
     torch = import_torch()
     unit, clip, m = res.config["unit"], bool(res.config["clip"]), res.grid_shape[1]
     n_ranks, equal_ranks = counts
@@ -409,11 +406,6 @@ def crosscheck(results, out_dir, *, weights=None, images=None, tolerance: float 
     and `deficit`; the port computes no probe or RSA scores, those fields are empty),
     `out_dir/kerabl.csv` (`kerabl export` of the results) and `out_dir/compare.png`/`.pdf`.
     """
-    from kerabl.compare import compare_csv
-    from kerabl.hayne.results import CSV_COLUMNS, HResults, export_csv
-    from kerabl.progress import progress_bar
-    from kerabl.store import write_csv_atomic
-
     import_torch()
     res = HResults.open(results)
     out_dir = _writable(Path(out_dir))

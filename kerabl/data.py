@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from kerabl import imagenet
 from kerabl.errors import KerablError
 from kerabl.images import (IMAGE_SUFFIXES, check_preprocess, load_image, load_image_cv2,
                            preprocess_images)
@@ -204,9 +205,13 @@ def _digest(items: Sequence) -> str:
     return hashlib.sha1("\n".join(map(str, items)).encode()).hexdigest()[:12]
 
 
-def _from_classes(name: str, folder: Path, class_ids: list[int], class_names: list[str],
-                  files_per_class: list[list[Path]], skipped: Sequence[Path] = ()) -> ImageSet:
-    """An ImageSet from files grouped by class (study order), named with a digest of both."""
+def from_classes(name: str, folder: Path, class_ids: list[int], class_names: list[str],
+                 files_per_class: list[list[Path]], skipped: Sequence[Path] = ()) -> ImageSet:
+    """An ImageSet from files grouped by class (study order), named with a digest of both.
+
+    Example:
+        from_classes("flowers", root, [0, 1], ["daisy", "rose"], [daisies, roses])
+    """
     paths = [p for files in files_per_class for p in files]
     labels = np.repeat(np.asarray(class_ids, dtype=np.int64), [len(f) for f in files_per_class])
     digest = _digest([*class_ids, *(p.name for p in paths)])
@@ -226,6 +231,16 @@ HAYNE8 = ("schooner", "brain_coral", "junco_bird", "snail", "grey_whale", "siber
 HAYNE10 = HAYNE8 + ("fountain_pen", "toaster")    # the authors' MobileNetV2 and ResNet scripts
 # Named class sets: name -> how many classes of the class list, in file order (None: all).
 PAPER_CLASS_SETS = {"hayne50": None, "hayne8": len(HAYNE8), "hayne10": len(HAYNE10)}
+
+
+def default_classes(model: str) -> str:
+    """The class set a study of `model` runs on when none is named: the authors' 50 for their
+    AlexNet, the first 8 of them for the other ImageNet networks (hours less on a CPU).
+
+    Example:
+        default_classes("alexnet"), default_classes("vgg16")   # "hayne50", "hayne8"
+    """
+    return "hayne50" if model == "alexnet" else "hayne8"
 _PAPER_FILE = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG$", re.IGNORECASE)
 
 
@@ -277,8 +292,6 @@ def _chosen_classes(classes: str | Sequence[str] | Path, root: Path) -> list[tup
 
 def _named_classes(requested: Sequence[str], listed: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Each requested WNID or class-list name as (name, WNID); unknown WNIDs get ImageNet names."""
-    from kerabl import imagenet
-
     by_name = dict(listed)
     by_wnid = {wnid: name for name, wnid in listed}
     chosen = []
@@ -322,8 +335,6 @@ def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
         KerablError: a missing folder or file (named), an image number beyond the ground
             truth, or a requested class without images.
     """
-    from kerabl import imagenet
-
     folder = Path(folder)
     if not folder.is_dir():
         raise KerablError(f"image folder {folder} does not exist: pass the dataset root or "
@@ -354,7 +365,7 @@ def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
     if empty:
         raise KerablError(f"no images of class {', '.join(empty)} in {image_dir}: check the "
                           "folder and the class list")
-    return _from_classes(f"imagenet-paper:{classes if isinstance(classes, str) else 'list'}",
+    return from_classes(f"imagenet-paper:{classes if isinstance(classes, str) else 'list'}",
                          image_dir, [imagenet.index_of(w) for _, w in chosen],
                          [name for name, _ in chosen], files_per_class)
 
@@ -373,8 +384,6 @@ def synset_imageset(folder: str | Path, classes: Sequence[str] | None = None) ->
     Raises:
         KerablError: missing folder, unknown WNID, or a class folder without images.
     """
-    from kerabl import imagenet
-
     folder = Path(folder)
     if not folder.is_dir():
         raise KerablError(f"image folder {folder} does not exist: pass the folder of WNID "
@@ -396,8 +405,8 @@ def synset_imageset(folder: str | Path, classes: Sequence[str] | None = None) ->
             raise KerablError(f"no images of class {wnid} in {sub}: check the folder")
         files_per_class.append(files)
         skipped += sorted(p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES)
-    return _from_classes("imagenet-synsets", folder, ids,
-                         [imagenet.class_names()[i] for i in ids], files_per_class, skipped)
+    return from_classes("imagenet-synsets", folder, ids,
+                        [imagenet.class_names()[i] for i in ids], files_per_class, skipped)
 
 
 def digits_imageset(seed: int = DIGITS_SEED) -> ImageSet:

@@ -10,11 +10,18 @@
   in half precision; `shortcut=True` uses the exact Dense shortcut for channel keep-masks where
   the graph has one. It answers class scores and true-class ranks (the H study) and predicted
   classes (the Z study; `tail_engine(...)` builds one for a layer and a set of images).
-- `_FullEngine`: the Z study's reference, the model rebuilt with a mask layer and run whole.
+- `FullEngine`: the Z study's reference, the model rebuilt with a mask layer and run whole.
 - `PaperAblator`: the reference engine of the H study, the authors' procedure: per cell, the
   whole model is rebuilt with a literal `Lambda` mask after the target layer and runs.
 - The tail models they run (`fast_tail`) and the Dense shortcut's traced step: `kerabl.tails`.
-- `predict_batched(model, images, batch_size)`: `predict_on_batch` over batches.
+- `predict_batched(model, images, batch_size)`: `predict_on_batch` over batches;
+  `check_live_outputs(network, imageset)`: the network's outputs vary across images (constant
+  outputs give ranks equal to the class index and NaN statistics).
+- `true_class_rank(scores, labels)`: the one place outputs become true-class ranks; every
+  engine's `ranks(masks, labels)` is `RankingEngine.ranks`, built on it.
+- The one engine vocabulary is `kerabl.choices.ENGINES` ("tail", "full"; the H study's command
+  line and results spell them "fast" and "paper"); `rank_engine(...)` (the H study: ranks) and `channel_engine(...)` (the Z study: predicted
+  classes under channel keep-masks) to build one.
 """
 
 from __future__ import annotations
@@ -25,13 +32,15 @@ import logging
 
 import numpy as np
 
+from kerabl.choices import ENGINES, ENGINE_SPELLINGS, PRECISIONS, engine_kind
 from kerabl.errors import KerablError
-from kerabl.graph import _apply_chain, _as_model, _check_layer, channel_shortcut
-from kerabl.tails import PRECISIONS, dense_split, fast_tail, shortcut_function
+from kerabl.graph import apply_chain, as_model, channel_shortcut, check_layer, head_model
+from kerabl.tails import dense_split, fast_tail, shortcut_function
 
-__all__ = ["BATCH_FLOATS", "CHANNEL_ENGINES", "PRECISIONS", "STORAGES", "PaperAblator",
-           "TailAblator", "fast_tail", "predict_batched", "quiet_retracing_warning",
-           "tail_engine"]
+__all__ = ["BATCH_FLOATS", "ENGINES", "check_live_outputs", "ENGINE_SPELLINGS", "PRECISIONS", "STORAGES", "ChannelEngine",
+           "FullEngine", "PaperAblator", "RankingEngine", "TailAblator", "channel_engine",
+           "engine_kind", "fast_tail", "predict_batched", "quiet_retracing_warning", "rank_engine",
+           "tail_engine", "true_class_rank"]
 
 
 # One tail call holds at most this many activation floats (masks x images x units, ~128 MB of
@@ -48,9 +57,7 @@ SHORTCUT_FLOATS = BATCH_FLOATS // 4
 HEAD_BATCH = 64
 
 
-# The engines of the Z study's channel sweeps: the tail engine and its full-forward reference.
-# Their batch_size (masked copies per tail call) defaults to None: by float count.
-CHANNEL_ENGINES = ("tail", "full")
+# The Z study's batch_size (masked copies per tail call) defaults to None: by float count.
 DEFAULT_BATCH = None
 
 
@@ -70,8 +77,52 @@ def _chunks(n_masks: int, n_images: int, per_copy: int, batch_floats: int,
             yield slice(m, m + masks_per_call), slice(i, i + images_per_call)
 
 
-class _Engine:
-    """Answers `predict(keep)`: the predicted class of every image under each channel keep-mask."""
+def true_class_rank(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Position of each image's true class when outputs are sorted by score, descending.
+
+    Example:
+        true_class_rank(np.array([[0.1, 0.7, 0.2]]), np.array([2]))  # array([1])
+
+    Args:
+        scores: (N, n_classes) network outputs.
+        labels: (N,) true output index of each image.
+
+    Returns:
+        (N,) int64 ranks: the number of outputs scoring higher than the true class, plus the
+        number scoring the same at a lower index (the order of a stable descending sort).
+    """
+    scores = np.asarray(scores)
+    labels = np.asarray(labels, dtype=np.int64)
+    true = scores[np.arange(len(labels)), labels][:, None]
+    index = np.arange(scores.shape[1])[None, :]
+    higher = scores > true
+    tied_before = (scores == true) & (index < labels[:, None])
+    return (higher | tied_before).sum(axis=1).astype(np.int64)
+
+
+class RankingEngine:
+    """An engine that answers `outputs(masks)`; `ranks(masks, labels)` is built on it, the same
+    for every engine.
+
+    Example:
+        ranks = TailAblator(model, "conv_3").ranks(masks, labels)   # (n_masks, n_images)
+    """
+
+    def outputs(self, masks: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def ranks(self, masks: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Rank of each image's true class under each mask: (n_masks, n_images)."""
+        return np.stack([true_class_rank(o, labels) for o in self.outputs(masks)])
+
+
+class ChannelEngine:
+    """Answers `predict(keep)`: the predicted class of every image under each channel keep-mask.
+
+    Example:
+        eng = channel_engine(net, images, "conv_5", "tail")
+        eng.predict(np.ones((1, eng.n_channels)))   # (1, n_images) predicted classes
+    """
 
     n_channels: int
 
@@ -82,7 +133,7 @@ class _Engine:
         raise KerablError("random directions need engine='tail': the full engine only zeroes units")
 
 
-class TailAblator(_Engine):
+class TailAblator(ChannelEngine, RankingEngine):
     """The tail engine for one target layer: its output computed (or read from the activation
     cache) once, then only the network tail runs on masked or projected copies of it.
 
@@ -215,7 +266,7 @@ class TailAblator(_Engine):
             return
         acts = self._inputs[0].astype(np.float32, copy=False)
         dense = self._model.get_layer(self.cut.dense)
-        flat = [np.asarray(_apply_chain(self.cut.chain, tf.constant(acts[i:i + HEAD_BATCH])))
+        flat = [np.asarray(apply_chain(self.cut.chain, tf.constant(acts[i:i + HEAD_BATCH])))
                 .reshape(min(HEAD_BATCH, len(acts) - i), -1)
                 for i in range(0, len(acts), HEAD_BATCH)]
         self.dense_in = np.concatenate(flat)
@@ -225,8 +276,6 @@ class TailAblator(_Engine):
     def set_images(self, images: np.ndarray, batch_size: int = HEAD_BATCH) -> None:
         """Compute the target layer's output (and any skip tensors) for `images` once."""
         import tensorflow as tf
-
-        from kerabl.graph import head_model
 
         if self._head is None:
             head = head_model(self._model, self.layer)
@@ -304,13 +353,6 @@ class TailAblator(_Engine):
         masks = np.asarray(masks, dtype=np.float32).reshape((-1, *self.shape))
         return self._run(masks, False, None, classes=False)
 
-    def ranks(self, masks: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Rank of each image's true class under each mask: (n_masks, n_images)."""
-        from kerabl.hayne.ablation import true_class_rank
-
-        out = self.outputs(masks)
-        return np.stack([true_class_rank(o, labels) for o in out])
-
     def predict(self, keep, rows=None):
         """Predicted classes (G, N) with the channels where a keep row (G, C) is 0 zeroed, on the
         images `rows` (default all); through the Dense shortcut where it applies."""
@@ -349,7 +391,7 @@ class TailAblator(_Engine):
         return (order * weight).astype(np.int32), weight
 
 
-class PaperAblator:
+class PaperAblator(RankingEngine):
     """Reference engine, the authors' procedure: rebuild with a Lambda mask per cell, full forward.
 
     Example:
@@ -369,7 +411,7 @@ class PaperAblator:
         self._images = np.asarray(images, dtype=np.float32)
 
     def outputs(self, masks: np.ndarray) -> np.ndarray:
-        from kerabl.masks import lambda_masked_model
+        from kerabl.masks import lambda_masked_model  # loads TensorFlow: on first use
 
         masks = np.asarray(masks, dtype=np.float32).reshape((-1, *self.shape))
         result = []
@@ -378,12 +420,6 @@ class PaperAblator:
                 rebuilt = lambda_masked_model(self._model, self.layer, mask)
                 result.append(rebuilt.predict(self._images, batch_size=self.batch_size, verbose=0))
         return np.stack(result)
-
-    def ranks(self, masks: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        from kerabl.hayne.ablation import true_class_rank
-
-        out = self.outputs(masks)
-        return np.stack([true_class_rank(o, labels) for o in out])
 
 
 class _DropRetracing(logging.Filter):
@@ -421,11 +457,17 @@ def predict_batched(model, images: np.ndarray, batch_size: int) -> list[np.ndarr
     return [np.concatenate([p[j] for p in parts]).astype(np.float32) for j in range(len(parts[0]))]
 
 
-class _FullEngine(_Engine):
-    """The model rebuilt with a mask layer after the target; a full forward pass per mask."""
+class FullEngine(ChannelEngine):
+    """The model rebuilt with a mask layer after the target; a full forward pass per mask (the
+    Z study's "full" engine, the reference of the tail engine's predicted classes).
+
+    Example:
+        eng = FullEngine(model, "conv_5", images, batch_size=None)
+        eng.predict(keep)     # (G, n_images) predicted classes, keep (G, C) 0/1
+    """
 
     def __init__(self, model, layer: str, images: np.ndarray, batch_size: int | None):
-        from kerabl.masks import masked_model, n_units
+        from kerabl.masks import masked_model, n_units  # loads TensorFlow: on first use
 
         self.masked = masked_model(model, [layer])
         self.layer = layer
@@ -435,7 +477,7 @@ class _FullEngine(_Engine):
         self.acts = None
 
     def predict(self, keep, rows=None):
-        from kerabl.masks import ablated
+        from kerabl.masks import ablated  # loads TensorFlow: on first use
 
         images = self.images if rows is None else self.images[rows]
         out = []
@@ -446,18 +488,22 @@ class _FullEngine(_Engine):
         return np.stack(out).astype(np.int64)
 
 
-def _engine(network_or_model, images, layer: str, engine: str, batch_size: int | None,
-            shortcut: bool = True) -> _Engine:
-    """A "tail" (`TailAblator`, images set) or "full" (`_FullEngine`) engine for channel sweeps."""
-    if engine not in CHANNEL_ENGINES:
-        raise KerablError(f"engine {engine!r} is unknown: use one of {', '.join(CHANNEL_ENGINES)}")
+def channel_engine(network_or_model, images, layer: str, engine: str, batch_size: int | None,
+            shortcut: bool = True) -> ChannelEngine:
+    """A "tail" (`TailAblator`, images set) or "full" (`FullEngine`) engine for channel sweeps.
+
+    Example:
+        eng = channel_engine(net, images, "conv_5", "full", None)   # the Z study's reference
+        eng.predict(keep)     # (G, n_images) predicted classes, keep (G, C) 0/1
+    """
+    engine = engine_kind(engine)
     if batch_size is not None and batch_size < 1:
         raise KerablError(f"batch_size {batch_size} must be a positive integer (or None)")
-    model = _as_model(network_or_model)
-    _check_layer(model, layer)
+    model = as_model(network_or_model)
+    check_layer(model, layer)
     images = np.asarray(images, dtype=np.float32)
     if engine == "full":
-        return _FullEngine(model, layer, images, batch_size)
+        return FullEngine(model, layer, images, batch_size)
     eng = TailAblator(model, layer, batch_size=batch_size, shortcut=shortcut)
     eng.set_images(images)
     return eng
@@ -475,4 +521,48 @@ def tail_engine(network_or_model, images: np.ndarray, layer: str, *,
     `predict(keep, rows=None)` zeroes the channels where a keep row is 0; `predict_projected`
     removes directions; `trace_count` stays 1 per traced function whatever the masks.
     """
-    return _engine(network_or_model, images, layer, "tail", batch_size, shortcut)
+    return channel_engine(network_or_model, images, layer, "tail", batch_size, shortcut)
+
+
+def rank_engine(engine: str, model, layer: str, precision: str = "float32") -> RankingEngine:
+    """The H study's engine for one layer: a `TailAblator` ("tail"/"fast", in `precision`) or a
+    `PaperAblator` ("full"/"paper", the authors' float32 model); set its images, then `ranks`.
+
+    Example:
+        ablator = rank_engine("fast", model, "conv_3")
+        ablator.set_images(images)
+        ranks = ablator.ranks(masks, labels)      # (n_masks, n_images)
+    """
+    if engine_kind(engine) == "full":
+        return PaperAblator(model, layer)
+    return TailAblator(model, layer, precision=precision)
+
+
+LIVE_PROBE_IMAGES = 8     # images, evenly spaced over the set, the liveness check runs
+CONSTANT_SPREAD = 1e-6    # outputs that differ less than this across images count as constant
+
+
+def check_live_outputs(network, imageset=None, *, images=None, labels=None) -> None:
+    """Stop when the network gives (nearly) the same outputs for different images.
+
+    Example:
+        check_live_outputs(load_network("demo"), digits_imageset())   # passes silently
+        check_live_outputs(net, images=x, labels=y)                   # already loaded inputs
+
+    `LIVE_PROBE_IMAGES` images evenly spaced over the set run (spread over its classes: a
+    confident network gives the same saturated outputs for images of one class).
+    """
+    n = len(imageset.labels) if imageset is not None else len(labels)
+    rows = np.unique(np.linspace(0, n - 1, min(n, LIVE_PROBE_IMAGES)).astype(np.int64))
+    if len(rows) < 2:
+        return
+    if images is None:
+        images = imageset.load(network.input_size, network.preprocess, rows=rows)
+    else:
+        images = np.asarray(images)[rows]
+    scores = predict_batched(network.model, images, len(rows))[0]
+    if float(np.ptp(scores, axis=0).max()) <= CONSTANT_SPREAD:
+        raise KerablError(
+            f"{network.name} with weights {network.weights_id} gives the same outputs "
+            f"(to {CONSTANT_SPREAD:g}) for {len(rows)} different images: its ranks and "
+            "deficits would be meaningless; use other weights")

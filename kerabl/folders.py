@@ -7,6 +7,8 @@ convention, any folder names.
 - `is_synset_layout(folder)`: whether every class folder is an ImageNet WNID (`n01440764`).
 - `check_outputs(imageset, n_outputs, expected, model)`: the model's output count fits the
   classes (before any forward pass).
+- `study_imageset(model, images, classes, class_index)`: the image set a study runs on, whichever
+  of the digits, the paper's layout, synset folders or class folders `images` is.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from kerabl.data import ImageSet, _from_classes
-from kerabl.images import IMAGE_SUFFIXES
+from kerabl.data import (PAPER_CLASS_SETS, ImageSet, default_classes, digits_imageset, from_classes,
+                         paper_imageset, synset_imageset)
 from kerabl.errors import KerablError
+from kerabl.imagenet import is_paper_layout
+from kerabl.images import IMAGE_SUFFIXES
 
 WNID = re.compile(r"n\d{8}")
 
@@ -116,8 +120,8 @@ def folder_imageset(folder: str | Path, classes: Sequence[str] | None = None,
                               f"({', '.join(IMAGE_SUFFIXES)}) or remove the folder")
         files_per_class.append(files)
         skipped += sorted(p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES)
-    return _from_classes("class-folders", folder, [index[c] for c in chosen], chosen,
-                         files_per_class, skipped)
+    return from_classes("class-folders", folder, [index[c] for c in chosen], chosen,
+                        files_per_class, skipped)
 
 
 def check_outputs(imageset: ImageSet, n_outputs: int, expected: int | None, model: str) -> None:
@@ -142,3 +146,37 @@ def check_outputs(imageset: ImageSet, n_outputs: int, expected: int | None, mode
         raise KerablError(f"class {imageset.class_names[imageset.classes.index(top)]} has output "
                           f"index {top} but model {model} has {n_outputs} outputs: fix the "
                           "class index or pass the model trained on these classes")
+
+
+def study_imageset(model: str, images: Path | None, classes: str | None,
+                   class_index: Path | None = None) -> tuple[ImageSet, int | None]:
+    """The image set of a study of `model` and the output count its labels imply (None: only
+    the indices must fit): the digits for the demo without `images`; else the paper's layout,
+    synset folders or class folders. `classes` (comma-separated, or a class set of the paper's
+    layout) defaults to `data.default_classes(model)`.
+
+    Example:
+        imageset, n_outputs = study_imageset("demo", None, None)       # the digits, 10
+        study_imageset("alexnet", Path("imagenet-val-hayne50"), None)  # hayne50, 1000
+    """
+    if class_index is not None and images is None:
+        raise KerablError("--class-index applies to class folders: pass --images DIR too")
+    if images is None:
+        if model != "demo":
+            raise KerablError(f"--images is required for {model}: pass the ImageNet "
+                              "validation folder (paper layout or synset folders) or class "
+                              "folders")
+        if classes:
+            raise KerablError("--classes applies to ImageNet images; the demo uses all 10 digits")
+        return digits_imageset(), 10
+    if not images.is_dir():
+        raise KerablError(f"image folder {images} does not exist: pass an existing folder")
+    chosen = classes or default_classes(model)
+    listed = None if classes is None else classes.split(",")
+    if class_index is None and is_paper_layout(images):
+        listed = chosen if chosen in PAPER_CLASS_SETS else chosen.split(",")
+        return paper_imageset(images, classes=listed), 1000
+    if class_index is None and is_synset_layout(images):
+        return synset_imageset(images, classes=listed), 1000
+    imageset = folder_imageset(images, classes=listed, class_index=class_index)
+    return imageset, None if class_index else len(class_folders(images))

@@ -28,8 +28,12 @@ if TYPE_CHECKING:
     import keras
 
 
-def _functional(model: keras.Model) -> keras.Model:
-    """The functional graph of `model` (a Sequential is viewed through its inputs and outputs)."""
+def functional(model: keras.Model) -> keras.Model:
+    """The functional graph of `model` (a Sequential is viewed through its inputs and outputs).
+
+    Example:
+        functional(keras.Sequential([...])).layers   # the same layers, as a functional model
+    """
     import keras
 
     if isinstance(model, keras.Sequential):
@@ -48,29 +52,41 @@ def _functional(model: keras.Model) -> keras.Model:
     return model
 
 
-def _layer_names(model: keras.Model) -> list[str]:
-    """Names of the model's non-input layers, in model order."""
+def layer_names(model: keras.Model) -> list[str]:
+    """Names of the model's non-input layers, in model order.
+
+    Example:
+        layer_names(load_network("demo").model)[:2]   # ["conv_1", "pool_1"]
+    """
     import keras
 
     return [lay.name for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
 
 
-def _unknown_layer(model: keras.Model, name: object, names: Sequence[str] | None = None) -> KerablError:
-    """The error for a layer name that the model does not have, with a few valid names."""
-    names = list(_layer_names(model) if names is None else names)
+def unknown_layer(model: keras.Model, name: object, names: Sequence[str] | None = None) -> KerablError:
+    """The error for a layer name that the model does not have, with a few valid names.
+
+    Example:
+        raise unknown_layer(model, "conv_9")   # KerablError: no layer 'conv_9' ... (conv_1, ...)
+    """
+    names = list(layer_names(model) if names is None else names)
     few = ", ".join(names[:4] + (["...", names[-1]] if len(names) > 5 else names[4:]))
     return KerablError(
         f"model {model.name!r} has no layer {name!r}; valid names include: {few}"
     )
 
 
-def _get_layer(model: keras.Model, layer: str | keras.layers.Layer) -> keras.layers.Layer:
-    """The layer object for a name or a layer of `model`."""
+def get_layer(model: keras.Model, layer: str | keras.layers.Layer) -> keras.layers.Layer:
+    """The layer object for a name or a layer of `model`.
+
+    Example:
+        get_layer(model, "conv_5").name   # "conv_5"
+    """
     import keras
 
     name = layer.name if isinstance(layer, keras.layers.Layer) else layer
-    if name not in _layer_names(model):
-        raise _unknown_layer(model, name)
+    if name not in layer_names(model):
+        raise unknown_layer(model, name)
     return model.get_layer(name)
 
 
@@ -83,9 +99,13 @@ def _model_nodes(model: keras.Model) -> list:
     ]
 
 
-def _layer_node(model: keras.Model, layer: str | keras.layers.Layer):
-    """The single call node of `layer` in `model` (shared layers are refused)."""
-    lay = _get_layer(model, layer)
+def layer_node(model: keras.Model, layer: str | keras.layers.Layer):
+    """The single call node of `layer` in `model` (shared layers are refused).
+
+    Example:
+        layer_node(model, "conv_5").input_tensors   # the tensors conv_5 was called on
+    """
+    lay = get_layer(model, layer)
     nodes = [node for node in _model_nodes(model) if node.operation is lay]
     if len(nodes) != 1:
         raise KerablError(
@@ -136,8 +156,12 @@ def _crossing_tensors(model: keras.Model, node) -> list:
     return crossing
 
 
-def _producer_name(tensor) -> str:
-    """Name of the layer (or input layer) that produced `tensor`."""
+def producer_name(tensor) -> str:
+    """Name of the layer (or input layer) that produced `tensor`.
+
+    Example:
+        producer_name(model.get_layer("conv_5").input)   # "conv_4"
+    """
     return tensor._keras_history.operation.name
 
 
@@ -156,8 +180,8 @@ def is_cut_point(model: keras.Model, layer: str | keras.layers.Layer) -> bool:
         True when no tensor produced before the layer (model input included) is consumed
         after it other than through the layer's output.
     """
-    model = _functional(model)
-    return not _crossing_tensors(model, _layer_node(model, layer))
+    model = functional(model)
+    return not _crossing_tensors(model, layer_node(model, layer))
 
 
 def cut_points(model: keras.Model) -> list[str]:
@@ -173,8 +197,8 @@ def cut_points(model: keras.Model) -> list[str]:
     Returns:
         The non-input layers whose output alone determines the network output.
     """
-    model = _functional(model)
-    return [name for name in _layer_names(model) if is_cut_point(model, name)]
+    model = functional(model)
+    return [name for name in layer_names(model) if is_cut_point(model, name)]
 
 
 def tail_extras(model: keras.Model, layer: str | keras.layers.Layer) -> list[str]:
@@ -192,8 +216,8 @@ def tail_extras(model: keras.Model, layer: str | keras.layers.Layer) -> list[str
         The producing layer names of the extra tail inputs (the model's input layer name when
         the raw input is needed after the cut).
     """
-    model = _functional(model)
-    return [_producer_name(t) for t in _crossing_tensors(model, _layer_node(model, layer))]
+    model = functional(model)
+    return [producer_name(t) for t in _crossing_tensors(model, layer_node(model, layer))]
 
 
 def head_model(model: keras.Model, layer: str | keras.layers.Layer) -> keras.Model:
@@ -213,8 +237,8 @@ def head_model(model: keras.Model, layer: str | keras.layers.Layer) -> keras.Mod
     """
     import keras
 
-    model = _functional(model)
-    node = _layer_node(model, layer)
+    model = functional(model)
+    node = layer_node(model, layer)
     outputs = [node.outputs[0], *_crossing_tensors(model, node)]
     return keras.Model(
         model.inputs, outputs[0] if len(outputs) == 1 else outputs, name=f"{model.name}_head"
@@ -240,11 +264,11 @@ def tail_model(model: keras.Model, layer: str | keras.layers.Layer) -> keras.Mod
     """
     import keras
 
-    model = _functional(model)
-    node = _layer_node(model, layer)
+    model = functional(model)
+    node = layer_node(model, layer)
     crossing = [node.outputs[0], *_crossing_tensors(model, node)]
     inputs = [
-        keras.Input(batch_shape=t.shape, dtype=t.dtype, name=_producer_name(t)) for t in crossing
+        keras.Input(batch_shape=t.shape, dtype=t.dtype, name=producer_name(t)) for t in crossing
     ]
     values = {id(t): new for t, new in zip(crossing, inputs)}
     head = _head_nodes(model, node)
@@ -259,12 +283,16 @@ def tail_model(model: keras.Model, layer: str | keras.layers.Layer) -> keras.Mod
         outputs[0] if len(outputs) == 1 else outputs,
         name=f"{model.name}_tail_{node.operation.name}",
     )
-    tail.kerabl_extra = tuple(_producer_name(t) for t in crossing[1:])
+    tail.kerabl_extra = tuple(producer_name(t) for t in crossing[1:])
     return tail
 
 
-def _rebuild_with(model: keras.Model, after: Mapping[str, keras.layers.Layer]) -> keras.Model:
-    """`model` rebuilt on the same layers with `after[name]` applied to the output of `name`."""
+def rebuild_with(model: keras.Model, after: Mapping[str, keras.layers.Layer]) -> keras.Model:
+    """`model` rebuilt on the same layers with `after[name]` applied to the output of `name`.
+
+    Example:
+        rebuild_with(model, {"conv_5": MaskLayer(mask)})   # conv_5 output masked, weights shared
+    """
 
     import keras
 
@@ -277,18 +305,33 @@ def _rebuild_with(model: keras.Model, after: Mapping[str, keras.layers.Layer]) -
     )
 
 
-def _check_layer(model, layer: str):
+def check_layer(model, layer: str):
+    """The layer `layer` of `model`; a KerablError naming the model when it has none.
+
+    Example:
+        check_layer(model, "conv_5")   # the layer; "conv_9": KerablError
+    """
     try:
         return model.get_layer(layer)
     except ValueError as err:
         raise KerablError(f"no layer {layer!r} in model {model.name}: use one of its layer names") from err
 
 
-def _as_model(network_or_model):
+def as_model(network_or_model):
+    """The Keras model of a `Network`, or the model itself.
+
+    Example:
+        as_model(load_network("demo")) is as_model(load_network("demo").model)   # both models
+    """
     return getattr(network_or_model, "model", network_or_model)
 
 
-def _inbound_layers(layer) -> list:
+def inbound_layers(layer) -> list:
+    """The layers whose outputs `layer` was called on (its first call; [] for an input).
+
+    Example:
+        [l.name for l in inbound_layers(model.get_layer("conv_5"))]   # ["conv_4"]
+    """
     node = layer._inbound_nodes[0] if getattr(layer, "_inbound_nodes", None) else None
     if node is None:
         return []
@@ -296,7 +339,7 @@ def _inbound_layers(layer) -> list:
 
 
 def _consumers(model, layer) -> list:
-    return [other for other in model.layers if any(p is layer for p in _inbound_layers(other))]
+    return [other for other in model.layers if any(p is layer for p in inbound_layers(other))]
 
 
 def _kind(layer, classes: Sequence[type]) -> bool:
@@ -342,7 +385,12 @@ class ChannelShortcut:
     valid: np.ndarray
 
 
-def _apply_chain(chain: Sequence, x):
+def apply_chain(chain: Sequence, x):
+    """`x` through each layer of `chain` in turn, in inference mode.
+
+    Example:
+        apply_chain([model.get_layer("dense_1"), model.get_layer("dense_2")], x)
+    """
     for lay in chain:
         x = lay(x, training=False)
     return x
@@ -355,14 +403,14 @@ def _channel_positions(chain: Sequence, shape: tuple[int, ...],
     import tensorflow as tf
 
     n = shape[-1]
-    if np.any(np.asarray(_apply_chain(chain, tf.zeros((1, *shape))))):
+    if np.any(np.asarray(apply_chain(chain, tf.zeros((1, *shape))))):
         return None
     parts = []
     for start in range(0, n, chunk):
         c = np.arange(start, min(n, start + chunk))
         ind = np.zeros((len(c), *shape), np.float32)
         ind[np.arange(len(c)), ..., c] = 1.0
-        parts.append(np.asarray(_apply_chain(chain, tf.constant(ind))).reshape(len(c), -1) != 0)
+        parts.append(np.asarray(apply_chain(chain, tf.constant(ind))).reshape(len(c), -1) != 0)
     reach = np.concatenate(parts)
     return reach if reach.sum(axis=0).max(initial=0) <= 1 else None
 
@@ -381,13 +429,13 @@ def channel_shortcut(network_or_model, layer: str) -> ChannelShortcut | None:
     """
     import keras
 
-    model = _as_model(network_or_model)
-    current = _check_layer(model, layer)
+    model = as_model(network_or_model)
+    current = check_layer(model, layer)
     shape = tuple(int(d) for d in current.output.shape[1:])
     chain = []
     while True:
         after = _consumers(model, current)
-        if len(after) != 1 or len(_inbound_layers(after[0])) != 1:
+        if len(after) != 1 or len(inbound_layers(after[0])) != 1:
             return None
         current = after[0]
         if _kind(current, (keras.layers.Dense,)):
@@ -431,14 +479,14 @@ def dense_chain(network_or_model, dense: str) -> list | None:
     """
     import keras
 
-    model = _as_model(network_or_model)
-    current, steps = _check_layer(model, dense), []
+    model = as_model(network_or_model)
+    current, steps = check_layer(model, dense), []
     if len(model.outputs) != 1:
         return None
     output = model.outputs[0]._keras_history[0]
     while current is not output:
         after = _consumers(model, current)
-        if len(after) != 1 or len(_inbound_layers(after[0])) != 1:
+        if len(after) != 1 or len(inbound_layers(after[0])) != 1:
             return None
         current = after[0]
         if _kind(current, (keras.layers.Dense,)):

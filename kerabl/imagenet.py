@@ -10,6 +10,7 @@ the devkit's `meta_clsloc.mat`), so nothing is downloaded.
 - `read_meta_clsloc(path)`: ILSVRC2014_ID -> (WNID, words) for the 1000 leaf classes of a
   `meta_clsloc.mat`.
 - `class_index_table(meta)`: the sorted [wnid, name, words] table built from that mapping.
+- `is_paper_layout(folder)`: a folder in the paper's layout of the validation images.
 """
 
 from __future__ import annotations
@@ -122,3 +123,14 @@ def class_index_table(meta: dict[int, tuple[str, str]]) -> list[list[str]]:
     """
     return [[wnid, words.split(",")[0].strip().replace(" ", "_"), words]
             for wnid, words in sorted(meta.values())]
+
+
+def is_paper_layout(images: Path) -> bool:
+    """An image folder in the paper's layout: an images/ folder, or the ILSVRC2012 validation
+    files themselves.
+
+    Example:
+        is_paper_layout(Path("imagenet-val-hayne50"))   # True: it holds images/
+    """
+    return images.is_dir() and ((images / "images").is_dir()
+                                or any(images.glob("ILSVRC2012_val_*")))

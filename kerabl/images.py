@@ -66,7 +66,8 @@ def _batch_step(preprocess: str):
         return BATCH_STEPS[preprocess]
     if preprocess in PREPROCESS:
         return None
-    from kerabl.networks import application_preprocess
+    from kerabl.networks import application_preprocess  # loads TensorFlow: on first use
+
     return application_preprocess(preprocess)
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.graph import _functional, _get_layer, _layer_names, _layer_node, _rebuild_with, _unknown_layer
+from kerabl.graph import functional, get_layer, layer_names, layer_node, rebuild_with, unknown_layer
 
 
 UNIT_KINDS = ("element", "channel")
@@ -92,7 +92,7 @@ def n_units(model: keras.Model, layer: str | keras.layers.Layer, unit: str) -> i
     Returns:
         The unit count.
     """
-    return _units_per_kind(_get_layer(model, layer).output.shape[1:], unit)
+    return _units_per_kind(get_layer(model, layer).output.shape[1:], unit)
 
 
 def _unit_indices(units: Sequence[int], count: int, what: str) -> np.ndarray:
@@ -187,16 +187,16 @@ def _check_targets(model: keras.Model, targets: Sequence[str], suffix: str) -> l
     if isinstance(targets, str):
         targets = [targets]
     targets = list(targets)
-    names = _layer_names(model)
+    names = layer_names(model)
     for target in targets:
         if target not in names:
-            raise _unknown_layer(model, target, names)
+            raise unknown_layer(model, target, names)
         if target + suffix in names:
             raise KerablError(
                 f"model {model.name!r} already has a layer {target + suffix!r}: "
                 "pass the unmasked model"
             )
-        _layer_node(model, target)
+        layer_node(model, target)
     if len(set(targets)) != len(targets):
         raise KerablError(f"targets repeat a layer name: {targets}; list each layer once")
     if not targets:
@@ -221,9 +221,9 @@ def masked_model(model: keras.Model, targets: Sequence[str]) -> keras.Model:
         It saves and loads with `model.save` / `keras.models.load_model(..., safe_mode=True)`
         once `kerabl.masks` is imported.
     """
-    model = _functional(model)
+    model = functional(model)
     targets = _check_targets(model, targets, MASK_SUFFIX)
-    return _rebuild_with(model, {t: UnitMask(name=t + MASK_SUFFIX) for t in targets})
+    return rebuild_with(model, {t: UnitMask(name=t + MASK_SUFFIX) for t in targets})
 
 
 def lambda_masked_model(
@@ -248,18 +248,18 @@ def lambda_masked_model(
         The rebuilt functional model (the Lambda is named f"{layer}_lambda_mask"; not meant to be
         saved: Lambda layers do not load with safe_mode=True).
     """
-    model = _functional(model)
-    name = _get_layer(model, layer).name
+    model = functional(model)
+    name = get_layer(model, layer).name
     _check_targets(model, [name], LAMBDA_SUFFIX)
     const = np.asarray(mask, dtype=np.float32)
-    expected = tuple(_get_layer(model, name).output.shape[1:])
+    expected = tuple(get_layer(model, name).output.shape[1:])
     if const.shape != expected:
         raise KerablError(
             f"mask for {name!r} has shape {const.shape}, the layer output is {expected}: "
             "build it with unit_mask(shape, units, unit)"
         )
     lam = keras.layers.Lambda(lambda x, c=const: x * c, name=name + LAMBDA_SUFFIX)
-    return _rebuild_with(model, {name: lam})
+    return rebuild_with(model, {name: lam})
 
 
 def _mask_layer(masked: keras.Model, target: str) -> UnitMask:
@@ -270,7 +270,7 @@ def _mask_layer(masked: keras.Model, target: str) -> UnitMask:
             raise KerablError(
                 f"model {masked.name!r} has no UnitMask layers: rebuild it with masked_model(...)"
             )
-        raise _unknown_layer(masked, f"{target} (masked target)", masks)
+        raise unknown_layer(masked, f"{target} (masked target)", masks)
     return masked.get_layer(target + MASK_SUFFIX)
 
 
@@ -318,8 +318,6 @@ def cell_masks(shape: Sequence[int], cells: Sequence[np.ndarray], unit: str) -> 
     Example:
         cell_masks((2, 2, 3), [np.array([0]), np.array([1, 2])], "channel").shape  # (2, 2, 2, 3)
     """
-    from kerabl.masks import unit_mask
-
     return np.stack([unit_mask(tuple(shape), units, unit) for units in cells])
 
 
@@ -335,7 +333,12 @@ def keep_masks(n_channels: int, ablated_sets: Sequence[Sequence[int]]) -> np.nda
     return keep
 
 
-def _units(units, n: int) -> np.ndarray:
+def unit_indices(units, n: int) -> np.ndarray:
+    """Unit indices as int64, all `n` units when `units` is None; a KerablError for one outside 0..n-1.
+
+    Example:
+        unit_indices([3, 1], 8)   # array([3, 1]); unit_indices(None, 3): array([0, 1, 2])
+    """
     units = np.arange(n) if units is None else np.asarray(units, dtype=np.int64).reshape(-1)
     if len(units) and (units.min() < 0 or units.max() >= n):
         raise KerablError(f"units must lie in 0..{n - 1}, got {units.min()}..{units.max()}")

@@ -26,6 +26,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from kerabl import torch_models
 from kerabl.errors import KerablError
 from kerabl.weightfiles import (ALEXNET_FILE, ALEXNET_SOURCE, DEMO_FILE, check_weights_file,
                                 error_line, keras_app_file, load_checked, randomize_weights,
@@ -252,8 +253,7 @@ def build_model(name: str, *, alpha: float = 0.35) -> keras.Model:
     if name == "demo":
         return demo_model()
     if name in TORCHVISION_MODELS:
-        from kerabl import convert
-        return getattr(convert, f"{name}_model")()
+        return getattr(torch_models, f"{name}_model")()
     return _keras_app(name, float(alpha))
 
 
@@ -357,10 +357,8 @@ def load_network(name: str, weights: str | Path | None = "default", *, alpha: fl
     use_default = isinstance(weights, str) and weights == "default"
     path = _default_weights_path(name, alpha) if use_default else weights
     if path is not None and Path(path).suffix.lower() in (".pth", ".pt"):
-        from kerabl.convert import load_state_dict_file
-
         model = build_model(name, alpha=alpha)
-        weights_id = load_state_dict_file(name, model, path)
+        weights_id = torch_models.load_state_dict_file(name, model, path)
         return Network(name=name, model=model, weights_id=weights_id,
                        targets=default_targets(name, model), input_size=INPUT_SIZES[name],
                        preprocess="none" if name == "demo" else "torchvision",

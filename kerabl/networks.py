@@ -21,7 +21,10 @@ import re
 import sys
 from pathlib import Path
 
+from kerabl import models, weightfiles
 from kerabl.errors import KerablError
+from kerabl.graph import cut_points, functional, inbound_layers
+from kerabl.models import MODEL_NAMES
 from kerabl.nested import flatten_nested, layer_paths
 
 CONV_KINDS = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D",
@@ -187,14 +190,12 @@ def block_targets(model) -> tuple[str, ...]:
     between it and the previous target, none of its consumers continues the block (`BLOCK_CONTINUATION`: normalisation or
     activation), and it is not the model's output layer.
     """
-    from kerabl.graph import _functional, _inbound_layers, cut_points
-
-    model = _functional(model)
+    model = functional(model)
     cuts = set(cut_points(model))
     outputs = {t._keras_history.operation.name for t in model.outputs}
     consumers: dict[str, list[str]] = {}
     for layer in model.layers:
-        for producer in _inbound_layers(layer):
+        for producer in inbound_layers(layer):
             consumers.setdefault(producer.name, []).append(type(layer).__name__)
     targets, since_target = [], False
     for layer in model.layers:
@@ -222,9 +223,7 @@ def layer_table(model, targets) -> list[dict]:
     """
     import keras
 
-    from kerabl.graph import _functional, cut_points
-
-    graph = _functional(model)
+    graph = functional(model)
     cuts, chosen = set(cut_points(graph)), set(targets)
     paths = layer_paths(model)
     rows = []
@@ -278,8 +277,6 @@ def load_any_network(spec: str, weights: str | Path | None = "default", *, alpha
         KerablError: unknown name, a file that does not load (naming a missing custom object),
             an input or output the studies cannot use, or unfit weights.
     """
-    from kerabl import models, weightfiles
-
     if spec in models.MODEL_NAMES:
         if custom_objects:
             raise KerablError("--custom-objects applies to .keras files, not to zoo models")
@@ -317,8 +314,6 @@ def untrained_model(spec: str, *, alpha: float = 0.35, custom_objects: str | Non
     Example:
         model, targets = untrained_model("EfficientNetB0")
     """
-    from kerabl import models
-
     if spec in models.MODEL_NAMES:
         model = models.build_model(spec, alpha=alpha)
         return model, models.default_targets(spec, model)
@@ -333,8 +328,6 @@ def untrained_model(spec: str, *, alpha: float = 0.35, custom_objects: str | Non
 
 
 def _unknown_model(spec: str) -> KerablError:
-    from kerabl.models import MODEL_NAMES
-
     return KerablError(f"unknown model {spec!r}: choose one of {', '.join(MODEL_NAMES)}, a "
                        "keras.applications name (ResNet50, EfficientNetB0, ...) or a .keras file "
                        "path")

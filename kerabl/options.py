@@ -1,6 +1,7 @@
 """The command line's shared options, declared once: value choices, option annotations, and the
 option groups that several commands take (`INPUT_OPTIONS`: what to study; `H_OPTIONS`: the H
-protocol), appended to a command's signature by `with_options`.
+protocol, built from `kerabl.hayne.config.HConfig`'s fields), appended to a command's signature
+by `with_options`.
 
 Example:
     @app.command()
@@ -10,12 +11,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import typing
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+
+from kerabl.hayne.config import PROTOCOLS, HConfig, option_choices, option_default, option_help
 
 
 def choices(name: str, *values: str) -> type[Enum]:
@@ -33,13 +38,16 @@ def choices(name: str, *values: str) -> type[Enum]:
 
 Model = choices("Model", "alexnet", "vgg16", "mobilenet_v2", "resnet101", "demo",
                 "alexnet_torchvision", "resnet50_torchvision")
-Unit = choices("Unit", "element", "channel")
-Solver = choices("Solver", "batched", "sklearn")
-Engine = choices("Engine", "fast", "paper")
-Control = choices("Control", "none", "permuted-labels")
-Protocol = choices("Protocol", "default", "authors")
-Objective = choices("Objective", "liblinear", "lbfgs")
-SrsMatrix = choices("SrsMatrix", "upper", "full")
+Unit = choices("Unit", *option_choices("unit"))
+Solver = choices("Solver", *option_choices("probe_solver"))
+Engine = choices("Engine", *option_choices("engine"))
+Control = choices("Control", *option_choices("control"))
+Protocol = choices("Protocol", *PROTOCOLS)
+Objective = choices("Objective", *option_choices("probe_objective"))
+SrsMatrix = choices("SrsMatrix", *option_choices("srs_matrix"))
+# The Enum of each `HConfig` field that is a choice on the command line.
+H_CHOICES = {"unit": Unit, "probe_solver": Solver, "engine": Engine, "control": Control,
+             "probe_objective": Objective, "srs_matrix": SrsMatrix}
 CacheMode = choices("CacheMode", "file", "none")
 
 
@@ -63,7 +71,7 @@ ClassesOpt = Annotated[Optional[str], typer.Option(
          "(hayne10 for mobilenet_v2 under --protocol authors).")]
 LayersOpt = Annotated[Optional[str], typer.Option(
     help="Comma-separated target layers (default: the model's default targets).")]
-UnitOpt = Annotated[Unit, typer.Option(help="element: every activation; channel: spatial mean.")]
+UnitOpt = Annotated[Unit, typer.Option(help=option_help("unit"))]
 PreprocessOpt = Annotated[Optional[str], typer.Option(
     help="paper, heuritech, torchvision, none, scale (/255), caffe, tf, torch, or a keras.applications name "
          "(resnet50, ...); default: the model's own (.keras files: none; torchvision for .pth weights).")]
@@ -73,7 +81,7 @@ CustomOpt = Annotated[Optional[str], typer.Option(
 ClassIndexOpt = Annotated[Optional[Path], typer.Option(
     help="Class folders: JSON object folder name -> model output index (default: sorted "
          "folder order).")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of every random choice (recorded in results).")]
+SeedOpt = Annotated[int, typer.Option(help=option_help("seed"))]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 
@@ -104,41 +112,6 @@ def with_options(*groups):
     return add
 
 
-GridOpt = Annotated[str, typer.Option(help="Grid shape: selectivity strips x magnitude cells.")]
-OthersOpt = Annotated[str, typer.Option(help="Other classes per target: random-10 (seeded) or all.")]
-ClipOpt = Annotated[bool, typer.Option(help="Clip negative rank deficits to 0 (the authors' choice).")]
-LegacyOpt = Annotated[bool, typer.Option(
-    help="The authors' inclusive grid bounds (a boundary unit can fall in two cells).")]
-FitsOpt = Annotated[int, typer.Option(help="Probe fits per cell (the authors: 200).")]
-MaxUnitsOpt = Annotated[int, typer.Option(help="Units per probe fit (the authors: 100).")]
-FoldsOpt = Annotated[int, typer.Option(help="Folds of the held-out probe metric.")]
-SrsOpt = Annotated[bool, typer.Option(help="Compute the representational-similarity scores.")]
-EngineOpt = Annotated[Engine, typer.Option(
-    help="fast: cached activations, tail only; paper: Lambda mask rebuilt per cell, full forward.")]
-SolverOpt = Annotated[Solver, typer.Option(
-    help="batched: the exact optimum of every probe fit at once; sklearn: the authors' "
-         "LogisticRegression loop (it may stop early, so a prediction can differ).")]
-ProtocolOpt = Annotated[Protocol, typer.Option(
-    help="authors: every choice of the authors' code for this model (their grid bounds, "
-         "full-matrix srs, liblinear or lbfgs probe, others; mobilenet_v2: its 104 Conv/BN "
-         "targets); options given other values than their defaults still apply.")]
-ObjectiveOpt = Annotated[Objective, typer.Option(
-    help="Probe objective: liblinear (the authors' scikit-learn <= 0.20: intercept penalised) "
-         "or lbfgs (unpenalised intercept; their MobileNetV2 code).")]
-SrsMatrixOpt = Annotated[SrsMatrix, typer.Option(
-    help="srs over the RDMs' upper triangles, or the authors' full matrices (diagonal "
-         "included; NaN for a zero-variance image).")]
-PrecisionOpt = Annotated[str, typer.Option(
-    help="Arithmetic of the H study's ablated tail (--engine fast): float32, or bfloat16 "
-         "(mixed precision: faster where the CPU has bfloat16 units, ranks may move slightly; "
-         "`kerabl bench` prints the largest rank and deficit change). Recorded in the results. "
-         "The Z study (`kerabl units`, reproduce's Z part) stays float32: its exact Dense "
-         "shortcut has no bfloat16 path.")]
-WorkersOpt = Annotated[Optional[int], typer.Option(
-    help="Processes fitting the probes (default: one per CPU core); results do not depend on it.")]
-ControlOpt = Annotated[Control, typer.Option(
-    help="permuted-labels: the whole study with the class labels shuffled among the images "
-         "(seeded by --seed, recorded in the results): a sound held-out probe sits at chance.")]
 ShardOpt = Annotated[Optional[str], typer.Option(
     help="Run shard i of n (0-based, e.g. 3/8), or 'auto' (this SLURM array task's shard); "
          "join the shard files with `kerabl merge`.")]
@@ -149,13 +122,34 @@ CacheOpt = Annotated[CacheMode, typer.Option(
          "each class x layer pair runs its images through the network again (slower, same "
          "results, only the results on disk).")]
 
-H_OPTIONS = (  # the H protocol: shared by study and reproduce
-    ("unit", UnitOpt, Unit.element), ("grid", GridOpt, "4x4"),
-    ("others", OthersOpt, "random-10"), ("clip", ClipOpt, True),
-    ("legacy_bounds", LegacyOpt, False), ("probe_max_units", MaxUnitsOpt, 100),
-    ("heldout_folds", FoldsOpt, 5), ("srs", SrsOpt, True), ("engine", EngineOpt, Engine.fast),
-    ("probe_solver", SolverOpt, Solver.batched), ("control", ControlOpt, Control.none),
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    help="Processes fitting the probes (default: one per CPU core); results do not depend on it.")]
+ProtocolOpt = Annotated[Protocol, typer.Option(
+    help="authors: every choice of the authors' code for this model (their grid bounds, "
+         "full-matrix srs, liblinear or lbfgs probe, others; mobilenet_v2: its 104 Conv/BN "
+         "targets); options given other values than their defaults still apply.")]
+
+
+def h_option(name: str) -> tuple[str, Any, Any]:
+    """The command-line option of `HConfig` field `name`: (name, annotation, default), its help,
+    type, choices and default read off the field.
+
+    Example:
+        h_option("engine")    # ("engine", Annotated[Engine, typer.Option(help=...)], Engine.fast)
+    """
+    kind = H_CHOICES.get(name)
+    default = option_default(name)
+    if kind is None:
+        kind = str if name == "grid" else typing.get_type_hints(HConfig)[name]
+    else:
+        default = kind(default)
+    return name, Annotated[kind, typer.Option(help=option_help(name))], default
+
+
+# The H protocol, shared by study, its stages and reproduce: every `HConfig` field (seed is an
+# input option, probe_fits each command's own), then the run's workers and the protocol.
+H_OPTIONS = tuple(h_option(f.name) for f in dataclasses.fields(HConfig)
+                  if f.name not in ("seed", "probe_fits")) + (
     ("workers", WorkersOpt, None), ("protocol", ProtocolOpt, Protocol.default),
-    ("probe_objective", ObjectiveOpt, Objective.liblinear),
-    ("srs_matrix", SrsMatrixOpt, SrsMatrix.upper), ("precision", PrecisionOpt, "float32"),
     ("cache", CacheOpt, CacheMode.file))
+FitsOpt = h_option("probe_fits")[1]

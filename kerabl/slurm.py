@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from kerabl.errors import KerablError
+from kerabl.store import parse_shard
 
 STAGES = ("study", "reproduce", "units")
 
@@ -68,8 +69,6 @@ def shard_of(text: str, environ: Mapping[str, str] = os.environ) -> tuple[int, i
     Example:
         shard_of("2/8")   # (2, 8)
     """
-    from kerabl.hayne.results import parse_shard
-
     return array_shard(environ) if text.strip() == "auto" else parse_shard(text)
 
 

@@ -8,6 +8,9 @@
 - `write_csv_atomic(path, header, rows)`: a CSV written to `PATH.tmp`, then renamed.
 - `check_results_kind(path, kind, wanted)`: an H or Z results file where the other (or another
   file) was given is one line naming what it holds and which command writes the wanted one.
+- `results_kind(path)`: the `kind` of a results file (a one-line error for anything else);
+  `library_versions()`: the versions a results file records.
+- `parse_shard("2/8")`: a `--shard` value as (i, n).
 - `open_h5(path, mode)`: `h5py.File`, waiting while another process holds the file's HDF5 lock
   (a figure drawn from a run in progress reads the `.partial` its run writes pair by pair).
 - `reading_results(path, command)`: a block that reads a results file; a broken config, a missing
@@ -24,8 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.metadata
 import json
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -208,3 +213,65 @@ def check_schema(path, found, schema: int, command: str) -> None:
     if found is None or int(found) != schema:
         raise KerablError(f"{path} has results schema {found}, this kerabl reads {schema}: use the "
                           f"kerabl version that wrote it, or rerun `{command}` with this one")
+
+
+# The libraries whose versions a results file records.
+_VERSION_PACKAGES = ("numpy", "h5py", "scikit-learn", "scipy", "kerabl", "tensorflow", "keras")
+
+
+def library_versions() -> dict:
+    """Versions of Python and the libraries behind a run, read without importing them.
+
+    Example:
+        library_versions()["numpy"]   # e.g. "2.1.3"; None when not installed
+    """
+    versions: dict = {"python": platform.python_version()}
+    for name in _VERSION_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def results_kind(results: Path) -> str:
+    """The `kind` attribute of a results file; a missing or non-HDF5 file is a KerablError.
+
+    Example:
+        results_kind(Path("kerabl-out/h_results.h5"))   # "kerabl.h-results"
+    """
+    if results.is_dir():
+        inside = [p.name for p in (results / "h_results.h5", results / "z_results.h5")
+                  if p.is_file()]
+        raise KerablError(f"{results} is a folder: pass a results file"
+                          + (f" such as {results / inside[0]}" if inside else
+                             " (h_results.h5 or z_results.h5)"))
+    if not results.is_file():
+        raise KerablError(f"results file {results} does not exist: run `kerabl study` or "
+                          "`kerabl reproduce` first")
+    import h5py
+
+    try:
+        with h5py.File(results, "r") as f:
+            return f.attrs.get("kind", "")
+    except OSError:
+        raise KerablError(f"{results} is not an HDF5 results file: pass a h_results.h5 or "
+                          "z_results.h5 written by kerabl") from None
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """A `--shard` value "i/n" (0-based, i < n) as the pair (i, n).
+
+    Example:
+        parse_shard("2/8")   # (2, 8)
+        parse_shard("8/8")   # KerablError
+    """
+    parts = str(text).strip().split("/")
+    try:
+        i, n = (int(p) for p in parts)
+    except ValueError:
+        i, n = -1, 0
+    if len(parts) != 2 or not 0 <= i < n:
+        raise KerablError(f"shard {text!r} is not 'i/n' with 0 <= i < n; "
+                          "use e.g. --shard 0/8 ... --shard 7/8")
+    return i, n

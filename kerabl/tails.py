@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from kerabl.choices import PRECISIONS
 from kerabl.errors import KerablError
-from kerabl.graph import dense_chain
+from kerabl.graph import (dense_chain, head_model, is_cut_point, layer_node, producer_name,
+                          tail_model)
 
-PRECISIONS = ("float32", "bfloat16")
 
 
 def _split_groups(conv):
@@ -96,8 +97,6 @@ def fast_tail(model, layer: str, precision: str = "float32"):
     """
     import keras
 
-    from kerabl.graph import tail_model
-
     if precision not in PRECISIONS:
         raise KerablError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     tail = tail_model(model, layer)
@@ -129,16 +128,14 @@ def dense_split(tail):
     """
     import keras
 
-    from kerabl.graph import _layer_node, _producer_name, head_model, is_cut_point, tail_model
-
     names = [lay.name for lay in tail.layers]
     dense = next((lay for lay in tail.layers if isinstance(lay, keras.layers.Dense)), None)
     if dense is None:
         return None
-    node = _layer_node(tail, dense)      # its call in the tail (a layer shared with the model)
+    node = layer_node(tail, dense)      # its call in the tail (a layer shared with the model)
     if len(node.input_tensors) != 1:
         return None
-    source = tail.get_layer(_producer_name(node.input_tensors[0]))
+    source = tail.get_layer(producer_name(node.input_tensors[0]))
     if isinstance(source, keras.layers.InputLayer) or not is_cut_point(tail, source.name):
         return None
     if not any(lay.weights for lay in tail.layers[:names.index(source.name) + 1]):

@@ -1,8 +1,7 @@
 """Checks run before a study builds a model or writes a file: each failure is one `KerablError`.
 
-- `check_live_outputs(network, imageset)`: the network's outputs vary across images (a network
-  whose outputs are constant gives ranks equal to the class index and NaN statistics).
-- `check_listed_once`, `check_at_least`, `check_h_options`: command-line options.
+- `check_listed_once`, `check_at_least`: command-line options (the H study's own are
+  `kerabl.hayne.config`'s; the network's liveness is `kerabl.engine.check_live_outputs`).
 - `check_study_images(imageset)`: classes named once, two or more, two images or more each.
 - `check_grid_fits(grid, n_units)`: a unit per grid cell in every layer.
 - `check_output_file(path)`: a file's folder exists and is writable, the path is no folder.
@@ -14,40 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
+from kerabl.choices import PRECISIONS, engine_kind
 from kerabl.errors import KerablError
-
-LIVE_PROBE_IMAGES = 8     # images, evenly spaced over the set, the liveness check runs
-CONSTANT_SPREAD = 1e-6    # outputs that differ less than this across images count as constant
-
-
-def check_live_outputs(network, imageset=None, *, images=None, labels=None) -> None:
-    """Stop when the network gives (nearly) the same outputs for different images.
-
-    Example:
-        check_live_outputs(load_network("demo"), digits_imageset())   # passes silently
-        check_live_outputs(net, images=x, labels=y)                   # already loaded inputs
-
-    `LIVE_PROBE_IMAGES` images evenly spaced over the set run (spread over its classes: a
-    confident network gives the same saturated outputs for images of one class).
-    """
-    from kerabl.engine import predict_batched
-
-    n = len(imageset.labels) if imageset is not None else len(labels)
-    rows = np.unique(np.linspace(0, n - 1, min(n, LIVE_PROBE_IMAGES)).astype(np.int64))
-    if len(rows) < 2:
-        return
-    if images is None:
-        images = imageset.load(network.input_size, network.preprocess, rows=rows)
-    else:
-        images = np.asarray(images)[rows]
-    scores = predict_batched(network.model, images, len(rows))[0]
-    if float(np.ptp(scores, axis=0).max()) <= CONSTANT_SPREAD:
-        raise KerablError(
-            f"{network.name} with weights {network.weights_id} gives the same outputs "
-            f"(to {CONSTANT_SPREAD:g}) for {len(rows)} different images: its ranks and "
-            "deficits would be meaningless; use other weights")
 
 
 def check_listed_once(text: str | None, option: str) -> None:
@@ -72,40 +39,18 @@ def check_at_least(value: int | None, least: int, option: str, why: str = "") ->
         raise KerablError(f"{option} must be at least {least}{why}, got {value}")
 
 
-def check_h_options(grid: str, others: str, seed: int, probe_fits: int, probe_max_units: int,
-                    heldout_folds: int, workers: int | None) -> tuple[int, int]:
-    """The H study's options, checked before anything is loaded; returns the grid shape.
-
-    Example:
-        check_h_options("4x4", "random-10", 0, 200, 100, 5, None)   # (4, 4)
-    """
-    from kerabl.hayne.grid import others_count
-
-    parts = grid.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
-        raise KerablError(f"--grid must be two positive integers like 4x4, got {grid!r}")
-    others_count(others)
-    check_at_least(seed, 0, "--seed")
-    check_at_least(probe_fits, 1, "--probe-fits")
-    check_at_least(probe_max_units, 1, "--probe-max-units")
-    check_at_least(heldout_folds, 2, "--heldout-folds")
-    check_at_least(workers, 1, "--workers")
-    return int(parts[0]), int(parts[1])
-
-
 def check_precision(precision: str, engine: str = "fast") -> None:
     """The tail's arithmetic: one of `kerabl.engine.PRECISIONS`, and float32 unless the engine
-    is the fast one (the paper engine runs the authors' float32 model).
+    is the tail one, spelled "fast" on the command line (the paper engine runs the authors'
+    float32 model).
 
     Example:
         check_precision("bfloat16")            # passes
         check_precision("bfloat16", "paper")   # KerablError: ... needs --engine fast ...
     """
-    from kerabl.engine import PRECISIONS
-
     if precision not in PRECISIONS:
         raise KerablError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision != "float32" and engine != "fast":
+    if precision != "float32" and engine_kind(engine) != "tail":
         raise KerablError(f"precision {precision} needs --engine fast: the {engine} engine runs "
                           "the authors' float32 model")
 

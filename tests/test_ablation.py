@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from kerabl.engine import PaperAblator, TailAblator
-from kerabl.hayne.ablation import mean_rank_deficit, true_class_rank
+from kerabl.engine import true_class_rank
+from kerabl.hayne.ablation import mean_rank_deficit
 from kerabl.masks import cell_masks
 from kerabl.data import digits_imageset
 from kerabl.errors import KerablError
@@ -247,7 +248,7 @@ def _residual_model():
 
 
 def test_one_engine_answers_masks_keep_vectors_and_directions_with_one_trace():
-    from kerabl.engine import _FullEngine
+    from kerabl.engine import FullEngine
     from kerabl.masks import keep_masks
 
     model = _residual_model()
@@ -262,7 +263,7 @@ def test_one_engine_answers_masks_keep_vectors_and_directions_with_one_trace():
     np.testing.assert_allclose(scores, paper.outputs(full_masks), rtol=1e-5, atol=1e-7)   # fast == paper
     preds = fast.predict(keep)
     np.testing.assert_array_equal(preds, scores.argmax(axis=-1))     # keep-vector == full mask
-    full = _FullEngine(model, "conv_b", images, batch_size=None)
+    full = FullEngine(model, "conv_b", images, batch_size=None)
     np.testing.assert_array_equal(preds, full.predict(keep))           # tail == full
     assert len(np.unique(preds)) > 1                                    # not one class everywhere
     # removing direction e_c zeroes channel c exactly: the same predictions as dropping it

@@ -276,14 +276,14 @@ def test_matmul_floor_reports_both_libraries_and_bfloat16():
 
 
 def test_torch_column_without_torch_says_so(monkeypatch):
-    import kerabl.convert
+    import kerabl.torch_models
     from kerabl.bench.report import torch_cell, torch_tables
     from kerabl.bench.torch_case import NOT_INSTALLED, TorchColumn
 
     def missing():
-        raise KerablError(kerabl.convert.TORCH_EXTRA)
+        raise KerablError(kerabl.torch_models.TORCH_EXTRA)
 
-    monkeypatch.setattr(kerabl.convert, "import_torch", missing)
+    monkeypatch.setattr(kerabl.torch_models, "import_torch", missing)
     torch_column = TorchColumn(None, np.zeros((2, 4, 4, 3)), np.zeros(2), [], print)
     torch_column.layer("conv_1", {})   # nothing to time
     column = torch_column.summary()
@@ -311,7 +311,7 @@ def test_split_at_head_then_tail_is_the_port():
 
 
 def test_timed_calls_count_the_fastest_and_return_the_last_value():
-    from kerabl.bench.cases import _timed
+    from kerabl.bench.flops import timed
 
     pauses = iter([0.06, 0.01, 0.04])
     calls = []
@@ -321,7 +321,7 @@ def test_timed_calls_count_the_fastest_and_return_the_last_value():
         time.sleep(calls[-1])
         return len(calls)
 
-    value, seconds = _timed(call, repeats=3)
+    value, seconds = timed(call, repeats=3)
     assert value == 3 and len(calls) == 3
     assert 0.01 <= seconds < 0.04
 

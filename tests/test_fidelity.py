@@ -163,22 +163,22 @@ def test_full_matrix_srs_by_hand():
 
 
 def test_protocol_authors_selects_the_authors_choices():
-    from kerabl.cli import Model, Protocol, Solver, SrsMatrix, Objective, Engine, Unit, _study_config
+    from kerabl.options import Engine, Model, Objective, Protocol, Solver, SrsMatrix, Unit
 
     kw = dict(grid="4x4", unit=Unit.element, others="random-10", seed=0, clip=True,
               legacy_bounds=False, probe_fits=200, probe_max_units=100, heldout_folds=5, srs=True,
               engine=Engine.fast, probe_solver=Solver.batched, probe_objective=Objective.liblinear,
               srs_matrix=SrsMatrix.upper)
-    default = _study_config(**kw)
+    default = HConfig.from_options(kw)
     assert default == HConfig() and not default.legacy_bounds and default.srs_matrix == "upper"
-    alexnet = _study_config(**kw, protocol=Protocol.authors, model=Model.alexnet)
+    alexnet = HConfig.from_options(kw, Protocol.authors, network=Model.alexnet.value)
     assert alexnet == HConfig.authors("alexnet")
     assert (alexnet.legacy_bounds, alexnet.srs_matrix, alexnet.probe_objective,
             alexnet.others) == (True, "full", "liblinear", "random-10")
-    mnv2 = _study_config(**kw, protocol=Protocol.authors, model=Model.mobilenet_v2)
+    mnv2 = HConfig.from_options(kw, Protocol.authors, network=Model.mobilenet_v2.value)
     assert (mnv2.others, mnv2.probe_objective, mnv2.legacy_bounds) == ("all", "lbfgs", True)
-    kept = _study_config(**{**kw, "others": "all", "probe_fits": 20}, protocol=Protocol.authors,
-                         model=Model.alexnet)
+    kept = HConfig.from_options({**kw, "others": "all", "probe_fits": 20}, Protocol.authors,
+                                network="alexnet")
     assert (kept.others, kept.probe_fits, kept.legacy_bounds) == ("all", 20, True)
 
 
@@ -238,11 +238,12 @@ def test_protocol_authors_on_the_demo_matches_the_literal_formulas(authors_run):
 
 
 def _all_ones_deficits(model, layers, images, labels, engine="fast"):
-    from kerabl.hayne.ablation import ENGINES, baseline_and_ablated_ranks, mean_rank_deficit
+    from kerabl.engine import rank_engine
+    from kerabl.hayne.ablation import baseline_and_ablated_ranks, mean_rank_deficit
 
     deficits = []
     for layer in layers:
-        ablator = ENGINES[engine](model, layer)
+        ablator = rank_engine(engine, model, layer)
         ablator.set_images(images)
         ones = np.ones((3, *ablator.shape), dtype=np.float32)
         before, after = baseline_and_ablated_ranks(ablator, ones, labels)
@@ -350,7 +351,8 @@ def test_hayne10_needs_10_listed_classes(tmp_path):
 
 def test_protocol_authors_gives_mobilenet_v2_the_authors_classes_and_preprocessing(tmp_path,
                                                                                    capsys):
-    from kerabl.cli import INPUT_OPTIONS, Protocol, _authors_inputs, _authors_config, _inputs_of
+    from kerabl.cli import _authors_inputs, _inputs_of, _study_config
+    from kerabl.options import H_OPTIONS, INPUT_OPTIONS, Protocol
 
     paper, synsets = tmp_path / "paper", tmp_path / "val"
     (paper / "images").mkdir(parents=True)
@@ -366,7 +368,8 @@ def test_protocol_authors_gives_mobilenet_v2_the_authors_classes_and_preprocessi
     assert _authors_inputs({**authors, "protocol": Protocol.default}) == {}
     assert _authors_inputs({**authors, "model": "alexnet"}) == {}
     assert _inputs_of({**authors, "protocol": Protocol.default})["preprocess"] is None
-    chosen = _authors_config(HConfig(), "mobilenet_v2", _authors_inputs(authors))
+    h_defaults = {name: default for name, _, default in H_OPTIONS if name != "protocol"}
+    chosen = _study_config({**h_defaults, **authors}, HConfig().probe_fits)
     assert chosen == HConfig.authors("mobilenet_v2")
     printed = capsys.readouterr().err
     assert "classes=hayne10" in printed and "preprocess=mobilenet_v2_authors" in printed

@@ -6,7 +6,8 @@ import pytest
 
 from kerabl.errors import KerablError
 from kerabl.hayne.grid import coordinates, equal_count_grid
-from kerabl.hayne.heldout import fold_probe_scores, fold_probe_summary, standardised
+from kerabl.hayne.heldout import fold_probe_scores, fold_probe_summary
+from kerabl.hayne.probes import standardised
 from kerabl.hayne.probes import heldout_probe_score
 
 N_TARGET, N_OTHER, N_UNITS = 50, 500, 10000     # the paper's 50 + 10 x 50 images

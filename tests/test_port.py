@@ -17,7 +17,7 @@ from kerabl.hayne.results import CSV_COLUMNS
 
 torch = pytest.importorskip("torch")
 
-from kerabl import convert  # noqa: E402
+from kerabl import torch_models  # noqa: E402
 from kerabl.crosscheck import (chw_mask, crosscheck, hook_points, torch_from_keras,  # noqa: E402
                                torch_network)
 from kerabl.models import load_network  # noqa: E402
@@ -88,15 +88,15 @@ def test_demo_keras_weights_in_torch_give_the_same_outputs():
 
 
 def test_state_dict_round_trip_and_misfit(tmp_path):
-    model = convert.resnet50_torchvision_model()
+    model = torch_models.resnet50_torchvision_model()
     state = {k: v.numpy() for k, v in random_state("resnet50_torchvision", 1).state_dict().items()}
-    convert.torch_to_keras("resnet50_torchvision", model, state)
-    back = convert.keras_to_torch("resnet50_torchvision", model)
+    torch_models.torch_to_keras("resnet50_torchvision", model, state)
+    back = torch_models.keras_to_torch("resnet50_torchvision", model)
     assert sorted(back) == sorted(state)
     assert all(np.array_equal(back[k], state[k]) for k in state if "num_batches" not in k)
     del state["layer2.0.downsample.1.running_var"]
     with pytest.raises(Exception, match="missing layer2.0.downsample.1.running_var"):
-        convert.torch_to_keras("resnet50_torchvision", model, state)
+        torch_models.torch_to_keras("resnet50_torchvision", model, state)
 
 
 @pytest.mark.slow
@@ -136,11 +136,11 @@ def test_convert_writes_keras_weights_and_missing_torch_is_one_line(tmp_path, mo
     assert not (tmp_path / "v.weights.h5").exists()
 
     def no_torch():
-        raise convert.KerablError(convert.TORCH_EXTRA)
-    monkeypatch.setattr(convert, "import_torch", no_torch)
+        raise torch_models.KerablError(torch_models.TORCH_EXTRA)
+    monkeypatch.setattr(torch_models, "import_torch", no_torch)
     result = invoke("activations", "--weights", tmp_path / "demo.pth", "--out", tmp_path / "a.h5")
     assert result.exit_code == 2
-    assert result.stderr.strip().splitlines() == [f"error: {convert.TORCH_EXTRA}"]
+    assert result.stderr.strip().splitlines() == [f"error: {torch_models.TORCH_EXTRA}"]
 
 
 def test_crosscheck_of_a_missing_file_is_one_line(tmp_path):

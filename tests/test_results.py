@@ -9,7 +9,8 @@ import pytest
 from kerabl.errors import KerablError
 from kerabl.hayne.grid import equal_count_grid
 from kerabl.hayne.merge import merge
-from kerabl.hayne.results import HResults, HResultsWriter, export_csv, parse_shard
+from kerabl.hayne.results import HResults, HResultsWriter, export_csv
+from kerabl.store import parse_shard
 
 CONFIG = {"model": "demo", "grid": [2, 2], "seed": 0}
 LAYOUT = dict(classes=["zero", "one", "two"], class_index=[10, 11, 12], layers=["conv_1", "dense_1"],

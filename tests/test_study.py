@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-import kerabl.activations
+import kerabl.hayne.study
 import kerabl.hayne.results
 from kerabl.data import digits_imageset
 from kerabl.errors import KerablError
@@ -102,7 +102,7 @@ def test_second_run_computes_nothing(baseline, demo, digits3, monkeypatch):
     def no_forward_pass(*args, **kwargs):
         raise AssertionError("a finished run recorded activations again")
 
-    monkeypatch.setattr(kerabl.activations, "record_activations", no_forward_pass)
+    monkeypatch.setattr(kerabl.hayne.study, "record_activations", no_forward_pass)
     messages = []
     path = _run(demo, digits3, baseline.parent, log=messages.append)
     assert path == baseline

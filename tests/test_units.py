@@ -76,8 +76,11 @@ def test_units_subset_and_bad_input(tiny):
         z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", units=[3])
     with pytest.raises(KerablError, match="no layer 'nope'"):
         z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "nope")
-    with pytest.raises(KerablError, match="engine"):
-        z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", engine="fast")
+    with pytest.raises(KerablError, match="unknown engine 'turbo'"):
+        z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", engine="turbo")
+    spelled = z_ablation.single_unit_ablation(tiny, X, Y, CLASSES, "hidden", units=[2],
+                                              engine="fast")     # the H study's name of "tail"
+    np.testing.assert_array_equal(spelled["max_class_drop"], r["max_class_drop"])
     with pytest.raises(KerablError, match="classes \\[7\\] have no images"):
         z_ablation.single_unit_ablation(tiny, X, Y, [0, 7], "hidden")
 
@@ -204,10 +207,10 @@ def test_projection_by_hand(tiny):
 
 def test_no_retrace_across_units(demo_random):
     model, images, labels = demo_random
-    eng = engine._engine(model, images, "conv_4", "tail", batch_size=50)
-    z_ablation._unit_drops(eng, labels, range(10), None, False, "")
-    z_ablation._direction_drops(eng, labels, range(10), 0, None, False, "")
-    z_ablation._greedy(eng, labels, 3, 2, None)
+    eng = engine.channel_engine(model, images, "conv_4", "tail", batch_size=50)
+    z_ablation.unit_drops(eng, labels, range(10), None, False, "")
+    z_ablation.direction_drops(eng, labels, range(10), 0, None, False, "")
+    z_ablation.greedy(eng, labels, 3, 2, None)
     assert eng.traces == 1 and eng.trace_count == 1      # masks and directions: one function
 
 
@@ -459,7 +462,7 @@ def test_shortcut_greedy_subtracts_every_zeroed_channel():
     np.testing.assert_array_equal(eng.predict(keep)[2], [0, 0, 2, 0, 2])   # image 4: 0.1 < 0.4
     for class_ in (1, 2):
         a = z_ablation.greedy_ablation(model, x, y, class_, "conv", steps=3, return_order=True)
-        b = z_ablation._greedy(plain, y, class_, 3, None)
+        b = z_ablation.greedy(plain, y, class_, 3, None)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
     assert eng.shortcut_fn.experimental_get_tracing_count() == 1
@@ -520,7 +523,7 @@ def test_shortcut_equals_plain_tail_on_demo(demo_random):
     b = z_ablation.single_unit_ablation(model, images, labels, range(10), "conv_5", shortcut=False)
     np.testing.assert_array_equal(a["class_acc"], b["class_acc"])
     assert a["max_class_drop"].max() > 0       # the comparison is not between zeros
-    z_ablation._greedy(fast, labels, 3, 3, None)
+    z_ablation.greedy(fast, labels, 3, 3, None)
     assert fast.trace_count == 1 and fast.shortcut_fn.experimental_get_tracing_count() == 1
 
 
@@ -557,11 +560,11 @@ def test_most_hurt_class_counts_ties_and_breaks_them_with_the_seed():
 
 
 def test_split_greedy_chooses_on_one_half_and_scores_the_other(tiny):
-    from kerabl.engine import _engine
+    from kerabl.engine import channel_engine
     from kerabl.zhou.heldout import split_greedy
 
     images, labels = np.tile(X, (2, 1)), np.tile(Y, 2)   # class 1: two strong, two weak images
-    eng = _engine(tiny, images, "hidden", "tail", None)
+    eng = channel_engine(tiny, images, "hidden", "tail", None)
     choosing, held_out, order = split_greedy(eng, labels, 1, steps=2, seed=0)
     assert order[0] == 1                                  # the unit that feeds class 1
     np.testing.assert_allclose(choosing[1:], 0.0)

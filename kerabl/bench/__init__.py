@@ -30,8 +30,9 @@ from kerabl.bench.flops import (MATMUL_SIZES, cpu_description, floor_line, matmu
                                 matmul_rate, onednn_enabled)
 from kerabl.bench.probes import PROBE_ROUNDS, probe_line, probe_rate
 from kerabl.bench.report import (EXTRAPOLATION_COLUMNS, LEGEND, MAIN_COLUMNS, extrapolate,
-                                 extrapolation_note, format_table, headline, table_rows, torch_tables,
-                                 z_notes)
+                                 extrapolation_note, format_table, headline, table_rows,
+                                 torch_tables, z_notes)
+from kerabl.hayne.study import worker_pool
 
 __all__ = ["run_bench"]
 
@@ -48,8 +49,6 @@ def spawned(fn, *args, **kwargs):
     Example:
         spawned(run_case, "demo", quick=True)
     """
-    from kerabl.hayne.study import worker_pool
-
     with worker_pool(1) as pool:
         return pool.submit(fn, *args, **kwargs).result()
 

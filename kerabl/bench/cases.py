@@ -18,16 +18,25 @@
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from kerabl.bench.flops import SEED, model_flops, peak_rss_mb, shortcut_flops, tail_flops, target_tail_flops
+from kerabl.activations import record_activations
+from kerabl.bench.flops import (GRID_CELLS, SEED, model_flops, peak_rss_mb, shortcut_flops,
+                                tail_flops, target_tail_flops, timed)
+from kerabl.bench.torch_case import TorchColumn, tf_threads
+from kerabl.data import digits_imageset, paper_imageset
+from kerabl.engine import TailAblator, predict_batched, tail_engine, true_class_rank
 from kerabl.errors import KerablError
+from kerabl.graph import is_cut_point
+from kerabl.hayne.ablation import baseline_and_ablated_ranks, mean_rank_deficit
+from kerabl.hayne.study import HConfig, Sweep, cell_probe_scores, probe_pool, worker_count
+from kerabl.masks import ablated, cell_masks, keep_masks, lambda_masked_model, masked_model, n_units
+from kerabl.models import build_model, load_network
+from kerabl.validate import import_tensorflow, quiet_tensorflow
 
-GRID_CELLS = 16
 # Per network: the target layers timed (None: every default target; the rest are interpolated
 # by tail FLOPs in the extrapolation), those whose cells the authors' procedure also runs (None:
 # every timed layer), those whose bfloat16 tail is checked (None: the authors' layers), fast cells
@@ -78,26 +87,11 @@ def authors_cell(name: str, weights_path: Path, imageset, rows: np.ndarray, laye
     The model is built anew, its weights read from `weights_path`, the images re-read and
     preprocessed, a `Lambda` mask inserted after `layer`, and the full network run.
     """
-    from kerabl.hayne.ablation import true_class_rank
-    from kerabl.masks import lambda_masked_model
-    from kerabl.models import build_model
-
     model = build_model(name)
     model.load_weights(weights_path)
     images = imageset.load(input_size, preprocess, rows=rows)
     scores = lambda_masked_model(model, layer, mask).predict(images, batch_size=64, verbose=0)
     return true_class_rank(scores, labels)
-
-
-def _timed(fn: Callable[[], object], repeats: int = 1) -> tuple[object, float]:
-    """`repeats` timed calls of `fn`: the last one's value and the fastest one's seconds (the
-    least disturbed by anything else on the machine)."""
-    value, times = None, []
-    for _ in range(max(repeats, 1)):
-        start = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - start)
-    return value, min(times)
 
 
 def sample_masks(net, layer: str, n: int) -> np.ndarray:
@@ -106,9 +100,6 @@ def sample_masks(net, layer: str, n: int) -> np.ndarray:
     Example:
         masks = sample_masks(load_network("demo"), "conv_5", 4)   # (4, 4, 4, 128)
     """
-    from kerabl.masks import cell_masks
-    from kerabl.masks import n_units
-
     cells = random_cells(n_units(net.model, layer, "element"), GRID_CELLS, SEED)
     return cell_masks(ablator_shape(net.model, layer), cells[:n], "element")
 
@@ -126,10 +117,6 @@ def _h_layer(net, layer: str, images: np.ndarray, labels: np.ndarray, n_fast: in
     the activation cache read of `pair_rows` rows (`cache`: timed on this class's rows, scaled
     up) and otherwise the head on the class's images.
     """
-    from kerabl.engine import TailAblator
-    from kerabl.graph import is_cut_point
-    from kerabl.hayne.ablation import baseline_and_ablated_ranks
-
     masks = sample_masks(net, layer, n_fast)
 
     def build():
@@ -138,16 +125,16 @@ def _h_layer(net, layer: str, images: np.ndarray, labels: np.ndarray, n_fast: in
         ablator.ranks(masks, labels)  # builds and traces, and warms oneDNN at the timed shapes
         return ablator
 
-    ablator, build_s = _timed(build)
-    _, head_s = _timed(lambda: ablator.set_images(images), repeats)
-    (_, ranks), sweep_s = _timed(lambda: baseline_and_ablated_ranks(ablator, masks, labels),
+    ablator, build_s = timed(build)
+    _, head_s = timed(lambda: ablator.set_images(images), repeats)
+    (_, ranks), sweep_s = timed(lambda: baseline_and_ablated_ranks(ablator, masks, labels),
                                  repeats)
     tail_s = sweep_s / (n_fast + 1)
     flops = tail_flops(net.model, layer) * len(images)
     pair_input_s, pair_input = head_s, "head"
     if cache is not None and is_cut_point(net.model, layer):
         pair_input = "cache read"
-        pair_input_s = _timed(lambda: cache.read(layer), repeats)[1] * pair_rows / len(images)
+        pair_input_s = timed(lambda: cache.read(layer), repeats)[1] * pair_rows / len(images)
     return dict(layer=layer, build_s=build_s, head_s=head_s, tail_s=tail_s,
                 cell_s=head_s / GRID_CELLS + tail_s, tail_gflops=flops / tail_s / 1e9,
                 pair_input=pair_input, pair_input_s=pair_input_s,
@@ -168,14 +155,11 @@ def _bf16_check(net, layer: str, images, labels, fast: dict) -> dict:
     """Timing, largest rank change and largest cell deficit change (|mean rank deficit bfloat16 -
     float32|, each against its own engine's all-ones baseline, as the H study computes it) of
     the bfloat16 tail against float32 on the same cells."""
-    from kerabl.engine import TailAblator
-    from kerabl.hayne.ablation import mean_rank_deficit
-
     ablator = TailAblator(net.model, layer, precision="bfloat16")
     ablator.set_images(images[:1])
     ablator.ranks(fast["masks"][:1], labels[:1])
     ablator.set_images(images)
-    ranks, seconds = _timed(lambda: ablator.ranks(fast["masks"], labels))
+    ranks, seconds = timed(lambda: ablator.ranks(fast["masks"], labels))
     ones = np.ones_like(fast["masks"][:1])
     deficits = [mean_rank_deficit(engine.ranks(ones, labels)[0], after)
                 for engine, after in ((fast["ablator"], fast["ranks"]), (ablator, ranks))]
@@ -215,7 +199,7 @@ def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], Non
             log(f"  {net.name} {layer}: fast {fast['cell_s']:.3f} s/cell "
                 f"({fast['tail_gflops']:.0f} GFLOP/s in the tail)")
             if layer in paper_layers:
-                ranks, seconds = _timed(lambda: authors_cell(
+                ranks, seconds = timed(lambda: authors_cell(
                     net.name, weights, imageset, rows, layer, fast["masks"][0], labels,
                     net.input_size, net.preprocess))
                 same = ranks == fast["ranks"][0]
@@ -237,16 +221,14 @@ def h_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str], Non
 
 
 def _class_start_seconds(net, imageset, rows: np.ndarray) -> float:
-    """Seconds of what the study does once per class before its pairs (`_Sweep.start_class`):
+    """Seconds of what the study does once per class before its pairs (`Sweep.start_class`):
     read and preprocess the class's images, and rank the true class by the whole network; the
     fastest of two calls (the first traces the network's predict function, once per study)."""
-    from kerabl.engine import predict_batched
-
     def start():
         images = imageset.load(net.input_size, net.preprocess, rows=rows)
         return predict_batched(net.model, images, 64)
 
-    return _timed(start, repeats=2)[1]
+    return timed(start, repeats=2)[1]
 
 
 def _recorded_class(net, imageset, rows: np.ndarray, path: Path):
@@ -254,8 +236,6 @@ def _recorded_class(net, imageset, rows: np.ndarray, path: Path):
     recorded into `path`, and what one more class adds to a recording (`run_h_study` records
     every image once): seconds to record this class and the next, less this class's alone, so
     that building and tracing the recording function count once, as in the study."""
-    from kerabl.activations import record_activations
-
     label = int(np.asarray(imageset.labels)[rows[0]])
     two = [label] + [c for c in imageset.classes if c != label][:1]
 
@@ -264,8 +244,8 @@ def _recorded_class(net, imageset, rows: np.ndarray, path: Path):
                                   progress=False, log=lambda line: None)
 
     record(two, path.with_name("warm-up.h5")).close()   # untimed: first-use costs
-    cache, one_s = _timed(lambda: record([label], path))
-    both, two_s = _timed(lambda: record(two, path.with_name("two-classes.h5")))
+    cache, one_s = timed(lambda: record([label], path))
+    both, two_s = timed(lambda: record(two, path.with_name("two-classes.h5")))
     both.close()
     return cache, two_s - one_s
 
@@ -295,8 +275,6 @@ def _h_summary(net, n_images: int, layers: list, paper: list, bf16: list) -> dic
 
 def _full_forward_s(net, layer: str, units: np.ndarray, images: np.ndarray) -> float:
     """Seconds per unit of a full forward pass with a UnitMask zeroing the unit's channel."""
-    from kerabl.masks import ablated, masked_model
-
     masked = masked_model(net.model, [layer])
 
     def run(units, images):
@@ -306,7 +284,7 @@ def _full_forward_s(net, layer: str, units: np.ndarray, images: np.ndarray) -> f
                     masked.predict_on_batch(images[i:i + 64])
 
     run(units[:1], images)  # builds and traces the predict function for these batch shapes
-    return _timed(lambda: run(units, images))[1] / len(units)
+    return timed(lambda: run(units, images))[1] / len(units)
 
 
 def _z_sweep(net, images: np.ndarray, layer: str, units: np.ndarray, shortcut: bool) -> dict:
@@ -315,16 +293,13 @@ def _z_sweep(net, images: np.ndarray, layer: str, units: np.ndarray, shortcut: b
     head's seconds count spread over the layer's channels, since one head pass serves the sweep
     of all of them; model building and tracing count on neither side (the full forward's
     `masked_model` and its first call are untimed too)."""
-    from kerabl.engine import tail_engine
-    from kerabl.masks import keep_masks
-
-    eng, build_s = _timed(lambda: tail_engine(net.model, images, layer, shortcut=shortcut))
-    head_s = _timed(lambda: eng.set_images(images))[1]
+    eng, build_s = timed(lambda: tail_engine(net.model, images, layer, shortcut=shortcut))
+    head_s = timed(lambda: eng.set_images(images))[1]
     keep = keep_masks(eng.n_channels, [[u] for u in units])
     eng.predict(keep)  # traces, and warms oneDNN at the timed shapes
     if eng.shortcut_flops is not None:
         eng.shortcut_flops = 0
-    preds, sweep_s = _timed(lambda: eng.predict(keep))
+    preds, sweep_s = timed(lambda: eng.predict(keep))
     return dict(eng=eng, build_s=build_s, head_s=head_s, sweep_s=sweep_s, preds=preds,
                 flops=eng.shortcut_flops,
                 sweep_unit_s=sweep_s / len(units),
@@ -342,9 +317,6 @@ def z_case(net, images: np.ndarray, labels: np.ndarray, plan: dict,
         z = z_case(net, images, labels, PLANS["demo"], print)
         z["ratio"]     # full forward per unit / tail engine
     """
-    from kerabl.engine import TailAblator
-    from kerabl.masks import cell_masks
-
     layer = plan["z_layer"]
     n_channels = ablator_shape(net.model, layer)[-1]
     units = np.arange(min(plan["z_tail"], n_channels))
@@ -355,7 +327,7 @@ def z_case(net, images: np.ndarray, labels: np.ndarray, plan: dict,
     ablator.set_images(images)
     masks = cell_masks(ablator.shape, [[u] for u in units], "channel")
     ablator.outputs(masks)
-    scores, ablator_s = _timed(lambda: ablator.outputs(masks))
+    scores, ablator_s = timed(lambda: ablator.outputs(masks))
     same = fast["preds"] == scores.argmax(axis=-1)
     top2 = np.sort(scores, axis=-1)[..., -2:]
     full_s = _full_forward_s(net, layer, units[:plan["z_full"]], images)
@@ -385,9 +357,6 @@ def z_case(net, images: np.ndarray, labels: np.ndarray, plan: dict,
 
 def _case_data(name: str, root: Path):
     """The network and its images for one case: digits for demo, hayne8 for ImageNet models."""
-    from kerabl.data import digits_imageset, paper_imageset
-    from kerabl.models import load_network
-
     if name == "demo":
         return load_network("demo"), digits_imageset()
     if root is None or not (Path(root) / "images").is_dir():
@@ -405,13 +374,11 @@ def probe_cell_seconds(n_units: int, n_target: int = IMAGES_PER_CLASS,
     The activations are random and ReLU-like, the target rows shifted up a little so that the
     probes have something to find; the cost depends on the shape, not on the values.
     """
-    from kerabl.hayne.study import HConfig, cell_probe_scores
-
     rng = np.random.default_rng(seed)
     y = np.r_[np.ones(n_target, dtype=np.int64), np.zeros(n_rows - n_target, dtype=np.int64)]
     x = rng.standard_normal((n_rows, n_units), dtype=np.float32)
     x = np.maximum(x + np.float32(0.25) * y[:, None].astype(np.float32), 0.0)
-    return _timed(lambda: cell_probe_scores((x, y, HConfig(), seed)))[1]
+    return timed(lambda: cell_probe_scores((x, y, HConfig(), seed)))[1]
 
 
 # The widest layer whose probe stage is timed (550 rows of float32: 640 MB); the stages of wider
@@ -429,9 +396,6 @@ def probe_case(net, log: Callable[[str], None]) -> dict:
     Example:
         probe_case(load_network("demo"), print)["class_s"]   # seconds of a class's 7 pairs
     """
-    from kerabl.hayne.study import worker_count
-    from kerabl.masks import n_units
-
     widths = [int(n_units(net.model, t, "element")) for t in net.targets]
     timed = sorted({w for w in widths if w <= PROBE_WIDTH_CAP}) or [min(widths)]
     workers = worker_count(None)
@@ -498,11 +462,9 @@ def probe_stage_seconds(widths: list[int], workers: int, n_target: int = IMAGES_
     Example:
         probe_stage_seconds([4096, 290400], 2)   # e.g. [0.75, 4.5]
     """
-    from kerabl.hayne.study import HConfig, _Sweep, probe_pool
-
     layers = [f"units_{w}" for w in widths]
     cache = _RandomRows(dict(zip(layers, widths)), n_target, n_rows, seed)
-    sweep = _Sweep(None, None, layers, HConfig(), cache, log=lambda line: None)
+    sweep = Sweep(None, None, layers, HConfig(), cache, log=lambda line: None)
     state = dict(ci=0, target_rows=np.arange(n_target), other_rows=np.arange(n_target, n_rows))
 
     def stages(li: int):
@@ -515,7 +477,7 @@ def probe_stage_seconds(widths: list[int], workers: int, n_target: int = IMAGES_
         stages(0)
         for li, layer in enumerate(layers):
             cache.draw(layer)
-            seconds.append(_timed(lambda: stages(li))[1])
+            seconds.append(timed(lambda: stages(li))[1])
     return seconds
 
 
@@ -526,8 +488,6 @@ def run_case(name: str, root: str | Path | None = None, quiet: bool = False,
     Example:
         run_case("demo")["h"]["ratio"]   # the authors' procedure / fast engine, per cell
     """
-    from kerabl.validate import import_tensorflow, quiet_tensorflow
-
     quiet_tensorflow()      # a spawned process: its own TensorFlow start-up, as quiet as the CLI's
     import_tensorflow()
     log = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
@@ -536,8 +496,6 @@ def run_case(name: str, root: str | Path | None = None, quiet: bool = False,
     rows = imageset.rows_of(imageset.classes[0])
     column = None
     if name in TORCH_CASES:
-        from kerabl.bench.torch_case import TorchColumn
-
         column = TorchColumn(net, imageset.load(net.input_size, net.preprocess, rows=rows),
                              np.asarray(imageset.labels)[rows],
                              plan["paper_layers"] or plan.get("layers") or net.targets, log,
@@ -549,7 +507,6 @@ def run_case(name: str, root: str | Path | None = None, quiet: bool = False,
         images = imageset.load(net.input_size, net.preprocess, rows=rows)
         z = z_case(net, images, np.asarray(imageset.labels)[rows], plan, log)
     probe = probe_case(net, log) if name in STUDY_CLASSES else None
-    from kerabl.bench.torch_case import tf_threads
 
     return dict(network=name, plan=plan, h=h, z=z, probe=probe, torch=torch,
                 threads=tf_threads(), peak_rss_mb=peak_rss_mb())

@@ -22,6 +22,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from kerabl.graph import tail_model
+
+
 SEED = 0
 # (m, k, n) products timed for the floor: square ones and dense-layer-like ones (many rows times
 # a 4096-wide weight matrix, as the tails of AlexNet and VGG16 run).
@@ -60,8 +63,6 @@ def tail_flops(model, layer: str) -> int:
     Example:
         tail_flops(net.model, "dense_1")   # dense_2 + dense_3: 2 * (4096 * 4096 + 4096 * 1000)
     """
-    from kerabl.graph import tail_model
-
     return sum(layer_flops(lay) for lay in tail_model(model, layer).layers)
 
 
@@ -250,3 +251,22 @@ def shortcut_flops(model, cut, n_dropped: int = 1) -> int:
     """
     width = int(model.get_layer(cut.dense).kernel.shape[1])
     return 2 * n_dropped * cut.positions.shape[1] * width + tail_flops(model, cut.dense)
+
+
+# Random equal-size cells each timed layer runs (a 4 x 4 grid's count).
+GRID_CELLS = 16
+
+
+def timed(fn: Callable[[], object], repeats: int = 1) -> tuple[object, float]:
+    """`repeats` timed calls of `fn`: the last one's value and the fastest one's seconds (the
+    least disturbed by anything else on the machine).
+
+    Example:
+        model, seconds = timed(lambda: build_model("demo"), repeats=3)
+    """
+    value, times = None, []
+    for _ in range(max(repeats, 1)):
+        start = time.perf_counter()
+        value = fn()
+        times.append(time.perf_counter() - start)
+    return value, min(times)

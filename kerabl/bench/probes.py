@@ -22,6 +22,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from kerabl.hayne.logistic import single_threaded, solve_logistic
+
+
 ROWS, TARGET_ROWS, UNITS, FITS, FIT_UNITS = 550, 50, 256, 200, 100
 
 # Seconds between taking the floor and a round: the matmul's BLAS and TensorFlow threads spin
@@ -78,8 +81,6 @@ def timed_cells(seeds: Sequence[int], fits: int = FITS) -> dict:
         span = timed_cells([0, 1])
         span["end"] - span["start"]      # the solver's seconds for two cells
     """
-    from kerabl.hayne.logistic import single_threaded, solve_logistic
-
     cells = _cells(seeds, fits)
     fits_made = []
     with single_threaded():
@@ -103,8 +104,6 @@ def plain_cells(seeds: Sequence[int], fits: int, signs: Sequence[np.ndarray]) ->
         span = timed_cells([0, 1], fits=3)
         plain_cells([0, 1], 3, span["signs"])["plain_flops"]
     """
-    from kerabl.hayne.logistic import single_threaded, solve_logistic
-
     with single_threaded():
         plain = [solve_logistic(y, columns=(X, sets), penalise_intercept=True, signs_only=True,
                                 plain_newton=True) for X, y, sets in _cells(seeds, fits)]

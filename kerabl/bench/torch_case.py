@@ -9,7 +9,7 @@
   kerabl's; `column.summary()` the column of the bench's H row.
 
 The port and its weights are `kerabl.crosscheck`'s (`torch_from_keras`: the Keras weights
-converted by `kerabl.convert.keras_to_torch`; no torchvision). Without torch the column says so.
+converted by `kerabl.torch_models.keras_to_torch`; no torchvision). Without torch the column says so.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from kerabl import torch_models
+from kerabl.bench.flops import GRID_CELLS, timed
+from kerabl.crosscheck import TorchAblator, hook_points, split_at, torch_from_keras
+from kerabl.engine import BATCH_FLOATS, true_class_rank
 from kerabl.errors import KerablError
 
 NOT_INSTALLED = "torch not installed"
@@ -39,11 +43,9 @@ def tf_threads() -> int:
 
 def _fastest(fn: Callable[[], object], warm: Callable[[], object], repeats: int):
     """`warm()` once untimed, then `repeats` timed calls of `fn`: its last value and the fastest
-    call's seconds (`kerabl.bench.cases._timed`, as kerabl's side is timed)."""
-    from kerabl.bench.cases import _timed
-
+    call's seconds (`kerabl.bench.flops.timed`, as kerabl's side is timed)."""
     warm()
-    return _timed(fn, repeats)
+    return timed(fn, repeats)
 
 
 class TorchColumn:
@@ -70,16 +72,13 @@ class TorchColumn:
 
     def __init__(self, net, images: np.ndarray, labels: np.ndarray, hook_layers: Sequence[str],
                  log: Callable[[str], None], repeats: int = 1):
-        from kerabl.convert import import_torch
-
         self.net, self.labels, self.log, self.repeats = net, np.asarray(labels), log, repeats
         self.hook_layers, self.rows = list(hook_layers), []
         try:
-            self.torch = import_torch()
+            self.torch = torch_models.import_torch()
         except KerablError:
             self.torch = None
             return
-        from kerabl.crosscheck import hook_points, torch_from_keras
 
         if len(images) > HEAD_BATCH:
             raise KerablError(f"the torch column runs one class of at most {HEAD_BATCH} images "
@@ -113,11 +112,6 @@ class TorchColumn:
                  + f"ranks equal {row['same_ranks']:.0%}")
 
     def _layer(self, layer: str, fast: dict) -> dict:
-        from kerabl.bench.cases import GRID_CELLS
-        from kerabl.crosscheck import TorchAblator, split_at
-        from kerabl.engine import BATCH_FLOATS
-        from kerabl.hayne.ablation import true_class_rank
-
         torch, x, labels = self.torch, self.x, self.labels
         masks = [torch.from_numpy(np.ascontiguousarray(np.moveaxis(m, -1, 0)))
                  for m in np.asarray(fast["masks"], np.float32)]

@@ -1,42 +1,18 @@
 """Rank and rank deficit: how far the true class falls when a cell is ablated (the H study).
 
-- `true_class_rank(scores, labels)`: 0-based position of the true class in the descending order
-  of the network's outputs; ties are broken by output index, as a stable sort would.
+- Ranks themselves are `kerabl.engine.true_class_rank` (0-based position of the true class in
+  the descending order of the network's outputs, ties broken by output index).
 - `mean_rank_deficit(before, after, clip=True)`: the authors' `mean_rank_deficit`.
 - `baseline_and_ablated_ranks(ablator, masks, labels)`: ranks with an all-ones mask and with
   each mask, from one engine (the authors' baseline: the same masked graph, all ones).
-- `ENGINES`: the two engines a sweep can use, "fast" (`kerabl.engine.TailAblator`) and "paper"
-  (`kerabl.engine.PaperAblator`); both answer `ranks(masks, labels) -> (n_masks, n_images)`.
+
+The engines a sweep can use are `kerabl.engine.rank_engine`'s: "fast" (`TailAblator`) and "paper"
+(`PaperAblator`); both answer `ranks(masks, labels) -> (n_masks, n_images)`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from kerabl.engine import PaperAblator, TailAblator
-
-
-def true_class_rank(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Position of each image's true class when outputs are sorted by score, descending.
-
-    Example:
-        true_class_rank(np.array([[0.1, 0.7, 0.2]]), np.array([2]))  # array([1])
-
-    Args:
-        scores: (N, n_classes) network outputs.
-        labels: (N,) true output index of each image.
-
-    Returns:
-        (N,) int64 ranks: the number of outputs scoring higher than the true class, plus the
-        number scoring the same at a lower index (the order of a stable descending sort).
-    """
-    scores = np.asarray(scores)
-    labels = np.asarray(labels, dtype=np.int64)
-    true = scores[np.arange(len(labels)), labels][:, None]
-    index = np.arange(scores.shape[1])[None, :]
-    higher = scores > true
-    tied_before = (scores == true) & (index < labels[:, None])
-    return (higher | tied_before).sum(axis=1).astype(np.int64)
 
 
 def mean_rank_deficit(before: np.ndarray, after: np.ndarray, clip: bool = True) -> np.ndarray:
@@ -70,7 +46,7 @@ def baseline_and_ablated_ranks(ablator, masks: np.ndarray,
     deficits.
 
     Args:
-        ablator: an engine of `ENGINES` with its images or activations set.
+        ablator: a `kerabl.engine.rank_engine` with its images or activations set.
         masks: (n_masks, *layer shape) 0/1 masks.
         labels: (N,) true output index of each image.
 
@@ -81,6 +57,3 @@ def baseline_and_ablated_ranks(ablator, masks: np.ndarray,
     ones = np.ones((1, *masks.shape[1:]), dtype=np.float32)
     ranks = ablator.ranks(np.concatenate([ones, masks]), labels)
     return ranks[0], ranks[1:]
-
-
-ENGINES = {"fast": TailAblator, "paper": PaperAblator}

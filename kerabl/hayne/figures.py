@@ -31,13 +31,14 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from kerabl.errors import KerablError
-from kerabl.hayne.plot import (FONT, GRID_METRICS, draw_mean_grids, finite_range, grid_image,
-                               grid_shape, mean_grid, metric_panels, nan_cmap, nanmean,
-                               new_figure, open_results, save_figure)
+from kerabl.hayne.plot import (GRID_METRICS, draw_mean_grids, finite_range, grid_image, grid_shape,
+                               mean_grid, metric_panels, nan_cmap, nanmean, open_results)
+from kerabl.hayne.results import HResults
 from kerabl.hayne.stat_figures import (build_interaction_coefficients, build_probe_contrast,
                                        build_probe_vs_deficit, fig_interaction_coefficients,
                                        fig_probe_contrast, fig_probe_vs_deficit,
                                        probe_deficit_arrays, run_label)
+from kerabl.plotting import FONT, new_figure, save_figure
 
 __all__ = [
     "GRID_METRICS", "fig1_arrays", "build_fig1", "fig_units_plane",
@@ -45,7 +46,7 @@ __all__ = [
     "fig3_arrays", "build_fig3", "fig_network_means",
     "probe_deficit_arrays", "build_probe_vs_deficit", "fig_probe_vs_deficit",
     "build_probe_contrast", "fig_probe_contrast", "build_interaction_coefficients",
-    "fig_interaction_coefficients", "render_h_figures", "save_figure", "run_label",
+    "fig_interaction_coefficients", "render_h_figures", "run_label",
 ]
 
 PANEL_INCH_MIN, PANEL_INCH_MAX = 0.45, 1.1
@@ -409,8 +410,6 @@ def render_h_figures(results_path: str | Path, out_dir: str | Path, *,
         fig3_network_means, fig_probe_vs_deficit, fig_probe_contrast, fig_interaction, each in
         every format.
     """
-    from kerabl.hayne.results import HResults
-
     res = HResults.open(results_path, allow_partial=allow_partial)
     out = Path(out_dir)
     layer = _layer_name(res, layer)

@@ -11,33 +11,12 @@ No TensorFlow here: figures and statistics import this module with TensorFlow bl
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from kerabl.errors import KerablError
-
-_RANDOM_MODE = re.compile(r"random-(\d+)")
-
-
-def others_count(mode: str) -> int | None:
-    """K of an others mode "random-K" (at least 1), None for "all".
-
-    Example:
-        others_count("random-10")   # 10
-        others_count("all")         # None
-        others_count("random-0")    # KerablError: K must be at least 1
-    """
-    if mode == "all":
-        return None
-    match = _RANDOM_MODE.fullmatch(mode)
-    if match is None:
-        raise KerablError(f"--others must be 'all' or 'random-K' (e.g. random-10), got {mode!r}")
-    if int(match.group(1)) < 1:
-        raise KerablError(f"--others {mode} draws no other class: K must be at least 1 "
-                          "(e.g. random-10), or use all")
-    return int(match.group(1))
+from kerabl.hayne.config import others_count
 
 
 def choose_others(n_classes: int, target: int, mode: str = "random-10", seed: int = 0) -> np.ndarray:

@@ -23,6 +23,9 @@ from __future__ import annotations
 import numpy as np
 
 from kerabl.errors import KerablError
+from kerabl.hayne.grid import coordinates, equal_count_grid
+from kerabl.hayne.logistic import fit_logistic_batched
+from kerabl.hayne.probes import balanced_accuracy, standardised, stratified_folds
 
 
 def _train_means(acts, y: np.ndarray, test: np.ndarray,
@@ -40,27 +43,6 @@ def _train_means(acts, y: np.ndarray, test: np.ndarray,
 def _cell_columns(cells: list[np.ndarray], max_units: int, rng) -> list[np.ndarray]:
     return [np.sort(rng.choice(c, size=min(c.size, max_units), replace=False)) if c.size else c
             for c in cells]
-
-
-def standardised(x: np.ndarray, train: np.ndarray) -> np.ndarray:
-    """x scaled by the training rows' mean and standard deviation, plus a column of ones.
-
-    Example:
-        Xb = standardised(acts[:, units], train_rows)    # (rows, units + 1), ones last
-
-    What scikit-learn's `StandardScaler().fit(x[train]).transform(x)` computes, without its
-    per-call overhead (~2 ms, the most of a cell's held-out probe): a column constant over the
-    training rows up to rounding (its test: var <= n eps var + (n eps mean)^2) is only centred,
-    so rounding noise is never divided by a near-zero deviation.
-    """
-    rows = x[train]
-    mu = rows.mean(0)
-    var = rows.var(0)
-    eps = np.finfo(np.float64).eps
-    constant = var <= len(rows) * eps * var + (len(rows) * mu * eps) ** 2
-    out = np.ones((x.shape[0], x.shape[1] + 1))
-    np.divide(x - mu, np.where(constant, 1.0, np.sqrt(var)), out=out[:, :-1])
-    return out
 
 
 def fold_probe_scores(acts, n_target: int, *, grid_shape: tuple[int, int] = (4, 4),
@@ -84,10 +66,6 @@ def fold_probe_scores(acts, n_target: int, *, grid_shape: tuple[int, int] = (4, 
     Returns:
         (n * m, folds) float64; NaN for a cell that is empty in a fold.
     """
-    from kerabl.hayne.grid import coordinates, equal_count_grid
-    from kerabl.hayne.logistic import fit_logistic_batched
-    from kerabl.hayne.probes import balanced_accuracy, stratified_folds
-
     if acts.ndim != 2 or not 0 < n_target < acts.shape[0]:
         raise KerablError(f"activations of shape {acts.shape} with {n_target} target images: pass "
                           "(images, units) with target and other images")

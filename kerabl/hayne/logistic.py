@@ -37,6 +37,7 @@ from functools import lru_cache
 import numpy as np
 
 from kerabl.errors import KerablError
+from kerabl.hayne import newton
 
 _C = 1.0                # LogisticRegression's default inverse regularisation strength
 _GRAD_TOL = 1e-11       # stop when every gradient entry is below this times (1 + C * sum(s))
@@ -97,9 +98,7 @@ def _blas_controller():
     import scipy.linalg  # noqa: F401 -- loads SciPy's OpenBLAS
     from threadpoolctl import ThreadpoolController
 
-    from kerabl.hayne import newton  # noqa: F401 -- loads Numba and what it links
-
-    return ThreadpoolController()
+    return ThreadpoolController()  # after Numba and what it links (kerabl.hayne.newton, above)
 
 
 def solve_logistic(y: np.ndarray, *, stacked: np.ndarray | None = None,
@@ -131,8 +130,6 @@ def solve_logistic(y: np.ndarray, *, stacked: np.ndarray | None = None,
             Hessian shared; the same line search, stop and optima. `kerabl bench` counts its
             work on the bench's fits as the reference for the solver's time.
     """
-    from kerabl.hayne import newton
-
     if (stacked is None) == (columns is None):
         raise ValueError("pass exactly one of stacked= and columns=")
     if plain_newton and columns is None:

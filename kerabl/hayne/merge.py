@@ -15,8 +15,8 @@ import numpy as np
 
 from kerabl.errors import KerablError
 from kerabl.hayne.results import (CELL_ARRAYS, CLASS_ARRAYS, UNIT_ARRAYS, ResultsLayout,
-                                  cell_dataset, check_kind, create_results, parse_shard,
-                                  shard_pairs)
+                                  cell_dataset, check_kind, create_results, shard_pairs)
+from kerabl.store import parse_shard
 
 __all__ = ["merge"]
 

@@ -1,7 +1,7 @@
 """The drawing pieces the H figures share (`kerabl.hayne.figures`, `kerabl.hayne.stat_figures`):
 figures on their own Agg canvas (pyplot's global state untouched), colour maps with NaN drawn
 grey, a cell grid as an image, the class x layer mean grid of a metric and the panel rows of
-such mean grids, and `save_figure`, which the Z figures and `kerabl compare` use too.
+such mean grids (the figure canvas and `save_figure` are `kerabl.plotting`'s).
 
 Example:
     fig = new_figure(7.5, 3.4, layout="constrained")
@@ -17,11 +17,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
 from kerabl.errors import KerablError
+from kerabl.hayne.results import HResults
+from kerabl.plotting import FONT
 
 #: Per-cell metrics that the grid figures can show, with their colour-bar labels and colour maps.
 GRID_METRICS = {
@@ -32,8 +33,6 @@ GRID_METRICS = {
     "srs_tau": ("RDM Kendall tau", "cividis"),
     "srs_rho": ("RDM Spearman rho", "cividis"),
 }
-DPI = 150
-FONT = 8
 NAN_COLOUR = "#d9d9d9"
 
 
@@ -44,7 +43,6 @@ def open_results(res: Any):
         open_results("out/h_results.h5").layers   # ["conv_1", ...]; an HResults is passed through
     """
     if isinstance(res, (str, Path)):
-        from kerabl.hayne.results import HResults
         return HResults.open(res)
     return res
 
@@ -57,18 +55,6 @@ def grid_shape(res) -> tuple[int, int]:
     """
     n, m = (int(v) for v in res.grid_shape)
     return n, m
-
-
-def new_figure(width: float, height: float, layout: str | None = None) -> Figure:
-    """A Figure on its own Agg canvas (pyplot and its figure registry stay untouched).
-
-    Example:
-        fig = new_figure(6.0, 4.5)
-        ax = fig.add_subplot()
-    """
-    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def nan_cmap(name: str) -> Colormap:
@@ -195,35 +181,3 @@ def p_text(p: float) -> str:
         p_text(3.6e-23), p_text(0.0)   # ("p = 3.6e-23", "p < 1e-300")
     """
     return "p < 1e-300" if p == 0 else f"p = {p:.2g}"
-
-
-def save_figure(fig: Figure, out_stem: str | Path,
-                formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Write `fig` as `<out_stem>.<format>` for each format (150 dpi, tight bounding box).
-
-    Example:
-        fig = build_fig2(res, "deficit")
-        save_figure(fig, "figures/fig2b", ("png",))   # [Path("figures/fig2b.png")]
-
-    Args:
-        fig: the figure to write.
-        out_stem: path without extension; its folder is created if missing.
-        formats: file formats matplotlib knows (png, pdf, svg, ...).
-
-    Returns:
-        The written paths, in the order of `formats`.
-    """
-    if not formats:
-        raise KerablError("no figure formats given; pass e.g. formats=('png', 'pdf')")
-    stem = Path(out_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in formats:
-        fmt = fmt.lower().lstrip(".")
-        if fmt not in fig.canvas.get_supported_filetypes():
-            raise KerablError(f"figure format {fmt!r} is not supported; use one of "
-                              f"{', '.join(sorted(fig.canvas.get_supported_filetypes()))}")
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        fig.savefig(path, format=fmt, dpi=DPI, bbox_inches="tight")
-        paths.append(path)
-    return paths

@@ -4,7 +4,6 @@
   interrupted run, renames to `PATH` when its shard is done; refuses a different config.
 - `HResults.open(path)`: read-only view; the (C, L, K) arrays in memory, `units(...)` lazily.
 - `export_csv(results_path, csv_path)`: one row per class x layer x cell.
-- `parse_shard("2/8")`: a `--shard` value as (i, n).
 - `merge(paths, out)` (`kerabl.hayne.merge`) joins shard files into one complete file;
   `ResultsLayout`, `create_results`, `check_kind` and `shard_pairs` are what it shares with the
   writer.
@@ -27,9 +26,7 @@ No TensorFlow here: figures read results with TensorFlow blocked.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +35,8 @@ import numpy as np
 
 from kerabl.errors import KerablError
 from kerabl.store import (check_results_kind, check_schema, check_shape, config_differences,
-                          damaged_line, differing_keys, finish_partial, open_h5, partial_path,
-                          reading_results, write_csv_atomic)
+                          damaged_line, differing_keys, finish_partial, library_versions, open_h5,
+                          partial_path, reading_results, write_csv_atomic)
 
 KIND = "kerabl.h-results"
 SCHEMA = 1
@@ -52,40 +49,6 @@ CELL_ARRAYS = CELL_FLOATS + ("cell_count",)
 UNIT_ARRAYS = ("selectivity", "magnitude", "membership", "sel_edges", "mag_edges")
 CLASS_ARRAYS = ("image_rows", "rank_before", "others")
 _STR = h5py.string_dtype("utf-8")
-_VERSION_PACKAGES = ("numpy", "h5py", "scikit-learn", "scipy", "kerabl", "tensorflow", "keras")
-
-
-def library_versions() -> dict:
-    """Versions of Python and the libraries behind a run, read without importing them.
-
-    Example:
-        library_versions()["numpy"]   # e.g. "2.1.3"; None when not installed
-    """
-    versions: dict = {"python": platform.python_version()}
-    for name in _VERSION_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """A `--shard` value "i/n" (0-based, i < n) as the pair (i, n).
-
-    Example:
-        parse_shard("2/8")   # (2, 8)
-        parse_shard("8/8")   # KerablError
-    """
-    parts = str(text).strip().split("/")
-    try:
-        i, n = (int(p) for p in parts)
-    except ValueError:
-        i, n = -1, 0
-    if len(parts) != 2 or not 0 <= i < n:
-        raise KerablError(f"shard {text!r} is not 'i/n' with 0 <= i < n; "
-                          "use e.g. --shard 0/8 ... --shard 7/8")
-    return i, n
 
 
 def _json_config(config: dict) -> dict:

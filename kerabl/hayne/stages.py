@@ -23,9 +23,11 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, check_cache_room, pool_note,
-                                probe_pool, results_name, study_activations, target_layers,
-                                worker_count)
+from kerabl.hayne.grid import Grid
+from kerabl.hayne.results import HResultsWriter
+from kerabl.hayne.study import (HConfig, Sweep, check_cache_room, pool_note, probe_pool,
+                                results_name, study_activations, sweep_writer_args,
+                                target_layers, worker_count)
 from kerabl.nested import flat_network
 from kerabl.progress import progress_bar
 from kerabl.space import check_room
@@ -100,8 +102,6 @@ class StageFile:
             cell_sizes=np.array([c.size for c in grid.cells], dtype=np.int64)))
 
     def grid(self, ci: int, li: int) -> dict:
-        from kerabl.hayne.grid import Grid
-
         a = self._read("grid", ci, li)
         cells = np.split(a["cell_units"].astype(np.int64), np.cumsum(a["cell_sizes"])[:-1])
         shape = (a["mag_edges"].shape[0], a["mag_edges"].shape[1] - 1)
@@ -110,7 +110,7 @@ class StageFile:
         return dict(selectivity=a["selectivity"], magnitude=a["magnitude"], grid=grid)
 
     def write_probes(self, ci: int, li: int, scores: dict) -> None:
-        self._write("probe", ci, li, dict(scores))   # every field of `_Sweep.probes`
+        self._write("probe", ci, li, dict(scores))   # every field of `Sweep.probes`
 
     def probes(self, ci: int, li: int) -> dict:
         return self._read("probe", ci, li)
@@ -136,15 +136,13 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
         KerablError: an unknown stage, a stage whose inputs are not stored yet, or a stage file
             written with other options.
     """
-    from kerabl.hayne.results import HResultsWriter
-
     if stage not in STAGES:
         raise KerablError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     network = flat_network(network)   # a model calling other models: one graph
     layers = target_layers(network, layers)
-    args = _writer_args(network, imageset, layers, config)
+    args = sweep_writer_args(network, imageset, layers, config)
     cache_path = cache_path or out_dir / "activations.h5"
     check_cache_room(network, imageset, layers, config, cache_path, cache)
     run = {**args["config"], "n_units": args["n_units"]}
@@ -166,7 +164,7 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
                           f"{imageset.class_names[ci]}, layer {layers[li]}): run `kerabl "
                           f"{needed}` with these options first")
     acts = study_activations(network, imageset, layers, config, cache_path, cache, progress, log)
-    sweep = _Sweep(network, imageset, layers, config, acts, log)
+    sweep = Sweep(network, imageset, layers, config, acts, log)
     sweep.workers = worker_count(workers) if stage == "probe" else 1
     bar = progress_bar(f"H {stage}: class x layer", len(pairs), enabled=progress,
                        done=len(pairs) - len(todo), every=0)
@@ -185,7 +183,7 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
     return writer.finish() if stage == "ablate" else stages.path
 
 
-def _run_pair(stage: str, sweep: _Sweep, stages: StageFile, state: dict, li: int, writer) -> None:
+def _run_pair(stage: str, sweep: Sweep, stages: StageFile, state: dict, li: int, writer) -> None:
     ci = state["ci"]
     if stage == "grid":
         stages.write_grid(ci, li, sweep.grid(state, sweep.activations(state, li)))

@@ -26,8 +26,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from kerabl.errors import KerablError
-from kerabl.hayne.plot import (FONT, draw_mean_grids, mean_grid, new_figure, open_results,
-                               p_text, save_figure)
+from kerabl.hayne.plot import draw_mean_grids, mean_grid, open_results, p_text
+from kerabl.hayne.stats import interaction_test, majority_probe_level, probe_deficit_correlation
+from kerabl.plotting import FONT, new_figure, save_figure
 
 __all__ = [
     "probe_deficit_arrays", "build_probe_vs_deficit", "fig_probe_vs_deficit", "CONTRAST_METRICS",
@@ -76,8 +77,6 @@ def build_probe_vs_deficit(res) -> Figure:
     Returns:
         The Figure; its Axes holds one scatter collection per layer (in layer order) and the line.
     """
-    from kerabl.hayne.stats import probe_deficit_correlation
-
     res = open_results(res)
     a = probe_deficit_arrays(res)
     if a["probe"].size < 2:
@@ -137,8 +136,6 @@ def build_probe_contrast(results_list: Sequence, labels: Sequence[str]) -> Figur
     Returns:
         The Figure; axes 4r + c hold row r's panel c (colour bars follow).
     """
-    from kerabl.hayne.stats import majority_probe_level
-
     results_list = [open_results(r) for r in results_list]
     if len(labels) != len(results_list) or not results_list:
         raise KerablError(f"{len(results_list)} results but {len(labels)} labels; "
@@ -183,8 +180,6 @@ def build_interaction_coefficients(results_list: Sequence, labels: Sequence[str]
 
     The numbers come from `kerabl.hayne.stats.interaction_test`.
     """
-    from kerabl.hayne.stats import interaction_test
-
     results_list = [open_results(r) for r in results_list]
     if len(labels) != len(results_list) or not results_list:
         raise KerablError(f"{len(results_list)} results but {len(labels)} labels; "

@@ -21,6 +21,8 @@ import numpy as np
 from scipy import stats
 
 from kerabl.errors import KerablError
+from kerabl.hayne.probes import hard_log_loss
+from kerabl.hayne.results import HResults
 
 _METRICS = ("probe", "probe_heldout", "probe_fold", "srs_tau", "srs_rho")
 N_BOOT = 1000
@@ -310,8 +312,6 @@ def majority_probe_level(res) -> float:
     Example:
         majority_probe_level(res)    # 0.0316 on the demo (45 target, 405 other images)
     """
-    from kerabl.hayne.probes import hard_log_loss
-
     counts = (np.asarray(res.image_rows) >= 0).sum(1)
     levels = []
     for ci in np.flatnonzero(np.asarray(res.done, dtype=bool).any(1)):
@@ -328,8 +328,6 @@ def network_statistics(paths) -> list[dict]:
         for row in network_statistics(["alexnet/h_results.h5", "vgg16/h_results.h5"]):
             row["model"], row["interaction"]["p_value"]
     """
-    from kerabl.hayne.results import HResults
-
     rows = []
     for path in paths:
         res = HResults.open(path)

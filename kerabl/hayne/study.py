@@ -14,9 +14,7 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,86 +22,25 @@ import numpy as np
 
 from kerabl.activations import check_cache_fits, layer_shapes, record_activations
 from kerabl.contents import contents_digest, image_files
+from kerabl.engine import check_live_outputs, predict_batched, rank_engine, true_class_rank
 from kerabl.errors import KerablError
+from kerabl.graph import is_cut_point
+from kerabl.hayne.ablation import baseline_and_ablated_ranks, mean_rank_deficit
+from kerabl.hayne.config import HConfig, others_count
+from kerabl.hayne.controls import permuted_labels
+from kerabl.hayne.grid import choose_others, coordinates, equal_count_grid
+from kerabl.hayne.heldout import fold_probe_summary
+from kerabl.hayne.logistic import single_threaded
 from kerabl.hayne.pools import (bounded_map, pool_note, probe_pool, worker_count,  # noqa: F401
                                 worker_pool)
+from kerabl.hayne.probes import heldout_probe_score, paper_probe_loss, rsa_scores
+from kerabl.hayne.results import HResultsWriter
+from kerabl.hayne.shared import SharedBlock, resolve
 from kerabl.nested import flat_network, from_paths, layer_paths
 from kerabl.progress import progress_bar
 from kerabl.recompute import RecomputedActivations
 from kerabl.space import check_room
-from kerabl.validate import check_grid_fits, check_live_outputs, check_precision, check_study_images
-
-UNITS = ("element", "channel")
-ENGINE_NAMES = ("fast", "paper")
-CONTROLS = ("none", "permuted-labels")
-
-
-@dataclass(frozen=True)
-class HConfig:
-    """Protocol options of the H study; defaults are the authors' choices except where theirs
-    is a bug (docs/protocol.md lists each difference).
-
-    Example:
-        HConfig(grid=(4, 4), others="all", probe_fits=50)
-        HConfig.authors("alexnet")       # alexnet_ablation.py exactly, bugs included
-    """
-
-    grid: tuple[int, int] = (4, 4)
-    unit: str = "element"
-    others: str = "random-10"
-    seed: int = 0
-    clip: bool = True
-    legacy_bounds: bool = False
-    probe_fits: int = 200
-    probe_max_units: int = 100
-    heldout_folds: int = 5
-    srs: bool = True
-    engine: str = "fast"
-    probe_solver: str = "batched"
-    control: str = "none"
-    probe_objective: str = "liblinear"
-    srs_matrix: str = "upper"
-    precision: str = "float32"
-
-    @classmethod
-    def authors(cls, network: str = "alexnet", **changes) -> "HConfig":
-        """Every choice of the authors' code: `alexnet_ablation.py` (used for every network but
-        MobileNetV2), or for "mobilenet_v2" `mobilenet_paper_results.py` (every other image as
-        "other", the lbfgs probe). Their grid bounds, full-matrix srs, liblinear probe, random-10
-        others; `changes` override single fields.
-
-        Example:
-            HConfig.authors("mobilenet_v2").others    # "all"
-        """
-        choices = dict(legacy_bounds=True, srs_matrix="full", probe_objective="liblinear",
-                       others="random-10", grid=(4, 4), unit="element", clip=True,
-                       probe_fits=200, probe_max_units=100)
-        if network == "mobilenet_v2":
-            choices.update(others="all", probe_objective="lbfgs")
-        return cls(**{**choices, **changes})
-
-    def __post_init__(self):
-        if self.unit not in UNITS:
-            raise KerablError(f"unknown unit kind {self.unit!r}: use one of {', '.join(UNITS)}")
-        if self.engine not in ENGINE_NAMES:
-            raise KerablError(f"unknown engine {self.engine!r}: use fast or paper")
-        if self.probe_solver not in ("batched", "sklearn"):
-            raise KerablError(f"unknown probe solver {self.probe_solver!r}: use batched or sklearn")
-        if self.control not in CONTROLS:
-            raise KerablError(f"unknown control {self.control!r}: use none or permuted-labels")
-        if self.probe_objective not in ("liblinear", "lbfgs"):
-            raise KerablError(f"unknown probe objective {self.probe_objective!r}: "
-                              "use liblinear or lbfgs")
-        if self.srs_matrix not in ("upper", "full"):
-            raise KerablError(f"unknown srs matrix {self.srs_matrix!r}: use upper or full")
-        check_precision(self.precision, self.engine)
-        if len(self.grid) != 2 or min(self.grid) < 1:
-            raise KerablError(f"grid must be two positive integers, got {self.grid}")
-
-    def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
-
+from kerabl.validate import check_grid_fits, check_study_images
 
 def cell_seed(seed: int, *keys: int) -> int:
     """A seed for one (class, layer, cell) derived from the run's seed, independent of run order.
@@ -153,8 +90,6 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
         The finished results file, or None for a shard whose file is written but not renamed
         because it does not cover every pair (it is renamed when its own pairs are done).
     """
-    from kerabl.hayne.results import HResultsWriter
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     network = flat_network(network)   # a model calling other models: one graph
@@ -162,7 +97,6 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     cache_path = Path(cache_path or out_dir / "activations.h5")
     preprocess = network.preprocess
     if config.control == "permuted-labels":
-        from kerabl.hayne.controls import permuted_labels
         imageset = permuted_labels(imageset, config.seed)
         log(f"control: class labels permuted among the images (seed {config.seed}); "
             "every class is a random set of images")
@@ -170,7 +104,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     check_study_images(imageset)
     files, note = image_files(imageset, cache_path, preprocess, log)
     check_live_outputs(network, imageset)
-    writer_args = _writer_args(network, imageset, layers, config)
+    writer_args = sweep_writer_args(network, imageset, layers, config)
     writer_args["config"]["contents"] = contents_digest(files)
     check_grid_fits(tuple(config.grid), dict(zip(layers, writer_args["n_units"])))
     check_cache_room(network, imageset, layers, config, cache_path, cache)
@@ -184,7 +118,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
                              log, files)
     pairs = writer.pairs()
     todo = [(ci, li) for ci, li in pairs if not writer.is_done(ci, li)]
-    sweep = _Sweep(network, imageset, layers, config, acts, log)
+    sweep = Sweep(network, imageset, layers, config, acts, log)
     sweep.workers = worker_count(workers)
     bar = progress_bar("H study: class x layer", len(pairs), enabled=progress,
                        done=len(pairs) - len(todo), every=0)
@@ -260,9 +194,14 @@ def target_layers(network, layers: Sequence[str] | None) -> list[str]:
     return layers
 
 
-def _writer_args(network, imageset, layers, config: HConfig) -> dict:
-    from kerabl.hayne.grid import others_count
-    from kerabl.masks import n_units
+def sweep_writer_args(network, imageset, layers, config: HConfig) -> dict:
+    """The keyword arguments of `HResultsWriter` for a run: its recorded config, classes, layers, unit
+    counts, grid and the largest image and other-class counts.
+
+    Example:
+        HResultsWriter(path, **sweep_writer_args(net, imageset, ["conv_5"], HConfig()))
+    """
+    from kerabl.masks import n_units  # loads TensorFlow: on first use
 
     counts = [len(imageset.rows_of(c)) for c in imageset.classes]
     n_others = len(imageset.classes) - 1
@@ -278,17 +217,19 @@ def _writer_args(network, imageset, layers, config: HConfig) -> dict:
                 grid_shape=tuple(config.grid), max_images=max(counts), max_others=n_others)
 
 
-class _Sweep:
-    """Per-class state and per-pair computation of the H sweep (one engine per layer, reused)."""
+class Sweep:
+    """Per-class state and per-pair computation of the H sweep (one engine per layer, reused).
+
+    Example:
+        sweep = Sweep(net, imageset, ["conv_5"], HConfig(), cache)
+        state = sweep.start_class(0)     # the class's rows, others, images and ranks
+    """
 
     def __init__(self, network, imageset, layers, config: HConfig, cache,
                  log: Callable[[str], None] = print):
-        from kerabl.hayne.ablation import ENGINES
-
         self.network, self.imageset, self.layers, self.config = network, imageset, layers, config
         self.cache = cache
         self.log = log
-        self._engine = ENGINES[config.engine]
         self._ablators: dict[str, object] = {}
         self.pool = None
         self.workers = 1
@@ -297,16 +238,12 @@ class _Sweep:
 
     def _ablator(self, layer):
         if layer not in self._ablators:
-            extra = {} if self.config.engine == "paper" else {"precision": self.config.precision}
-            self._ablators[layer] = self._engine(self.network.model, layer, **extra)
+            self._ablators[layer] = rank_engine(self.config.engine, self.network.model, layer,
+                                                self.config.precision)
         return self._ablators[layer]
 
     def start_class(self, ci: int, forward: bool = True) -> dict:
         """Class `ci`'s image rows and other classes; with `forward`, its images and ranks."""
-        from kerabl.engine import predict_batched
-        from kerabl.hayne.ablation import true_class_rank
-        from kerabl.hayne.grid import choose_others
-
         imageset, net = self.imageset, self.network
         n_classes = len(imageset.classes)
         target_rows = imageset.rows_of(imageset.classes[ci])
@@ -346,9 +283,7 @@ class _Sweep:
 
     def _shared_block(self, shape: tuple[int, int]):
         """The sweep's shared-memory block, made (or grown) to hold an array of `shape`, sized
-        at first for the widest layer; None without probe worker processes or without room."""
-        from kerabl.hayne.shared import SharedBlock
-
+        at first for the widest layer; None without probe workers or without room."""
         nbytes = shape[0] * shape[1] * 4
         if self.pool is None or self._no_room or isinstance(self.pool, ThreadPoolExecutor):
             return None     # threads read the activations where they are
@@ -366,7 +301,7 @@ class _Sweep:
                      "slower (the results are the same)")
         return self._block
 
-    def __enter__(self) -> "_Sweep":
+    def __enter__(self) -> "Sweep":
         return self
 
     def __exit__(self, kind, *_) -> None:
@@ -384,8 +319,6 @@ class _Sweep:
 
     def grid(self, state: dict, acts: np.ndarray) -> dict:
         """Stage `grid`: unit coordinates and the equal-count grid."""
-        from kerabl.hayne.grid import coordinates, equal_count_grid
-
         n_target = len(state["target_rows"])
         selectivity, magnitude = coordinates(acts[:n_target].mean(0, dtype=np.float64),
                                              acts[n_target:].mean(0, dtype=np.float64))
@@ -409,9 +342,6 @@ class _Sweep:
     def ablate(self, state: dict, li: int, acts: np.ndarray, grid) -> dict:
         """Stage `ablate`: the true class's ranks with each cell ablated and with none (an
         all-ones mask through the same engine), their mean deficit."""
-        from kerabl.hayne.ablation import baseline_and_ablated_ranks, mean_rank_deficit
-        from kerabl.masks import cell_masks
-
         layer = self.layers[li]
         ablator = self._ablator(layer)
         if self._can_use_cache(ablator, layer):
@@ -419,6 +349,8 @@ class _Sweep:
             ablator.set_activations(acts[:len(state["target_rows"])].copy())
         else:
             ablator.set_images(state["images"])
+        from kerabl.masks import cell_masks  # loads TensorFlow: on first use
+
         masks = cell_masks(ablator.shape, grid.cells, self.config.unit)
         rank_baseline, rank_after = baseline_and_ablated_ranks(ablator, masks, state["labels"])
         deficit = mean_rank_deficit(rank_baseline, rank_after, clip=self.config.clip)
@@ -426,8 +358,6 @@ class _Sweep:
 
     def _can_use_cache(self, ablator, layer) -> bool:
         """Cached activations feed the tail only when they are the exact layer output."""
-        from kerabl.graph import is_cut_point
-
         return (self.config.engine == "fast" and self.config.unit == "element"
                 and np.dtype(self.cache.attrs.get("dtype", "float32")) == np.float32
                 and is_cut_point(self.network.model, layer))
@@ -454,8 +384,6 @@ def cell_probe_scores(task) -> tuple[float, float, float, float, float]:
 
     Runs in a worker process when the sweep has a pool: it imports no TensorFlow.
     """
-    from kerabl.hayne.logistic import single_threaded
-
     with single_threaded():
         return _cell_probe_scores(*task)
 
@@ -468,10 +396,6 @@ def pair_fold_probe(task) -> tuple[np.ndarray, np.ndarray]:
     Example:
         mean, sd = pair_fold_probe((acts, n_target, HConfig(), cell_seed(0, ci, li, 2 ** 31 - 1)))
     """
-    from kerabl.hayne.heldout import fold_probe_summary
-    from kerabl.hayne.logistic import single_threaded
-    from kerabl.hayne.shared import resolve
-
     acts, n_target, config, seed = task
     with single_threaded():
         return resolve(acts, lambda a: fold_probe_summary(
@@ -481,9 +405,6 @@ def pair_fold_probe(task) -> tuple[np.ndarray, np.ndarray]:
 
 def _cell_probe_scores(x, y, config: HConfig,
                        seed: int) -> tuple[float, float, float, float, float]:
-    from kerabl.hayne.probes import heldout_probe_score, paper_probe_loss, rsa_scores
-    from kerabl.hayne.shared import resolve
-
     x = resolve(x)      # a shared block's columns, copied here in the worker
     if x.shape[1] == 0:
         return (np.nan,) * 5

@@ -15,11 +15,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kerabl.engine import DEFAULT_BATCH, _engine, _Engine
+from kerabl.engine import DEFAULT_BATCH, ChannelEngine, channel_engine
 from kerabl.errors import KerablError
-from kerabl.masks import _units, keep_masks
+from kerabl.masks import keep_masks, unit_indices
 from kerabl.progress import progress_bar
-from kerabl.zhou.attributes import _class_rows
+from kerabl.zhou.attributes import class_rows
 
 
 def _accuracy_table(preds: np.ndarray, labels: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
@@ -29,7 +29,7 @@ def _accuracy_table(preds: np.ndarray, labels: np.ndarray, rows: list[np.ndarray
 
 def _drop_summary(preds: np.ndarray, base_preds: np.ndarray, labels: np.ndarray,
                   classes: Sequence[int]) -> dict[str, np.ndarray]:
-    rows = _class_rows(labels, classes)
+    rows = class_rows(labels, classes)
     class_acc = _accuracy_table(preds, labels, rows)
     base_class_acc = _accuracy_table(base_preds[None], labels, rows)[0]
     base_acc = float((base_preds == labels).mean())
@@ -47,7 +47,7 @@ def _check_labels(images, labels) -> np.ndarray:
     return labels
 
 
-def _base_predictions(eng: _Engine, rows=None) -> np.ndarray:
+def _base_predictions(eng: ChannelEngine, rows=None) -> np.ndarray:
     return eng.predict(np.ones((1, eng.n_channels), np.float32), rows)[0]
 
 
@@ -84,13 +84,19 @@ def single_unit_ablation(network_or_model, images: np.ndarray, labels: np.ndarra
         `classes` (C,).
     """
     labels = _check_labels(images, labels)
-    eng = _engine(network_or_model, images, layer, engine, batch_size, shortcut)
-    return _unit_drops(eng, labels, classes, units, progress, f"ablating {layer}")
+    eng = channel_engine(network_or_model, images, layer, engine, batch_size, shortcut)
+    return unit_drops(eng, labels, classes, units, progress, f"ablating {layer}")
 
 
-def _unit_drops(eng: _Engine, labels: np.ndarray, classes: Sequence[int], units, progress: bool,
-                label: str) -> dict[str, Any]:
-    units = _units(units, eng.n_channels)
+def unit_drops(eng: ChannelEngine, labels: np.ndarray, classes: Sequence[int], units, progress: bool,
+               label: str) -> dict[str, Any]:
+    """Per-class accuracy drops with each unit of `units` zeroed alone, on engine `eng` (the body of
+    `single_unit_ablation`).
+
+    Example:
+        unit_drops(channel_engine(net, x, "conv_5"), y, [0, 1], None, False, "conv_5")["drop"]
+    """
+    units = unit_indices(units, eng.n_channels)
     keep = keep_masks(eng.n_channels, [[u] for u in units])
     preds = _chunked(eng.predict, keep, progress, label)
     result = _drop_summary(preds, _base_predictions(eng), labels, classes)
@@ -146,12 +152,18 @@ def random_direction_ablation(network_or_model, images: np.ndarray, labels: np.n
         plus `rotation` (C, C) and `seed`.
     """
     labels = _check_labels(images, labels)
-    eng = _engine(network_or_model, images, layer, "tail", batch_size)
-    return _direction_drops(eng, labels, classes, seed, rotation, progress, f"directions {layer}")
+    eng = channel_engine(network_or_model, images, layer, "tail", batch_size)
+    return direction_drops(eng, labels, classes, seed, rotation, progress, f"directions {layer}")
 
 
-def _direction_drops(eng: _Engine, labels: np.ndarray, classes: Sequence[int], seed: int,
-                     rotation: np.ndarray | None, progress: bool, label: str) -> dict[str, Any]:
+def direction_drops(eng: ChannelEngine, labels: np.ndarray, classes: Sequence[int], seed: int,
+                    rotation: np.ndarray | None, progress: bool, label: str) -> dict[str, Any]:
+    """Per-class accuracy drops with each random unit direction (the columns of an orthogonal
+    `rotation`, seeded when None) removed alone, on engine `eng`.
+
+    Example:
+        direction_drops(eng, y, [0, 1], seed=0, rotation=None, progress=False, label="conv_5")
+    """
     n = eng.n_channels
     q = random_rotation(n, seed) if rotation is None else np.asarray(rotation, float)
     if q.shape != (n, n) or not np.allclose(q.T @ q, np.eye(n), atol=1e-5):
@@ -199,15 +211,21 @@ def greedy_ablation(network_or_model, images: np.ndarray, labels: np.ndarray, cl
         (steps + 1,) class accuracy after 0..steps units; with `return_order`, also (steps,) units.
     """
     labels = _check_labels(images, labels)
-    eng = _engine(network_or_model, images, layer, engine, batch_size)
-    curve, order = _greedy(eng, labels, class_, steps, candidates)
+    eng = channel_engine(network_or_model, images, layer, engine, batch_size)
+    curve, order = greedy(eng, labels, class_, steps, candidates)
     return (curve, order) if return_order else curve
 
 
-def _greedy(eng: _Engine, labels: np.ndarray, class_: int, steps: int,
-            candidates: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+def greedy(eng: ChannelEngine, labels: np.ndarray, class_: int, steps: int,
+           candidates: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Units chosen greedily for class `class_` (each step the one whose removal lowers the class's
+    accuracy most) and the accuracy curve, on engine `eng`.
+
+    Example:
+        units, curve = greedy(eng, y, class_=3, steps=10, candidates=None)   # curve[0]: no unit off
+    """
     rows = _class_rows_for(labels, class_)
-    pool = _units(candidates, eng.n_channels)
+    pool = unit_indices(candidates, eng.n_channels)
     _check_steps(steps, pool)
     chosen: list[int] = []
     curve = [float((_base_predictions(eng, rows) == class_).mean())]
@@ -237,14 +255,20 @@ def random_order_ablation(network_or_model, images: np.ndarray, labels: np.ndarr
         (n_seeds, steps + 1) class accuracy after 0..steps units.
     """
     labels = _check_labels(images, labels)
-    eng = _engine(network_or_model, images, layer, engine, batch_size)
-    return _random_order(eng, labels, class_, steps, seeds, candidates)
+    eng = channel_engine(network_or_model, images, layer, engine, batch_size)
+    return random_order(eng, labels, class_, steps, seeds, candidates)
 
 
-def _random_order(eng: _Engine, labels: np.ndarray, class_: int, steps: int, seeds: Sequence[int],
-                  candidates: Sequence[int] | None) -> np.ndarray:
+def random_order(eng: ChannelEngine, labels: np.ndarray, class_: int, steps: int, seeds: Sequence[int],
+                 candidates: Sequence[int] | None) -> np.ndarray:
+    """Accuracy of class `class_` with the first 0..steps units of a random order removed, one row per
+    seed, on engine `eng`.
+
+    Example:
+        random_order(eng, y, class_=3, steps=10, seeds=[0, 1], candidates=None).shape   # (2, 11)
+    """
     rows = _class_rows_for(labels, class_)
-    pool = _units(candidates, eng.n_channels)
+    pool = unit_indices(candidates, eng.n_channels)
     _check_steps(steps, pool)
     sets = []
     for seed in seeds:

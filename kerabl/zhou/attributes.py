@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from kerabl.errors import KerablError
-from kerabl.graph import _as_model, _check_layer, _inbound_layers
+from kerabl.graph import as_model, check_layer, inbound_layers
 
 
 TOP_K = 8
@@ -59,7 +59,12 @@ def class_correlation(acts: np.ndarray, probs: np.ndarray) -> np.ndarray:
         return np.where(norm > 0, (a.T @ p) / np.where(norm > 0, norm, 1.0), np.nan)
 
 
-def _class_rows(labels: np.ndarray, classes: Sequence[int]) -> list[np.ndarray]:
+def class_rows(labels: np.ndarray, classes: Sequence[int]) -> list[np.ndarray]:
+    """The image rows of each class in `classes`; a KerablError for a class without images.
+
+    Example:
+        class_rows(np.array([0, 1, 0]), [0, 1])   # [array([0, 2]), array([1])]
+    """
     labels = np.asarray(labels)
     rows = [np.flatnonzero(labels == c) for c in classes]
     empty = [int(c) for c, r in zip(classes, rows) if len(r) == 0]
@@ -80,7 +85,7 @@ def class_means(acts: np.ndarray, labels: np.ndarray, classes: Sequence[int]) ->
     a = spatial_mean(acts)
     if len(a) != len(labels):
         raise KerablError(f"{len(a)} activations but {len(labels)} labels: pass one label per image")
-    return np.stack([a[r].mean(axis=0) for r in _class_rows(labels, classes)], axis=1)
+    return np.stack([a[r].mean(axis=0) for r in class_rows(labels, classes)], axis=1)
 
 
 def selectivity_index(acts: np.ndarray, labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
@@ -194,13 +199,13 @@ def l1_norms(model, layer: str) -> np.ndarray:
     """
     import keras
 
-    model = _as_model(model)
-    current = _check_layer(model, layer)
+    model = as_model(model)
+    current = check_layer(model, layer)
     for _ in range(len(model.layers)):
         norms = _kernel_layer_norms(current)
         if norms is not None:
             return norms.astype(np.float64)
-        inbound = _inbound_layers(current)
+        inbound = inbound_layers(current)
         if isinstance(current, keras.layers.Concatenate):
             return np.concatenate([l1_norms(model, parent.name) for parent in inbound])
         if len(inbound) != 1:

@@ -27,7 +27,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from kerabl.errors import KerablError
-from kerabl.hayne.plot import save_figure
+from kerabl.plotting import save_figure
 from kerabl.zhou.attributes import ATTRIBUTES
 from kerabl.zhou.results import DROPS, ZResults, display_images
 

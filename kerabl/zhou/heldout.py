@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from kerabl.errors import KerablError
+from kerabl.masks import keep_masks
+from kerabl.zhou.ablation import greedy
 
 
 def split_greedy(eng, labels: np.ndarray, class_: int, steps: int,
@@ -29,7 +31,7 @@ def split_greedy(eng, labels: np.ndarray, class_: int, steps: int,
     greedy curve is the class's own accuracy).
 
     Args:
-        eng: a Z engine of the greedy layer (`kerabl.zhou.ablation._engine`).
+        eng: a Z engine of the greedy layer (`kerabl.zhou.ablation.channel_engine`).
         labels: (N,) label of every image of the engine.
         class_: output index of the class.
         steps: units ablated.
@@ -39,9 +41,6 @@ def split_greedy(eng, labels: np.ndarray, class_: int, steps: int,
         (steps + 1,) accuracy on the choosing half, (steps + 1,) on the held-out half, and the
         (steps,) units in the order chosen.
     """
-    from kerabl.masks import keep_masks
-    from kerabl.zhou.ablation import _greedy
-
     labels = np.asarray(labels)
     rows = np.flatnonzero(labels == class_)
     if rows.size < 2:
@@ -51,7 +50,7 @@ def split_greedy(eng, labels: np.ndarray, class_: int, steps: int,
     choose, score = np.sort(rows[:rows.size // 2]), np.sort(rows[rows.size // 2:])
     choosing_labels = np.full_like(labels, -1)
     choosing_labels[choose] = class_
-    curve, order = _greedy(eng, choosing_labels, int(class_), steps, None)
+    curve, order = greedy(eng, choosing_labels, int(class_), steps, None)
     prefixes = [order[:i].tolist() for i in range(steps + 1)]
     held_out = (eng.predict(keep_masks(eng.n_channels, prefixes), score) == class_).mean(axis=1)
     return curve, held_out.astype(np.float64), order

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from kerabl.graph import head_model
+from kerabl.zhou import ablation as z_ablation, attributes as z_attributes
+
+
 
 FEATURES = ("class_corr", "class_profile", "l1")
 
@@ -23,10 +27,6 @@ def unit_table(model, images: np.ndarray, labels: np.ndarray, layers: list[str])
         table = unit_table(model, images, labels, ["conv_4", "conv_5"])
         table["conv_5"]["class_corr"].shape    # (units, classes)
     """
-    from kerabl.graph import head_model
-    from kerabl.zhou import ablation as z_ablation
-    from kerabl.zhou import attributes as z_attributes
-
     classes = np.arange(10)
     probs = model.predict(images, verbose=0)
     table = {}

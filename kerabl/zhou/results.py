@@ -31,7 +31,12 @@ DROPS = ("overall_drop", "max_class_drop")
 UNIT_VECTORS = DROPS + ("rand_overall_drop", "rand_max_class_drop", "argmax_class") + ATTRIBUTES
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
+    """The recorded config of a Z results file (a one-line error for another file).
+
+    Example:
+        read_config(Path("out/z_results.h5"))["seed"]   # 0
+    """
     import h5py
 
     with reading_results(path, WRITER), h5py.File(path, "r") as f:
@@ -79,7 +84,7 @@ class ZResults:
             hint = " (the run has not finished: rerun it)" if path.with_name(
                 path.name + ".partial").exists() else ""
             raise KerablError(f"no Z results at {path}{hint}: run `kerabl units` first")
-        config = _read_config(path)
+        config = read_config(path)
         with reading_results(path, WRITER), h5py.File(path, "r") as f:
             layers = {name: _read_group(f[f"layer_{name}"]) for name in config["layers"]}
             z = cls(path=path, config=config, versions=json.loads(f.attrs["versions"]),

@@ -16,19 +16,21 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from kerabl.engine import DEFAULT_BATCH, HEAD_BATCH, TailAblator, _engine, _Engine, predict_batched
-from kerabl.graph import _as_model
-from kerabl.nested import flat_network, resolve_layer, resolve_layers
 from kerabl.contents import array_table, contents_digest, describe_changes, image_files
+from kerabl.engine import (DEFAULT_BATCH, HEAD_BATCH, ChannelEngine, TailAblator, channel_engine,
+                           check_live_outputs, predict_batched)
 from kerabl.errors import KerablError
+from kerabl.graph import as_model
 from kerabl.progress import progress_bar
+from kerabl.nested import flat_network, resolve_layer, resolve_layers
 from kerabl.space import check_room, no_space_file
-from kerabl.store import config_differences, differing_keys, finish_partial, open_h5, partial_path
-from kerabl.validate import check_live_outputs
-from kerabl.zhou.ablation import _direction_drops, _greedy, _random_order, _unit_drops
+from kerabl.store import (config_differences, differing_keys, finish_partial, library_versions,
+                          open_h5, partial_path)
+from kerabl.zhou.ablation import direction_drops, greedy, random_order, unit_drops
+from kerabl.zhou.attributes import (TOP_K, attribute_drop_correlations, class_correlation,
+                                    class_means, l1_norms, selectivity_index, top_activating)
 from kerabl.zhou.heldout import most_hurt_class, split_greedy
-from kerabl.zhou.attributes import TOP_K, attribute_drop_correlations, class_correlation, class_means, l1_norms, selectivity_index, top_activating
-from kerabl.zhou.results import Z_KIND, Z_SCHEMA, _read_config, display_images
+from kerabl.zhou.results import Z_KIND, Z_SCHEMA, display_images, read_config
 
 
 THUMBNAIL_MAX = 64
@@ -106,8 +108,6 @@ def _default_greedy_layer(model, layers: Sequence[str]) -> str:
 def _create_partial(partial: Path, config: dict[str, Any], data: _StudyData,
                     images: np.ndarray) -> None:
     import h5py
-
-    from kerabl.hayne.results import library_versions
 
     check_room(partial, images.nbytes)
     with h5py.File(partial, "w") as f:
@@ -187,8 +187,8 @@ def _write_group(partial: Path, name: str, arrays: Mapping[str, np.ndarray],
 
 def _layer_results(model, eng: TailAblator, data: _StudyData, probs: np.ndarray, layer: str,
                    seed: int, top_k: int, progress: bool) -> tuple[dict, dict]:
-    units = _unit_drops(eng, data.labels, data.classes, None, progress, f"units {layer}")
-    directions = _direction_drops(eng, data.labels, data.classes, seed, None, progress,
+    units = unit_drops(eng, data.labels, data.classes, None, progress, f"units {layer}")
+    directions = direction_drops(eng, data.labels, data.classes, seed, None, progress,
                                   f"random directions {layer}")
     corr = class_correlation(eng.acts, probs[:, data.classes])
     attrs = {"l1": l1_norms(model, layer),
@@ -207,16 +207,16 @@ def _layer_results(model, eng: TailAblator, data: _StudyData, probs: np.ndarray,
     return arrays, {"base_acc": units["base_acc"], "correlations": json.dumps(corrs)}
 
 
-def _greedy_results(eng: _Engine, data: _StudyData, steps: int, n_seeds: int,
+def _greedy_results(eng: ChannelEngine, data: _StudyData, steps: int, n_seeds: int,
                     progress: bool, seed: int = 0) -> dict[str, np.ndarray]:
     curves, orders, random, split = [], [], [], []
     with progress_bar("greedy ablation", len(data.classes), enabled=progress,
                       transient=True) as advance:
         for class_ in data.classes:
-            curve, order = _greedy(eng, data.labels, int(class_), steps, None)
+            curve, order = greedy(eng, data.labels, int(class_), steps, None)
             curves.append(curve)
             orders.append(order)
-            random.append(_random_order(eng, data.labels, int(class_), steps, range(n_seeds), None))
+            random.append(random_order(eng, data.labels, int(class_), steps, range(n_seeds), None))
             split.append(split_greedy(eng, data.labels, int(class_), steps, seed))
             advance(1)
     return {"curves": np.stack(curves), "order": np.stack(orders), "random": np.stack(random),
@@ -286,7 +286,7 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
     greedy_seeds, top_k, batch_size = config.greedy_seeds, config.top_k, config.batch_size
     out_path = Path(out_dir) / RESULTS_NAME
     network = flat_network(network)   # a model calling other models: one graph
-    model = _as_model(network)
+    model = as_model(network)
     layers = resolve_layers(model, network.targets if layers is None else layers)
     greedy_layer = greedy_layer and resolve_layer(model, greedy_layer)
     greedy_layer = greedy_layer or _default_greedy_layer(model, layers)
@@ -302,7 +302,7 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
                            top_k)
     wanted["contents"] = contents_digest(files)
     out = Path(out_path)
-    if out.exists() and _check_config(out, _read_config(out), wanted, note, log):
+    if out.exists() and _check_config(out, read_config(out), wanted, note, log):
         log(f"{out} is complete with these options: nothing to compute")
         return out
     partial = partial_path(out)
@@ -310,7 +310,7 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
     check_live_outputs(network, images=images, labels=data.labels)
     if partial.exists():
         _salvage(partial, log)
-    if partial.exists() and _check_config(partial, _read_config(partial), wanted, note, log):
+    if partial.exists() and _check_config(partial, read_config(partial), wanted, note, log):
         log(f"resuming {partial}")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -323,12 +323,12 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
         for layer in todo:
             if probs is None:
                 probs = predict_batched(model, images, HEAD_BATCH)[0]
-            eng = _engine(model, images, layer, "tail", batch_size)
+            eng = channel_engine(model, images, layer, "tail", batch_size)
             arrays, attrs = _layer_results(model, eng, data, probs, layer, seed, top_k, progress)
             _write_group(partial, f"layer_{layer}", arrays, {**attrs, "layer": layer})
             advance(1)
     if "greedy" not in done:
-        eng = _engine(model, images, greedy_layer, "tail", batch_size)
+        eng = channel_engine(model, images, greedy_layer, "tail", batch_size)
         _write_group(partial, "greedy",
                      _greedy_results(eng, data, greedy_steps, greedy_seeds, progress, seed),
                      {"layer": greedy_layer, "split_seed": seed})
