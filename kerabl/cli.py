@@ -187,12 +187,14 @@ def _paper_layout(images: Path) -> bool:
 
 
 # The authors' inputs under --protocol authors where --classes / --preprocess are not given
-AUTHORS_INPUTS = {"mobilenet_v2": {"classes": "hayne10", "preprocess": "mobilenet_v2_authors"}}
+AUTHORS_INPUTS = {"mobilenet_v2": {"classes": "hayne10", "preprocess": "mobilenet_v2_authors"},
+                  "resnet50_torchvision": {"classes": "hayne10", "preprocess": "torchvision"}}
 
 
 def _authors_inputs(options: dict) -> dict:
-    """The input options `--protocol authors` fills in (for their MobileNetV2 run: hayne10, on the
-    paper layout, and their Pillow-default resize); {} under the default protocol."""
+    """The input options `--protocol authors` fills in (for their MobileNetV2 and ResNet runs:
+    hayne10, on the paper layout, and their activations' preprocessing); {} under the default
+    protocol."""
     if options.get("protocol") is not Protocol.authors:
         return {}
     filled = {k: v for k, v in AUTHORS_INPUTS.get(options["model"], {}).items()
@@ -251,7 +253,7 @@ def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, leg
                   probe_objective: Objective = Objective.liblinear,
                   srs_matrix: SrsMatrix = SrsMatrix.upper, precision: str = "float32",
                   model: str = "demo",
-                  inputs: Optional[dict] = None):
+                  inputs: Optional[dict] = None, **authors_fields):
     from kerabl.hayne.study import HConfig
     from kerabl.validate import check_h_options
 
@@ -261,7 +263,8 @@ def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, leg
                      probe_max_units=probe_max_units, heldout_folds=heldout_folds, srs=srs,
                      engine=engine.value, probe_solver=probe_solver.value,
                      control=control.value, probe_objective=probe_objective.value,
-                     srs_matrix=srs_matrix.value, precision=precision)
+                     srs_matrix=srs_matrix.value, precision=precision,
+                     **{k: getattr(v, "value", v) for k, v in authors_fields.items()})
     return _authors_config(config, model, inputs) if protocol is Protocol.authors else config
 
 
@@ -334,6 +337,8 @@ def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage
                    "list): pass --classes with their 10 WNIDs", err=True)
     shard_ = shard_of(shard) if shard else None
     net, imageset = _inputs(**_inputs_of(options))
+    if config.other_images == "all":
+        imageset = _with_other_pool(options, imageset)
     run = functools.partial(run_h_stage, stage) if stage else functools.partial(
         run_h_study, shard=shard_)
     layers = _layers(options["layers"])
@@ -343,6 +348,21 @@ def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage
         layers = list(paper_targets(options["model"], net.model))
     return run(net, imageset, out, layers=layers, config=config,
                progress=progress, workers=options["workers"], log=typer.echo)
+
+
+def _with_other_pool(options: dict, imageset):
+    """The study's classes with every image of the folder in the set (`--other-images all`):
+    the paper layout's 50 listed classes, every synset or class folder."""
+    images = options["images"]
+    if images is None:          # the demo digits: every class is studied already
+        return imageset
+    paper = options["class_index"] is None and _paper_layout(images)
+    pool, _ = _imageset(options["model"], images, "hayne50" if paper else None,
+                        options["class_index"])
+    chosen = pool.studying(imageset.classes)
+    typer.echo(f"other images: every image of {images} not of the target class ({len(chosen)} "
+               f"images, {len(pool.classes)} classes)", err=True)
+    return chosen
 
 
 def _stage_command(stage: str, doc: str) -> None:

@@ -38,7 +38,7 @@ Solver = choices("Solver", "batched", "sklearn")
 Engine = choices("Engine", "fast", "paper")
 Control = choices("Control", "none", "permuted-labels")
 Protocol = choices("Protocol", "default", "authors")
-Objective = choices("Objective", "liblinear", "lbfgs")
+Objective = choices("Objective", "liblinear", "lbfgs", "unpenalised")
 SrsMatrix = choices("SrsMatrix", "upper", "full")
 
 
@@ -52,14 +52,15 @@ WeightsOpt = Annotated[str, typer.Option(
 AlphaOpt = Annotated[float, typer.Option(help="MobileNetV2 width multiplier.")]
 ImagesOpt = Annotated[Optional[Path], typer.Option(
     help="ImageNet images: the paper's layout (folder with images/, the ground-truth file, "
-         "meta_clsloc.mat, 50_classes.json) or synset folders (val/n01440764/*.JPEG). "
+         "meta_clsloc.mat, 50_classes.json or the authors' 50_classes.pkl) or synset folders "
+         "(val/n01440764/*.JPEG). "
          "Or class folders (any names, image_dataset_from_directory convention). "
          "Default: the digits test split (demo model only).")]
 ClassesOpt = Annotated[Optional[str], typer.Option(
     help="Study classes: hayne50, hayne8, hayne10 (the first 10 of the authors' list), or "
          "comma-separated names/WNIDs (class folders: folder names). "
          "Default: hayne50 for alexnet, hayne8 for the other ImageNet networks "
-         "(hayne10 for mobilenet_v2 under --protocol authors).")]
+         "(hayne10 for mobilenet_v2 and resnet50_torchvision under --protocol authors).")]
 LayersOpt = Annotated[Optional[str], typer.Option(
     help="Comma-separated target layers (default: the model's default targets).")]
 UnitOpt = Annotated[Unit, typer.Option(help="element: every activation; channel: spatial mean.")]
@@ -115,15 +116,20 @@ SrsOpt = Annotated[bool, typer.Option(help="Compute the representational-similar
 EngineOpt = Annotated[Engine, typer.Option(
     help="fast: cached activations, tail only; paper: Lambda mask rebuilt per cell, full forward.")]
 SolverOpt = Annotated[Solver, typer.Option(
-    help="batched: the exact optimum of every probe fit at once; sklearn: the authors' "
-         "LogisticRegression loop (it may stop early, so a prediction can differ).")]
+    help="batched: the exact optimum of every probe fit at once; sklearn: scikit-learn's own "
+         "LogisticRegression per fit, as the authors ran it (liblinear stops at tol 1e-4, so a "
+         "prediction can differ from the optimum's; --protocol authors' choice).")]
 ProtocolOpt = Annotated[Protocol, typer.Option(
-    help="authors: every choice of the authors' code for this model (their grid bounds, "
-         "full-matrix srs, liblinear or lbfgs probe, others; mobilenet_v2: its 104 Conv/BN "
-         "targets); options given other values than their defaults still apply.")]
+    help="authors: every choice of the authors' script for this model (their grid bounds, "
+         "full-matrix srs, float32 means, scikit-learn's probe fits; mobilenet_v2 and "
+         "resnet50_torchvision: their 10 classes, every other image, the unpenalised probe, "
+         "their empty-cell srs; mobilenet_v2: its 104 Conv/BN targets; resnet50_torchvision: "
+         "its two preprocessing recipes); options given other values than their defaults "
+         "still apply.")]
 ObjectiveOpt = Annotated[Objective, typer.Option(
-    help="Probe objective: liblinear (the authors' scikit-learn <= 0.20: intercept penalised) "
-         "or lbfgs (unpenalised intercept; their MobileNetV2 code).")]
+    help="Probe objective: liblinear (the authors' scikit-learn <= 0.20: intercept penalised), "
+         "lbfgs (L2, unpenalised intercept) or unpenalised (no penalty: their MobileNetV2 and "
+         "ResNet code; needs --probe-solver sklearn).")]
 SrsMatrixOpt = Annotated[SrsMatrix, typer.Option(
     help="srs over the RDMs' upper triangles, or the authors' full matrices (diagonal "
          "included; NaN for a zero-variance image).")]
@@ -142,6 +148,28 @@ ShardOpt = Annotated[Optional[str], typer.Option(
     help="Run shard i of n (0-based, e.g. 3/8), or 'auto' (this SLURM array task's shard); "
          "join the shard files with `kerabl merge`.")]
 
+# The authors' per-network choices (HConfig.authors), each an option of its own
+OtherImages = choices("OtherImages", "studied", "all")
+Means = choices("Means", "float64", "float32")
+EmptyCells = choices("EmptyCells", "nan", "zero")
+OtherImagesOpt = Annotated[OtherImages, typer.Option(
+    help="The probes' and means' other images: those of the other studied classes (chosen by "
+         "--others), or all: every image of the folder not of the target class, studied or not "
+         "(the authors' MobileNetV2 and ResNet scripts; --others then does not apply).")]
+MeansOpt = Annotated[Means, typer.Option(
+    help="Precision of the class means behind selectivity and magnitude: float64, or float32 "
+         "(the authors' np.mean of float32 activations).")]
+EmptyCellsOpt = Annotated[EmptyCells, typer.Option(
+    help="srs of a cell without units (legacy bounds): nan, or zero (the authors' MobileNetV2 "
+         "and ResNet scripts). Its deficit is 0 and its probe NaN either way.")]
+AblationPreprocessOpt = Annotated[str, typer.Option(
+    help="Preprocessing of the baseline and ablated ranks when it differs from the activations' "
+         "(--preprocess), e.g. torchvision232 (the authors' ResNet script); default: the same.")]
+AUTHORS_OPTIONS = (
+    ("other_images", OtherImagesOpt, OtherImages.studied), ("means", MeansOpt, Means.float64),
+    ("empty_cells", EmptyCellsOpt, EmptyCells.nan),
+    ("ablation_preprocess", AblationPreprocessOpt, ""))
+
 H_OPTIONS = (  # the H protocol: shared by study and reproduce
     ("unit", UnitOpt, Unit.element), ("grid", GridOpt, "4x4"),
     ("others", OthersOpt, "random-10"), ("clip", ClipOpt, True),
@@ -150,4 +178,5 @@ H_OPTIONS = (  # the H protocol: shared by study and reproduce
     ("probe_solver", SolverOpt, Solver.batched), ("control", ControlOpt, Control.none),
     ("workers", WorkersOpt, None), ("protocol", ProtocolOpt, Protocol.default),
     ("probe_objective", ObjectiveOpt, Objective.liblinear),
-    ("srs_matrix", SrsMatrixOpt, SrsMatrix.upper), ("precision", PrecisionOpt, "float32"))
+    ("srs_matrix", SrsMatrixOpt, SrsMatrix.upper), ("precision", PrecisionOpt, "float32"),
+    *AUTHORS_OPTIONS)

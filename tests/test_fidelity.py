@@ -176,7 +176,8 @@ def test_protocol_authors_selects_the_authors_choices():
     assert (alexnet.legacy_bounds, alexnet.srs_matrix, alexnet.probe_objective,
             alexnet.others) == (True, "full", "liblinear", "random-10")
     mnv2 = _study_config(**kw, protocol=Protocol.authors, model=Model.mobilenet_v2)
-    assert (mnv2.others, mnv2.probe_objective, mnv2.legacy_bounds) == ("all", "lbfgs", True)
+    assert (mnv2.other_images, mnv2.probe_objective, mnv2.legacy_bounds) == ("all", "unpenalised",
+                                                                              True)
     kept = _study_config(**{**kw, "others": "all", "probe_fits": 20}, protocol=Protocol.authors,
                          model=Model.alexnet)
     assert (kept.others, kept.probe_fits, kept.legacy_bounds) == ("all", 20, True)

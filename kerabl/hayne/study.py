@@ -26,12 +26,23 @@ import numpy as np
 
 from kerabl.contents import contents_digest, image_files
 from kerabl.errors import KerablError
+from kerabl.hayne.probes import OBJECTIVES
 from kerabl.progress import progress_bar
 from kerabl.validate import check_grid_fits, check_live_outputs, check_precision, check_study_images
 
 UNITS = ("element", "channel")
 ENGINE_NAMES = ("fast", "paper")
 CONTROLS = ("none", "permuted-labels")
+
+
+# The choices of the authors' MobileNetV2 and ResNet scripts that differ from their AlexNet one's
+AUTHORS_BY_NETWORK = {
+    "mobilenet_v2": dict(other_images="all", probe_objective="unpenalised", empty_cells="zero"),
+    "resnet50_torchvision": dict(other_images="all", probe_objective="unpenalised",
+                                 empty_cells="zero", ablation_preprocess="torchvision232")}
+OTHER_IMAGES = ("studied", "all")
+MEANS = ("float64", "float32")
+EMPTY_CELLS = ("nan", "zero")
 
 
 @dataclass(frozen=True)
@@ -60,22 +71,35 @@ class HConfig:
     probe_objective: str = "liblinear"
     srs_matrix: str = "upper"
     precision: str = "float32"
+    # What the authors' scripts do per network (`authors`): the "other" images (the other
+    # studied classes', or every image of the set not of the target class), the precision of
+    # the class means, an empty cell's srs (NaN, or their 0), and a second preprocessing recipe
+    # for the baseline and ablated ranks ("": the activations' recipe).
+    other_images: str = "studied"
+    means: str = "float64"
+    empty_cells: str = "nan"
+    ablation_preprocess: str = ""
 
     @classmethod
     def authors(cls, network: str = "alexnet", **changes) -> "HConfig":
-        """Every choice of the authors' code: `alexnet_ablation.py` (used for every network but
-        MobileNetV2), or for "mobilenet_v2" `mobilenet_paper_results.py` (every other image as
-        "other", the lbfgs probe). Their grid bounds, full-matrix srs, liblinear probe, random-10
-        others; `changes` override single fields.
+        """Every choice of the authors' script for `network`, bugs included; `changes` override
+        single fields.
+
+        Every network: their grid bounds, full-matrix srs, float32 means, scikit-learn's own
+        probe fits (`probe_solver="sklearn"`). "alexnet" (`alexnet_ablation.py`; also every
+        network whose script was not published: vgg16, resnet101, ...): the liblinear probe,
+        10 random other classes, an empty cell's srs NaN. "mobilenet_v2"
+        (`mobilenetv2_ablation.py`): every other image of the set, the unpenalised probe, an
+        empty cell's srs 0. "resnet50_torchvision" (`resnet_ablation.py`): as MobileNetV2, and
+        the ranks from `ResNet50_Weights.IMAGENET1K_V2.transforms()` ("torchvision232").
 
         Example:
-            HConfig.authors("mobilenet_v2").others    # "all"
+            HConfig.authors("mobilenet_v2").other_images    # "all"
         """
         choices = dict(legacy_bounds=True, srs_matrix="full", probe_objective="liblinear",
-                       others="random-10", grid=(4, 4), unit="element", clip=True,
-                       probe_fits=200, probe_max_units=100)
-        if network == "mobilenet_v2":
-            choices.update(others="all", probe_objective="lbfgs")
+                       probe_solver="sklearn", others="random-10", grid=(4, 4), unit="element",
+                       clip=True, probe_fits=200, probe_max_units=100, means="float32")
+        choices.update(AUTHORS_BY_NETWORK.get(network, {}))
         return cls(**{**choices, **changes})
 
     def __post_init__(self):
@@ -87,9 +111,10 @@ class HConfig:
             raise KerablError(f"unknown probe solver {self.probe_solver!r}: use batched or sklearn")
         if self.control not in CONTROLS:
             raise KerablError(f"unknown control {self.control!r}: use none or permuted-labels")
-        if self.probe_objective not in ("liblinear", "lbfgs"):
+        if self.probe_objective not in OBJECTIVES:
             raise KerablError(f"unknown probe objective {self.probe_objective!r}: "
-                              "use liblinear or lbfgs")
+                              f"use one of {', '.join(OBJECTIVES)}")
+        _check_authors_fields(self)
         if self.srs_matrix not in ("upper", "full"):
             raise KerablError(f"unknown srs matrix {self.srs_matrix!r}: use upper or full")
         check_precision(self.precision, self.engine)
@@ -99,6 +124,48 @@ class HConfig:
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v
                 for k, v in dataclasses.asdict(self).items()}
+
+
+def _check_authors_fields(config: HConfig) -> None:
+    """The fields of the authors' per-network choices: known values, and a probe that exists."""
+    from kerabl.images import check_preprocess
+
+    for name, allowed in (("other_images", OTHER_IMAGES), ("means", MEANS),
+                          ("empty_cells", EMPTY_CELLS)):
+        if getattr(config, name) not in allowed:
+            raise KerablError(f"unknown {name.replace('_', ' ')} {getattr(config, name)!r}: "
+                              f"use one of {', '.join(allowed)}")
+    if config.ablation_preprocess:
+        check_preprocess(config.ablation_preprocess)
+    if config.probe_objective == "unpenalised" and config.probe_solver != "sklearn":
+        raise KerablError("the unpenalised probe has no optimum on a separable cell, so the "
+                          "batched solver cannot give it: use --probe-solver sklearn (or "
+                          "--protocol authors)")
+
+
+def ranks_preprocess(network, config: HConfig) -> str:
+    """The preprocessing recipe of the baseline and ablated ranks: `config.ablation_preprocess`,
+    else the network's own (the activations' recipe).
+
+    Example:
+        ranks_preprocess(net, HConfig.authors("resnet50_torchvision"))   # "torchvision232"
+    """
+    return config.ablation_preprocess or network.preprocess
+
+
+def class_means(acts: np.ndarray, n_target: int, precision: str = "float64"):
+    """Mean activation of each unit over the target images (the first `n_target` rows) and
+    over the other images: float64 sums, or the authors' `np.mean` of float32 activations
+    (`precision="float32"`: float32 sums, row by row, in the rows' order).
+
+    Example:
+        a, o = class_means(acts, 50)             # float64
+        a, o = class_means(acts, 50, "float32")  # theirs: np.mean(acts[rows], axis=0)
+    """
+    if precision == "float32":
+        acts = np.asarray(acts, dtype=np.float32)
+        return acts[:n_target].mean(0), acts[n_target:].mean(0)
+    return acts[:n_target].mean(0, dtype=np.float64), acts[n_target:].mean(0, dtype=np.float64)
 
 
 def cell_seed(seed: int, *keys: int) -> int:
@@ -208,12 +275,15 @@ def _writer_args(network, imageset, layers, config: HConfig) -> dict:
 
     counts = [len(imageset.rows_of(c)) for c in imageset.classes]
     n_others = len(imageset.classes) - 1
-    if others_count(config.others) is not None:
+    if others_count(config.others) is not None and config.other_images == "studied":
         n_others = min(n_others, others_count(config.others))
     run_config = {
         "study": "H", "model": network.name, "weights_id": network.weights_id,
         "dataset": imageset.name, "preprocess": network.preprocess, "layers": list(layers),
         "classes": list(imageset.class_names), **config.as_dict()}
+    if config.other_images == "all":      # the pool: every image of the set, studied or not
+        run_config["images_in_set"] = len(imageset)
+        run_config["ranks_preprocess"] = ranks_preprocess(network, config)
     return dict(config=run_config, classes=list(imageset.class_names),
                 class_index=np.asarray(imageset.classes, dtype=np.int64), layers=list(layers),
                 n_units=[n_units(network.model, name, config.unit) for name in layers],
@@ -252,11 +322,16 @@ class _Sweep:
         imageset, net = self.imageset, self.network
         n_classes = len(imageset.classes)
         target_rows = imageset.rows_of(imageset.classes[ci])
-        others = choose_others(n_classes, ci, self.config.others, self.config.seed)
-        other_rows = np.concatenate([imageset.rows_of(imageset.classes[o]) for o in others])
+        if self.config.other_images == "all":       # every image not of the class
+            others = np.array([o for o in range(n_classes) if o != ci], dtype=np.int64)
+            other_rows = imageset.other_rows(imageset.classes[ci])
+        else:
+            others = choose_others(n_classes, ci, self.config.others, self.config.seed)
+            other_rows = np.concatenate([imageset.rows_of(imageset.classes[o]) for o in others])
         if not forward:
             return dict(ci=ci, target_rows=target_rows, other_rows=other_rows, others=others)
-        images = imageset.load(net.input_size, net.preprocess, rows=target_rows)
+        images = imageset.load(net.input_size, ranks_preprocess(net, self.config),
+                               rows=target_rows)
         labels = np.asarray(imageset.labels)[target_rows]
         scores = predict_batched(net.model, images, 64)[0]
         return dict(ci=ci, target_rows=target_rows, other_rows=other_rows, others=others,
@@ -329,8 +404,8 @@ class _Sweep:
         from kerabl.hayne.grid import coordinates, equal_count_grid
 
         n_target = len(state["target_rows"])
-        selectivity, magnitude = coordinates(acts[:n_target].mean(0, dtype=np.float64),
-                                             acts[n_target:].mean(0, dtype=np.float64))
+        selectivity, magnitude = coordinates(*class_means(acts, n_target, self.config.means),
+                                             precision=self.config.means)
         grid = equal_count_grid(selectivity, magnitude, tuple(self.config.grid),
                                 legacy_bounds=self.config.legacy_bounds)
         return dict(selectivity=selectivity, magnitude=magnitude, grid=grid)
@@ -372,6 +447,7 @@ class _Sweep:
 
         return (self.config.engine == "fast" and self.config.unit == "element"
                 and np.dtype(self.cache.attrs.get("dtype", "float32")) == np.float32
+                and ranks_preprocess(self.network, self.config) == self.network.preprocess
                 and is_cut_point(self.network.model, layer))
 
     def _probe_scores(self, acts, n_target, cells, ci, li, block=None) -> dict:
@@ -447,8 +523,9 @@ def _cell_probe_scores(x, y, config: HConfig,
     from kerabl.hayne.shared import resolve
 
     x = resolve(x)      # a shared block's columns, copied here in the worker
-    if x.shape[1] == 0:
-        return (np.nan,) * 5
+    if x.shape[1] == 0:     # an empty cell (legacy bounds): no probe; srs NaN or the authors' 0
+        srs = 0.0 if config.empty_cells == "zero" else np.nan
+        return np.nan, np.nan, srs, srs, np.nan
     loss = paper_probe_loss(x, y, n_fits=config.probe_fits, max_units=config.probe_max_units,
                             seed=seed, solver=config.probe_solver,
                             objective=config.probe_objective)
