@@ -116,7 +116,8 @@ def sklearn_probe(objective: str = "liblinear"):
     scikit-learn <= 0.20's default (the intercept penalised, `intercept_scaling=1`, tol 1e-4),
     "lbfgs" the later default (L2, C = 1, intercept not penalised), "unpenalised" their
     MobileNetV2 script's `LogisticRegression(penalty='none', random_state=0)` (lbfgs, no
-    penalty, at most 100 iterations: on a separable cell it stops there, as theirs did).
+    penalty, at most 100 iterations: on a separable cell it stops there, as theirs did; where
+    it stops depends on the installed scikit-learn, whose lbfgs objective was rescaled in 1.2).
 
     Example:
         sklearn_probe().fit(X, y).predict(X)     # the authors' AlexNet fit
@@ -125,8 +126,8 @@ def sklearn_probe(objective: str = "liblinear"):
 
     if objective == "liblinear":
         return LogisticRegression(random_state=0, solver="liblinear")
-    if objective == "unpenalised":
-        return LogisticRegression(penalty=None, random_state=0)
+    if objective == "unpenalised":      # penalty='none' then; C = inf is today's spelling
+        return LogisticRegression(C=np.inf, random_state=0)
     return LogisticRegression(random_state=0)
 
 
