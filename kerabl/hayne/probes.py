@@ -139,7 +139,9 @@ def _sklearn_predictions(X: np.ndarray, y: np.ndarray, draws: np.ndarray,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)     # theirs stopped there too
         for f, cols in enumerate(draws):
-            design = np.asarray(X[:, cols], dtype=np.float64)
+            # as the authors passed them (float32 activations): liblinear converts to float64
+            # itself, lbfgs fits in the data's precision
+            design = X[:, cols]
             out[f] = sklearn_probe(objective).fit(design, y).predict(design)
     return out
 
