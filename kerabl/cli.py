@@ -352,13 +352,16 @@ def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage
 
 def _with_other_pool(options: dict, imageset):
     """The study's classes with every image of the folder in the set (`--other-images all`):
-    the paper layout's 50 listed classes, every synset or class folder."""
+    the images of every listed class of the paper layout, every synset or class folder."""
     images = options["images"]
     if images is None:          # the demo digits: every class is studied already
         return imageset
-    paper = options["class_index"] is None and _paper_layout(images)
-    pool, _ = _imageset(options["model"], images, "hayne50" if paper else None,
-                        options["class_index"])
+    from kerabl import data
+
+    if options["class_index"] is None and _paper_layout(images):   # the listed classes it holds
+        pool = data.paper_imageset(images, classes="hayne50", drop_empty=True)
+    else:
+        pool, _ = _imageset(options["model"], images, None, options["class_index"])
     chosen = pool.studying(imageset.classes)
     typer.echo(f"other images: every image of {images} not of the target class ({len(chosen)} "
                f"images, {len(pool.classes)} classes)", err=True)

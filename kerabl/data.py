@@ -176,6 +176,16 @@ class ImageSet:
                               f"one of {self.classes}")
         return np.flatnonzero(self.labels == int(class_index))
 
+    def _names_of(self, classes: Sequence[int]) -> tuple[list[int], dict[int, str]]:
+        """`classes` as ints and the set's name of each class, or a one-line error."""
+        classes = [int(c) for c in classes]
+        names = dict(zip(self.classes, self.class_names))
+        missing = [c for c in classes if c not in names]
+        if missing:
+            raise KerablError(f"classes {missing} are not in image set {self.name!r}: choose "
+                              f"from {self.classes}")
+        return classes, names
+
     def other_rows(self, class_index: int) -> np.ndarray:
         """Row indices of every image not of class `class_index`, studied class or not (the
         "other" pool of `HConfig(other_images="all")`).
@@ -194,12 +204,7 @@ class ImageSet:
             pool = paper_imageset(folder)                       # 50 classes, 2,500 images
             study = pool.studying(pool.classes[:10])            # 10 studied, 2,500 images
         """
-        classes = [int(c) for c in classes]
-        names = dict(zip(self.classes, self.class_names))
-        missing = [c for c in classes if c not in names]
-        if missing:
-            raise KerablError(f"classes {missing} are not in image set {self.name!r}: choose "
-                              f"from {self.classes}")
+        classes, names = self._names_of(classes)
         return replace(self, name=f"{self.name}:studying-{_digest(classes)}", classes=classes,
                        class_names=[names[c] for c in classes])
 
@@ -209,12 +214,7 @@ class ImageSet:
         Example:
             first8 = images.subset(images.classes[:8])
         """
-        classes = [int(c) for c in classes]
-        names = dict(zip(self.classes, self.class_names))
-        missing = [c for c in classes if c not in names]
-        if missing:
-            raise KerablError(f"classes {missing} are not in image set {self.name!r}: choose "
-                              f"from {self.classes}")
+        classes, names = self._names_of(classes)
         rows = np.concatenate([self.rows_of(c) for c in classes]) if classes else np.zeros(0, int)
         return replace(
             self, name=f"{self.name}:subset-{_digest(classes)}", labels=self.labels[rows],
@@ -358,7 +358,8 @@ def _named_classes(requested: Sequence[str], listed: list[tuple[str, str]]) -> l
 
 def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
                    meta: str | Path | None = None,
-                   classes: str | Sequence[str] | Path = "hayne50") -> ImageSet:
+                   classes: str | Sequence[str] | Path = "hayne50",
+                   drop_empty: bool = False) -> ImageSet:
     """The Hayne et al. image set: ILSVRC2012 validation images of the study's classes.
 
     Example:
@@ -381,6 +382,8 @@ def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
         classes: "hayne50" (all 50 listed classes), "hayne8" (the first 8 in file order),
             "hayne10" (the first 10: the authors' MobileNetV2 and ResNet scripts),
             a list of WNIDs or class-list names, or the Path of a class-list JSON.
+        drop_empty: leave out the classes without images (the "other" pool of a folder that
+            holds some of the listed classes) instead of raising.
 
     Raises:
         KerablError: a missing folder or file (named), an image number beyond the ground
@@ -414,6 +417,9 @@ def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
         k = wanted.get(id_to_wnid.get(int(truth[number - 1])))
         if k is not None:
             files_per_class[k].append(path)
+    if drop_empty and any(files_per_class):
+        chosen, files_per_class = map(list, zip(*[(c, f) for c, f in zip(chosen, files_per_class)
+                                                   if f]))
     empty = [f"{name} ({wnid})" for (name, wnid), f in zip(chosen, files_per_class) if not f]
     if empty:
         raise KerablError(f"no images of class {', '.join(empty)} in {image_dir}: check the "

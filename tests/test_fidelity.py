@@ -552,7 +552,7 @@ def test_torchvision232_is_resnet50_v2_transforms(hayne50):
         mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
         theirs = ((crop - mean[:, None, None]) / std[:, None, None]).permute(1, 2, 0).numpy()
         ours = preprocess_images([image], (224, 224), "torchvision232")[0]
-        assert np.abs(ours - theirs).mean() < 0.01 and np.abs(ours - theirs).max() < 0.1
+        assert np.abs(ours - theirs).mean() < 0.01 and np.abs(ours - theirs).max() < 0.02   # a step
         other = preprocess_images([image], (224, 224), "torchvision")[0]     # resize 256
         assert np.abs(other - theirs).mean() > 5 * np.abs(ours - theirs).mean()
 
@@ -572,7 +572,7 @@ def _check_run_against_authors(tiny_paper, out, make_clf):
 
     res = HResults.open(out / "h_results.h5")
     assert list(res.classes) == RESNET_CLASSES and res.config["images_in_set"] == 24
-    pool = paper_imageset(tiny_paper)
+    pool = paper_imageset(tiny_paper, drop_empty=True)
     cache = open_cache(out / "activations.h5")
     for ci, name in enumerate(res.classes):
         wid = pool.classes[pool.class_names.index(name)]
