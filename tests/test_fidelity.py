@@ -558,7 +558,7 @@ def test_torchvision232_is_resnet50_v2_transforms(hayne50):
 
 
 def _authors_run(tiny_paper, out, *args):
-    result = invoke("study", "--protocol", "authors", "--images", tiny_paper, "--probe-fits", 3,
+    result = invoke("study", "--protocol", "authors", "--images", tiny_paper, "--probe-fits", 2,
                     "--heldout-folds", 2, "--workers", 1, "--no-progress", "--out", out, *args)
     assert result.exit_code == 0, result.output
     return result.output
@@ -607,7 +607,7 @@ def test_protocol_authors_is_the_authors_resnet_script(tiny_paper, tmp_path):
     assert list(net.targets) == bottlenecks
     out = tmp_path / "out"
     printed = _authors_run(tiny_paper, out, "--model", "resnet50_torchvision", "--weights",
-                           tmp_path / "resnet50.pth", "--layers", "conv4_block6_out,conv5_block3_out")
+                           tmp_path / "resnet50.pth", "--layers", "conv5_block3_out")
     assert "protocol authors (resnet50_torchvision)" in printed
     assert "ablation_preprocess=torchvision232" in printed and "classes=hayne10" in printed
     res = _check_run_against_authors(tiny_paper, out, authors_probe_fit_unpenalised)
@@ -635,7 +635,7 @@ def test_protocol_authors_is_the_authors_mobilenet_v2_script(tiny_paper, tmp_pat
         MOBILENET_LAYERS
     out = tmp_path / "out"
     printed = _authors_run(tiny_paper, out, "--model", "mobilenet_v2", "--weights", "random",
-                           "--alpha", 0.35, "--layers", "block_16_project_BN,Conv_1_bn")
+                           "--alpha", 0.35, "--layers", "Conv_1_bn")
     assert "preprocess=mobilenet_v2_authors" in printed and "probe_objective=unpenalised" in printed
     res = _check_run_against_authors(tiny_paper, out, authors_probe_fit_unpenalised)
     assert res.config["preprocess"] == res.config["ranks_preprocess"] == "mobilenet_v2_authors"
