@@ -308,7 +308,7 @@ def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage
     from kerabl.hayne.study import run_h_study
 
     config = _study_config(options, probe_fits)
-    net, imageset, layers = _study_inputs(options)
+    net, imageset, layers = _study_inputs(options, config)
     run = functools.partial(run_h_stage, stage) if stage else functools.partial(
         run_h_study, shard=shard_of(shard) if shard else None)
     return run(net, imageset, out, layers=layers, config=config,
@@ -316,8 +316,9 @@ def _run_study(out, options: dict, probe_fits: int, shard, progress: bool, stage
                cache=options["cache"].value)
 
 
-def _study_inputs(options: dict):
-    """The network, the image set and the H study's target layers (None: the network's)."""
+def _study_inputs(options: dict, config: HConfig | None = None):
+    """The network, the image set (with every image of the folder as "other" pool under
+    `config.other_images == "all"`) and the H study's target layers (None: the network's)."""
     from kerabl.models import paper_targets
 
     inputs = _authors_inputs(options)
@@ -325,6 +326,12 @@ def _study_inputs(options: dict):
         typer.echo("note: not the authors' 10 classes (hayne10 needs the paper layout's class "
                    "list): pass --classes with their 10 WNIDs", err=True)
     net, imageset = _inputs(**_inputs_of(options))
+    if config is not None and config.other_images == "all":
+        from kerabl.folders import with_other_pool
+
+        imageset, note = with_other_pool(imageset, options["images"], options["model"],
+                                         options["class_index"])
+        typer.echo(note, err=True)
     layers = _layers(options["layers"])
     if layers is None and options["protocol"] is Protocol.authors \
             and options["model"] == "mobilenet_v2":   # their Conv and BN outputs
@@ -424,7 +431,7 @@ def reproduce(
     _forget_inputs()
     config = _check_study(options, probe_fits)
     with output_lock(out, "kerabl reproduce"):
-        net, imageset, layers = _study_inputs(options)   # TensorFlow imported quietly here
+        net, imageset, layers = _study_inputs(options, config)   # TensorFlow imported quietly here
         from kerabl.reproduce import reproduce as run_reproduce
 
         run_reproduce(net, imageset, out, config, layers=layers, z_layers=_layers(options["layers"]),

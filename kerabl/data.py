@@ -3,7 +3,7 @@
 - `ImageSet`: images (files or an in-memory array), their labels as model output indices, the
   study's classes in study order; `batches(...)`, `load(...)`, `rows_of(...)`, `subset(...)`.
 - `paper_imageset(folder, classes="hayne50")`: the Hayne et al. layout (`images/`,
-  ground truth, `meta_clsloc.mat`, `50_classes.json`).
+  ground truth, `meta_clsloc.mat`, `50_classes.json`, or the authors' `50_classes.pkl`).
 - `synset_imageset(folder, classes=None)`: one sub-folder of images per WNID (`n01440764/*.JPEG`).
 - `digits_imageset(seed)`: the demo model's held-out digits, already preprocessed.
 - `digits_split(seed)`: scikit-learn's digits as 32 x 32 x 3 images, the split the demo model
@@ -180,18 +180,45 @@ class ImageSet:
                               f"one of {self.classes}")
         return np.flatnonzero(self.labels == int(class_index))
 
-    def subset(self, classes: Sequence[int]) -> ImageSet:
-        """The images of some classes (output indices), in the given class order.
-
-        Example:
-            first8 = images.subset(images.classes[:8])
-        """
+    def _names_of(self, classes: Sequence[int]) -> tuple[list[int], dict[int, str]]:
+        """`classes` as ints and the set's name of each class, or a one-line error."""
         classes = [int(c) for c in classes]
         names = dict(zip(self.classes, self.class_names))
         missing = [c for c in classes if c not in names]
         if missing:
             raise KerablError(f"classes {missing} are not in image set {self.name!r}: choose "
                               f"from {self.classes}")
+        return classes, names
+
+    def other_rows(self, class_index: int) -> np.ndarray:
+        """Row indices of every image not of class `class_index`, studied class or not (the
+        "other" pool of `HConfig(other_images="all")`).
+
+        Example:
+            pool = images.other_rows(images.classes[0])   # 2,450 rows on the paper's 50 x 50
+        """
+        self.rows_of(class_index)               # a studied class, or a one-line error
+        return np.flatnonzero(self.labels != int(class_index))
+
+    def studying(self, classes: Sequence[int]) -> ImageSet:
+        """Every image of this set, with only `classes` (output indices, in that order) studied:
+        the images of the other classes stay in, as "other" images of `other_rows`.
+
+        Example:
+            pool = paper_imageset(folder)                       # 50 classes, 2,500 images
+            study = pool.studying(pool.classes[:10])            # 10 studied, 2,500 images
+        """
+        classes, names = self._names_of(classes)
+        return replace(self, name=f"{self.name}:studying-{_digest(classes)}", classes=classes,
+                       class_names=[names[c] for c in classes])
+
+    def subset(self, classes: Sequence[int]) -> ImageSet:
+        """The images of some classes (output indices), in the given class order.
+
+        Example:
+            first8 = images.subset(images.classes[:8])
+        """
+        classes, names = self._names_of(classes)
         rows = np.concatenate([self.rows_of(c) for c in classes]) if classes else np.zeros(0, int)
         return replace(
             self, name=f"{self.name}:subset-{_digest(classes)}", labels=self.labels[rows],
@@ -226,6 +253,7 @@ def from_classes(name: str, folder: Path, class_ids: list[int], class_names: lis
 PAPER_GROUND_TRUTH = "ILSVRC2014_clsloc_validation_ground_truth.txt"
 PAPER_META = "meta_clsloc.mat"
 PAPER_CLASS_LIST = "50_classes.json"
+PAPER_CLASS_PICKLE = "50_classes.pkl"     # the authors' own data/ folder holds only this one
 HAYNE8 = ("schooner", "brain_coral", "junco_bird", "snail", "grey_whale", "siberian_husky",
           "electric_fan", "bookcase")
 HAYNE10 = HAYNE8 + ("fountain_pen", "toaster")    # the authors' MobileNetV2 and ResNet scripts
@@ -271,6 +299,47 @@ def _read_class_list(path: Path) -> list[tuple[str, str]]:
     return list(listed.items())
 
 
+def paper_class_list(root: Path) -> list[tuple[str, str]]:
+    """(name, WNID) pairs of the paper layout's class list, in file order: `50_classes.json`, or,
+    where that is absent, the authors' `50_classes.pkl` (read by `read_class_pickle`).
+
+    Example:
+        paper_class_list(Path("imagenet-val-hayne50"))[:2]   # [("schooner", "n04147183"), ...]
+    """
+    root = Path(root)
+    if not (root / PAPER_CLASS_LIST).is_file() and (root / PAPER_CLASS_PICKLE).is_file():
+        return read_class_pickle(root / PAPER_CLASS_PICKLE)
+    return _read_class_list(_required_file(root / PAPER_CLASS_LIST, "class list", "classes"))
+
+
+def read_class_pickle(path: Path) -> list[tuple[str, str]]:
+    """(name, WNID) pairs of a pickled dict name -> WNID, in its order, read safely: the
+    unpickler builds only plain containers and strings (any class or function reference is
+    refused), and the result must be a dict of strings.
+
+    Example:
+        read_class_pickle(Path("data/50_classes.pkl"))[0]    # ("schooner", "n04147183")
+    """
+    import io
+    import pickle
+
+    class _PlainData(pickle.Unpickler):
+        def find_class(self, module, name):
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}")
+
+    try:
+        listed = _PlainData(io.BytesIO(Path(path).read_bytes())).load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError,
+            IndexError, AttributeError, UnicodeDecodeError) as err:
+        raise KerablError(f"cannot read class list {path} ({err}): give a pickled dict "
+                          "name -> WNID, or 50_classes.json") from None
+    if not isinstance(listed, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in listed.items()):
+        raise KerablError(f"class list {path} is not a pickled dict of strings name -> WNID: "
+                          "give the authors' 50_classes.pkl or 50_classes.json")
+    return list(listed.items())
+
+
 def _chosen_classes(classes: str | Sequence[str] | Path, root: Path) -> list[tuple[str, str]]:
     """(name, WNID) of the requested classes in study order."""
     if isinstance(classes, Path):
@@ -278,14 +347,12 @@ def _chosen_classes(classes: str | Sequence[str] | Path, root: Path) -> list[tup
     if isinstance(classes, str) and classes not in PAPER_CLASS_SETS:
         raise KerablError(f"classes={classes!r}: use {', '.join(map(repr, PAPER_CLASS_SETS))}, a "
                           "list of WNIDs or names, or the path of a class-list JSON")
-    listed = _read_class_list(_required_file(root / PAPER_CLASS_LIST, "class list",
-                                             "classes"))
+    listed = paper_class_list(root)
     if isinstance(classes, str):
         count = PAPER_CLASS_SETS[classes] or len(listed)
         if len(listed) < count:
             raise KerablError(f"{classes} is the first {count} classes of the class list, "
-                              f"but {root / PAPER_CLASS_LIST} lists {len(listed)}: give the "
-                              "authors' list")
+                              f"but {root} lists {len(listed)}: give the authors' list")
         return listed[:count]
     return _named_classes(classes, listed)
 
@@ -308,7 +375,8 @@ def _named_classes(requested: Sequence[str], listed: list[tuple[str, str]]) -> l
 
 def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
                    meta: str | Path | None = None,
-                   classes: str | Sequence[str] | Path = "hayne50") -> ImageSet:
+                   classes: str | Sequence[str] | Path = "hayne50",
+                   drop_empty: bool = False) -> ImageSet:
     """The Hayne et al. image set: ILSVRC2012 validation images of the study's classes.
 
     Example:
@@ -320,7 +388,8 @@ def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
     files default to the dataset root (the image folder's parent in the second case):
     `ILSVRC2014_clsloc_validation_ground_truth.txt` (line i = ILSVRC2014_ID of
     `ILSVRC2012_val_<i>.JPEG`), `meta_clsloc.mat` (ILSVRC2014_ID -> WNID) and
-    `50_classes.json` (name -> WNID, file order = study order). Labels are Keras output
+    `50_classes.json` (name -> WNID, file order = study order; where it is absent, the
+    authors' `50_classes.pkl`, read by `read_class_pickle`). Labels are Keras output
     indices (sorted WNIDs). Rows are grouped by class in study order, by file name within one.
 
     Args:
@@ -330,6 +399,8 @@ def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
         classes: "hayne50" (all 50 listed classes), "hayne8" (the first 8 in file order),
             "hayne10" (the first 10: the authors' MobileNetV2 and ResNet scripts),
             a list of WNIDs or class-list names, or the Path of a class-list JSON.
+        drop_empty: leave out the classes without images (the "other" pool of a folder that
+            holds some of the listed classes) instead of raising.
 
     Raises:
         KerablError: a missing folder or file (named), an image number beyond the ground
@@ -361,6 +432,9 @@ def paper_imageset(folder: str | Path, ground_truth: str | Path | None = None,
         k = wanted.get(id_to_wnid.get(int(truth[number - 1])))
         if k is not None:
             files_per_class[k].append(path)
+    if drop_empty and any(files_per_class):
+        chosen, files_per_class = map(list, zip(*[(c, f) for c, f in zip(chosen, files_per_class)
+                                                   if f]))
     empty = [f"{name} ({wnid})" for (name, wnid), f in zip(chosen, files_per_class) if not f]
     if empty:
         raise KerablError(f"no images of class {', '.join(empty)} in {image_dir}: check the "

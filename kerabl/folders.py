@@ -180,3 +180,24 @@ def study_imageset(model: str, images: Path | None, classes: str | None,
         return synset_imageset(images, classes=listed), 1000
     imageset = folder_imageset(images, classes=listed, class_index=class_index)
     return imageset, None if class_index else len(class_folders(images))
+
+
+def with_other_pool(imageset: ImageSet, images: Path | None, model: str,
+                    class_index: Path | None = None) -> tuple[ImageSet, str]:
+    """The study's classes with every image of the folder in the set, as the "other" pool of
+    `HConfig(other_images="all")`: every listed class of the paper layout, every synset or class
+    folder; and the line that says so. The demo's digits (`images` None) are returned as they are.
+
+    Example:
+        pool, note = with_other_pool(hayne10, Path("imagenet-val-hayne50"), "mobilenet_v2")
+        note   # "other images: every image of imagenet-val-hayne50 not of the target class ..."
+    """
+    if images is None:          # the demo digits: every class is studied already
+        return imageset, "other images: every image of the digits not of the target class"
+    if class_index is None and is_paper_layout(images):   # the listed classes it holds
+        pool = paper_imageset(images, classes="hayne50", drop_empty=True)
+    else:
+        pool, _ = study_imageset(model, images, None, class_index)
+    chosen = pool.studying(imageset.classes)
+    return chosen, (f"other images: every image of {images} not of the target class "
+                    f"({len(chosen)} images, {len(pool.classes)} classes)")

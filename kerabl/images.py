@@ -52,7 +52,7 @@ BATCH_STEPS = {
     "vgg16": _application_step("vgg16"), "resnet101": _application_step("resnet"),
     "mobilenet_v2": _application_step("mobilenet_v2"),
     "mobilenet_v2_authors": _imagenet_mode("tf")}
-PREPROCESS = ("paper", "heuritech", "torchvision", *BATCH_STEPS, "none")
+PREPROCESS = ("paper", "heuritech", "torchvision", "torchvision232", *BATCH_STEPS, "none")
 # Recipes whose direct resize is not Pillow's bilinear: name -> Pillow filter. The authors'
 # MobileNetV2 scripts (Python 3, for a 2022 paper) call `Image.resize(size)` without a filter,
 # taken as Pillow >= 7.0 (January 2020, the first release without Python 2), whose default for RGB
@@ -177,24 +177,28 @@ def _preprocess_one(image: np.ndarray, size: tuple[int, int], preprocess: str) -
                               f"{size} is larger; use 'paper' or a size of at most 256")
         square = _resize(image, (HEURITECH_RESIZE, HEURITECH_RESIZE))
         return _centre_crop(square, size) - np.asarray(HEURITECH_MEAN_RGB, dtype=np.float32)
-    if preprocess == "torchvision":
-        return _torchvision_one(image, size)
+    if preprocess in TORCHVISION_RESIZES:
+        return _torchvision_one(image, size, TORCHVISION_RESIZES[preprocess])
     return _resize(image, size, RESIZE_FILTERS.get(preprocess, "BILINEAR"))
 
 
 TORCHVISION_RESIZE = 256
+# The torchvision recipes: name -> shorter side before the centre crop. "torchvision" is
+# `ImageClassification(crop_size=224)` (resize 256: AlexNet, ResNet50 V1, ViT_B_16 V1);
+# "torchvision232" is `ResNet50_Weights.IMAGENET1K_V2.transforms()` (resize 232).
+TORCHVISION_RESIZES = {"torchvision": TORCHVISION_RESIZE, "torchvision232": 232}
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 
 
-def _torchvision_one(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """torchvision's ImageNet eval transform: Resize(256) (shorter side, Pillow bilinear),
+def _torchvision_one(image: np.ndarray, size: tuple[int, int],
+                     short: int = TORCHVISION_RESIZE) -> np.ndarray:
+    """torchvision's ImageNet eval transform: Resize(short) (shorter side, Pillow bilinear),
     CenterCrop(size) (offsets int(round((H - h) / 2))), ToTensor (/ 255), Normalize(mean, std)."""
-    if max(size) > TORCHVISION_RESIZE:
-        raise KerablError(f"torchvision preprocessing crops from {TORCHVISION_RESIZE} px: size "
-                          f"{size} is larger; use a size of at most 256")
+    if max(size) > short:
+        raise KerablError(f"torchvision preprocessing crops from {short} px: size "
+                          f"{size} is larger; use a size of at most {short}")
     h, w = image.shape[:2]
-    short = TORCHVISION_RESIZE
     resized = _resize(image, (short, int(short * w / h)) if h <= w else (int(short * h / w), short))
     top = int(round((resized.shape[0] - size[0]) / 2.0))
     left = int(round((resized.shape[1] - size[1]) / 2.0))
@@ -243,7 +247,10 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], size: Sequence[
       (/255, ImageNet mean and std): direct resize, then that step (`BATCH_STEPS`).
     - "torchvision": torchvision's ImageNet eval transform: shorter side resized to 256 (aspect
       kept), centre crop `size`, RGB / 255, minus mean (0.485, 0.456, 0.406), over std
-      (0.229, 0.224, 0.225): the torchvision models' default.
+      (0.229, 0.224, 0.225): the torchvision models' default (and `ViT_B_16_Weights.
+      IMAGENET1K_V1.transforms()`, the recipe of the authors' ResNet activations).
+    - "torchvision232": the same with the shorter side resized to 232:
+      `ResNet50_Weights.IMAGENET1K_V2.transforms()` (the authors' ResNet baseline and ablations).
     - "none": no normalisation: in-memory images are network inputs, only checked and stacked;
       decoded files (uint8) are resized to `size`, RGB 0..255.
 

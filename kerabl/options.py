@@ -45,9 +45,13 @@ Control = choices("Control", *option_choices("control"))
 Protocol = choices("Protocol", *PROTOCOLS)
 Objective = choices("Objective", *option_choices("probe_objective"))
 SrsMatrix = choices("SrsMatrix", *option_choices("srs_matrix"))
+OtherImages = choices("OtherImages", *option_choices("other_images"))
+Means = choices("Means", *option_choices("means"))
+EmptyCells = choices("EmptyCells", *option_choices("empty_cells"))
 # The Enum of each `HConfig` field that is a choice on the command line.
 H_CHOICES = {"unit": Unit, "probe_solver": Solver, "engine": Engine, "control": Control,
-             "probe_objective": Objective, "srs_matrix": SrsMatrix}
+             "probe_objective": Objective, "srs_matrix": SrsMatrix, "other_images": OtherImages,
+             "means": Means, "empty_cells": EmptyCells}
 CacheMode = choices("CacheMode", "file", "none")
 
 
@@ -61,14 +65,15 @@ WeightsOpt = Annotated[str, typer.Option(
 AlphaOpt = Annotated[float, typer.Option(help="MobileNetV2 width multiplier.")]
 ImagesOpt = Annotated[Optional[Path], typer.Option(
     help="ImageNet images: the paper's layout (folder with images/, the ground-truth file, "
-         "meta_clsloc.mat, 50_classes.json) or synset folders (val/n01440764/*.JPEG). "
+         "meta_clsloc.mat, 50_classes.json or the authors' 50_classes.pkl) or synset folders "
+         "(val/n01440764/*.JPEG). "
          "Or class folders (any names, image_dataset_from_directory convention). "
          "Default: the digits test split (demo model only).")]
 ClassesOpt = Annotated[Optional[str], typer.Option(
     help="Study classes: hayne50, hayne8, hayne10 (the first 10 of the authors' list), or "
          "comma-separated names/WNIDs (class folders: folder names). "
          "Default: hayne50 for alexnet, hayne8 for the other ImageNet networks "
-         "(hayne10 for mobilenet_v2 under --protocol authors).")]
+         "(hayne10 for mobilenet_v2 and resnet50_torchvision under --protocol authors).")]
 LayersOpt = Annotated[Optional[str], typer.Option(
     help="Comma-separated target layers (default: the model's default targets).")]
 UnitOpt = Annotated[Unit, typer.Option(help=option_help("unit"))]
@@ -125,9 +130,12 @@ CacheOpt = Annotated[CacheMode, typer.Option(
 WorkersOpt = Annotated[Optional[int], typer.Option(
     help="Processes fitting the probes (default: one per CPU core); results do not depend on it.")]
 ProtocolOpt = Annotated[Protocol, typer.Option(
-    help="authors: every choice of the authors' code for this model (their grid bounds, "
-         "full-matrix srs, liblinear or lbfgs probe, others; mobilenet_v2: its 104 Conv/BN "
-         "targets); options given other values than their defaults still apply.")]
+    help="authors: every choice of the authors' script for this model (their grid bounds, "
+         "full-matrix srs, float32 means, scikit-learn's probe fits; mobilenet_v2 and "
+         "resnet50_torchvision: their 10 classes, every other image, the unpenalised probe, "
+         "their empty-cell srs; mobilenet_v2: its 104 Conv/BN targets; resnet50_torchvision: "
+         "its two preprocessing recipes); options given other values than their defaults "
+         "still apply.")]
 
 
 def h_option(name: str) -> tuple[str, Any, Any]:

@@ -1,8 +1,12 @@
 """The authors' formulas written out literally (DESIGN section 2) on small arrays with known answers,
 and `--protocol authors` / `HConfig.authors()` checked against them: their grid_space bounds, the
 liblinear probe with scikit-learn 0.20's log_loss (eps = 1e-15), the full-matrix srs, and baseline
-ranks from the same graph (an all-ones mask gives every deficit exactly 0)."""
+ranks from the same graph (an all-ones mask gives every deficit exactly 0); and, per network,
+the lines of the authors' MobileNetV2 and ResNet scripts (their classes, every other image as
+"other", float32 means, the unpenalised probe, their empty cells, ResNet's two preprocessing
+recipes) against `--protocol authors` on real images with random weights."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -63,6 +67,74 @@ def authors_srs(X, y):
             if i == j or (y[i] == 1 and y[j] == 1):
                 template[i, j] = 0
     return stats.kendalltau(rdm, template)[0], stats.spearmanr(rdm, template, axis=None)[0]
+
+
+def authors_coordinates(acts, class_indexes, other_indexes):
+    """Their lines (resnet_ablation.py 453-454 and 468-469; the same in the other scripts):
+    np.mean of the float32 activations, np.column_stack, then np.sum(X, axis=1) / np.sqrt(2) and
+    (X[:, 0] - X[:, 1]) / np.sqrt(2), under numpy 1's casting (a float64 scalar did not promote
+    a float32 array: the division was float32)."""
+    class_activations = np.mean(acts[class_indexes], axis=0)
+    other_activations = np.mean(acts[other_indexes], axis=0)
+    X = np.column_stack((class_activations, other_activations))
+    assert X.dtype == np.float32
+    magnitude = np.sum(X, axis=1) / np.float32(np.sqrt(2))
+    selectivity = (X[:, 0] - X[:, 1]) / np.float32(np.sqrt(2))
+    return selectivity, magnitude
+
+
+def authors_probe_fit_liblinear():
+    return LogisticRegression(random_state=0, solver="liblinear")      # alexnet_ablation.py 756
+
+
+def authors_probe_fit_unpenalised():
+    # mobilenetv2_ablation.py 1183 (penalty='none'; C=inf in today's scikit-learn)
+    return LogisticRegression(C=np.inf, random_state=0)
+
+
+def authors_probe_mean_loss(act, y, make_clf, fits, seed):
+    """Their probe loop (alexnet_ablation.py 754-763, mobilenetv2_ablation.py 1180-1190), its
+    unseeded np.random.choice drawn from np.random.default_rng(seed)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    rng = np.random.default_rng(seed)
+    losses = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _ in range(fits):
+            clf = make_clf()
+            random_indexes = rng.choice(np.arange(act.shape[1]), size=min(act.shape[1], 100),
+                                        replace=False)
+            clf.fit(act[:, random_indexes], y)
+            losses.append(log_loss_020(y, clf.predict(act[:, random_indexes])))
+    return np.mean(losses)
+
+
+def check_cells_against_authors(res, ci, li, acts, n, make_clf, empty_srs):
+    """One class x layer of a results file against the authors' lines: coordinates from float32
+    means, grid_space, every cell's probe (every fit: scikit-learn's own), full-matrix srs, the
+    clipped deficit, and their empty-cell values (deficit 0, srs `empty_srs`, no probe)."""
+    from kerabl.hayne.study import cell_seed
+
+    y = np.r_[np.ones(n, dtype=int), np.zeros(len(acts) - n, dtype=int)]
+    sel, mag = authors_coordinates(acts, list(range(n)), list(range(n, len(acts))))
+    cells = authors_grid_space(sel, mag)
+    assert res.cell_count[ci, li].tolist() == [len(c) for c in cells]
+    fits = res.config["probe_fits"]
+    for k, cell in enumerate(cells):
+        scores = [res.srs_tau[ci, li, k], res.srs_rho[ci, li, k], res.probe_loss[ci, li, k]]
+        if not cell:
+            assert res.deficit[ci, li, k] == 0
+            np.testing.assert_array_equal(scores, [empty_srs, empty_srs, np.nan])
+            continue
+        act = acts[:, cell]
+        expected = authors_probe_mean_loss(act, y, make_clf, fits, cell_seed(0, ci, li, k))
+        np.testing.assert_allclose(scores, [*authors_srs(act.astype(np.float64), y), expected],
+                                   atol=1e-12)
+        assert res.probe[ci, li, k] == pytest.approx(np.exp(-expected), abs=1e-12)
+    after = res.rank_after[ci, li, :, :n].astype(np.int64)
+    before = res.rank_baseline[ci, li, :n].astype(np.int64)
+    np.testing.assert_array_equal(res.deficit[ci, li], np.clip(after - before, 0, None).mean(-1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +248,8 @@ def test_protocol_authors_selects_the_authors_choices():
     assert (alexnet.legacy_bounds, alexnet.srs_matrix, alexnet.probe_objective,
             alexnet.others) == (True, "full", "liblinear", "random-10")
     mnv2 = HConfig.from_options(kw, Protocol.authors, network=Model.mobilenet_v2.value)
-    assert (mnv2.others, mnv2.probe_objective, mnv2.legacy_bounds) == ("all", "lbfgs", True)
+    assert (mnv2.other_images, mnv2.probe_objective, mnv2.legacy_bounds) == ("all", "unpenalised",
+                                                                              True)
     kept = HConfig.from_options({**kw, "others": "all", "probe_fits": 20}, Protocol.authors,
                                 network="alexnet")
     assert (kept.others, kept.probe_fits, kept.legacy_bounds) == ("all", 20, True)
@@ -211,26 +284,10 @@ def test_protocol_authors_on_the_demo_matches_the_literal_formulas(authors_run):
         others = res.others[ci][res.others[ci] >= 0]
         rows = np.concatenate([res.image_rows[ci][:n]]
                               + [imageset.rows_of(imageset.classes[o]) for o in others])
-        y = np.r_[np.ones(n, dtype=int), np.zeros(len(rows) - n, dtype=int)]
         for li, layer in enumerate(res.layers):
             acts = cache.read(layer, rows=rows)
-            a, o = acts[:n].mean(0, dtype=np.float64), acts[n:].mean(0, dtype=np.float64)
-            sel, mag = (a - o) / np.sqrt(2), (a + o) / np.sqrt(2)
-            cells = authors_grid_space(sel, mag)
-            assert res.cell_count[ci, li].tolist() == [len(c) for c in cells]
-            for k, cell in enumerate(cells):
-                x = acts[:, cell].astype(np.float64)
-                tau, rho = authors_srs(x, y)
-                np.testing.assert_allclose([res.srs_tau[ci, li, k], res.srs_rho[ci, li, k]],
-                                           [tau, rho], atol=1e-12)
-                if len(cell) <= 100:               # every fit uses every unit: one liblinear fit
-                    expected = authors_probe_loss(x, y)
-                    assert res.probe_loss[ci, li, k] == pytest.approx(expected, abs=1e-12)
-                    assert res.probe[ci, li, k] == pytest.approx(np.exp(-expected), abs=1e-12)
-            after = res.rank_after[ci, li, :, :n].astype(np.int64)
-            before = res.rank_baseline[ci, li, :n].astype(np.int64)
-            np.testing.assert_array_equal(res.deficit[ci, li],
-                                          np.clip(after - before, 0, None).mean(-1))
+            check_cells_against_authors(res, ci, li, acts, n, authors_probe_fit_liblinear,
+                                        empty_srs=np.nan)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,3 +430,217 @@ def test_protocol_authors_gives_mobilenet_v2_the_authors_classes_and_preprocessi
     assert chosen == HConfig.authors("mobilenet_v2")
     printed = capsys.readouterr().err
     assert "classes=hayne10" in printed and "preprocess=mobilenet_v2_authors" in printed
+
+
+# ---------------------------------------------------------------------------------------------
+# The authors' MobileNetV2 and ResNet scripts under --protocol authors, on real images with
+# random weights: a paper folder of 12 classes x 2 images holding only their 50_classes.pkl
+
+RESNET_CLASSES = ['schooner', 'brain_coral', 'junco_bird', 'snail', 'grey_whale', 'siberian_husky',
+                  'electric_fan', 'bookcase', 'fountain_pen', 'toaster']       # their line 303
+MOBILENET_LAYERS = (['Conv1', 'bn_Conv1'] + [f'expanded_conv_{p}' for p in (
+    'depthwise', 'depthwise_BN', 'project', 'project_BN')] + [f'block_{b}_{p}' for b in range(1, 17)
+    for p in ('expand', 'expand_BN', 'depthwise', 'depthwise_BN', 'project', 'project_BN')]
+    + ['Conv_1', 'Conv_1_bn'])                     # mobilenetv2_ablation.py 895, layer_names
+
+
+@pytest.fixture(scope="module")
+def tiny_paper(hayne50, tmp_path_factory):
+    import shutil
+
+    full = paper_imageset(hayne50)
+    folder = tmp_path_factory.mktemp("paper")
+    (folder / "images").mkdir()
+    for name in ("ILSVRC2014_clsloc_validation_ground_truth.txt", "meta_clsloc.mat"):
+        (folder / name).symlink_to(hayne50 / name)
+    shutil.copy(hayne50 / "50_classes.pkl", folder)
+    for c in full.classes[:12]:
+        for r in full.rows_of(c)[:2]:
+            (folder / "images" / full.paths[r].name).symlink_to(full.paths[r])
+    return folder
+
+
+def invoke(*args):
+    from typer.testing import CliRunner
+
+    from kerabl.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.realdata
+def test_paper_layout_reads_the_authors_pickle(tiny_paper, hayne50):
+    from kerabl.data import paper_class_list
+
+    assert not (tiny_paper / "50_classes.json").exists()
+    assert paper_class_list(tiny_paper) == paper_class_list(hayne50)     # the pkl = the JSON
+    images = paper_imageset(tiny_paper, classes="hayne10")
+    assert images.class_names == RESNET_CLASSES and len(images) == 20
+
+
+def test_class_pickle_is_read_safely(tmp_path):
+    import pickle
+
+    from kerabl.data import paper_class_list
+    from kerabl.errors import KerablError
+
+    marker = tmp_path / "ran"
+    (tmp_path / "50_classes.pkl").write_bytes(          # os.system('touch ran') when unpickled
+        b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    with pytest.raises(KerablError, match=r"cannot read class list .*refers to os.system"):
+        paper_class_list(tmp_path)
+    assert not marker.exists()
+    (tmp_path / "50_classes.pkl").write_bytes(pickle.dumps(["schooner", "n04147183"]))
+    with pytest.raises(KerablError, match="not a pickled dict of strings"):
+        paper_class_list(tmp_path)
+    (tmp_path / "50_classes.pkl").write_bytes(pickle.dumps({"schooner": 4147183}))
+    with pytest.raises(KerablError, match="not a pickled dict of strings"):
+        paper_class_list(tmp_path)
+
+
+@pytest.mark.realdata
+def test_a_malicious_class_pickle_is_one_line_exit_2(hayne50, tmp_path):
+    (tmp_path / "images").mkdir()
+    for name in ("ILSVRC2014_clsloc_validation_ground_truth.txt", "meta_clsloc.mat"):
+        (tmp_path / name).symlink_to(hayne50 / name)
+    (tmp_path / "50_classes.pkl").write_bytes(b"cos\nsystem\n(S'true'\ntR.")
+    result = invoke("study", "--model", "alexnet", "--images", tmp_path, "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0 and "refers to os.system" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_protocol_authors_takes_each_networks_script():
+    from kerabl.errors import KerablError
+    from kerabl.hayne.config import authors_inputs
+
+    alexnet = HConfig.authors("alexnet")
+    assert (alexnet.probe_solver, alexnet.probe_objective, alexnet.others, alexnet.other_images,
+            alexnet.means, alexnet.empty_cells, alexnet.ablation_preprocess) == (
+        "sklearn", "liblinear", "random-10", "studied", "float32", "nan", "")
+    for unpublished in ("vgg16", "resnet101", "alexnet_torchvision", "demo"):
+        assert HConfig.authors(unpublished) == alexnet
+    mobilenet = HConfig.authors("mobilenet_v2")
+    assert (mobilenet.other_images, mobilenet.probe_objective, mobilenet.empty_cells,
+            mobilenet.ablation_preprocess) == ("all", "unpenalised", "zero", "")
+    resnet = HConfig.authors("resnet50_torchvision")
+    assert resnet == dataclasses.replace(mobilenet, ablation_preprocess="torchvision232")
+    given = {"classes": None, "preprocess": None, "class_index": None}
+    assert authors_inputs("authors", "resnet50_torchvision", given, paper_layout=False) == {
+        "preprocess": "torchvision"}
+    assert authors_inputs("authors", "resnet50_torchvision", given, paper_layout=True) == {
+        "classes": "hayne10", "preprocess": "torchvision"}
+    with pytest.raises(KerablError, match="use --probe-solver sklearn"):
+        HConfig(probe_objective="unpenalised")
+    with pytest.raises(KerablError, match="unknown other images 'some'"):
+        HConfig(other_images="some")
+
+
+@pytest.mark.realdata
+def test_torchvision232_is_resnet50_v2_transforms(hayne50):
+    """Their line 371: ToTensor, then ImageClassification(crop_size=224, resize_size=232): a
+    bilinear antialiased resize of the float tensor (torch's interpolate), centre crop, normalise.
+    kerabl resizes the uint8 image with Pillow's bilinear filter: the same geometry, rounding apart."""
+    torch = pytest.importorskip("torch")
+    from kerabl.images import load_image, preprocess_images
+
+    images = paper_imageset(hayne50, classes=["schooner"])
+    for path in images.paths[:2]:
+        image = load_image(path)
+        tensor = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255
+        h, w = image.shape[:2]
+        size = (232, int(232 * w / h)) if h <= w else (int(232 * h / w), 232)
+        resized = torch.nn.functional.interpolate(tensor, size=size, mode="bilinear",
+                                                  align_corners=False, antialias=True)[0]
+        top, left = int(round((size[0] - 224) / 2.0)), int(round((size[1] - 224) / 2.0))
+        crop = resized[:, top:top + 224, left:left + 224]
+        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+        theirs = ((crop - mean[:, None, None]) / std[:, None, None]).permute(1, 2, 0).numpy()
+        ours = preprocess_images([image], (224, 224), "torchvision232")[0]
+        assert np.abs(ours - theirs).mean() < 0.01 and np.abs(ours - theirs).max() < 0.02   # a step
+        other = preprocess_images([image], (224, 224), "torchvision")[0]     # resize 256
+        assert np.abs(other - theirs).mean() > 5 * np.abs(ours - theirs).mean()
+
+
+def _authors_run(tiny_paper, out, *args):
+    result = invoke("study", "--protocol", "authors", "--images", tiny_paper, "--probe-fits", 2,
+                    "--heldout-folds", 2, "--workers", 1, "--no-progress", "--out", out, *args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _check_run_against_authors(tiny_paper, out, make_clf):
+    """Their 10 classes, "other" = every other image of the folder (studied or not: line 452 /
+    1050), and every cell of every pair against their lines."""
+    from kerabl.activations import open_cache
+    from kerabl.hayne.results import HResults
+
+    res = HResults.open(out / "h_results.h5")
+    assert list(res.classes) == RESNET_CLASSES and res.config["images_in_set"] == 24
+    pool = paper_imageset(tiny_paper, drop_empty=True)
+    cache = open_cache(out / "activations.h5")
+    for ci, name in enumerate(res.classes):
+        wid = pool.classes[pool.class_names.index(name)]
+        class_indexes = [i for i in range(len(pool)) if pool.labels[i] == wid]
+        other_indexes = [i for i in range(len(pool)) if pool.labels[i] != wid]
+        assert len(other_indexes) == 22                # 9 studied and 2 unstudied classes
+        for li, layer in enumerate(res.layers):
+            acts = cache.read(layer, rows=class_indexes + other_indexes)
+            check_cells_against_authors(res, ci, li, acts, len(class_indexes), make_clf,
+                                        empty_srs=0.0)
+    return res
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_protocol_authors_is_the_authors_resnet_script(tiny_paper, tmp_path):
+    torch = pytest.importorskip("torch")
+    from kerabl.crosscheck import torch_network
+    from kerabl.hayne.ablation import true_class_rank
+    from kerabl.models import load_network
+
+    torch.manual_seed(0)
+    port = torch_network("resnet50_torchvision")
+    for module in port.modules():                  # random BatchNorm statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    torch.save(port.state_dict(), tmp_path / "resnet50.pth")
+    net = load_network("resnet50_torchvision", tmp_path / "resnet50.pth")
+    bottlenecks = [f"conv{s + 2}_block{b + 1}_out" for s, n in enumerate((3, 4, 6, 3))
+                   for b in range(n)]              # their line 308: the 16 Bottleneck outputs
+    assert list(net.targets) == bottlenecks
+    out = tmp_path / "out"
+    printed = _authors_run(tiny_paper, out, "--model", "resnet50_torchvision", "--weights",
+                           tmp_path / "resnet50.pth", "--layers", "conv5_block3_out")
+    assert "protocol authors (resnet50_torchvision)" in printed
+    assert "ablation_preprocess=torchvision232" in printed and "classes=hayne10" in printed
+    res = _check_run_against_authors(tiny_paper, out, authors_probe_fit_unpenalised)
+    assert (res.config["preprocess"], res.config["ranks_preprocess"]) == ("torchvision",
+                                                                          "torchvision232")
+    study = paper_imageset(tiny_paper, classes="hayne10")
+    differs = False
+    for ci, wid in enumerate(study.classes):           # baseline ranks: line 371's recipe
+        rows = study.rows_of(wid)
+        labels = np.asarray(study.labels)[rows]
+        ranks = {recipe: true_class_rank(net.model.predict_on_batch(
+            study.load((224, 224), recipe, rows=rows)), labels)
+            for recipe in ("torchvision232", "torchvision")}
+        np.testing.assert_array_equal(res.rank_baseline[ci, 0, :len(rows)], ranks["torchvision232"])
+        differs |= bool((ranks["torchvision"] != ranks["torchvision232"]).any())
+    assert differs                                     # the recipe matters to the ranks
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_protocol_authors_is_the_authors_mobilenet_v2_script(tiny_paper, tmp_path):
+    from kerabl.models import build_model, paper_targets
+
+    assert list(paper_targets("mobilenet_v2", build_model("mobilenet_v2", alpha=0.35))) == \
+        MOBILENET_LAYERS
+    out = tmp_path / "out"
+    printed = _authors_run(tiny_paper, out, "--model", "mobilenet_v2", "--weights", "random",
+                           "--alpha", 0.35, "--layers", "Conv_1_bn")
+    assert "preprocess=mobilenet_v2_authors" in printed and "probe_objective=unpenalised" in printed
+    res = _check_run_against_authors(tiny_paper, out, authors_probe_fit_unpenalised)
+    assert res.config["preprocess"] == res.config["ranks_preprocess"] == "mobilenet_v2_authors"

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 from kerabl.choices import engine_kind
 from kerabl.errors import KerablError
+from kerabl.images import check_preprocess
 from kerabl.validate import check_at_least, check_precision
 
 UNITS = ("element", "channel")
@@ -31,9 +32,17 @@ CONTROLS = ("none", "permuted-labels")
 # The H study's engines as its command line and results files spell them (`kerabl.choices`).
 ENGINE_OPTIONS = ("fast", "paper")
 SOLVERS = ("batched", "sklearn")
-OBJECTIVES = ("liblinear", "lbfgs")
+OBJECTIVES = ("liblinear", "lbfgs", "unpenalised")
 SRS_MATRICES = ("upper", "full")
 PROTOCOLS = ("default", "authors")
+OTHER_IMAGES = ("studied", "all")
+MEANS = ("float64", "float32")
+EMPTY_CELLS = ("nan", "zero")
+# The choices of the authors' MobileNetV2 and ResNet scripts that differ from their AlexNet one's
+AUTHORS_BY_NETWORK = {
+    "mobilenet_v2": dict(other_images="all", probe_objective="unpenalised", empty_cells="zero"),
+    "resnet50_torchvision": dict(other_images="all", probe_objective="unpenalised",
+                                 empty_cells="zero", ablation_preprocess="torchvision232")}
 _RANDOM_MODE = re.compile(r"random-(\d+)")
 
 
@@ -45,7 +54,7 @@ def _option(help: str, choices: tuple[str, ...] | None = None, **kwargs) -> Any:
 @dataclass(frozen=True)
 class HConfig:
     """Protocol options of the H study; defaults are the authors' choices except where theirs
-    is a bug (the README's deviation table lists each difference).
+    is a bug (docs/protocol.md lists each difference, per network).
 
     Example:
         HConfig(grid=(4, 4), others="all", probe_fits=50)
@@ -71,16 +80,18 @@ class HConfig:
         "fast: cached activations, tail only; paper: Lambda mask rebuilt per cell, full forward.",
         ENGINE_OPTIONS, default="fast")
     probe_solver: str = _option(
-        "batched: the exact optimum of every probe fit at once; sklearn: the authors' "
-        "LogisticRegression loop (it may stop early, so a prediction can differ).", SOLVERS,
+        "batched: the exact optimum of every probe fit at once; sklearn: scikit-learn's own "
+        "LogisticRegression per fit, as the authors ran it (liblinear stops at tol 1e-4, so a "
+        "prediction can differ from the optimum's; --protocol authors' choice).", SOLVERS,
         default="batched")
     control: str = _option(
         "permuted-labels: the whole study with the class labels shuffled among the images "
         "(seeded by --seed, recorded in the results): a sound held-out probe sits at chance.",
         CONTROLS, default="none")
     probe_objective: str = _option(
-        "Probe objective: liblinear (the authors' scikit-learn <= 0.20: intercept penalised) "
-        "or lbfgs (unpenalised intercept; their MobileNetV2 code).", OBJECTIVES,
+        "Probe objective: liblinear (the authors' scikit-learn <= 0.20: intercept penalised), "
+        "lbfgs (L2, unpenalised intercept) or unpenalised (no penalty: their MobileNetV2 and "
+        "ResNet code; needs --probe-solver sklearn).", OBJECTIVES,
         default="liblinear")
     srs_matrix: str = _option(
         "srs over the RDMs' upper triangles, or the authors' full matrices (diagonal "
@@ -91,22 +102,45 @@ class HConfig:
         "`kerabl bench` prints the largest rank and deficit change). Recorded in the results. "
         "The Z study (`kerabl units`, reproduce's Z part) stays float32: its exact Dense "
         "shortcut has no bfloat16 path.", default="float32")
+    # What the authors' scripts do per network (`authors`): the "other" images, the precision of
+    # the class means, an empty cell's srs, and a second recipe for the ranks.
+    other_images: str = _option(
+        "The probes' and means' other images: those of the other studied classes (chosen by "
+        "--others), or all: every image of the folder not of the target class, studied or not "
+        "(the authors' MobileNetV2 and ResNet scripts; --others then does not apply).",
+        OTHER_IMAGES, default="studied")
+    means: str = _option(
+        "Precision of the class means behind selectivity and magnitude: float64, or float32 "
+        "(the authors' np.mean of float32 activations).", MEANS, default="float64")
+    empty_cells: str = _option(
+        "srs of a cell without units (legacy bounds): nan, or zero (the authors' MobileNetV2 "
+        "and ResNet scripts). Its deficit is 0 and its probe NaN either way.", EMPTY_CELLS,
+        default="nan")
+    ablation_preprocess: str = _option(
+        "Preprocessing of the baseline and ablated ranks when it differs from the activations' "
+        "(--preprocess), e.g. torchvision232 (the authors' ResNet script); default: the same.",
+        default="")
 
     @classmethod
     def authors(cls, network: str = "alexnet", **changes) -> "HConfig":
-        """Every choice of the authors' code: `alexnet_ablation.py` (used for every network but
-        MobileNetV2), or for "mobilenet_v2" `mobilenet_paper_results.py` (every other image as
-        "other", the lbfgs probe). Their grid bounds, full-matrix srs, liblinear probe, random-10
-        others; `changes` override single fields.
+        """Every choice of the authors' script for `network`, bugs included; `changes` override
+        single fields.
+
+        Every network: their grid bounds, full-matrix srs, float32 means, scikit-learn's own
+        probe fits (`probe_solver="sklearn"`). "alexnet" (`alexnet_ablation.py`; also every
+        network whose script was not published: vgg16, resnet101, ...): the liblinear probe,
+        10 random other classes, an empty cell's srs NaN. "mobilenet_v2"
+        (`mobilenetv2_ablation.py`): every other image of the set, the unpenalised probe, an
+        empty cell's srs 0. "resnet50_torchvision" (`resnet_ablation.py`): as MobileNetV2, and
+        the ranks from `ResNet50_Weights.IMAGENET1K_V2.transforms()` ("torchvision232").
 
         Example:
-            HConfig.authors("mobilenet_v2").others    # "all"
+            HConfig.authors("mobilenet_v2").other_images    # "all"
         """
         choices = dict(legacy_bounds=True, srs_matrix="full", probe_objective="liblinear",
-                       others="random-10", grid=(4, 4), unit="element", clip=True,
-                       probe_fits=200, probe_max_units=100)
-        if network == "mobilenet_v2":
-            choices.update(others="all", probe_objective="lbfgs")
+                       probe_solver="sklearn", others="random-10", grid=(4, 4), unit="element",
+                       clip=True, probe_fits=200, probe_max_units=100, means="float32")
+        choices.update(AUTHORS_BY_NETWORK.get(network, {}))
         return cls(**{**choices, **changes})
 
     @classmethod
@@ -146,7 +180,18 @@ class HConfig:
             raise KerablError(f"unknown control {self.control!r}: use none or permuted-labels")
         if self.probe_objective not in OBJECTIVES:
             raise KerablError(f"unknown probe objective {self.probe_objective!r}: "
-                              "use liblinear or lbfgs")
+                              f"use one of {', '.join(OBJECTIVES)}")
+        for name, allowed in (("other_images", OTHER_IMAGES), ("means", MEANS),
+                              ("empty_cells", EMPTY_CELLS)):
+            if getattr(self, name) not in allowed:
+                raise KerablError(f"unknown {name.replace('_', ' ')} {getattr(self, name)!r}: "
+                                  f"use one of {', '.join(allowed)}")
+        if self.ablation_preprocess:
+            check_preprocess(self.ablation_preprocess)
+        if self.probe_objective == "unpenalised" and self.probe_solver != "sklearn":
+            raise KerablError("the unpenalised probe has no optimum on a separable cell, so the "
+                              "batched solver cannot give it: use --probe-solver sklearn (or "
+                              "--protocol authors)")
         if self.srs_matrix not in SRS_MATRICES:
             raise KerablError(f"unknown srs matrix {self.srs_matrix!r}: use upper or full")
         check_precision(self.precision, self.engine)
@@ -249,14 +294,15 @@ def _value(value: Any) -> Any:
 
 
 # The authors' inputs under protocol "authors" where classes / preprocess are not given
-AUTHORS_INPUTS = {"mobilenet_v2": {"classes": "hayne10", "preprocess": "mobilenet_v2_authors"}}
+AUTHORS_INPUTS = {"mobilenet_v2": {"classes": "hayne10", "preprocess": "mobilenet_v2_authors"},
+                  "resnet50_torchvision": {"classes": "hayne10", "preprocess": "torchvision"}}
 
 
 def authors_inputs(protocol: str, model: str, given: Mapping[str, Any],
                    paper_layout: bool) -> dict:
     """The input options protocol "authors" fills in where `given` has None (for their
-    MobileNetV2 run: hayne10, only on the paper layout with no class index, and their
-    Pillow-default resize); {} under the default protocol.
+    MobileNetV2 and ResNet runs: hayne10, only on the paper layout with no class index, and
+    the activations' preprocessing); {} under the default protocol.
 
     Example:
         authors_inputs("authors", "mobilenet_v2", {"classes": None, "preprocess": None}, True)

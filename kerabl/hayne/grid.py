@@ -49,8 +49,9 @@ def choose_others(n_classes: int, target: int, mode: str = "random-10", seed: in
     return np.sort(rng.choice(others, size=k, replace=False))
 
 
-def coordinates(target_mean, other_mean) -> tuple[np.ndarray, np.ndarray]:
-    """Selectivity (a - o)/sqrt(2) and magnitude (a + o)/sqrt(2) of each unit, float64.
+def coordinates(target_mean, other_mean,
+                precision: str = "float64") -> tuple[np.ndarray, np.ndarray]:
+    """Selectivity (a - o)/sqrt(2) and magnitude (a + o)/sqrt(2) of each unit, as float64.
 
     Example:
         sel, mag = coordinates([3.0, 1.0], [1.0, 1.0])
@@ -59,13 +60,17 @@ def coordinates(target_mean, other_mean) -> tuple[np.ndarray, np.ndarray]:
     Args:
         target_mean: (n_units,) mean activation over target-class images (a).
         other_mean: (n_units,) mean activation over other-class images (o).
+        precision: "float64", or "float32": the authors' arithmetic on float32 means (numpy 1's
+            rules: a - o, a + o and the division by np.sqrt(2) all in float32).
     """
-    a = np.asarray(target_mean, dtype=np.float64).ravel()
-    o = np.asarray(other_mean, dtype=np.float64).ravel()
+    dtype = np.float32 if precision == "float32" else np.float64
+    a = np.asarray(target_mean, dtype=dtype).ravel()
+    o = np.asarray(other_mean, dtype=dtype).ravel()
     if a.shape != o.shape:
         raise KerablError(f"target and other means have {a.size} and {o.size} units; "
                           "pass the means of the same layer")
-    return (a - o) / np.sqrt(2.0), (a + o) / np.sqrt(2.0)
+    root2 = dtype(np.sqrt(2.0))
+    return ((a - o) / root2).astype(np.float64), ((a + o) / root2).astype(np.float64)
 
 
 @dataclass

@@ -5,7 +5,7 @@
   `solver="sklearn"` is the reference loop, `solver="batched"` finds the exact optima of the
   same objective with Newton steps. `objective="liblinear"` (default) is the authors' fit
   (scikit-learn <= 0.20: the intercept penalised like a weight), `"lbfgs"` today's default fit
-  (unpenalised intercept).
+  (unpenalised intercept), `"unpenalised"` their MobileNetV2 fit (no penalty; sklearn only).
 - `hard_log_loss(y, pred)`: scikit-learn 0.20's `log_loss` (eps = 1e-15), computed directly.
 - `heldout_probe_score(X, y)`: cross-validated balanced accuracy of a standardised logistic
   regression (reported beside the paper metric); the same two solvers.
@@ -44,7 +44,7 @@ __all__ = ["OBJECTIVES", "RSA_MATRICES", "balanced_accuracy", "fit_logistic_batc
            "paper_probe_score", "rsa_scores", "sklearn_probe", "stratified_folds",
            "template_rdm"]
 
-OBJECTIVES = ("liblinear", "lbfgs")
+OBJECTIVES = ("liblinear", "lbfgs", "unpenalised")
 LOG_LOSS_EPS = 1e-15     # scikit-learn <= 1.2's log_loss clipping
 
 
@@ -68,7 +68,11 @@ def _check_solver(solver: str, objective: str = "liblinear") -> None:
     if solver not in ("sklearn", "batched"):
         raise KerablError(f"unknown probe solver {solver!r}; use 'batched' or 'sklearn'")
     if objective not in OBJECTIVES:
-        raise KerablError(f"unknown probe objective {objective!r}; use 'liblinear' or 'lbfgs'")
+        raise KerablError(f"unknown probe objective {objective!r}; use one of "
+                          f"{', '.join(OBJECTIVES)}")
+    if objective == "unpenalised" and solver != "sklearn":
+        raise KerablError("the unpenalised probe has no optimum on a separable cell: use "
+                          "solver='sklearn' for it")
 
 
 def _column_draws(n_units: int, n_fits: int, max_units: int, seed: int) -> np.ndarray:
@@ -109,25 +113,36 @@ def _loss_of_errors(n_pos: int, n_neg: int, wrong_pos: int, wrong_neg: int) -> f
 
 def sklearn_probe(objective: str = "liblinear"):
     """The authors' `LogisticRegression(random_state=0)` of the given objective: "liblinear" is
-    scikit-learn <= 0.20's default (the intercept penalised, `intercept_scaling=1`), "lbfgs"
-    the later default.
+    scikit-learn <= 0.20's default (the intercept penalised, `intercept_scaling=1`, tol 1e-4),
+    "lbfgs" the later default (L2, C = 1, intercept not penalised), "unpenalised" their
+    MobileNetV2 script's `LogisticRegression(penalty='none', random_state=0)` (lbfgs, no
+    penalty, at most 100 iterations: on a separable cell it stops there, as theirs did; where
+    it stops depends on the installed scikit-learn, whose lbfgs objective was rescaled in 1.2).
 
     Example:
-        sklearn_probe().fit(X, y).predict(X)     # the authors' fit
+        sklearn_probe().fit(X, y).predict(X)     # the authors' AlexNet fit
     """
     from sklearn.linear_model import LogisticRegression
 
     if objective == "liblinear":
         return LogisticRegression(random_state=0, solver="liblinear")
+    if objective == "unpenalised":      # penalty='none' then; C = inf is today's spelling
+        return LogisticRegression(C=np.inf, random_state=0)
     return LogisticRegression(random_state=0)
 
 
 def _sklearn_predictions(X: np.ndarray, y: np.ndarray, draws: np.ndarray,
                          objective: str = "liblinear") -> np.ndarray:
+    from sklearn.exceptions import ConvergenceWarning
+
     out = np.empty((len(draws), y.size), dtype=np.int64)
-    for f, cols in enumerate(draws):
-        design = np.asarray(X[:, cols], dtype=np.float64)
-        out[f] = sklearn_probe(objective).fit(design, y).predict(design)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)     # theirs stopped there too
+        for f, cols in enumerate(draws):
+            # as the authors passed them (float32 activations): liblinear converts to float64
+            # itself, lbfgs fits in the data's precision
+            design = X[:, cols]
+            out[f] = sklearn_probe(objective).fit(design, y).predict(design)
     return out
 
 
@@ -165,7 +180,8 @@ def paper_probe_score(X, y, *, n_fits: int = 200, max_units: int = 100, seed: in
         solver: "sklearn" (the reference loop) or "batched" (the exact optimum of the same
             objective for all fits at once; sklearn stops at tol 1e-4, so a hard prediction can
             differ only for an image whose margin is within that tolerance).
-        objective: "liblinear" (the authors' AlexNet code) or "lbfgs" (their MobileNetV2 code).
+        objective: "liblinear" (the authors' AlexNet code), "lbfgs" (L2 with an unpenalised
+            intercept) or "unpenalised" (their MobileNetV2 code; solver "sklearn" only).
     """
     return float(np.exp(-paper_probe_loss(X, y, n_fits=n_fits, max_units=max_units, seed=seed,
                                           solver=solver, objective=objective)))

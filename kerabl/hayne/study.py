@@ -42,6 +42,31 @@ from kerabl.recompute import RecomputedActivations
 from kerabl.space import check_room
 from kerabl.validate import check_grid_fits, check_study_images
 
+def ranks_preprocess(network, config: HConfig) -> str:
+    """The preprocessing recipe of the baseline and ablated ranks: `config.ablation_preprocess`,
+    else the network's own (the activations' recipe).
+
+    Example:
+        ranks_preprocess(net, HConfig.authors("resnet50_torchvision"))   # "torchvision232"
+    """
+    return config.ablation_preprocess or network.preprocess
+
+
+def class_means(acts: np.ndarray, n_target: int, precision: str = "float64"):
+    """Mean activation of each unit over the target images (the first `n_target` rows) and
+    over the other images: float64 sums, or the authors' `np.mean` of float32 activations
+    (`precision="float32"`: float32 sums, row by row, in the rows' order).
+
+    Example:
+        a, o = class_means(acts, 50)             # float64
+        a, o = class_means(acts, 50, "float32")  # theirs: np.mean(acts[rows], axis=0)
+    """
+    if precision == "float32":
+        acts = np.asarray(acts, dtype=np.float32)
+        return acts[:n_target].mean(0), acts[n_target:].mean(0)
+    return acts[:n_target].mean(0, dtype=np.float64), acts[n_target:].mean(0, dtype=np.float64)
+
+
 def cell_seed(seed: int, *keys: int) -> int:
     """A seed for one (class, layer, cell) derived from the run's seed, independent of run order.
 
@@ -205,12 +230,15 @@ def sweep_writer_args(network, imageset, layers, config: HConfig) -> dict:
 
     counts = [len(imageset.rows_of(c)) for c in imageset.classes]
     n_others = len(imageset.classes) - 1
-    if others_count(config.others) is not None:
+    if others_count(config.others) is not None and config.other_images == "studied":
         n_others = min(n_others, others_count(config.others))
     run_config = {
         "study": "H", "model": network.name, "weights_id": network.weights_id,
         "dataset": imageset.name, "preprocess": network.preprocess, "layers": list(layers),
         "classes": list(imageset.class_names), **config.as_dict()}
+    if config.other_images == "all":      # the pool: every image of the set, studied or not
+        run_config["images_in_set"] = len(imageset)
+        run_config["ranks_preprocess"] = ranks_preprocess(network, config)
     return dict(config=run_config, classes=list(imageset.class_names),
                 class_index=np.asarray(imageset.classes, dtype=np.int64), layers=list(layers),
                 n_units=[n_units(network.model, name, config.unit) for name in layers],
@@ -247,11 +275,16 @@ class Sweep:
         imageset, net = self.imageset, self.network
         n_classes = len(imageset.classes)
         target_rows = imageset.rows_of(imageset.classes[ci])
-        others = choose_others(n_classes, ci, self.config.others, self.config.seed)
-        other_rows = np.concatenate([imageset.rows_of(imageset.classes[o]) for o in others])
+        if self.config.other_images == "all":       # every image not of the class
+            others = np.array([o for o in range(n_classes) if o != ci], dtype=np.int64)
+            other_rows = imageset.other_rows(imageset.classes[ci])
+        else:
+            others = choose_others(n_classes, ci, self.config.others, self.config.seed)
+            other_rows = np.concatenate([imageset.rows_of(imageset.classes[o]) for o in others])
         if not forward:
             return dict(ci=ci, target_rows=target_rows, other_rows=other_rows, others=others)
-        images = imageset.load(net.input_size, net.preprocess, rows=target_rows)
+        images = imageset.load(net.input_size, ranks_preprocess(net, self.config),
+                               rows=target_rows)
         labels = np.asarray(imageset.labels)[target_rows]
         scores = predict_batched(net.model, images, 64)[0]
         return dict(ci=ci, target_rows=target_rows, other_rows=other_rows, others=others,
@@ -320,8 +353,8 @@ class Sweep:
     def grid(self, state: dict, acts: np.ndarray) -> dict:
         """Stage `grid`: unit coordinates and the equal-count grid."""
         n_target = len(state["target_rows"])
-        selectivity, magnitude = coordinates(acts[:n_target].mean(0, dtype=np.float64),
-                                             acts[n_target:].mean(0, dtype=np.float64))
+        selectivity, magnitude = coordinates(*class_means(acts, n_target, self.config.means),
+                                             precision=self.config.means)
         grid = equal_count_grid(selectivity, magnitude, tuple(self.config.grid),
                                 legacy_bounds=self.config.legacy_bounds)
         return dict(selectivity=selectivity, magnitude=magnitude, grid=grid)
@@ -360,6 +393,7 @@ class Sweep:
         """Cached activations feed the tail only when they are the exact layer output."""
         return (self.config.engine == "fast" and self.config.unit == "element"
                 and np.dtype(self.cache.attrs.get("dtype", "float32")) == np.float32
+                and ranks_preprocess(self.network, self.config) == self.network.preprocess
                 and is_cut_point(self.network.model, layer))
 
     def _probe_scores(self, acts, n_target, cells, ci, li, block=None) -> dict:
@@ -406,8 +440,9 @@ def pair_fold_probe(task) -> tuple[np.ndarray, np.ndarray]:
 def _cell_probe_scores(x, y, config: HConfig,
                        seed: int) -> tuple[float, float, float, float, float]:
     x = resolve(x)      # a shared block's columns, copied here in the worker
-    if x.shape[1] == 0:
-        return (np.nan,) * 5
+    if x.shape[1] == 0:     # an empty cell (legacy bounds): no probe; srs NaN or the authors' 0
+        srs = 0.0 if config.empty_cells == "zero" else np.nan
+        return np.nan, np.nan, srs, srs, np.nan
     loss = paper_probe_loss(x, y, n_fits=config.probe_fits, max_units=config.probe_max_units,
                             seed=seed, solver=config.probe_solver,
                             objective=config.probe_objective)
