@@ -596,7 +596,7 @@ def _check_run_against_authors(tiny_paper, out, make_clf):
 def test_protocol_authors_is_the_authors_resnet_script(tiny_paper, tmp_path):
     torch = pytest.importorskip("torch")
     from kerabl.crosscheck import torch_network
-    from kerabl.hayne.ablation import true_class_rank
+    from kerabl.engine import true_class_rank
     from kerabl.models import load_network
 
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ import pytest
 from kerabl.activations import record_activations
 from kerabl.errors import KerablError
 from kerabl.folders import folder_imageset
-from kerabl.hayne.ablation import true_class_rank
+from kerabl.engine import true_class_rank
 from kerabl.hayne.results import HResults
 from kerabl.models import Network
 from kerabl.nested import flatten_nested, layer_paths, nested_models, resolve_layer
