@@ -23,6 +23,7 @@ import typer
 from kerabl.errors import KerablError
 from kerabl.options import (H_OPTIONS, INPUT_OPTIONS, Control, Engine, FitsOpt, Model,
                             Objective, ProgressOpt, Protocol, ShardOpt, Solver, SrsMatrix, Unit,
+                            Ablation, AblationOpt,
                             UnitOpt, with_options)
 
 app = typer.Typer(
@@ -250,7 +251,7 @@ def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, leg
                   protocol: Protocol = Protocol.default,
                   probe_objective: Objective = Objective.liblinear,
                   srs_matrix: SrsMatrix = SrsMatrix.upper, precision: str = "float32",
-                  model: str = "demo",
+                  ablation: Ablation = Ablation.zero, model: str = "demo",
                   inputs: Optional[dict] = None):
     from kerabl.hayne.study import HConfig
     from kerabl.validate import check_h_options
@@ -261,7 +262,7 @@ def _study_config(grid: str, unit: Unit, others: str, seed: int, clip: bool, leg
                      probe_max_units=probe_max_units, heldout_folds=heldout_folds, srs=srs,
                      engine=engine.value, probe_solver=probe_solver.value,
                      control=control.value, probe_objective=probe_objective.value,
-                     srs_matrix=srs_matrix.value, precision=precision)
+                     srs_matrix=srs_matrix.value, precision=precision, ablation=ablation.value)
     return _authors_config(config, model, inputs) if protocol is Protocol.authors else config
 
 
@@ -311,9 +312,19 @@ def _check_inputs(options: dict, study: bool = False) -> None:
                                      options["class_index"])[0])
 
 
-def _check_study(options: dict, probe_fits: int) -> None:
+def _one_method(ablation: Ablation) -> Ablation:
+    """`ablation`, refusing "all" (only `kerabl reproduce` runs the three methods)."""
+    if ablation is Ablation.all:
+        raise KerablError("--ablation all runs the three methods in `kerabl reproduce` only: "
+                          "pass zero, mean or resample")
+    return ablation
+
+
+def _check_study(options: dict, probe_fits: int, all_methods: bool = False) -> None:
     from kerabl.validate import check_h_options, check_precision
 
+    if not all_methods:
+        _one_method(options["ablation"])
     check_precision(options["precision"], options["engine"].value)
     _check_inputs(options, study=True)
     check_h_options(options["grid"], options["others"], options["seed"], probe_fits,
@@ -398,12 +409,14 @@ def units(
         help="Layer of the greedy vs random-order ablation (default: the last conv target).")] = None,
     greedy_steps: Annotated[int, typer.Option(help="Units ablated greedily per class.")] = 10,
     greedy_seeds: Annotated[int, typer.Option(help="Random orders to compare with.")] = 5,
+    ablation: AblationOpt = Ablation.zero,
     progress: ProgressOpt = True, **options,
 ) -> None:
     """The Z study: single-unit ablation, unit attributes, greedy and random-direction baselines."""
     from kerabl.lock import output_lock
     from kerabl.validate import check_at_least
 
+    options["ablation"] = _one_method(ablation)
     _check_inputs(options, study=True)
     check_at_least(greedy_steps, 1, "--greedy-steps")
     check_at_least(greedy_seeds, 1, "--greedy-seeds")
@@ -418,7 +431,7 @@ def _run_units(out, options: dict, greedy_layer, greedy_steps, greedy_seeds, pro
     net, imageset = _inputs(**_inputs_of(options))
     chosen = _layers(options["layers"]) or list(net.targets)
     config = ZConfig(seed=options["seed"], greedy_layer=greedy_layer, greedy_steps=greedy_steps,
-                     greedy_seeds=greedy_seeds)
+                     greedy_seeds=greedy_seeds, ablation=options["ablation"].value)
     return run_z_study(net, imageset, out, layers=chosen, config=config, progress=progress,
                        log=typer.echo)
 
@@ -444,9 +457,40 @@ def reproduce(
 
     start = time.perf_counter()
     _forget_inputs()
-    _check_study(options, probe_fits)
+    _check_study(options, probe_fits, all_methods=True)
     with output_lock(out, "kerabl reproduce"):
-        _reproduce(out, probe_fits, z, progress, options, start)
+        if options["ablation"] is Ablation.all:
+            _reproduce_methods(out, probe_fits, z, progress, options)
+        else:
+            _reproduce(out, probe_fits, z, progress, options, start)
+
+
+ABLATION_METHODS = ("zero", "mean", "resample")
+
+
+def _reproduce_methods(out, probe_fits, z, progress, options: dict) -> None:
+    """`--ablation all`: the whole study under each method in OUT/<method>, then the methods
+    side by side (OUT/ablation_summary.json, the table, OUT/figures-methods)."""
+    import json
+    import time
+
+    from kerabl.cli_tools import render_side_by_side
+    from kerabl.hayne.methods import comparison_text, method_comparison
+
+    paths = {}
+    for method in ABLATION_METHODS:
+        typer.echo(f"--- ablation {method} ---")
+        paths[method] = Path(out) / method / "h_results.h5"
+        _reproduce(Path(out) / method, probe_fits, z, progress,
+                   {**options, "ablation": Ablation(method)}, time.perf_counter())
+    comparison = method_comparison({m: json.loads((p.parent / "h_summary.json").read_text())
+                                    for m, p in paths.items()})
+    (Path(out) / "ablation_summary.json").write_text(json.dumps(comparison, indent=2) + "\n")
+    files = render_side_by_side(list(paths.values()), [options["model"]] * len(paths),
+                                Path(out) / "figures-methods")
+    typer.echo(comparison_text(comparison))
+    typer.echo(f"methods side by side: {Path(out) / 'ablation_summary.json'}, "
+               f"{Path(out) / 'figures-methods'} ({len(files)} files)")
 
 
 # The Z figures `kerabl reproduce` draws in the process that drew the H figures (the two that

@@ -40,6 +40,7 @@ Control = choices("Control", "none", "permuted-labels")
 Protocol = choices("Protocol", "default", "authors")
 Objective = choices("Objective", "liblinear", "lbfgs")
 SrsMatrix = choices("SrsMatrix", "upper", "full")
+Ablation = choices("Ablation", "zero", "mean", "resample", "all")
 
 
 ModelOpt = Annotated[str, typer.Option(
@@ -142,6 +143,13 @@ ShardOpt = Annotated[Optional[str], typer.Option(
     help="Run shard i of n (0-based, e.g. 3/8), or 'auto' (this SLURM array task's shard); "
          "join the shard files with `kerabl merge`.")]
 
+AblationOpt = Annotated[Ablation, typer.Option(
+    help="How a removed unit is removed: zero (both papers; --protocol authors), mean (its mean "
+         "activation over the study's images, stored in the results) or resample (its value in "
+         "another image of the study, outside the target class; the draws are stored). "
+         "Recorded in the results. all: `kerabl reproduce` runs the three, OUT/<method>, and "
+         "compares them.")]
+
 H_OPTIONS = (  # the H protocol: shared by study and reproduce
     ("unit", UnitOpt, Unit.element), ("grid", GridOpt, "4x4"),
     ("others", OthersOpt, "random-10"), ("clip", ClipOpt, True),
@@ -150,4 +158,5 @@ H_OPTIONS = (  # the H protocol: shared by study and reproduce
     ("probe_solver", SolverOpt, Solver.batched), ("control", ControlOpt, Control.none),
     ("workers", WorkersOpt, None), ("protocol", ProtocolOpt, Protocol.default),
     ("probe_objective", ObjectiveOpt, Objective.liblinear),
-    ("srs_matrix", SrsMatrixOpt, SrsMatrix.upper), ("precision", PrecisionOpt, "float32"))
+    ("srs_matrix", SrsMatrixOpt, SrsMatrix.upper), ("precision", PrecisionOpt, "float32"),
+    ("ablation", AblationOpt, Ablation.zero))
