@@ -154,11 +154,13 @@ class TailAblator(_Engine):
             self._back_fn = tf.function(functools.partial(back_rows), input_signature=[
                 tf.TensorSpec((None, width), back.inputs[0].dtype)])
 
-        def masked_tail(act, vectors, project, fill, has_fill, *extras):
+        def masked_tail(act, vectors, project, bank, donors, mode, *extras):
             self.traces += 1  # runs only while tracing
             n, n_images = tf.shape(vectors)[0], tf.shape(act)[0]
             act = tf.cast(act, tf.float32)
             keep = tf.expand_dims(vectors, 1)
+            has_fill = mode > 0     # 0: zero, 1: mean (bank = the mean), 2: resample (donors)
+            fill = tf.cond(mode > 1, lambda: tf.gather(bank, donors), lambda: bank[None])
 
             def masked():
                 return tf.cond(has_fill, lambda: keep * act[None] + (1.0 - keep) * fill,
@@ -187,10 +189,10 @@ class TailAblator(_Engine):
         # code, so plain closures of several layers' ablators would look like one retracing function.
         self._fn = tf.function(functools.partial(masked_tail), input_signature=[
             specs[0], vectors, tf.TensorSpec((), tf.bool),
-            tf.TensorSpec((None,) * (len(self.shape) + 2), tf.float32), tf.TensorSpec((), tf.bool),
-            *specs[1:]])
-        self._no_fill = np.zeros((1,) * (len(self.shape) + 2), np.float32)
+            tf.TensorSpec((None,) * (len(self.shape) + 1), tf.float32),
+            tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32), *specs[1:]])
         self.replacement: Replacement = ZERO
+        self._bank = tf.zeros((1,) * (len(self.shape) + 1))
         self._fill_in = None
         self._inputs: list[np.ndarray] = []
         self.cut = channel_shortcut(model, layer) if shortcut and len(inputs) == 1 else None
@@ -265,8 +267,14 @@ class TailAblator(_Engine):
     def set_replacement(self, replacement: Replacement) -> None:
         """What removed units take from now on (`kerabl.replacement`; default zero): a mean
         array of the layer's shape, or donor outputs (bank) and donors (masks or 1, images)."""
+        import tensorflow as tf
+
         self.replacement = replacement
         self._fill_in = None
+        values = {"zero": np.zeros((1,) * (len(self.shape) + 1), np.float32),
+                  "mean": None if replacement.mean is None else replacement.mean[None],
+                  "resample": replacement.bank}[replacement.method]
+        self._bank = tf.constant(np.asarray(values, np.float32))     # held, not copied per call
 
     def _run(self, vectors: np.ndarray, project: bool, rows, classes: bool) -> np.ndarray:
         """Tail scores (N_masks, N, n_outputs), or with `classes` their argmax (N_masks, N)."""
@@ -276,7 +284,9 @@ class TailAblator(_Engine):
             raise KerablError("no activations yet: call set_images or set_activations first")
         inputs = self._inputs if rows is None else [x[rows] for x in self._inputs]
         replacement = self.replacement.for_images(rows)
-        has_fill = tf.constant(not replacement.is_zero)
+        mode = tf.constant({"zero": 0, "mean": 1, "resample": 2}[replacement.method])
+        donors = (np.asarray(replacement.donors, np.int32) if replacement.method == "resample"
+                  else np.zeros((1, 1), np.int32))
         n_images = len(inputs[0])
         per_copy = sum(int(np.prod(x.shape[1:])) for x in inputs)
         if classes:
@@ -287,9 +297,10 @@ class TailAblator(_Engine):
         pending: list = []
         for ms, ims in _chunks(len(vectors), n_images, per_copy, self.batch_floats,
                                self.batch_size):
-            fill = replacement.fill(ms, ims)
+            chosen = (donors[ms if len(donors) > 1 else slice(None)][:, ims]
+                      if replacement.method == "resample" else donors)
             scores, preds = self._fn(tf.constant(inputs[0][ims]), tf.constant(vectors[ms]), flag,
-                                     tf.constant(self._no_fill if fill is None else fill), has_fill,
+                                     self._bank, tf.constant(chosen), mode,
                                      *[tf.constant(e[ims]) for e in inputs[1:]])
             if self._back_fn is None:
                 out[ms, ims] = (preds if classes else scores).numpy()

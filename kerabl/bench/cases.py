@@ -32,12 +32,13 @@ GRID_CELLS = 16
 # by tail FLOPs in the extrapolation), those whose cells the authors' procedure also runs (None:
 # every timed layer), those whose bfloat16 tail is checked (None: the authors' layers), fast cells
 # timed per layer, the Z layer (None: no Z case) with the units timed tail-only / full-forward, and
-# the timed calls of each fast-engine and torch measurement, the fastest counting (default 1).
+# the timed calls of each fast-engine and torch measurement, the fastest counting (default 1),
+# and whether one class's cells are timed under each ablation method (`kerabl.bench.methods`).
 PLANS = {
     "demo": dict(layers=None, paper_layers=None, fast_cells=16, z_layer="conv_5", z_tail=64,
-                 z_full=8, repeats=3),
+                 z_full=8, repeats=3, methods=True),
     "demo-quick": dict(layers=None, paper_layers=("conv_1", "conv_4", "dense_2"), fast_cells=4,
-                       z_layer="conv_5", z_tail=32, z_full=4, repeats=3),
+                       z_layer="conv_5", z_tail=32, z_full=4, repeats=3, methods=True),
     "alexnet": dict(layers=None, paper_layers=("conv_1", "conv_3", "conv_5", "dense_2"),
                     fast_cells=16, z_layer="conv_5", z_tail=32, z_full=3),
     "vgg16": dict(layers=None, paper_layers=("block3_conv1", "fc2"), fast_cells=1,
@@ -549,7 +550,12 @@ def run_case(name: str, root: str | Path | None = None, quiet: bool = False,
         images = imageset.load(net.input_size, net.preprocess, rows=rows)
         z = z_case(net, images, np.asarray(imageset.labels)[rows], plan, log)
     probe = probe_case(net, log) if name in STUDY_CLASSES else None
+    methods = None
+    if plan.get("methods"):
+        from kerabl.bench.methods import methods_case
+
+        methods = methods_case(net, imageset, rows, plan, log)
     from kerabl.bench.torch_case import tf_threads
 
-    return dict(network=name, plan=plan, h=h, z=z, probe=probe, torch=torch,
+    return dict(network=name, plan=plan, h=h, z=z, probe=probe, torch=torch, methods=methods,
                 threads=tf_threads(), peak_rss_mb=peak_rss_mb())
