@@ -132,3 +132,32 @@ def test_paper_lambda_with_fill_and_draws():
     np.testing.assert_allclose(mean_output([conv_out()[:1], conv_out()[1:]]), conv_out().mean(0))
     with pytest.raises(KerablError, match="use zero, mean or resample"):
         Replacement("noise")
+
+
+@pytest.mark.parametrize("method", ["mean", "resample"])
+def test_z_sweeps_equal_literal_in_both_engines(method):
+    from kerabl.zhou.ablation import (greedy_ablation, layer_replacement, random_order_ablation,
+                                      single_unit_ablation)
+
+    model, labels = tiny_model(), np.array([0, 1, 2, 0])
+    eng = _engine(model, X, "conv", "tail", None)
+    rep, stored = layer_replacement(eng, labels, "conv", method, seed=3)
+    if method == "resample":        # each image's donor is of another class
+        assert (labels[stored["donor_rows"]] != labels).all()
+    else:
+        np.testing.assert_allclose(stored["ablation_mean"], conv_out().mean(0), rtol=1e-6)
+    keep = keep_masks(2, [[0], [1]])
+    full_keep = np.broadcast_to(keep[:, None, None, :], (2, 2, 2, 2))
+    literal_acc = (literal(rep.apply(conv_out(), full_keep)).argmax(-1) == labels).mean(1)
+    for engine in ("tail", "full"):
+        units = single_unit_ablation(model, X, labels, [0, 1, 2], "conv", engine=engine,
+                                     ablation=method, ablation_seed=3)
+        np.testing.assert_allclose(units["overall_drop"],
+                                   units["base_acc"] - literal_acc, err_msg=engine)
+    curves = [greedy_ablation(model, X, labels, 0, "conv", steps=2, engine=e, ablation=method,
+                              return_order=True) for e in ("tail", "full")]
+    np.testing.assert_array_equal(curves[0][0], curves[1][0])
+    np.testing.assert_array_equal(curves[0][1], curves[1][1])
+    orders = [random_order_ablation(model, X, labels, 0, "conv", steps=2, seeds=(0, 1), engine=e,
+                                    ablation=method) for e in ("tail", "full")]
+    np.testing.assert_array_equal(orders[0], orders[1])
