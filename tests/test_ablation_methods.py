@@ -93,3 +93,30 @@ def test_fast_and_paper_engines_agree_under_each_method(method, unit, tmp_path):
         donors = fast.donor_rows[ci][fast.donor_rows[ci] >= 0]
         assert (labels[donors] != labels[fast.image_rows[ci][0]]).all()
     np.testing.assert_array_equal(fast.donor_rows, paper.donor_rows)
+
+
+@pytest.mark.slow
+def test_crosscheck_reruns_each_method_in_torch(tmp_path):
+    pytest.importorskip("torch")
+    from kerabl.compare import compare_csv
+    from kerabl.crosscheck import crosscheck
+    from kerabl.data import digits_imageset
+    from kerabl.hayne.study import HConfig, run_h_study
+    from kerabl.models import load_network
+
+    net, images = load_network("demo"), digits_imageset()
+    small = images.subset(images.classes[:2])
+    csvs = {}
+    for method in ("mean", "resample"):
+        out = tmp_path / method
+        results = run_h_study(net, small, out, layers=["conv_2", "dense_1"],
+                              config=HConfig(grid=(2, 2), probe_fits=2, heldout_folds=2,
+                                             srs=False, ablation=method),
+                              progress=False, workers=1, log=lambda m: None)
+        summary = crosscheck(results, out / "cc", images=small, progress=False, log=lambda m: None)
+        assert summary.cells == 2 * 2 * 4 and summary.equal_deficits == summary.cells
+        assert summary.ranks_equal == summary.ranks_compared > 0
+        assert HResults.open(results).deficit.max() > 0
+        csvs[method] = summary.keras_csv
+    with pytest.raises(KerablError, match="compare runs of one ablation method"):
+        compare_csv(csvs["mean"], csvs["resample"])
