@@ -120,3 +120,17 @@ def test_crosscheck_reruns_each_method_in_torch(tmp_path):
         csvs[method] = summary.keras_csv
     with pytest.raises(KerablError, match="compare runs of one ablation method"):
         compare_csv(csvs["mean"], csvs["resample"])
+
+
+@pytest.mark.parametrize("command", ["study", "units", "ablate"])
+def test_all_methods_only_in_reproduce_is_one_line(tmp_path, command):
+    from typer.testing import CliRunner
+
+    from kerabl.cli import app
+
+    result = CliRunner().invoke(app, [command, "--ablation", "all", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["error: --ablation all runs the three methods in `kerabl reproduce` only: "
+                     "pass zero, mean or resample"]
+    assert not any(tmp_path.iterdir())
