@@ -33,12 +33,14 @@ GRID_CELLS = 16
 # every timed layer), those whose bfloat16 tail is checked (None: the authors' layers), fast cells
 # timed per layer, the Z layer (None: no Z case) with the units timed tail-only / full-forward, and
 # the timed calls of each fast-engine and torch measurement, the fastest counting (default 1),
-# and whether one class's cells are timed under each ablation method (`kerabl.bench.methods`).
+# and whether one class's cells are timed under each ablation method (`kerabl.bench.methods`:
+# True, at the timed layers, or the layers named).
 PLANS = {
     "demo": dict(layers=None, paper_layers=None, fast_cells=16, z_layer="conv_5", z_tail=64,
                  z_full=8, repeats=3, methods=True),
     "demo-quick": dict(layers=None, paper_layers=("conv_1", "conv_4", "dense_2"), fast_cells=4,
-                       z_layer="conv_5", z_tail=32, z_full=4, repeats=3, methods=True),
+                       z_layer="conv_5", z_tail=32, z_full=4, repeats=3,
+                       methods=("conv_1", "conv_4", "dense_2")),
     "alexnet": dict(layers=None, paper_layers=("conv_1", "conv_3", "conv_5", "dense_2"),
                     fast_cells=16, z_layer="conv_5", z_tail=32, z_full=3),
     "vgg16": dict(layers=None, paper_layers=("block3_conv1", "fc2"), fast_cells=1,

@@ -1,6 +1,7 @@
 """The bench's ablation-method case: one class's H cells under zero, mean and resample ablation.
 
-- `methods_case(net, imageset, rows, plan, log)`: per target layer, the seconds of the H study's
+- `methods_case(net, imageset, rows, plan, log)`: per target layer (the plan's `methods` when it
+  names layers), the seconds of the H study's
   ablation call (`baseline_and_ablated_ranks`: the all-ones baseline and 16 cells through the
   tail engine) under each method of `kerabl.replacement`, the fastest of the plan's repeats, and
   each method's time over zero's.
@@ -34,7 +35,8 @@ def methods_case(net, imageset, rows: np.ndarray, plan: dict, log: Callable[[str
     others = np.setdiff1d(np.arange(len(imageset.labels)), rows)[:len(rows) * 4]
     donor_images = imageset.load(net.input_size, net.preprocess, rows=others)
     layers, totals = [], dict.fromkeys(METHODS, 0.0)
-    for layer in plan.get("layers") or net.targets:
+    chosen = plan["methods"] if isinstance(plan.get("methods"), tuple) else None
+    for layer in chosen or plan.get("layers") or net.targets:
         masks = sample_masks(net, layer, GRID_CELLS)
         ablator = TailAblator(net.model, layer)
         ablator.set_images(donor_images)
