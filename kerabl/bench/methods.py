@@ -1,10 +1,9 @@
 """The bench's ablation-method case: one class's H cells under zero, mean and resample ablation.
 
 - `methods_case(net, imageset, rows, plan, log)`: per target layer (the plan's `methods` when it
-  names layers), the seconds of the H study's
-  ablation call (`baseline_and_ablated_ranks`: the all-ones baseline and 16 cells through the
-  tail engine) under each method of `kerabl.replacement`, the fastest of the plan's repeats, and
-  each method's time over zero's.
+  names layers), the seconds of the H study's ablation call (`baseline_and_ablated_ranks`: the
+  all-ones baseline and 16 cells through the tail engine) under each method of
+  `kerabl.replacement`, the fastest of the plan's repeats, and each method's time over zero's.
 - `methods_notes(cases)`: the printed lines.
 """
 
