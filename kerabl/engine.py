@@ -154,7 +154,7 @@ class TailAblator(_Engine):
             self._back_fn = tf.function(functools.partial(back_rows), input_signature=[
                 tf.TensorSpec((None, width), back.inputs[0].dtype)])
 
-        def masked_tail(act, vectors, project, bank, donors, mode, *extras):
+        def masked_tail(act, vectors, project, bank, donors, mode, binary, *extras):
             self.traces += 1  # runs only while tracing
             n, n_images = tf.shape(vectors)[0], tf.shape(act)[0]
             act = tf.cast(act, tf.float32)
@@ -162,9 +162,12 @@ class TailAblator(_Engine):
             has_fill = mode > 0     # 0: zero, 1: mean (bank = the mean), 2: resample (donors)
             fill = tf.cond(mode > 1, lambda: tf.gather(bank, donors), lambda: bank[None])
 
+            def replaced():     # 0/1 masks: the select is keep * a + (1 - keep) * fill exactly
+                return tf.cond(binary, lambda: tf.where(keep > 0, act[None], fill),
+                               lambda: keep * act[None] + (1.0 - keep) * fill)
+
             def masked():
-                return tf.cond(has_fill, lambda: keep * act[None] + (1.0 - keep) * fill,
-                               lambda: keep * act[None])
+                return tf.cond(has_fill, replaced, lambda: keep * act[None])
 
             def projected():
                 def plain():
@@ -190,7 +193,8 @@ class TailAblator(_Engine):
         self._fn = tf.function(functools.partial(masked_tail), input_signature=[
             specs[0], vectors, tf.TensorSpec((), tf.bool),
             tf.TensorSpec((None,) * (len(self.shape) + 1), tf.float32),
-            tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32), *specs[1:]])
+            tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32),
+            tf.TensorSpec((), tf.bool), *specs[1:]])
         self.replacement: Replacement = ZERO
         self._bank = tf.zeros((1,) * (len(self.shape) + 1))
         self._fill_in = None
@@ -287,6 +291,7 @@ class TailAblator(_Engine):
         mode = tf.constant({"zero": 0, "mean": 1, "resample": 2}[replacement.method])
         donors = (np.asarray(replacement.donors, np.int32) if replacement.method == "resample"
                   else np.zeros((1, 1), np.int32))
+        binary = tf.constant(bool(np.isin(vectors, (0.0, 1.0)).all()))
         n_images = len(inputs[0])
         per_copy = sum(int(np.prod(x.shape[1:])) for x in inputs)
         if classes:
@@ -300,7 +305,7 @@ class TailAblator(_Engine):
             chosen = (donors[ms if len(donors) > 1 else slice(None)][:, ims]
                       if replacement.method == "resample" else donors)
             scores, preds = self._fn(tf.constant(inputs[0][ims]), tf.constant(vectors[ms]), flag,
-                                     self._bank, tf.constant(chosen), mode,
+                                     self._bank, tf.constant(chosen), mode, binary,
                                      *[tf.constant(e[ims]) for e in inputs[1:]])
             if self._back_fn is None:
                 out[ms, ims] = (preds if classes else scores).numpy()
