@@ -31,8 +31,8 @@ from kerabl.errors import KerablError
 from kerabl.hayne.config import HConfig, authors_inputs
 from kerabl.imagenet import is_paper_layout
 from kerabl.lock import output_lock
-from kerabl.options import (H_OPTIONS, INPUT_OPTIONS, FitsOpt, ProgressOpt, Protocol, ShardOpt,
-                            Unit, UnitOpt, with_options)
+from kerabl.options import (H_OPTIONS, INPUT_OPTIONS, Ablation, AblationOpt, FitsOpt,
+                            ProgressOpt, Protocol, ShardOpt, Unit, UnitOpt, with_options)
 from kerabl.slurm import shard_of
 from kerabl.space import no_space_file, no_space_line
 from kerabl.validate import (check_at_least, check_listed_once, check_output_file,
@@ -390,9 +390,14 @@ def units(
         help="Layer of the greedy vs random-order ablation (default: the last conv target).")] = None,
     greedy_steps: Annotated[int, typer.Option(help="Units ablated greedily per class.")] = 10,
     greedy_seeds: Annotated[int, typer.Option(help="Random orders to compare with.")] = 5,
+    ablation: AblationOpt = Ablation.zero,
     progress: ProgressOpt = True, **options,
 ) -> None:
     """The Z study: single-unit ablation, unit attributes, greedy and random-direction baselines."""
+    if ablation is Ablation.all:
+        raise KerablError("--ablation all runs the three methods in `kerabl reproduce` only: "
+                          "pass zero, mean or resample")
+    options["ablation"] = ablation
     _check_inputs(options, study=True)
     check_at_least(greedy_steps, 1, "--greedy-steps")
     check_at_least(greedy_seeds, 1, "--greedy-seeds")
@@ -407,7 +412,7 @@ def _run_units(out, options: dict, greedy_layer, greedy_steps, greedy_seeds, pro
     net, imageset = _inputs(**_inputs_of(options))
     chosen = _layers(options["layers"]) or list(net.targets)
     config = ZConfig(seed=options["seed"], greedy_layer=greedy_layer, greedy_steps=greedy_steps,
-                     greedy_seeds=greedy_seeds)
+                     greedy_seeds=greedy_seeds, ablation=options["ablation"].value)
     return run_z_study(net, imageset, out, layers=chosen, config=config, progress=progress,
                        log=typer.echo)
 
@@ -429,10 +434,15 @@ def reproduce(
     """
     start = time.perf_counter()
     _forget_inputs()
-    config = _check_study(options, probe_fits)
+    all_methods = options["ablation"] is Ablation.all   # the three methods, side by side
+    config = _check_study({**options, "ablation": Ablation.zero} if all_methods else options,
+                          probe_fits)
     with output_lock(out, "kerabl reproduce"):
         net, imageset, layers = _study_inputs(options, config)   # TensorFlow imported quietly here
         from kerabl.reproduce import reproduce as run_reproduce
+        from kerabl.reproduce import reproduce_methods
+
+        run_reproduce = reproduce_methods if all_methods else run_reproduce
 
         run_reproduce(net, imageset, out, config, layers=layers, z_layers=_layers(options["layers"]),
                       z=z, workers=options["workers"], progress=progress, log=typer.echo,

@@ -75,6 +75,20 @@ def read_cells(path) -> dict[tuple[str, str, int], dict[str, float]]:
     return cells
 
 
+def ablation_methods(path) -> set[str]:
+    """The values of a cell CSV's `ablation` column (zero, mean, resample); empty when the
+    file has no such column (a port's CSV may leave it out).
+
+    Example:
+        ablation_methods("out/cells.csv")   # {"zero"}
+    """
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if "ablation" not in (reader.fieldnames or []):
+            return set()
+        return {row["ablation"] for row in reader if row["ablation"]}
+
+
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson r of paired values, NaN with fewer than two pairs or a constant side.
 
@@ -172,6 +186,10 @@ def compare_csv(a, b, *, tolerance: float = 1e-9, out_dir=None) -> Comparison:
         raise KerablError(f"--tolerance must be >= 0, got {tolerance}")
     a, b = Path(a), Path(b)
     cells_a, cells_b = read_cells(a), read_cells(b)
+    methods = {path: ablation_methods(path) for path in (a, b)}
+    if all(methods.values()) and methods[a] != methods[b]:
+        raise KerablError(f"{a} holds {', '.join(sorted(methods[a]))} ablation and {b} "
+                          f"{', '.join(sorted(methods[b]))}: compare runs of one ablation method")
     common = [k for k in cells_a if k in cells_b]
     layers = list(dict.fromkeys(k[1] for k in common))
     stats, beyond, points = [], [], {}

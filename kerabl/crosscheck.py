@@ -6,7 +6,8 @@
 - `torch_from_keras(name, keras_model)`: the torch module with the Keras model's weights.
 - `split_at(net, module)`: a plain port as the head up to a hook point and the tail after it.
 - `TorchAblator(net, module)`: forward passes with a 0/1 mask multiplied into one module's output
-  by a forward hook, the way a PyTorch port ablates.
+  by a forward hook, the way a PyTorch port ablates; under mean or resample ablation the removed
+  units take the stored means or the stored donor images' outputs (`kerabl.replacement`).
 - `crosscheck(results, out_dir, ...)`: `kerabl crosscheck`: the baseline and every stored cell of an
   H results file re-run in torch; the port's numbers as a CSV in `kerabl export`'s schema, compared.
 """
@@ -230,33 +231,61 @@ def torch_from_keras(name: str, keras_model):
 
 
 class TorchAblator:
-    """Forward passes of a torch module with one module's output multiplied by a 0/1 mask.
+    """Forward passes of a torch module with one module's output replaced under a 0/1 mask:
+    `output * mask + (1 - mask) * fill` (fill 0, a mean, or each image's donor output).
 
     Example:
         ablator = TorchAblator(net, hook_points("demo", net, model)["conv_3"])
         probs = ablator.outputs(images_nchw, mask_chw)   # mask broadcast over the batch
+        probs = ablator.outputs(images_nchw, mask_chw, mean_chw)        # mean ablation
+        probs = ablator.outputs(images_nchw, mask_chw, donors_nchw)     # resample ablation
         probs = ablator.outputs(images_nchw, None)       # no ablation
+        acts = ablator.layer_outputs(images_nchw)        # the module's output (N, C, H, W)
     """
 
     def __init__(self, net, module, batch_size: int = 64):
         self.net, self.module, self.batch_size = net, module, batch_size
         self._mask = None
+        self._fill = None
+        self._seen = None
 
     def _hook(self, module, inputs, output):
-        return output if self._mask is None else output * self._mask
+        if self._seen is not None:
+            self._seen.append(output.detach().numpy().copy())
+        if self._mask is None:
+            return output
+        out = output * self._mask
+        return out if self._fill is None else out + (1 - self._mask) * self._fill
 
-    def outputs(self, images, mask) -> np.ndarray:
+    def _run(self, images, fill=None) -> np.ndarray:
         torch = import_torch()
-        self._mask = None if mask is None else torch.from_numpy(np.asarray(mask, np.float32))
         handle = self.module.register_forward_hook(self._hook)
+        parts = []
         try:
             with torch.inference_mode():
-                parts = [self.net(images[i:i + self.batch_size]).numpy()
-                         for i in range(0, len(images), self.batch_size)]
+                for i in range(0, len(images), self.batch_size):
+                    if fill is not None:
+                        part = fill if fill.ndim == self._mask.ndim else fill[i:i + self.batch_size]
+                        self._fill = torch.from_numpy(np.ascontiguousarray(part, np.float32))
+                    parts.append(self.net(images[i:i + self.batch_size]).numpy())
         finally:
             handle.remove()
-            self._mask = None
+            self._mask = self._fill = self._seen = None
         return np.concatenate(parts)
+
+    def outputs(self, images, mask, fill=None) -> np.ndarray:
+        """Softmax outputs with the module's output replaced under `mask` (None: unablated);
+        `fill`: None (zero), one array of the mask's shape (mean) or one per image (resample)."""
+        torch = import_torch()
+        self._mask = None if mask is None else torch.from_numpy(np.asarray(mask, np.float32))
+        return self._run(images, None if mask is None or fill is None else np.asarray(fill))
+
+    def layer_outputs(self, images) -> np.ndarray:
+        """The module's output on `images`, unablated (a donor's values under resample)."""
+        self._seen = []
+        seen = self._seen
+        self._run(images)
+        return np.concatenate(seen)
 
 
 def chw_mask(shape: tuple, units: np.ndarray, unit: str) -> np.ndarray:
@@ -355,6 +384,19 @@ def _imageset_of(res, images):
     return imageset
 
 
+def _torch_fills(res, ci, li, valid, ablator, imageset, net):
+    """Under resample ablation, per cell the torch outputs of the stored donor images of class
+    position `ci`'s images at layer `li` ((K, N, C, H, W)); else None."""
+    if res.ablation != "resample":
+        return None
+    torch = import_torch()
+    donors = res.donor_rows[ci, li][:, valid]
+    unique, index = np.unique(donors, return_inverse=True)
+    x = torch.from_numpy(np.ascontiguousarray(
+        imageset.load(net.input_size, res.config["preprocess"], rows=unique).transpose(0, 3, 1, 2)))
+    return ablator.layer_outputs(x)[index.reshape(donors.shape)]
+
+
 def _class_in_torch(ci, name, res, imageset, net, port, points, deficits, rows, advance,
                     counts):
     """Baseline and every cell of class position `ci` in torch; fills `deficits` and `rows`."""
@@ -374,14 +416,20 @@ def _class_in_torch(ci, name, res, imageset, net, port, points, deficits, rows, 
         shape = tuple(int(d) for d in net.model.get_layer(layer).output.shape[1:])
         membership = res.units(ci, layer)["membership"]
         ablator = TorchAblator(port, points[layer])
+        mean = res.ablation_mean(layer)
+        fills = _torch_fills(res, ci, li, valid, ablator, imageset, net)
         for k in range(res.deficit.shape[2]):
             units = np.flatnonzero(membership == k)
-            after = true_class_rank(ablator.outputs(x, chw_mask(shape, units, unit)), labels)
+            fill = (None if res.ablation == "zero" else
+                    np.moveaxis(mean, -1, 0) if res.ablation == "mean" else fills[k])
+            after = true_class_rank(ablator.outputs(x, chw_mask(shape, units, unit), fill),
+                                    labels)
             n_ranks += after.size
             equal_ranks += int((after == res.rank_after[ci, li, k][valid]).sum())
             deficits[ci, li, k] = mean_rank_deficit(before, after[None], clip=clip)[0]
             rows.append([name, int(res.class_index[ci]), layer, k, k // m, k % m, units.size,
-                         "", "", "", "", repr(float(deficits[ci, li, k])), "", ""])
+                         "", "", "", "", repr(float(deficits[ci, li, k])), "", "", "", "", "",
+                         res.ablation])
         advance(1)
     return n_ranks, equal_ranks
 
@@ -399,7 +447,9 @@ def crosscheck(results, out_dir, *, weights=None, images=None, tolerance: float 
     the run's (`images`: the folder of an ImageNet run, or the run's `ImageSet`; its name is
     checked against the run's). Per class, the target images are preprocessed as in the run and
     transposed to (N, C, H, W); per layer and cell the cell's units (from the stored membership,
-    converted with `hwc_to_chw`) are zeroed by a forward hook; ranks are `true_class_rank` of the
+    converted with `hwc_to_chw`) are replaced by a forward hook (zeroed; under mean and
+    resample ablation, given the stored means or the outputs of the stored donor images in
+    torch); ranks are `true_class_rank` of the
     softmax outputs, deficits clipped as in the run.
 
     Writes `out_dir/port.csv` (the port's numbers in `kerabl export`'s schema: the cell columns

@@ -35,6 +35,7 @@ import numpy as np
 from kerabl.choices import ENGINES, ENGINE_SPELLINGS, PRECISIONS, engine_kind
 from kerabl.errors import KerablError
 from kerabl.graph import apply_chain, as_model, channel_shortcut, check_layer, head_model
+from kerabl.replacement import ZERO, Replacement
 from kerabl.tails import dense_split, fast_tail, shortcut_function
 
 __all__ = ["BATCH_FLOATS", "ENGINES", "check_live_outputs", "ENGINE_SPELLINGS", "PRECISIONS", "STORAGES", "ChannelEngine",
@@ -204,17 +205,30 @@ class TailAblator(ChannelEngine, RankingEngine):
             self._back_fn = tf.function(functools.partial(back_rows), input_signature=[
                 tf.TensorSpec((None, width), back.inputs[0].dtype)])
 
-        def masked_tail(act, vectors, project, *extras):
+        def masked_tail(act, vectors, project, bank, donors, mode, binary, *extras):
             self.traces += 1  # runs only while tracing
             n, n_images = tf.shape(vectors)[0], tf.shape(act)[0]
             act = tf.cast(act, tf.float32)
+            keep = tf.expand_dims(vectors, 1)
+            has_fill = mode > 0     # 0: zero, 1: mean (bank = the mean), 2: resample (donors)
+            fill = tf.cond(mode > 1, lambda: tf.gather(bank, donors), lambda: bank[None])
+
+            def replaced():     # 0/1 masks: the select is keep * a + (1 - keep) * fill exactly
+                return tf.cond(binary, lambda: tf.where(keep > 0, act[None], fill),
+                               lambda: keep * act[None] + (1.0 - keep) * fill)
 
             def masked():
-                return tf.expand_dims(vectors, 1) * tf.expand_dims(act, 0)
+                return tf.cond(has_fill, replaced, lambda: keep * act[None])
 
             def projected():
-                coef = tf.einsum("b...c,gc->gb...", act, tf.reshape(vectors, [-1, channels]))
-                return act[None] - coef[..., None] * tf.expand_dims(vectors, 1)
+                def plain():
+                    return tf.einsum("b...c,gc->gb...", act, tf.reshape(vectors, [-1, channels]))
+
+                def replaced():    # the direction's coordinate set to the fill's
+                    return tf.reduce_sum((act[None] - fill) * keep, axis=-1)
+
+                coef = tf.cond(has_fill, replaced, plain)
+                return act[None] - coef[..., None] * keep
 
             x = tf.reshape(tf.cond(project, projected, masked), [-1, *shape])
             tiled = [tf.tile(tf.cast(e, tf.float32), [n] + [1] * (len(e.shape) - 1))
@@ -228,7 +242,13 @@ class TailAblator(ChannelEngine, RankingEngine):
         # A partial per ablator: TensorFlow keys its frequent-retracing warning on the function's
         # code, so plain closures of several layers' ablators would look like one retracing function.
         self._fn = tf.function(functools.partial(masked_tail), input_signature=[
-            specs[0], vectors, tf.TensorSpec((), tf.bool), *specs[1:]])
+            specs[0], vectors, tf.TensorSpec((), tf.bool),
+            tf.TensorSpec((None,) * (len(self.shape) + 1), tf.float32),
+            tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.int32),
+            tf.TensorSpec((), tf.bool), *specs[1:]])
+        self.replacement: Replacement = ZERO
+        self._bank = tf.zeros((1,) * (len(self.shape) + 1))
+        self._fill_in = None
         self._inputs: list[np.ndarray] = []
         self.cut = channel_shortcut(model, layer) if shortcut and len(inputs) == 1 else None
         self.shortcut_fn = None
@@ -297,6 +317,18 @@ class TailAblator(ChannelEngine, RankingEngine):
             raise KerablError(f"{self.layer} is not a cut point: use set_images")
         self._store([np.asarray(acts).reshape((-1, *self.shape))])
 
+    def set_replacement(self, replacement: Replacement) -> None:
+        """What removed units take from now on (`kerabl.replacement`; default zero): a mean
+        array of the layer's shape, or donor outputs (bank) and donors (masks or 1, images)."""
+        import tensorflow as tf
+
+        self.replacement = replacement
+        self._fill_in = None
+        values = {"zero": np.zeros((1,) * (len(self.shape) + 1), np.float32),
+                  "mean": None if replacement.mean is None else replacement.mean[None],
+                  "resample": replacement.bank}[replacement.method]
+        self._bank = tf.constant(np.asarray(values, np.float32))     # held, not copied per call
+
     def _run(self, vectors: np.ndarray, project: bool, rows, classes: bool) -> np.ndarray:
         """Tail scores (N_masks, N, n_outputs), or with `classes` their argmax (N_masks, N)."""
         import tensorflow as tf
@@ -304,6 +336,11 @@ class TailAblator(ChannelEngine, RankingEngine):
         if not self._inputs:
             raise KerablError("no activations yet: call set_images or set_activations first")
         inputs = self._inputs if rows is None else [x[rows] for x in self._inputs]
+        replacement = self.replacement.for_images(rows)
+        mode = tf.constant({"zero": 0, "mean": 1, "resample": 2}[replacement.method])
+        donors = (np.asarray(replacement.donors, np.int32) if replacement.method == "resample"
+                  else np.zeros((1, 1), np.int32))
+        binary = tf.constant(bool(np.isin(vectors, (0.0, 1.0)).all()))
         n_images = len(inputs[0])
         per_copy = sum(int(np.prod(x.shape[1:])) for x in inputs)
         if classes:
@@ -314,7 +351,10 @@ class TailAblator(ChannelEngine, RankingEngine):
         pending: list = []
         for ms, ims in _chunks(len(vectors), n_images, per_copy, self.batch_floats,
                                self.batch_size):
+            chosen = (donors[ms if len(donors) > 1 else slice(None)][:, ims]
+                      if replacement.method == "resample" else donors)
             scores, preds = self._fn(tf.constant(inputs[0][ims]), tf.constant(vectors[ms]), flag,
+                                     self._bank, tf.constant(chosen), mode, binary,
                                      *[tf.constant(e[ims]) for e in inputs[1:]])
             if self._back_fn is None:
                 out[ms, ims] = (preds if classes else scores).numpy()
@@ -357,11 +397,11 @@ class TailAblator(ChannelEngine, RankingEngine):
         """Predicted classes (G, N) with the channels where a keep row (G, C) is 0 zeroed, on the
         images `rows` (default all); through the Dense shortcut where it applies."""
         drops = None if self.cut is None else self._drops(keep)
-        if drops is None:
+        removed = None if drops is None else self._removed_inputs(rows)
+        if removed is None:
             return self._run(self._channel_vectors(keep), False, rows, classes=True)
         index, weight = drops
-        dense_in, dense_pre = ((self.dense_in, self.dense_pre) if rows is None
-                               else (self.dense_in[rows], self.dense_pre[rows]))
+        dense_in, dense_pre = removed, (self.dense_pre if rows is None else self.dense_pre[rows])
         out = np.empty((len(index), len(dense_in)), dtype=np.int64)
         for ms, ims in _chunks(len(index), len(dense_in), dense_pre.shape[1], SHORTCUT_FLOATS,
                                self.batch_size):
@@ -370,6 +410,30 @@ class TailAblator(ChannelEngine, RankingEngine):
                 self.shortcut_flops += int(flops)
             out[ms, ims] = preds.numpy()
         return out
+
+    def _removed_inputs(self, rows) -> np.ndarray | None:
+        """What a removed channel takes out of each Dense input: the input minus its
+        replacement's (the replacement through the same weightless chain), (N, F); None where
+        the replacement differs per mask (the plain tail runs then)."""
+        import tensorflow as tf
+
+        dense_in = self.dense_in if rows is None else self.dense_in[rows]
+        rep = self.replacement
+        if rep.is_zero:
+            return dense_in
+        if rep.method == "resample" and len(rep.donors) > 1:
+            return None
+        if self._fill_in is None:
+            source = rep.mean[None] if rep.method == "mean" else rep.bank
+            self._fill_in = np.concatenate([
+                np.asarray(apply_chain(self.cut.chain, tf.constant(
+                    np.asarray(source[i:i + HEAD_BATCH], np.float32)))).reshape(
+                    min(HEAD_BATCH, len(source) - i), -1)
+                for i in range(0, len(source), HEAD_BATCH)])
+        if rep.method == "mean":
+            return dense_in - self._fill_in
+        donors = rep.for_images(rows).donors[0]
+        return dense_in - self._fill_in[donors]
 
     def predict_projected(self, directions, rows=None):
         """Predicted classes (G, N) with each unit direction (G, C) removed at every position:
@@ -407,19 +471,47 @@ class PaperAblator(RankingEngine):
         self.shape = tuple(int(d) for d in model.get_layer(layer).output.shape[1:])
         self._images: np.ndarray | None = None
 
+        self.replacement: Replacement = ZERO
+
     def set_images(self, images: np.ndarray, batch_size: int | None = None) -> None:
         self._images = np.asarray(images, dtype=np.float32)
 
-    def outputs(self, masks: np.ndarray) -> np.ndarray:
-        from kerabl.masks import lambda_masked_model  # loads TensorFlow: on first use
+    def set_replacement(self, replacement: Replacement) -> None:
+        """What removed units take (`kerabl.replacement`; default zero)."""
+        self.replacement = replacement
 
+    def outputs(self, masks: np.ndarray) -> np.ndarray:
+        """Network outputs (n_masks, n_images, n_outputs): per mask, the model rebuilt with a
+        Lambda after the layer and run whole (under resample, per batch of images: each batch's
+        donor values are the Lambda's constant)."""
         masks = np.asarray(masks, dtype=np.float32).reshape((-1, *self.shape))
-        result = []
         with quiet_retracing_warning():  # a rebuild per cell is the point of this engine
-            for mask in masks:
-                rebuilt = lambda_masked_model(self._model, self.layer, mask)
-                result.append(rebuilt.predict(self._images, batch_size=self.batch_size, verbose=0))
-        return np.stack(result)
+            return np.stack([replaced_outputs(self._model, self.layer, mask, self._images,
+                                              self.replacement, g, self.batch_size)
+                             for g, mask in enumerate(masks)])
+
+
+def replaced_outputs(model, layer: str, mask: np.ndarray, images: np.ndarray,
+                     replacement: Replacement, index: int = 0, batch_size: int = 64) -> np.ndarray:
+    """The whole model's outputs on `images` with `layer`'s output replaced under mask number
+    `index` (`lambda_masked_model`): one rebuild for zero and mean, one per batch for resample.
+
+    Example:
+        scores = replaced_outputs(model, "conv_3", mask, images, Replacement("mean", mean=m))
+    """
+    from kerabl.masks import lambda_masked_model
+
+    if replacement.method != "resample":
+        fill = replacement.fill()
+        rebuilt = lambda_masked_model(model, layer, mask, None if fill is None else fill[0, 0])
+        return rebuilt.predict(images, batch_size=batch_size, verbose=0)
+    parts = []
+    for start in range(0, len(images), batch_size):
+        batch = slice(start, min(start + batch_size, len(images)))
+        fill = replacement.fill(slice(index, index + 1), batch)[0]
+        parts.append(np.asarray(lambda_masked_model(model, layer, mask, fill)
+                                .predict_on_batch(images[batch])))
+    return np.concatenate(parts)
 
 
 class _DropRetracing(logging.Filter):
@@ -470,22 +562,47 @@ class FullEngine(ChannelEngine):
         from kerabl.masks import masked_model, n_units  # loads TensorFlow: on first use
 
         self.masked = masked_model(model, [layer])
+        self.model = model
         self.layer = layer
         self.images = images
         self.batch_size = batch_size or HEAD_BATCH
         self.n_channels = int(n_units(model, layer, "channel"))
-        self.acts = None
+        self.shape = tuple(int(d) for d in model.get_layer(layer).output.shape[1:])
+        self.replacement: Replacement = ZERO
+        self._acts = None
+
+    def set_replacement(self, replacement: Replacement) -> None:
+        """What removed channels take (`kerabl.replacement`; default zero)."""
+        self.replacement = replacement
 
     def predict(self, keep, rows=None):
-        from kerabl.masks import ablated  # loads TensorFlow: on first use
+        from kerabl.masks import ablated, unit_mask
 
         images = self.images if rows is None else self.images[rows]
+        replacement = self.replacement.for_images(rows)
         out = []
-        for vector in np.asarray(keep):
-            with ablated(self.masked, {self.layer: np.flatnonzero(vector == 0)}, unit="channel"):
-                probs = predict_batched(self.masked, images, self.batch_size)[0]
+        for g, vector in enumerate(np.asarray(keep)):
+            units = np.flatnonzero(vector == 0)
+            if replacement.is_zero:
+                with ablated(self.masked, {self.layer: units}, unit="channel"):
+                    probs = predict_batched(self.masked, images, self.batch_size)[0]
+            else:       # a full forward pass with the layer's output replaced
+                with quiet_retracing_warning():
+                    probs = replaced_outputs(self.model, self.layer,
+                                             unit_mask(self.shape, units, "channel"), images,
+                                             replacement, g, self.batch_size)
             out.append(probs.argmax(axis=-1))
         return np.stack(out).astype(np.int64)
+
+    @property
+    def acts(self) -> np.ndarray:
+        """The layer's output on the images (computed once, for mean and resample ablation)."""
+        if self._acts is None:
+            from kerabl.graph import head_model
+
+            self._acts = predict_batched(head_model(self.model, self.layer), self.images,
+                                         self.batch_size)[0]
+        return self._acts
 
 
 def channel_engine(network_or_model, images, layer: str, engine: str, batch_size: int | None,

@@ -227,7 +227,8 @@ def masked_model(model: keras.Model, targets: Sequence[str]) -> keras.Model:
 
 
 def lambda_masked_model(
-    model: keras.Model, layer: str | keras.layers.Layer, mask: np.ndarray
+    model: keras.Model, layer: str | keras.layers.Layer, mask: np.ndarray,
+    fill: np.ndarray | None = None
 ) -> keras.Model:
     """The paper engine: the model rebuilt with `Lambda(lambda x: x * const)` after `layer`.
 
@@ -243,6 +244,10 @@ def lambda_masked_model(
         model: a functional (or Sequential) Keras model.
         layer: the layer after whose output the mask goes.
         mask: an array of the layer's output shape without batch (e.g. from `unit_mask`).
+        fill: the values removed units take (`kerabl.replacement`): None (zero), an array of
+            the layer's output shape (mean) or (batch, *shape) per image (resample; the model
+            then takes batches of exactly that many images). The Lambda computes
+            `x * mask + (1 - mask) * fill`.
 
     Returns:
         The rebuilt functional model (the Lambda is named f"{layer}_lambda_mask"; not meant to be
@@ -258,7 +263,11 @@ def lambda_masked_model(
             f"mask for {name!r} has shape {const.shape}, the layer output is {expected}: "
             "build it with unit_mask(shape, units, unit)"
         )
-    lam = keras.layers.Lambda(lambda x, c=const: x * c, name=name + LAMBDA_SUFFIX)
+    if fill is None:
+        lam = keras.layers.Lambda(lambda x, c=const: x * c, name=name + LAMBDA_SUFFIX)
+    else:
+        added = (1.0 - const) * np.asarray(fill, dtype=np.float32)
+        lam = keras.layers.Lambda(lambda x, c=const, f=added: x * c + f, name=name + LAMBDA_SUFFIX)
     return rebuild_with(model, {name: lam})
 
 

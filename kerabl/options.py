@@ -48,10 +48,12 @@ SrsMatrix = choices("SrsMatrix", *option_choices("srs_matrix"))
 OtherImages = choices("OtherImages", *option_choices("other_images"))
 Means = choices("Means", *option_choices("means"))
 EmptyCells = choices("EmptyCells", *option_choices("empty_cells"))
+# "all" is reproduce's: the three methods side by side (`kerabl.reproduce.reproduce_methods`)
+Ablation = choices("Ablation", *option_choices("ablation"), "all")
 # The Enum of each `HConfig` field that is a choice on the command line.
 H_CHOICES = {"unit": Unit, "probe_solver": Solver, "engine": Engine, "control": Control,
              "probe_objective": Objective, "srs_matrix": SrsMatrix, "other_images": OtherImages,
-             "means": Means, "empty_cells": EmptyCells}
+             "means": Means, "empty_cells": EmptyCells, "ablation": Ablation}
 CacheMode = choices("CacheMode", "file", "none")
 
 
@@ -161,3 +163,4 @@ H_OPTIONS = tuple(h_option(f.name) for f in dataclasses.fields(HConfig)
     ("workers", WorkersOpt, None), ("protocol", ProtocolOpt, Protocol.default),
     ("cache", CacheOpt, CacheMode.file))
 FitsOpt = h_option("probe_fits")[1]
+AblationOpt = h_option("ablation")[1]

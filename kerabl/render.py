@@ -35,11 +35,24 @@ def render_several(results: list[Path], out: Path, class_name, layer) -> list:
             h_files.append(path)
             labels.append(model)
     if len(h_files) > 1:
-        runs = [run_label(HResults.open(p), name) for p, name in zip(h_files, labels)]
-        paths += fig_network_means(h_files, labels, out / "fig3_networks")
-        paths += fig_probe_contrast(h_files, runs, out / "fig_probe_contrast")
-        paths += fig_interaction_coefficients(h_files, runs, out / "fig_interaction")
+        paths += render_side_by_side(h_files, labels, out)
     return paths
+
+
+def render_side_by_side(h_files: list[Path], labels: list[str], out: Path) -> list:
+    """Fig 3 (a row per file), the probe contrast and the interaction coefficients (with their
+    intervals) of several H results files in OUT; rows are named by model, or by run (control,
+    ablation method) where files share a model. The written paths.
+
+    Example:
+        render_side_by_side([Path(f"out/{m}/h_results.h5") for m in ("zero", "mean")],
+                            ["demo", "demo"], Path("out/figures-methods"))
+    """
+    runs = [run_label(HResults.open(p), name) for p, name in zip(h_files, labels)]
+    rows = labels if len(set(labels)) == len(labels) else runs
+    return (fig_network_means(h_files, rows, out / "fig3_networks")
+            + fig_probe_contrast(h_files, runs, out / "fig_probe_contrast")
+            + fig_interaction_coefficients(h_files, runs, out / "fig_interaction"))
 
 
 def render_timed(results: Path, out: Path) -> tuple[list, float]:

@@ -5,6 +5,9 @@
   the demo only (`z_by_default`), `run_z_study` and its figures; with more than one worker, the
   H figures and half the Z figures are drawn in a process beside the Z study. It returns a
   `Reproduction`: the files, the summary, the headline text and the stages' seconds.
+- `reproduce_methods(network, imageset, out, config)`: `reproduce` under zero, mean and
+  resample ablation in `out/<method>`, then the three side by side (`kerabl reproduce
+  --ablation all`).
 - `headline_text(summary)`: the abstract's numbers as the command prints them.
 
 Example:
@@ -15,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,11 +26,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from kerabl.hayne.config import HConfig
+from kerabl.hayne.methods import comparison_text, method_comparison
 from kerabl.hayne.pools import worker_count, worker_pool
 from kerabl.hayne.results import HResults
 from kerabl.hayne.stats import summary
 from kerabl.hayne.study import run_h_study
-from kerabl.render import render, render_timed
+from kerabl.render import render, render_side_by_side, render_timed
+from kerabl.replacement import METHODS
 from kerabl.zhou.figures import FIGURE_NAMES
 from kerabl.zhou.study import ZConfig, run_z_study
 
@@ -119,7 +125,8 @@ def reproduce(network, imageset, out, config: HConfig | None = None, *,
         if z:
             z_path = run_z_study(network, imageset, out, layers=list(z_layers or layers or network.targets),
                                  config=ZConfig(seed=config.seed, greedy_layer=None,
-                                                greedy_steps=10, greedy_seeds=5),
+                                                greedy_steps=10, greedy_seeds=5,
+                                                ablation=config.ablation),
                                  progress=progress, log=log)
             timings["Z study"] = time.perf_counter() - start - sum(timings.values())
             if pool is None:
@@ -178,3 +185,35 @@ def headline_text(headline: dict) -> str:
         f"{corr['pearson_interval'][1]:.3f}], Spearman rho {corr['spearman_rho']:.3f} "
         f"[{corr['spearman_interval'][0]:.3f}, {corr['spearman_interval'][1]:.3f}]"]
         + ([f"control: {headline['control']}"] if headline.get("control", "none") != "none" else []))
+
+
+def reproduce_methods(network, imageset, out, config: HConfig | None = None, *,
+                      log: Callable[[str], None] = print, start: float | None = None,
+                      **options) -> dict:
+    """`reproduce` under each ablation method (`kerabl.replacement.METHODS`) in `out/<method>`,
+    then the methods side by side: `out/ablation_summary.json` (the headline numbers per
+    method), the printed table and the figures in `out/figures-methods`. `options` are
+    `reproduce`'s. Returns the comparison.
+
+    Example:
+        comparison = reproduce_methods(load_network("demo"), digits_imageset(), "out",
+                                       HConfig(probe_fits=20))
+        comparison["mean"]["largest_deficit"]     # the largest mean cell deficit under mean
+    """
+    config = HConfig() if config is None else config
+    out = Path(out)
+    paths = {}
+    for method in METHODS:
+        log(f"--- ablation {method} ---")
+        paths[method] = reproduce(network, imageset, out / method,
+                                  dataclasses.replace(config, ablation=method), log=log,
+                                  **options).results
+    comparison = method_comparison({m: json.loads((p.parent / "h_summary.json").read_text())
+                                    for m, p in paths.items()})
+    (out / "ablation_summary.json").write_text(json.dumps(comparison, indent=2) + "\n")
+    files = render_side_by_side(list(paths.values()), [network.name] * len(paths),
+                                out / "figures-methods")
+    log(comparison_text(comparison))
+    log(f"methods side by side: {out / 'ablation_summary.json'}, {out / 'figures-methods'} "
+        f"({len(files)} files)")
+    return comparison

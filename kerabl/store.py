@@ -96,7 +96,7 @@ def finish_partial(path: str | os.PathLike) -> Path:
 # Options added to the stored configs after results files were written without them, with the
 # value those files were computed with: a missing key reads as this value, so an older file still
 # resumes and matches a run with the default.
-ADDED_DEFAULTS = {"precision": "float32"}
+ADDED_DEFAULTS = {"precision": "float32", "ablation": "zero"}
 
 _MISSING = "<absent>"
 

@@ -584,3 +584,19 @@ def test_z_study_stores_split_curves_and_ties(tmp_path):
     np.testing.assert_array_equal(d["hurt_ties"], [3, 1, 1])   # unit 0 hurts no class: a 3-way tie
     np.testing.assert_array_equal(d["hurt_class"][1:], [1, 2])
     assert z.config["greedy_split"] == "halves" and z.config["tie_break"] == "random"
+
+
+def test_z_study_records_its_ablation_method(tmp_path):
+    path = study(tmp_path / "mean", ablation="mean")
+    z = z_results.ZResults.open(path)
+    assert z.config["ablation"] == "mean"
+    np.testing.assert_allclose(z.layer("hidden")["ablation_mean"],
+                               tiny_model().get_layer("hidden")(np.tile(X, (2, 1))).numpy().mean(0),
+                               rtol=1e-6)
+    rows = z_results.export_units_csv(path, tmp_path / "u.csv").read_text().splitlines()
+    assert rows[0].endswith(",ablation") and all(r.endswith(",mean") for r in rows[1:])
+    with pytest.raises(KerablError, match='ablation: "mean" -> "resample"'):
+        study(tmp_path / "mean", ablation="resample")
+    donors = z_results.ZResults.open(study(tmp_path / "resample", ablation="resample"))
+    labels = np.tile(Y, 2)
+    assert (labels[donors.layer("hidden")["donor_rows"]] != labels).all()

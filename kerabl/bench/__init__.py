@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from kerabl.bench.cases import STUDY_CLASSES, run_case
+from kerabl.bench.methods import methods_notes
 from kerabl.bench.flops import (MATMUL_SIZES, cpu_description, floor_line, matmul_floor,
                                 matmul_rate, onednn_enabled)
 from kerabl.bench.probes import PROBE_ROUNDS, probe_line, probe_rate
@@ -98,7 +99,8 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = No
                        repeats=PROBE_ROUNDS, floor_now=lambda: matmul_rate(best_size))
     extra = [] if quick else extrapolate(cases, workers)
     result = dict(machine=machine, floor=floor, cases=cases, table=rows,
-                  notes=z_notes(cases, floor["best_gflops"]), extrapolation=extra,
+                  notes=z_notes(cases, floor["best_gflops"]) + methods_notes(cases),
+                  extrapolation=extra,
                   skipped=skipped, probe_rate=probe, headline=headline(cases))
     Path(out).write_text(json.dumps(result, indent=1, default=_json_default))
     log(format_table(rows, MAIN_COLUMNS))

@@ -24,8 +24,9 @@ from typing import Callable
 import numpy as np
 
 from kerabl.activations import record_activations
-from kerabl.bench.flops import (GRID_CELLS, SEED, model_flops, peak_rss_mb, shortcut_flops,
-                                tail_flops, target_tail_flops, timed)
+from kerabl.bench.flops import (GRID_CELLS, SEED, ablator_shape, model_flops, peak_rss_mb,
+                                sample_masks, shortcut_flops, tail_flops, target_tail_flops,
+                                timed)
 from kerabl.bench.torch_case import TorchColumn, tf_threads
 from kerabl.data import digits_imageset, paper_imageset
 from kerabl.engine import TailAblator, predict_batched, tail_engine, true_class_rank
@@ -41,12 +42,15 @@ from kerabl.validate import import_tensorflow, quiet_tensorflow
 # by tail FLOPs in the extrapolation), those whose cells the authors' procedure also runs (None:
 # every timed layer), those whose bfloat16 tail is checked (None: the authors' layers), fast cells
 # timed per layer, the Z layer (None: no Z case) with the units timed tail-only / full-forward, and
-# the timed calls of each fast-engine and torch measurement, the fastest counting (default 1).
+# the timed calls of each fast-engine and torch measurement, the fastest counting (default 1),
+# and whether one class's cells are timed under each ablation method (`kerabl.bench.methods`:
+# True, at the timed layers, or the layers named).
 PLANS = {
     "demo": dict(layers=None, paper_layers=None, fast_cells=16, z_layer="conv_5", z_tail=64,
-                 z_full=8, repeats=3),
+                 z_full=8, repeats=3, methods=True),
     "demo-quick": dict(layers=None, paper_layers=("conv_1", "conv_4", "dense_2"), fast_cells=4,
-                       z_layer="conv_5", z_tail=32, z_full=4, repeats=3),
+                       z_layer="conv_5", z_tail=32, z_full=4, repeats=3,
+                       methods=("conv_1", "conv_4", "dense_2")),
     "alexnet": dict(layers=None, paper_layers=("conv_1", "conv_3", "conv_5", "dense_2"),
                     fast_cells=16, z_layer="conv_5", z_tail=32, z_full=3),
     "vgg16": dict(layers=None, paper_layers=("block3_conv1", "fc2"), fast_cells=1,
@@ -67,16 +71,6 @@ IMAGES_PER_CLASS = 50
 PROBE_ROWS = 11 * IMAGES_PER_CLASS
 
 
-def random_cells(n_units: int, n_cells: int, seed: int) -> list[np.ndarray]:
-    """`n_cells` equal-count groups of a random permutation of the units (timing stand-ins for
-    grid cells: the engines' cost does not depend on which units a cell holds).
-
-    Example:
-        [len(c) for c in random_cells(10, 4, seed=0)]   # [3, 3, 2, 2]
-    """
-    return np.array_split(np.random.default_rng(seed).permutation(n_units), n_cells)
-
-
 def authors_cell(name: str, weights_path: Path, imageset, rows: np.ndarray, layer: str,
                  mask: np.ndarray, labels: np.ndarray, input_size, preprocess: str) -> np.ndarray:
     """Ranks under one cell's mask, computed the way the authors' code does.
@@ -92,16 +86,6 @@ def authors_cell(name: str, weights_path: Path, imageset, rows: np.ndarray, laye
     images = imageset.load(input_size, preprocess, rows=rows)
     scores = lambda_masked_model(model, layer, mask).predict(images, batch_size=64, verbose=0)
     return true_class_rank(scores, labels)
-
-
-def sample_masks(net, layer: str, n: int) -> np.ndarray:
-    """Element masks of the first `n` of `GRID_CELLS` random equal-size cells of `layer`.
-
-    Example:
-        masks = sample_masks(load_network("demo"), "conv_5", 4)   # (4, 4, 4, 128)
-    """
-    cells = random_cells(n_units(net.model, layer, "element"), GRID_CELLS, SEED)
-    return cell_masks(ablator_shape(net.model, layer), cells[:n], "element")
 
 
 def _h_layer(net, layer: str, images: np.ndarray, labels: np.ndarray, n_fast: int,
@@ -140,15 +124,6 @@ def _h_layer(net, layer: str, images: np.ndarray, labels: np.ndarray, n_fast: in
                 pair_input=pair_input, pair_input_s=pair_input_s,
                 study_cell_s=tail_s * (GRID_CELLS + 1) / GRID_CELLS + pair_input_s / GRID_CELLS,
                 traces=ablator.traces, ranks=ranks, masks=masks, ablator=ablator)
-
-
-def ablator_shape(model, layer: str) -> tuple[int, ...]:
-    """The target layer's output shape without the batch axis.
-
-    Example:
-        ablator_shape(load_network("demo").model, "conv_5")   # (4, 4, 128)
-    """
-    return tuple(int(d) for d in model.get_layer(layer).output.shape[1:])
 
 
 def _bf16_check(net, layer: str, images, labels, fast: dict) -> dict:
@@ -507,6 +482,11 @@ def run_case(name: str, root: str | Path | None = None, quiet: bool = False,
         images = imageset.load(net.input_size, net.preprocess, rows=rows)
         z = z_case(net, images, np.asarray(imageset.labels)[rows], plan, log)
     probe = probe_case(net, log) if name in STUDY_CLASSES else None
+    methods = None
+    if plan.get("methods"):
+        from kerabl.bench.methods import methods_case
 
-    return dict(network=name, plan=plan, h=h, z=z, probe=probe, torch=torch,
+        methods = methods_case(net, imageset, rows, plan, log)
+
+    return dict(network=name, plan=plan, h=h, z=z, probe=probe, torch=torch, methods=methods,
                 threads=tf_threads(), peak_rss_mb=peak_rss_mb())

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 from kerabl.choices import engine_kind
 from kerabl.errors import KerablError
 from kerabl.images import check_preprocess
+from kerabl.replacement import METHODS, check_method
 from kerabl.validate import check_at_least, check_precision
 
 UNITS = ("element", "channel")
@@ -102,6 +103,12 @@ class HConfig:
         "`kerabl bench` prints the largest rank and deficit change). Recorded in the results. "
         "The Z study (`kerabl units`, reproduce's Z part) stays float32: its exact Dense "
         "shortcut has no bfloat16 path.", default="float32")
+    ablation: str = _option(
+        "How a removed unit is removed: zero (both papers; --protocol authors), mean (its mean "
+        "activation over the study's images, stored in the results) or resample (its value in "
+        "another image of the study, outside the target class; the draws are stored). "
+        "Recorded in the results. all: `kerabl reproduce` runs the three, OUT/<method>, and "
+        "compares them.", METHODS, default="zero")
     # What the authors' scripts do per network (`authors`): the "other" images, the precision of
     # the class means, an empty cell's srs, and a second recipe for the ranks.
     other_images: str = _option(
@@ -181,6 +188,10 @@ class HConfig:
         if self.probe_objective not in OBJECTIVES:
             raise KerablError(f"unknown probe objective {self.probe_objective!r}: "
                               f"use one of {', '.join(OBJECTIVES)}")
+        if self.ablation == "all":
+            raise KerablError("--ablation all runs the three methods in `kerabl reproduce` only: "
+                              "pass zero, mean or resample")
+        check_method(self.ablation)
         for name, allowed in (("other_images", OTHER_IMAGES), ("means", MEANS),
                               ("empty_cells", EMPTY_CELLS)):
             if getattr(self, name) not in allowed:

@@ -64,6 +64,8 @@ def _pair_values(f: h5py.File, layout: ResultsLayout, ci: int, li: int) -> dict:
     values = {name: cell_dataset(f, name, (ci, li))
               for name in CELL_ARRAYS + ("rank_after", "rank_baseline")}
     values.update({f"units/{name}": g[name][ci] for name in UNIT_ARRAYS})
+    if "donor_rows" in f:
+        values["donor_rows"] = f["donor_rows"][ci, li]
     return values
 
 
@@ -142,6 +144,10 @@ def _copy_pairs(shards, owner: dict[tuple[int, int], int], layout: ResultsLayout
             else:
                 g[key][ci, li] = value
         g["done"][ci, li] = True
+        source = shards[s][1]
+        name = f"ablation_mean/{layout.layers[li]}"
+        if name in source and name not in g:
+            source.copy(source[name], g, name=name)
     for ci in range(len(layout.classes)):
         sources = sorted({s for (c, _), s in owner.items() if c == ci})
         rows = [{name: shards[s][1][name][ci] for name in CLASS_ARRAYS} for s in sources]

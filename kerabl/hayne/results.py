@@ -20,6 +20,11 @@ folds) (NaN until done) and int64
 all-ones mask: deficit = rank_after - rank_baseline); `rank_after` (C, L, K, P) int32; group `units/<layer>/` with `selectivity`,
 `magnitude` (C, U_l) float32, `membership` (C, U_l), `sel_edges` (C, n + 1),
 `mag_edges` (C, n, m + 1). Every padded or unwritten entry is -1 or NaN.
+How a removed unit was removed is `config["ablation"]` (`kerabl.replacement`; files written
+before it: "zero"). Mean ablation adds `ablation_mean/<layer>`: the layer's mean output over the
+study's images, flat in Keras (H, W, C) order (attribute `shape`); resample ablation adds
+`donor_rows` (C, L, K, P) int64: the image-set row whose layer output each target image took,
+per cell (-1 padded).
 
 No TensorFlow here: figures read results with TensorFlow blocked.
 """
@@ -138,6 +143,9 @@ def create_results(path: Path, layout: ResultsLayout) -> None:
         f.create_dataset("rank_baseline", shape=(c, n_l, p), dtype=np.int32, fillvalue=-1)
         f.create_dataset("rank_after", shape=(c, n_l, k, p), dtype=np.int32, fillvalue=-1,
                          chunks=(1, 1, k, max(p, 1)), compression="gzip")
+        if layout.config.get("ablation") == "resample":
+            f.create_dataset("donor_rows", shape=(c, n_l, k, p), dtype=np.int64, fillvalue=-1,
+                             chunks=(1, 1, k, max(p, 1)), compression="gzip")
         for layer, u in zip(layout.layers, layout.n_units):
             g = f.create_group(f"units/{layer}")
             row = (1, min(u, 1 << 18))
@@ -314,7 +322,8 @@ class HResultsWriter:
 
     def write_pair(self, ci: int, li: int, *, selectivity, magnitude, grid, rank_after, deficit,
                    probe, probe_heldout, srs_tau, srs_rho, probe_loss=None,
-                   rank_baseline=None, probe_fold=None, probe_fold_sd=None) -> None:
+                   rank_baseline=None, probe_fold=None, probe_fold_sd=None,
+                   ablation_mean=None, donor_rows=None) -> None:
         """Store pair (ci, li): unit coordinates, the grid, per-cell scores; mark it done.
 
         Args:
@@ -326,6 +335,8 @@ class HResultsWriter:
             rank_baseline: (n_images,) ranks through the same engine with an all-ones mask.
             probe_fold, probe_fold_sd: (K,) held-out probe with the grid rebuilt per fold, mean
                 and standard deviation over folds (`kerabl.hayne.heldout`); None stores NaN.
+            ablation_mean: the layer's mean output (mean ablation; stored once per layer).
+            donor_rows: (K, n_images) image rows whose outputs the images took (resample).
         """
         k, u = self.layout.n_cells, self.layout.n_units[li]
         sel = np.asarray(selectivity, dtype=np.float64).ravel()
@@ -368,6 +379,7 @@ class HResultsWriter:
             g["membership"][ci] = grid.membership.astype(g["membership"].dtype)
             g["sel_edges"][ci] = grid.sel_edges
             g["mag_edges"][ci] = grid.mag_edges
+            write_ablation_values(f, self.layout.layers[li], ci, li, ablation_mean, donor_rows)
             f["done"][ci, li] = True
             f.flush()
 
@@ -387,6 +399,36 @@ class HResultsWriter:
         finish_partial(self.path)
         self.complete = True
         return self.path
+
+
+def write_ablation_values(f: h5py.File, layer: str, ci: int, li: int, mean=None,
+                          donors=None) -> None:
+    """Store what removed units took (see the module docstring): the layer's mean output
+    (once) and pair (ci, li)'s donor rows.
+
+    Example:
+        write_ablation_values(f, "conv_3", 0, 2, mean=None, donors=donor_rows)   # (K, n)
+    """
+    name = f"ablation_mean/{layer}"
+    if mean is not None and name not in f:
+        f.create_dataset(name, data=np.asarray(mean, np.float32).ravel())
+        f[name].attrs["shape"] = np.asarray(np.shape(mean), np.int64)
+    if donors is not None:
+        donors = np.asarray(donors, np.int64)
+        padded = np.full(f["donor_rows"].shape[2:], -1, np.int64)
+        padded[:, :donors.shape[1]] = donors
+        f["donor_rows"][ci, li] = padded
+
+
+def ablation_mean(f: h5py.File, layer: str) -> np.ndarray | None:
+    """The stored mean output of `layer` (its output shape), or None (not mean ablation).
+
+    Example:
+        with h5py.File("out/h_results.h5") as f:
+            ablation_mean(f, "conv_3").shape      # (8, 8, 16)
+    """
+    name = f"ablation_mean/{layer}"
+    return f[name][()].reshape(tuple(f[name].attrs["shape"])) if name in f else None
 
 
 def cell_dataset(f: h5py.File, name: str, index=()) -> np.ndarray:
@@ -437,7 +479,18 @@ class HResults:
             self.n_units = np.asarray(layout.n_units, dtype=np.int64)
             for name in CELL_ARRAYS + CLASS_ARRAYS + ("done", "rank_after", "rank_baseline"):
                 setattr(self, name, cell_dataset(f, name))
+            self.ablation = str(self.config.get("ablation", "zero"))
+            self.donor_rows = f["donor_rows"][()] if "donor_rows" in f else None
         self._check_shapes()
+
+    def ablation_mean(self, layer: str) -> np.ndarray | None:
+        """The mean output of `layer` that mean ablation gave its removed units, else None.
+
+        Example:
+            HResults.open("out/mean/h_results.h5").ablation_mean("conv_5").shape   # (13, 13, 256)
+        """
+        with open_h5(self.path) as f:
+            return ablation_mean(f, layer)
 
     def _check_shapes(self) -> None:
         """Every array of the shape its layout gives (a damaged file is one line)."""
@@ -498,7 +551,7 @@ class HResults:
 
 CSV_COLUMNS = ("class", "class_index", "layer", "cell", "sel_bin", "mag_bin", "n_units",
                "cell_selectivity", "cell_magnitude", "probe", "probe_heldout", "deficit",
-               "srs_tau", "srs_rho", "probe_fold", "probe_fold_sd", "probe_loss")
+               "srs_tau", "srs_rho", "probe_fold", "probe_fold_sd", "probe_loss", "ablation")
 
 
 def export_csv(results_path, csv_path) -> Path:
@@ -520,7 +573,8 @@ def export_csv(results_path, csv_path) -> Path:
         srs_tau, srs_rho: Kendall tau / Spearman rho between the cell's image RDM and the
         class template RDM; probe_fold, probe_fold_sd: held-out balanced accuracy with the
         grid rebuilt inside each training fold, mean and standard deviation over folds;
-        probe_loss: the mean training log loss (probe = exp(-probe_loss)).
+        probe_loss: the mean training log loss (probe = exp(-probe_loss));
+        ablation: how a removed unit was removed: zero, mean or resample.
         Missing values are empty fields.
 
     Returns:
@@ -534,7 +588,7 @@ def export_csv(results_path, csv_path) -> Path:
         return "" if np.isnan(v) else repr(float(v))
 
     rows = ([name, int(res.class_index[ci]), layer, k, k // m, k % m, int(res.cell_count[ci, li, k])]
-            + [fmt(getattr(res, col)[ci, li, k]) for col in CSV_COLUMNS[7:]]
+            + [fmt(getattr(res, col)[ci, li, k]) for col in CSV_COLUMNS[7:-1]] + [res.ablation]
             for ci, name in enumerate(res.classes)
             for li, layer in enumerate(res.layers)
             for k in range(res.cell_count.shape[2]))

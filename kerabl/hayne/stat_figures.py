@@ -220,10 +220,14 @@ def fig_interaction_coefficients(results_list: Sequence, labels: Sequence[str],
 
 
 def run_label(res, label: str) -> str:
-    """A results file's row label: its model, with the control it ran under.
+    """A results file's row label: its model, with the control it ran under and how a removed
+    unit was removed (when not zero).
 
     Example:
         run_label(HResults.open("control/h_results.h5"), "demo")   # "demo, permuted-labels"
+        run_label(HResults.open("mean/h_results.h5"), "demo")      # "demo, mean ablation"
     """
     control = res.config.get("control", "none")
-    return label if control == "none" else f"{label}, {control}"
+    ablation = res.config.get("ablation", "zero")
+    return ", ".join([label] + ([control] if control != "none" else [])
+                     + ([f"{ablation} ablation"] if ablation != "zero" else []))

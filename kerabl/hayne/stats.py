@@ -268,7 +268,8 @@ def summary(res) -> dict:
         json.dumps(summary(HResults.open("out/h.h5")))
 
     Returns:
-        {"control", "largest_deficit": {"cell": [i, j], "mean", "grid"}, "highest_probe": {...},
+        {"control", "ablation", "largest_deficit": {"cell": [i, j], "mean", "grid"},
+        "highest_probe": {...},
         "regression": deficit_regression(res) (the earlier, effect-free fit),
         "interaction": interaction_test(res), "correlation": {metric: ...}}, plus
         "highest_probe_fold" and "probe_fold_chance_offset" when the fold probe is stored.
@@ -276,6 +277,7 @@ def summary(res) -> dict:
     done = np.asarray(res.done, dtype=bool)
     shape = tuple(int(v) for v in res.grid_shape)
     out = {"control": getattr(res, "config", {}).get("control", "none"),
+           "ablation": getattr(res, "config", {}).get("ablation", "zero"),
            "largest_deficit": _best_cell(np.asarray(res.deficit), done, shape),
            "highest_probe": _best_cell(np.asarray(res.probe), done, shape),
            "regression": deficit_regression(res), "interaction": interaction_test(res),

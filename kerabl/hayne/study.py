@@ -39,6 +39,7 @@ from kerabl.hayne.shared import SharedBlock, resolve
 from kerabl.nested import flat_network, from_paths, layer_paths
 from kerabl.progress import progress_bar
 from kerabl.recompute import RecomputedActivations
+from kerabl.replacement import ZERO, Replacement, draw_donors, mean_output
 from kerabl.space import check_room
 from kerabl.validate import check_grid_fits, check_study_images
 
@@ -263,6 +264,8 @@ class Sweep:
         self.workers = 1
         self._block = None
         self._no_room = False
+        self._means: dict[int, np.ndarray] = {}
+        self._heads: dict[str, object] = {}
 
     def _ablator(self, layer):
         if layer not in self._ablators:
@@ -385,9 +388,49 @@ class Sweep:
         from kerabl.masks import cell_masks  # loads TensorFlow: on first use
 
         masks = cell_masks(ablator.shape, grid.cells, self.config.unit)
+        replacement, stored = self.replacement(state, li, len(grid.cells))
+        ablator.set_replacement(replacement.with_baseline())
         rank_baseline, rank_after = baseline_and_ablated_ranks(ablator, masks, state["labels"])
         deficit = mean_rank_deficit(rank_baseline, rank_after, clip=self.config.clip)
-        return dict(rank_after=rank_after, rank_baseline=rank_baseline, deficit=deficit)
+        return dict(rank_after=rank_after, rank_baseline=rank_baseline, deficit=deficit, **stored)
+
+    def replacement(self, state: dict, li: int, n_cells: int) -> tuple[Replacement, dict]:
+        """What the removed units of pair (state["ci"], li) take under `config.ablation`
+        (`kerabl.replacement`), and what the results store of it: the layer's mean output over
+        every image of the study (`ablation_mean`), or per cell the donor image of each target
+        image (`donor_rows`, rows of the image set outside the target class, drawn with
+        `draw_donors(pool, n, seed, class, layer, cell)`)."""
+        method = self.config.ablation
+        if method == "zero":
+            return ZERO, {}
+        if method == "mean":
+            if li not in self._means:
+                every = np.arange(len(self.imageset.labels))
+                self._means[li] = mean_output(self.layer_outputs(li, every[i:i + 256])
+                                              for i in range(0, len(every), 256))
+            return Replacement("mean", mean=self._means[li]), {"ablation_mean": self._means[li]}
+        pool = np.setdiff1d(np.arange(len(self.imageset.labels)), state["target_rows"])
+        donors = np.stack([draw_donors(pool, len(state["target_rows"]), self.config.seed,
+                                       state["ci"], li, k) for k in range(n_cells)])
+        unique, index = np.unique(donors, return_inverse=True)
+        return (Replacement("resample", bank=self.layer_outputs(li, unique),
+                            donors=index.reshape(donors.shape)), {"donor_rows": donors})
+
+    def layer_outputs(self, li: int, rows: np.ndarray) -> np.ndarray:
+        """The layer's whole output (N, *shape) on the image set's `rows` (sorted): from the
+        activation cache when it holds float32 elements, else by a forward pass."""
+        from kerabl.engine import predict_batched
+        from kerabl.graph import head_model
+
+        layer = self.layers[li]
+        shape = tuple(int(d) for d in self.network.model.get_layer(layer).output.shape[1:])
+        if (self.config.unit == "element"
+                and np.dtype(self.cache.attrs.get("dtype", "float32")) == np.float32):
+            return self.cache.read(layer, rows=rows).reshape((-1, *shape))
+        if layer not in self._heads:
+            self._heads[layer] = head_model(self.network.model, layer)
+        images = self.imageset.load(self.network.input_size, self.network.preprocess, rows=rows)
+        return predict_batched(self._heads[layer], images, 64)[0].reshape((-1, *shape))
 
     def _can_use_cache(self, ablator, layer) -> bool:
         """Cached activations feed the tail only when they are the exact layer output."""

@@ -6,7 +6,9 @@
 - `random_order_ablation(...)`: the same curve for random unit orders, one per seed.
 
 Each runs on an engine of `kerabl.engine`: "tail" (the layer output once, only the tail per
-unit, with the exact Dense shortcut where the graph has one) or "full" (the reference).
+unit, with the exact Dense shortcut where the graph has one) or "full" (the reference). Each
+takes `ablation` ("zero", "mean", "resample": `kerabl.replacement`; `layer_replacement` makes
+the layer's values).
 """
 
 from __future__ import annotations
@@ -19,7 +21,40 @@ from kerabl.engine import DEFAULT_BATCH, ChannelEngine, channel_engine
 from kerabl.errors import KerablError
 from kerabl.masks import keep_masks, unit_indices
 from kerabl.progress import progress_bar
+from kerabl.replacement import ZERO, Replacement, check_method, draw_donors
 from kerabl.zhou.attributes import class_rows
+
+
+def layer_replacement(eng: ChannelEngine, labels: np.ndarray, layer: str, method: str,
+                      seed: int = 0) -> tuple[Replacement, dict[str, np.ndarray]]:
+    """What the removed channels of `layer` take under `method`, set on `eng`, and what the
+    results store of it: the layer's mean output over the study's images (`ablation_mean`), or
+    each image's donor, an image of another class drawn with `draw_donors(pool, n, seed,
+    crc32(layer), class)` and the same for every unit (`donor_rows`).
+
+    Example:
+        eng = channel_engine(net, images, "conv_3")
+        replacement, stored = layer_replacement(eng, labels, "conv_3", "resample", seed=0)
+    """
+    import zlib
+
+    check_method(method)
+    if method == "zero":
+        replacement, stored = ZERO, {}
+    elif method == "mean":
+        mean = np.asarray(eng.acts, np.float32).mean(axis=0)
+        replacement, stored = Replacement("mean", mean=mean), {"ablation_mean": mean}
+    else:
+        labels = np.asarray(labels)
+        donors = np.empty(len(labels), np.int64)
+        for class_ in np.unique(labels):
+            own = labels == class_
+            donors[own] = draw_donors(np.flatnonzero(~own), int(own.sum()), seed,
+                                      zlib.crc32(layer.encode()), int(class_))
+        replacement = Replacement("resample", bank=eng.acts, donors=donors[None])
+        stored = {"donor_rows": donors}
+    eng.set_replacement(replacement)
+    return replacement, stored
 
 
 def _accuracy_table(preds: np.ndarray, labels: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
@@ -54,7 +89,8 @@ def _base_predictions(eng: ChannelEngine, rows=None) -> np.ndarray:
 def single_unit_ablation(network_or_model, images: np.ndarray, labels: np.ndarray,
                          classes: Sequence[int], layer: str, *, units: Sequence[int] | None = None,
                          engine: str = "tail", batch_size: int | None = DEFAULT_BATCH,
-                         shortcut: bool = True, progress: bool = False) -> dict[str, Any]:
+                         shortcut: bool = True, progress: bool = False,
+                         ablation: str = "zero", ablation_seed: int = 0) -> dict[str, Any]:
     """Accuracy of every class with each channel unit of `layer` zeroed, one unit at a time.
 
     Example:
@@ -76,6 +112,8 @@ def single_unit_ablation(network_or_model, images: np.ndarray, labels: np.ndarra
             equals the plain tail up to float rounding: tested equal class accuracies on the
             demo model and equal predictions on a random AlexNet's conv_5.
         progress: show a progress bar.
+        ablation: how a unit is removed: "zero", "mean" or "resample" (`layer_replacement`,
+            its draws seeded by `ablation_seed`).
 
     Returns:
         dict with `units` (U,), `class_acc` (U, C), `base_class_acc` (C,), `base_acc`,
@@ -85,6 +123,7 @@ def single_unit_ablation(network_or_model, images: np.ndarray, labels: np.ndarra
     """
     labels = _check_labels(images, labels)
     eng = channel_engine(network_or_model, images, layer, engine, batch_size, shortcut)
+    layer_replacement(eng, labels, layer, ablation, ablation_seed)
     return unit_drops(eng, labels, classes, units, progress, f"ablating {layer}")
 
 
@@ -132,7 +171,7 @@ def random_direction_ablation(network_or_model, images: np.ndarray, labels: np.n
                               classes: Sequence[int], layer: str, *, seed: int = 0,
                               rotation: np.ndarray | None = None,
                               batch_size: int | None = DEFAULT_BATCH,
-                              progress: bool = False) -> dict[str, Any]:
+                              progress: bool = False, ablation: str = "zero") -> dict[str, Any]:
     """Single-direction ablation in a randomly rotated channel space of `layer`.
 
     Example:
@@ -141,7 +180,8 @@ def random_direction_ablation(network_or_model, images: np.ndarray, labels: np.n
 
     Direction k is column k of a random orthogonal matrix Q; at every spatial position the
     activation a becomes a - (a . q_k) q_k (rotate, zero coordinate k, rotate back). With
-    `rotation=np.eye(C)` this is exactly single-unit ablation.
+    `rotation=np.eye(C)` this is exactly single-unit ablation. Under mean or resample ablation
+    (`ablation`) the coordinate takes the replacement's: a - ((a - r) . q_k) q_k.
 
     Args:
         rotation: (C, C) orthogonal matrix to use instead of a random one from `seed`.
@@ -153,6 +193,7 @@ def random_direction_ablation(network_or_model, images: np.ndarray, labels: np.n
     """
     labels = _check_labels(images, labels)
     eng = channel_engine(network_or_model, images, layer, "tail", batch_size)
+    layer_replacement(eng, labels, layer, ablation, seed)
     return direction_drops(eng, labels, classes, seed, rotation, progress, f"directions {layer}")
 
 
@@ -190,7 +231,7 @@ def _check_steps(steps: int, pool: np.ndarray) -> None:
 def greedy_ablation(network_or_model, images: np.ndarray, labels: np.ndarray, class_: int,
                     layer: str, *, steps: int = 10, candidates: Sequence[int] | None = None,
                     engine: str = "tail", batch_size: int | None = DEFAULT_BATCH,
-                    return_order: bool = False):
+                    return_order: bool = False, ablation: str = "zero", ablation_seed: int = 0):
     """Accuracy of one class as the units that hurt it most are ablated one after another.
 
     Example:
@@ -212,6 +253,7 @@ def greedy_ablation(network_or_model, images: np.ndarray, labels: np.ndarray, cl
     """
     labels = _check_labels(images, labels)
     eng = channel_engine(network_or_model, images, layer, engine, batch_size)
+    layer_replacement(eng, labels, layer, ablation, ablation_seed)
     curve, order = greedy(eng, labels, class_, steps, candidates)
     return (curve, order) if return_order else curve
 
@@ -242,7 +284,8 @@ def greedy(eng: ChannelEngine, labels: np.ndarray, class_: int, steps: int,
 def random_order_ablation(network_or_model, images: np.ndarray, labels: np.ndarray, class_: int,
                           layer: str, *, steps: int = 10, seeds: Sequence[int] = (0, 1, 2, 3, 4),
                           candidates: Sequence[int] | None = None, engine: str = "tail",
-                          batch_size: int | None = DEFAULT_BATCH) -> np.ndarray:
+                          batch_size: int | None = DEFAULT_BATCH, ablation: str = "zero",
+                          ablation_seed: int = 0) -> np.ndarray:
     """Accuracy of one class as units are ablated cumulatively in a random order, per seed.
 
     Example:
@@ -256,6 +299,7 @@ def random_order_ablation(network_or_model, images: np.ndarray, labels: np.ndarr
     """
     labels = _check_labels(images, labels)
     eng = channel_engine(network_or_model, images, layer, engine, batch_size)
+    layer_replacement(eng, labels, layer, ablation, ablation_seed)
     return random_order(eng, labels, class_, steps, seeds, candidates)
 
 

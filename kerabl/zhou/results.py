@@ -167,7 +167,7 @@ def display_images(images: np.ndarray) -> np.ndarray:
 
 
 CSV_COLUMNS = ("layer", "unit", "overall_drop", "max_class_drop", "argmax_class", "argmax_class_name",
-               "l1", "max_class_corr", "selectivity", "rand_max_class_drop")
+               "l1", "max_class_corr", "selectivity", "rand_max_class_drop", "ablation")
 
 
 def export_units_csv(z_path: str | os.PathLike, csv_path: str | os.PathLike) -> Path:
@@ -177,7 +177,8 @@ def export_units_csv(z_path: str | os.PathLike, csv_path: str | os.PathLike) -> 
         export_units_csv("out/z_demo.h5", "out/z_units.csv")
 
     `argmax_class` is the output index of the most-hurt class; `rand_max_class_drop` is the
-    max class drop of random direction k of the same layer (a separate sample, not unit k).
+    max class drop of random direction k of the same layer (a separate sample, not unit k);
+    `ablation` how a removed unit was removed (zero, mean or resample).
     """
     z = ZResults.open(z_path)
     csv_path = Path(csv_path)
@@ -186,7 +187,8 @@ def export_units_csv(z_path: str | os.PathLike, csv_path: str | os.PathLike) -> 
     def row(name: str, d: dict, unit: int) -> list:
         top = int(d["argmax_class"][unit])
         return [name, unit, *(_num(d[k][unit]) for k in DROPS), int(z.classes[top]),
-                z.class_names[top], *(_num(d[k][unit]) for k in (*ATTRIBUTES, "rand_max_class_drop"))]
+                z.class_names[top], *(_num(d[k][unit]) for k in (*ATTRIBUTES, "rand_max_class_drop")),
+                z.config.get("ablation", "zero")]
 
     rows = (row(name, d, unit) for name, d in ((n, z.layer(n)) for n in z.layers)
             for unit in range(len(d["overall_drop"])))

@@ -22,11 +22,13 @@ from kerabl.engine import (DEFAULT_BATCH, HEAD_BATCH, ChannelEngine, TailAblator
 from kerabl.errors import KerablError
 from kerabl.graph import as_model
 from kerabl.progress import progress_bar
+from kerabl.replacement import check_method
 from kerabl.nested import flat_network, resolve_layer, resolve_layers
 from kerabl.space import check_room, no_space_file
 from kerabl.store import (config_differences, differing_keys, finish_partial, library_versions,
                           open_h5, partial_path)
-from kerabl.zhou.ablation import direction_drops, greedy, random_order, unit_drops
+from kerabl.zhou.ablation import (direction_drops, greedy, layer_replacement, random_order,
+                                  unit_drops)
 from kerabl.zhou.attributes import (TOP_K, attribute_drop_correlations, class_correlation,
                                     class_means, l1_norms, selectivity_index, top_activating)
 from kerabl.zhou.heldout import most_hurt_class, split_greedy
@@ -69,7 +71,8 @@ def _study_data(network, imageset) -> _StudyData:
 
 
 def _study_config(network, data: _StudyData, layers: Sequence[str], seed: int, greedy_layer: str,
-                  greedy_steps: int, greedy_seeds: int, top_k: int) -> dict[str, Any]:
+                  greedy_steps: int, greedy_seeds: int, top_k: int,
+                  ablation: str = "zero") -> dict[str, Any]:
     return {"network": network.name, "weights": network.weights_id, "layers": list(layers),
             "imageset": getattr(data.imageset, "name", type(data.imageset).__name__),
             "labels": _digest(data.labels), "n_images": int(len(data.labels)),
@@ -77,7 +80,7 @@ def _study_config(network, data: _StudyData, layers: Sequence[str], seed: int, g
             "input_size": list(network.input_size), "preprocess": network.preprocess,
             "greedy_layer": greedy_layer, "greedy_steps": int(greedy_steps),
             "greedy_seeds": list(range(int(greedy_seeds))), "top_k": int(top_k),
-            "greedy_split": "halves", "tie_break": "random"}
+            "greedy_split": "halves", "tie_break": "random", "ablation": ablation}
 
 
 def _check_config(path: Path, stored: dict[str, Any], wanted: dict[str, Any],
@@ -238,6 +241,8 @@ class ZConfig:
         greedy_steps: units ablated greedily per class.
         greedy_seeds: random orders (seeds 0..greedy_seeds-1) for the baseline curves.
         top_k: top-activating images stored per unit.
+        ablation: how a unit is removed, "zero", "mean" or "resample" (`kerabl.replacement`,
+            `kerabl.zhou.ablation.layer_replacement`; stored with each layer's means or draws).
         batch_size: masked copies per tail call (None: by float count, see `DEFAULT_BATCH`);
             it changes the speed only, and is not stored.
     """
@@ -248,6 +253,10 @@ class ZConfig:
     greedy_seeds: int = 5
     top_k: int = TOP_K
     batch_size: int | None = DEFAULT_BATCH
+    ablation: str = "zero"
+
+    def __post_init__(self):
+        check_method(self.ablation)
 
 
 RESULTS_NAME = "z_results.h5"
@@ -299,7 +308,7 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
         files, note = image_files(imageset, Path(out_dir) / "activations.h5",
                                   network.preprocess, log)
     wanted = _study_config(network, data, layers, seed, greedy_layer, greedy_steps, greedy_seeds,
-                           top_k)
+                           top_k, config.ablation)
     wanted["contents"] = contents_digest(files)
     out = Path(out_path)
     if out.exists() and _check_config(out, read_config(out), wanted, note, log):
@@ -324,12 +333,15 @@ def run_z_study(network, imageset, out_dir: str | os.PathLike, *, layers: Sequen
             if probs is None:
                 probs = predict_batched(model, images, HEAD_BATCH)[0]
             eng = channel_engine(model, images, layer, "tail", batch_size)
+            _, stored = layer_replacement(eng, data.labels, layer, config.ablation, seed)
             arrays, attrs = _layer_results(model, eng, data, probs, layer, seed, top_k, progress)
+            arrays.update(stored)
             _write_group(partial, f"layer_{layer}", arrays, {**attrs, "layer": layer})
             advance(1)
     if "greedy" not in done:
         eng = channel_engine(model, images, greedy_layer, "tail", batch_size)
+        _, stored = layer_replacement(eng, data.labels, greedy_layer, config.ablation, seed)
         _write_group(partial, "greedy",
-                     _greedy_results(eng, data, greedy_steps, greedy_seeds, progress, seed),
-                     {"layer": greedy_layer, "split_seed": seed})
+                     {**_greedy_results(eng, data, greedy_steps, greedy_seeds, progress, seed),
+                      **stored}, {"layer": greedy_layer, "split_seed": seed})
     return finish_partial(out)
