@@ -148,8 +148,9 @@ def _network(model: str, weights: str, alpha: float, seed: int, preprocess: Opti
         notes.append(f"note: {model} uses random weights ({net.weights_id}); "
                      "results test the pipeline, not the science")
     if is_model_file(model) and not preprocess:
+        from kerabl.images import RECIPES_NOTE
         notes.append(f"note: --preprocess not given: {model} gets RGB 0..255 images resized to "
-                     f"{net.input_size} (pass scale, caffe, tf or torch if it expects others)")
+                     f"{net.input_size} without keeping the aspect ratio; recipes: {RECIPES_NOTE}")
     return (dataclasses.replace(net, preprocess=preprocess) if preprocess else net), notes
 
 
@@ -520,6 +521,8 @@ def headline_text(headline: dict) -> str:
         typer.echo(headline_text(summary(HResults.open("kerabl-out/h_results.h5"))))
         # largest mean rank deficit: cell (3, 3) = 0.425 ...
     """
+    from kerabl.hayne.baseline import Baseline
+
     deficit, probe = headline["largest_deficit"], headline["highest_probe"]
     test, corr = headline["interaction"], headline["correlation"]["probe"]
     ci = test["interval"]["selectivity_x_magnitude"]
@@ -541,7 +544,9 @@ def headline_text(headline: dict) -> str:
         f"probe vs deficit: Pearson r {corr['pearson_r']:.3f} [{corr['pearson_interval'][0]:.3f}, "
         f"{corr['pearson_interval'][1]:.3f}], Spearman rho {corr['spearman_rho']:.3f} "
         f"[{corr['spearman_interval'][0]:.3f}, {corr['spearman_interval'][1]:.3f}]"]
-        + ([f"control: {headline['control']}"] if headline.get("control", "none") != "none" else []))
+        + ([f"control: {headline['control']}"] if headline.get("control", "none") != "none" else [])
+        + (Baseline.from_dict(headline["baseline"]).lines(per_class=True)
+           if "baseline" in headline else []))
 
 
 from kerabl import cli_tools  # noqa: E402,F401 - registers the other commands on `app`

@@ -26,7 +26,8 @@ import numpy as np
 from kerabl.errors import KerablError
 
 TORCH_SUFFIXES = (".pth", ".pt")
-TORCH_MODELS = ("demo", "vgg16", "alexnet_torchvision", "resnet50_torchvision")
+TORCH_MODELS = ("demo", "vgg16", "alexnet_torchvision", "resnet50_torchvision",
+                "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 RESNET50_STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # (width, blocks, stride)
 BN_EPSILON = 1e-5
 TORCH_EXTRA = "torch is not installed: install the extra with `pip install 'kerabl[torch]'`"
@@ -179,6 +180,9 @@ def weight_map(name: str, model) -> list[tuple[str, str, tuple | None]]:
         return _plain_map(model, DEMO_CONVS, (0, 3, 6))
     if name == "resnet50_torchvision":
         return _resnet50_map(model)
+    if name.startswith("efficientnet_lite"):
+        from kerabl.lite import lite_weight_map
+        return lite_weight_map(model)
     raise KerablError(f"{name} has no torch layout: torch weights fit {', '.join(TORCH_MODELS)}")
 
 
@@ -199,12 +203,27 @@ def _is_bn(layer) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization)
 
 
+def _is_depthwise(layer) -> bool:
+    import keras
+
+    return isinstance(layer, keras.layers.DepthwiseConv2D)
+
+
+def _kernel_axes(layer, ndim: int) -> tuple[int, ...]:
+    """The transpose between torch's and Keras's kernel layouts: conv (out, in, kh, kw) ->
+    (kh, kw, in, out), depthwise (C, 1, kh, kw) <-> (kh, kw, C, 1) (its own inverse), dense
+    (out, in) <-> (in, out)."""
+    if ndim == 2:
+        return (1, 0)
+    return (2, 3, 0, 1) if _is_depthwise(layer) else (2, 3, 1, 0)
+
+
 def _layer_arrays(layer, state: dict, prefix: str, flat: tuple | None) -> list[np.ndarray]:
     """The Keras weights of `layer` from the torch arrays under `prefix`."""
     if _is_bn(layer):
         return [state[f"{prefix}.{k}"] for k in BN_KEYS]
     w = state[f"{prefix}.weight"]
-    kernel = w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T
+    kernel = w.transpose(_kernel_axes(layer, w.ndim))
     if flat is not None:
         kernel = _chw_rows(kernel, flat, to_hwc=True)
     arrays = [np.ascontiguousarray(kernel)]
@@ -271,8 +290,8 @@ def keras_to_torch(name: str, model) -> dict[str, np.ndarray]:
         kernel = arrays[0]
         if flat is not None:
             kernel = _chw_rows(kernel, flat, to_hwc=False)
-        state[f"{prefix}.weight"] = np.ascontiguousarray(
-            kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T)
+        axes = _kernel_axes(layer, kernel.ndim)
+        state[f"{prefix}.weight"] = np.ascontiguousarray(kernel.transpose(np.argsort(axes)))
         if len(arrays) == 2:
             state[f"{prefix}.bias"] = arrays[1]
     return state

@@ -159,6 +159,7 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
         raise KerablError(f"{len(missing)} pairs have no stored {needed} (first: class "
                           f"{imageset.class_names[ci]}, layer {layers[li]}): run `kerabl "
                           f"{needed}` with these options first")
+    log_baseline(network, imageset, log)
     cache = record_activations(network, imageset, layers, cache_path or out_dir / "activations.h5",
                                unit=config.unit, preprocess=network.preprocess,
                                progress=progress, log=log)

@@ -26,6 +26,7 @@ import numpy as np
 
 from kerabl.contents import contents_digest, image_files
 from kerabl.errors import KerablError
+from kerabl.hayne.baseline import log_baseline
 from kerabl.progress import progress_bar
 from kerabl.validate import check_grid_fits, check_live_outputs, check_precision, check_study_images
 
@@ -152,6 +153,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     layers = target_layers(network, layers)
     cache_path = Path(cache_path or out_dir / "activations.h5")
     preprocess = network.preprocess
+    studied = imageset   # the true labels: the baseline is the network's own accuracy
     if config.control == "permuted-labels":
         from kerabl.hayne.controls import permuted_labels
         imageset = permuted_labels(imageset, config.seed)
@@ -169,7 +171,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     if writer.complete:
         log(f"results are complete, nothing to compute: {out_dir / results_name(shard)}")
         return out_dir / results_name(shard)
-
+    log_baseline(network, studied, log)
     cache = record_activations(network, imageset, layers, cache_path, unit=config.unit,
                                preprocess=preprocess, progress=progress, files=files, log=log)
     todo = [(ci, li) for ci, li in writer.pairs() if not writer.is_done(ci, li)]
