@@ -281,3 +281,19 @@ def test_lite0_keras_and_torch_logits_agree_on_real_images_and_crosscheck(lite0,
     summary = crosscheck(path, tmp_path / "x", images=hayne50, progress=False, log=lambda _: None)
     assert summary.cells == 2 * 3 * 4 and summary.equal_deficits == summary.cells
     assert summary.ranks_equal_percent == 100.0
+
+
+def test_results_baseline_reads_the_stored_ranks_of_finished_classes():
+    from types import SimpleNamespace
+
+    from kerabl.hayne.baseline import results_baseline
+
+    res = SimpleNamespace(
+        classes=["a", "b", "c"], done=np.array([[True], [True], [False]]),
+        rank_before=np.array([[0, 2, -1], [7, 0, 0], [0, 0, 0]]),
+        config={"model": "efficientnet_lite0", "weights_id": "sha256:1", "control": "none"})
+    base = results_baseline(res)
+    assert base.per_class == {"a": (0.5, 1.0), "b": (2 / 3, 2 / 3)} and base.top1 == 0.6
+    assert base.stated_top1 == 75.1 and base.warning is None
+    res.config["control"] = "permuted-labels"
+    assert results_baseline(res).chance_expected == "control permuted-labels"
