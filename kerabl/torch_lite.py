@@ -27,7 +27,11 @@ from kerabl.lite import BN_EPSILON, HEAD, LITE_EXTRA, STEM, lite_blocks
 
 
 def import_torch():
-    """`import torch`, or a `KerablError` naming the `kerabl[lite]` extra."""
+    """`import torch`, or a `KerablError` naming the `kerabl[lite]` extra.
+
+    Example:
+        torch = import_torch()   # KerablError 'pip install "kerabl[lite]"' without it
+    """
     try:
         import torch
     except ImportError:
