@@ -274,7 +274,7 @@ def test_lite0_keras_and_torch_logits_agree_on_real_images_and_crosscheck(lite0,
     ours = np.asarray(keras.Model(lite0.model.input, lite0.model.get_layer("predictions").output)
                       .predict_on_batch(x))
     assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
-    layers = ["block1_project_bn", "block9_add", "block15_project_bn"]
+    layers = ["block5_project_bn", "block10_add", "block15_project_bn"]
     path = run_h_study(lite0, images, tmp_path / "h", layers=layers, progress=False, workers=1,
                        config=HConfig(probe_fits=2, grid=(2, 2), heldout_folds=2, srs=False),
                        log=lambda line: None)
