@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
+from kerabl.hayne.baseline import log_baseline
 from kerabl.hayne.study import (HConfig, _Sweep, _writer_args, probe_pool, worker_count,
                                 results_name, target_layers)
 from kerabl.progress import progress_bar
