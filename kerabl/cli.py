@@ -200,8 +200,9 @@ def _network(model: str, weights: str, alpha: float, seed: int, preprocess: Opti
         notes.append(f"note: {model} uses random weights ({net.weights_id}); "
                      "results test the pipeline, not the science")
     if is_model_file(model) and not preprocess:
+        from kerabl.images import RECIPES_NOTE
         notes.append(f"note: --preprocess not given: {model} gets RGB 0..255 images resized to "
-                     f"{net.input_size} (pass scale, caffe, tf or torch if it expects others)")
+                     f"{net.input_size} without keeping the aspect ratio; recipes: {RECIPES_NOTE}")
     return (dataclasses.replace(net, preprocess=preprocess) if preprocess else net), notes
 
 

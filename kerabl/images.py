@@ -52,7 +52,23 @@ BATCH_STEPS = {
     "vgg16": _application_step("vgg16"), "resnet101": _application_step("resnet"),
     "mobilenet_v2": _application_step("mobilenet_v2"),
     "mobilenet_v2_authors": _imagenet_mode("tf")}
-PREPROCESS = ("paper", "heuritech", "torchvision", "torchvision232", *BATCH_STEPS, "none")
+PREPROCESS = ("paper", "heuritech", "torchvision", "torchvision232", "efficientnet_lite",
+              "centre_crop", *BATCH_STEPS, "none")
+# Every recipe in a few words, for the note `kerabl study` prints for a model file
+RECIPE_SUMMARY = {
+    "none": "direct resize, RGB 0..255",
+    "centre_crop": "centre crop 0.875 of the shorter side, bicubic, RGB 0..255: for a model "
+                   "that normalises its own 0..255 input",
+    "efficientnet_lite": "that crop, then (x - 127) / 128",
+    "torchvision": "shorter side 256, centre crop, ImageNet mean/std",
+    "torchvision232": "shorter side 232, centre crop, ImageNet mean/std",
+    "heuritech": "256 x 256, centre crop, RGB mean subtracted",
+    "paper": "OpenCV resize, BGR 0..255",
+    "scale": "/255", "caffe": "BGR, mean subtracted", "tf": "to [-1, 1]", "torch": "/255, mean/std",
+    "vgg16": "caffe", "resnet101": "caffe", "mobilenet_v2": "to [-1, 1]",
+    "mobilenet_v2_authors": "bicubic, to [-1, 1]"}
+RECIPES_NOTE = ", ".join(f"{name} ({words})" for name, words in RECIPE_SUMMARY.items()) + \
+    ", or a keras.applications name (resnet50, ...)"
 # Recipes whose direct resize is not Pillow's bilinear: name -> Pillow filter. The authors'
 # MobileNetV2 scripts (Python 3, for a 2022 paper) call `Image.resize(size)` without a filter,
 # taken as Pillow >= 7.0 (January 2020, the first release without Python 2), whose default for RGB
@@ -179,7 +195,25 @@ def _preprocess_one(image: np.ndarray, size: tuple[int, int], preprocess: str) -
         return _centre_crop(square, size) - np.asarray(HEURITECH_MEAN_RGB, dtype=np.float32)
     if preprocess in TORCHVISION_RESIZES:
         return _torchvision_one(image, size, TORCHVISION_RESIZES[preprocess])
+    if preprocess == "centre_crop":
+        return _crop_bicubic(image, size)
+    if preprocess == "efficientnet_lite":
+        return (_crop_bicubic(image, size) - LITE_MEAN) / LITE_STD
     return _resize(image, size, RESIZE_FILTERS.get(preprocess, "BILINEAR"))
+
+
+CROP_PADDING = 32   # the official EfficientNet eval crop: size / (size + 32) of the shorter side
+LITE_MEAN, LITE_STD = np.float32(127.0), np.float32(128.0)
+
+
+def _crop_bicubic(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The official EfficientNet(-Lite) eval geometry: a centred square of size / (size + 32) of
+    the shorter side (0.875 at 224; offsets (H - crop + 1) // 2 as TensorFlow's), resized to
+    `size` by Pillow's bicubic filter; values stay 0..255 (float32)."""
+    h, w = image.shape[:2]
+    crop = int(size[0] / (size[0] + CROP_PADDING) * min(h, w))
+    top, left = (h - crop + 1) // 2, (w - crop + 1) // 2
+    return _resize(np.ascontiguousarray(image[top:top + crop, left:left + crop]), size, "BICUBIC")
 
 
 TORCHVISION_RESIZE = 256
@@ -245,6 +279,12 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], size: Sequence[
       same pixels for RGB and greyscale files).
     - "scale" (/255), "caffe" (BGR, ImageNet mean subtracted), "tf" (to [-1, 1]), "torch"
       (/255, ImageNet mean and std): direct resize, then that step (`BATCH_STEPS`).
+    - "efficientnet_lite": the official EfficientNet-Lite eval recipe: a centred square crop of
+      size / (size + 32) of the shorter side (0.875 at 224), Pillow's bicubic resize to `size`,
+      then (x - 127) / 128, RGB: the efficientnet_lite zoo entries' default.
+    - "centre_crop": the same crop and bicubic resize, values left at RGB 0..255: for a model
+      that normalises its own 0..255 input (a `.keras` Lite with its normalisation inside)
+      without the aspect-ratio distortion of a direct resize.
     - "torchvision": torchvision's ImageNet eval transform: shorter side resized to 256 (aspect
       kept), centre crop `size`, RGB / 255, minus mean (0.485, 0.456, 0.406), over std
       (0.229, 0.224, 0.225): the torchvision models' default (and `ViT_B_16_Weights.

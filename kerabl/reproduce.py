@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from kerabl.hayne.baseline import Baseline
 from kerabl.hayne.config import HConfig
 from kerabl.hayne.methods import comparison_text, method_comparison
 from kerabl.hayne.pools import worker_count, worker_pool
@@ -184,12 +185,13 @@ def headline_text(headline: dict) -> str:
         f"probe vs deficit: Pearson r {corr['pearson_r']:.3f} [{corr['pearson_interval'][0]:.3f}, "
         f"{corr['pearson_interval'][1]:.3f}], Spearman rho {corr['spearman_rho']:.3f} "
         f"[{corr['spearman_interval'][0]:.3f}, {corr['spearman_interval'][1]:.3f}]"]
-        + ([f"control: {headline['control']}"] if headline.get("control", "none") != "none" else []))
+        + ([f"control: {headline['control']}"] if headline.get("control", "none") != "none" else [])
+        + (Baseline.from_dict(headline["baseline"]).lines(per_class=True)
+           if "baseline" in headline else []))
 
 
 def reproduce_methods(network, imageset, out, config: HConfig | None = None, *,
-                      log: Callable[[str], None] = print, start: float | None = None,
-                      **options) -> dict:
+                      log: Callable[[str], None] = print, **options) -> dict:
     """`reproduce` under each ablation method (`kerabl.replacement.METHODS`) in `out/<method>`,
     then the methods side by side: `out/ablation_summary.json` (the headline numbers per
     method), the printed table and the figures in `out/figures-methods`. `options` are

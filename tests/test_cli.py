@@ -63,6 +63,9 @@ def test_study_writes_results_and_prints_the_path(study_run):
     assert res.done.all() and res.layers == ["conv_5", "dense_2"] and len(res.classes) == 10
     assert res.grid_shape == (2, 2) and res.config["probe_fits"] == 2
     assert res.config["heldout_folds"] == 2 and res.config["others"] == "random-10"
+    # the baseline printed before the sweep is the one the stored ranks give
+    from kerabl.hayne.baseline import results_baseline
+    assert results_baseline(res).lines()[0] in result.output.splitlines()
 
 
 def test_export_writes_one_row_per_class_layer_cell(study_run, tmp_path):
@@ -174,6 +177,8 @@ def test_reproduce_draws_the_h_figures_beside_the_z_study(tmp_path, one_process)
              for run in ("beside", "turn")]
     assert names[0] == names[1]
     assert "fig2b_deficit_grids.png" in names[0] and "z_attributes.png" in names[0]
+    # the baseline before the sweep, and per class in the summary (10 digit classes)
+    assert beside.output.count("baseline: top-1 ") == 2 and beside.output.count(": top-1 ") == 12
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])

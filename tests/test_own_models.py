@@ -173,6 +173,7 @@ def test_keras_file_with_custom_layer_studied_stage_by_stage_equals_study(custom
     for stage in ("grid", "probe", "ablate"):
         result = invoke(stage, "--out", tmp_path / "stages", *common)
         assert result.exit_code == 0, result.output
+        assert "baseline: top-1 " in result.output   # every stage prints the network's accuracy
     assert f"ablate: {tmp_path / 'stages' / 'h_results.h5'}" in result.output
     for name in ("study", "stages"):
         assert invoke("export", tmp_path / name / "h_results.h5", "--out",

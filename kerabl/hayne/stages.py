@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from kerabl.errors import KerablError
+from kerabl.hayne.baseline import log_baseline
 from kerabl.hayne.grid import Grid
 from kerabl.hayne.results import HResultsWriter
 from kerabl.hayne.study import (HConfig, Sweep, check_cache_room, pool_note, probe_pool,
@@ -163,6 +164,7 @@ def run_h_stage(stage: str, network, imageset, out_dir, *, layers: Sequence[str]
         raise KerablError(f"{len(missing)} pairs have no stored {needed} (first: class "
                           f"{imageset.class_names[ci]}, layer {layers[li]}): run `kerabl "
                           f"{needed}` with these options first")
+    log_baseline(network, imageset, log)
     acts = study_activations(network, imageset, layers, config, cache_path, cache, progress, log)
     sweep = Sweep(network, imageset, layers, config, acts, log)
     sweep.workers = worker_count(workers) if stage == "probe" else 1

@@ -272,7 +272,8 @@ def summary(res) -> dict:
         "highest_probe": {...},
         "regression": deficit_regression(res) (the earlier, effect-free fit),
         "interaction": interaction_test(res), "correlation": {metric: ...}}, plus
-        "highest_probe_fold" and "probe_fold_chance_offset" when the fold probe is stored.
+        "highest_probe_fold" and "probe_fold_chance_offset" when the fold probe is stored,
+        "baseline" (`kerabl.hayne.baseline.results_baseline`, as a dict) when ranks are.
     """
     done = np.asarray(res.done, dtype=bool)
     shape = tuple(int(v) for v in res.grid_shape)
@@ -289,6 +290,9 @@ def summary(res) -> dict:
         out["probe_fold_chance_offset"] = chance_offset(res)
     if hasattr(res, "image_rows") and hasattr(res, "others"):
         out["probe_majority_level"] = majority_probe_level(res)
+    if hasattr(res, "rank_before"):
+        from kerabl.hayne.baseline import results_baseline
+        out["baseline"] = results_baseline(res).as_dict()
     return out
 
 

@@ -26,6 +26,7 @@ from kerabl.engine import check_live_outputs, predict_batched, rank_engine, true
 from kerabl.errors import KerablError
 from kerabl.graph import is_cut_point
 from kerabl.hayne.ablation import baseline_and_ablated_ranks, mean_rank_deficit
+from kerabl.hayne.baseline import log_baseline
 from kerabl.hayne.config import HConfig, others_count
 from kerabl.hayne.controls import permuted_labels
 from kerabl.hayne.grid import choose_others, coordinates, equal_count_grid
@@ -122,6 +123,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     layers = target_layers(network, layers)
     cache_path = Path(cache_path or out_dir / "activations.h5")
     preprocess = network.preprocess
+    studied = imageset   # the true labels: the baseline is the network's own accuracy
     if config.control == "permuted-labels":
         imageset = permuted_labels(imageset, config.seed)
         log(f"control: class labels permuted among the images (seed {config.seed}); "
@@ -139,7 +141,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     if writer.complete:
         log(f"results are complete, nothing to compute: {out_dir / results_name(shard)}")
         return out_dir / results_name(shard)
-
+    log_baseline(network, studied, log)
     acts = study_activations(network, imageset, layers, config, cache_path, cache, progress,
                              log, files)
     pairs = writer.pairs()
