@@ -23,6 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
+from kerabl.engine import predict_batched, true_class_rank
+
 # a warning when top-1 is below this share of the accuracy the zoo entry states
 FAR_BELOW = 0.6
 # ... or when top-1 is at most this many times chance (1 / number of outputs)
@@ -136,9 +138,6 @@ def baseline_accuracy(network, imageset, batch_size: int = 64) -> Baseline:
     Example:
         baseline_accuracy(load_network("demo"), digits_imageset()).top1   # 0.97...
     """
-    from kerabl.engine import predict_batched
-    from kerabl.hayne.ablation import true_class_rank
-
     labels = np.asarray(imageset.labels)
     ranks = []
     for c in imageset.classes:
