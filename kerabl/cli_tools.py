@@ -176,12 +176,16 @@ def compare(
     b: Annotated[Path, typer.Argument(help="Cell CSV to compare with A.")],
     tolerance: Annotated[float, typer.Option(help="Largest |diff| of deficit or probe that passes.")] = 1e-9,
     out: Annotated[Optional[Path], typer.Option(help="Folder for the scatter figure.")] = None,
+    columns: Annotated[str, typer.Option(
+        help="Comma-separated values to compare: deficit,probe, or deficit alone for a port that "
+             "computes no probe (an empty probe is otherwise a difference).")] = "deficit,probe",
 ) -> None:
     """Join two cell CSVs on (class, layer, cell); exit 1 when a cell differs (a number against
     NaN or empty included) or is missing, or when nothing was compared."""
     from kerabl.compare import compare_csv
 
-    comparison = compare_csv(a, b, tolerance=tolerance, out_dir=out)
+    comparison = compare_csv(a, b, tolerance=tolerance, out_dir=out,
+                             columns=[c.strip() for c in columns.split(",") if c.strip()])
     for line in comparison.lines():
         typer.echo(line)
     if comparison.figure:

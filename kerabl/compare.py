@@ -15,6 +15,7 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -133,10 +134,11 @@ class Comparison:
     only_a: list[tuple[str, str, int]]
     only_b: list[tuple[str, str, int]]
     figure: list[Path]
+    columns: tuple[str, ...] = VALUE_COLUMNS
 
     @property
     def compared(self) -> int:
-        """Values (deficit or probe) that are numbers on both sides."""
+        """Values (of the compared columns) that are numbers on both sides."""
         return sum(sum(s.pairs.values()) for s in self.layers)
 
     @property
@@ -151,7 +153,7 @@ class Comparison:
         out = []
         for s in self.layers:
             parts = [f"{c}: max |diff| {fmt(s.max_diff[c])}, r {fmt(s.r[c])} ({s.pairs[c]} pairs)"
-                     for c in VALUE_COLUMNS]
+                     for c in self.columns]
             out.append(f"{s.layer}: {s.cells} cells; " + "; ".join(parts))
         for side, keys in (("A", self.only_a), ("B", self.only_b)):
             if keys:
@@ -165,13 +167,15 @@ class Comparison:
                    f"differ (beyond tolerance {self.tolerance:g}, or a number against NaN/empty), "
                    f"{len(self.only_a) + len(self.only_b)} missing on one side")
         if not self.compared:
-            out.append("nothing compared: no deficit or probe is a number in both files (no "
-                       "common cells, or the values are empty or NaN); check the files")
+            out.append(f"nothing compared: no {' or '.join(self.columns)} is a number in both "
+                       "files (no common cells, or the values are empty or NaN); check the files")
         return out
 
 
-def compare_csv(a, b, *, tolerance: float = 1e-9, out_dir=None) -> Comparison:
-    """Join two cell CSVs on (class, layer, cell) and compare deficit and probe.
+def compare_csv(a, b, *, tolerance: float = 1e-9, out_dir=None,
+                columns: Sequence[str] = VALUE_COLUMNS) -> Comparison:
+    """Join two cell CSVs on (class, layer, cell) and compare `columns` (deficit and probe;
+    `columns=("deficit",)` for a port that computes no probe, such as `kerabl crosscheck`'s).
 
     Example:
         c = compare_csv("kerabl.csv", "port.csv", tolerance=1e-6, out_dir="cmp")
@@ -184,6 +188,9 @@ def compare_csv(a, b, *, tolerance: float = 1e-9, out_dir=None) -> Comparison:
     """
     if not tolerance >= 0:
         raise KerablError(f"--tolerance must be >= 0, got {tolerance}")
+    columns = tuple(columns)
+    if not columns or any(c not in VALUE_COLUMNS for c in columns):
+        raise KerablError(f"--columns {','.join(columns)}: choose from {', '.join(VALUE_COLUMNS)}")
     a, b = Path(a), Path(b)
     cells_a, cells_b = read_cells(a), read_cells(b)
     methods = {path: ablation_methods(path) for path in (a, b)}
@@ -196,7 +203,7 @@ def compare_csv(a, b, *, tolerance: float = 1e-9, out_dir=None) -> Comparison:
     for layer in layers:
         keys = [k for k in common if k[1] == layer]
         s = LayerStats(layer, len(keys))
-        for column in VALUE_COLUMNS:
+        for column in columns:
             x = np.array([cells_a[k][column] for k in keys])
             y = np.array([cells_b[k][column] for k in keys])
             both = np.isfinite(x) & np.isfinite(y)
@@ -212,18 +219,21 @@ def compare_csv(a, b, *, tolerance: float = 1e-9, out_dir=None) -> Comparison:
         stats.append(s)
     order = {k: n for n, k in enumerate(common)}
     beyond.sort(key=lambda item: (order[item[0]], item[1]))
-    figure = _scatter(points, layers, a, b, Path(out_dir)) if out_dir is not None else []
+    figure = (_scatter(points, layers, columns, a, b, Path(out_dir)) if out_dir is not None
+              else [])
     return Comparison(a=a, b=b, tolerance=tolerance, layers=stats, beyond=beyond,
                       only_a=[k for k in cells_a if k not in cells_b],
-                      only_b=[k for k in cells_b if k not in cells_a], figure=figure)
+                      only_b=[k for k in cells_b if k not in cells_a], figure=figure,
+                      columns=columns)
 
 
-def _scatter(points: dict, layers: list[str], a: Path, b: Path, out_dir: Path) -> list[Path]:
+def _scatter(points: dict, layers: list[str], columns: Sequence[str], a: Path, b: Path,
+             out_dir: Path) -> list[Path]:
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    columns = [c for c in VALUE_COLUMNS if any(len(points[(lay, c)][0]) for lay in layers)]
+    columns = [c for c in columns if any(len(points[(lay, c)][0]) for lay in layers)]
     fig = Figure(figsize=(4.2 * max(len(columns), 1), 4.0))
     FigureCanvasAgg(fig)
     colours = colormaps["viridis"](np.linspace(0, 0.9, max(len(layers), 1)))

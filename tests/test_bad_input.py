@@ -62,6 +62,19 @@ def test_compare_number_against_nan_or_empty_differs(tmp_path):
     assert "deficit: max |diff| n/a, r n/a (0 pairs)" in same.stdout
 
 
+def test_compare_of_a_port_without_probes_takes_columns(tmp_path):
+    a = write_cells(tmp_path / "a.csv", CELLS)
+    port = write_cells(tmp_path / "port.csv", [(*c[:3], None, c[4]) for c in CELLS])  # no probe
+    both = invoke("compare", a, port)
+    assert both.exit_code == 1 and "probe 0.5 vs nan" in both.stdout, both.output
+    deficits = invoke("compare", a, port, "--columns", "deficit")
+    assert deficits.exit_code == 0, deficits.output
+    assert "conv_1: 2 cells; deficit: max |diff| 0, r 1 (2 pairs)" in deficits.stdout
+    assert "probe" not in deficits.stdout.split("\n")[0]
+    wrong = invoke("compare", a, port, "--columns", "rank")
+    assert wrong.exit_code == 2 and "choose from deficit, probe" in wrong.output
+
+
 def test_compare_with_nothing_compared_exits_1(tmp_path):
     empty = [(*c[:3], None, None) for c in CELLS]
     result = invoke("compare", write_cells(tmp_path / "a.csv", empty),
