@@ -204,12 +204,12 @@ def reproduce_methods(network, imageset, out, config: HConfig | None = None, *,
     """
     config = HConfig() if config is None else config
     out = Path(out)
-    paths = {}
-    for method in METHODS:
+    paths, start = {}, options.pop("start", None)   # the command's start counts for the first
+    for n, method in enumerate(METHODS):
         log(f"--- ablation {method} ---")
         paths[method] = reproduce(network, imageset, out / method,
                                   dataclasses.replace(config, ablation=method), log=log,
-                                  **options).results
+                                  start=start if n == 0 else None, **options).results
     comparison = method_comparison({m: json.loads((p.parent / "h_summary.json").read_text())
                                     for m, p in paths.items()})
     (out / "ablation_summary.json").write_text(json.dumps(comparison, indent=2) + "\n")
