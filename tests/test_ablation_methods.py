@@ -134,3 +134,35 @@ def test_all_methods_only_in_reproduce_is_one_line(tmp_path, command):
     assert lines == ["error: --ablation all runs the three methods in `kerabl reproduce` only: "
                      "pass zero, mean or resample"]
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_reproduce_methods_runs_the_three_and_compares_them(tmp_path):
+    """`kerabl reproduce --ablation all` as a library call: one folder per method, each results
+    file recording its method, and the comparison of their headline numbers written and logged."""
+    import json
+
+    from kerabl.data import digits_imageset
+    from kerabl.hayne.config import HConfig
+    from kerabl.models import load_network
+    from kerabl.reproduce import reproduce_methods
+
+    images = digits_imageset()
+    small = images.subset(images.classes[:3])
+    said = []
+    config = HConfig(grid=(2, 2), probe_fits=2, heldout_folds=2, srs=False)
+    comparison = reproduce_methods(load_network("demo"), small, tmp_path, config,
+                                   layers=["conv_5", "dense_1"], z=False, workers=1,
+                                   progress=False, log=said.append)
+    assert set(comparison) == {"zero", "mean", "resample"}
+    for method in comparison:
+        res = HResults.open(tmp_path / method / "h_results.h5")
+        assert res.config["ablation"] == method and res.complete
+        summary = json.loads((tmp_path / method / "h_summary.json").read_text())
+        assert comparison[method]["largest_deficit"]["mean"] == pytest.approx(
+            summary["largest_deficit"]["mean"])
+    assert HResults.open(tmp_path / "mean" / "h_results.h5").ablation_mean("conv_5") is not None
+    assert json.loads((tmp_path / "ablation_summary.json").read_text()) == comparison
+    assert any(line.startswith("methods side by side:") for line in said)
+    assert sorted(p.name for p in (tmp_path / "figures-methods").glob("*.png")) == [
+        "fig3_networks.png", "fig_interaction.png", "fig_probe_contrast.png"]
