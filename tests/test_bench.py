@@ -14,7 +14,7 @@ from kerabl.masks import cell_masks, n_units
 from kerabl.bench import run_bench, spawned
 from kerabl.bench.cases import (probe_case, probe_cell_seconds, probe_stage_seconds,
                                 stage_seconds_by_width)
-from kerabl.bench.flops import random_cells
+from kerabl.bench.cells import random_cells
 from kerabl.models import load_network
 from kerabl.bench.probes import plain_cells, probe_line, probe_rate, timed_cells
 from kerabl.bench.flops import layer_flops, model_flops, shortcut_flops, tail_flops, target_tail_flops

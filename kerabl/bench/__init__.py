@@ -25,22 +25,30 @@ from typing import Callable
 
 import numpy as np
 
-from kerabl.bench.cases import STUDY_CLASSES, run_case
-from kerabl.bench.methods import methods_notes
-from kerabl.bench.flops import (MATMUL_SIZES, cpu_description, floor_line, matmul_floor,
-                                matmul_rate, onednn_enabled)
+from kerabl.bench.flops import (MATMUL_SIZES, STUDY_CLASSES, cpu_description, floor_line,
+                                matmul_floor, matmul_rate, onednn_enabled)
 from kerabl.bench.probes import PROBE_ROUNDS, probe_line, probe_rate
 from kerabl.bench.report import (EXTRAPOLATION_COLUMNS, LEGEND, MAIN_COLUMNS, extrapolate,
                                  extrapolation_note, format_table, headline, table_rows,
                                  torch_tables, z_notes)
 from kerabl.hayne.study import worker_pool
+from kerabl.validate import quiet_tensorflow
 
 __all__ = ["run_bench"]
 
 
 def _in_subprocess(name: str, root: str | Path | None, quick: bool) -> dict:
     """`run_case` in a fresh spawned process, so that its peak memory is its own."""
-    return spawned(run_case, name, None if root is None else str(root), quick=quick)
+    return spawned(_quiet_case, name, None if root is None else str(root), quick=quick)
+
+
+def _quiet_case(name: str, root: str | None, quick: bool) -> dict:
+    """`run_case` with TensorFlow started quietly: this package imports no TensorFlow, so the
+    spawned process (and the bench's probe workers) start without it and its start-up lines."""
+    quiet_tensorflow()
+    from kerabl.bench.cases import run_case   # loads TensorFlow
+
+    return run_case(name, root, quick=quick)
 
 
 def spawned(fn, *args, **kwargs):
@@ -77,6 +85,8 @@ def run_bench(out: str | Path, quick: bool = False, root: str | Path | None = No
     import platform
 
     import tensorflow as tf
+
+    from kerabl.bench.methods import methods_notes
 
     machine = dict(cpus=os.cpu_count(), cpu=cpu_description(), platform=platform.platform(),
                    tensorflow=tf.__version__, onednn=onednn_enabled())

@@ -24,8 +24,9 @@ from typing import Callable
 import numpy as np
 
 from kerabl.activations import record_activations
-from kerabl.bench.flops import (GRID_CELLS, SEED, ablator_shape, model_flops, peak_rss_mb,
-                                sample_masks, shortcut_flops, tail_flops, target_tail_flops,
+from kerabl.bench.cells import ablator_shape, sample_masks
+from kerabl.bench.flops import (GRID_CELLS, PROBE_WIDTH_CAP, SEED, STUDY_CLASSES, model_flops,
+                                peak_rss_mb, shortcut_flops, tail_flops, target_tail_flops,
                                 timed)
 from kerabl.bench.torch_case import TorchColumn, tf_threads
 from kerabl.data import digits_imageset, paper_imageset
@@ -65,7 +66,6 @@ PLANS = {
 # The networks whose H cells also run through the PyTorch port (`kerabl.bench.torch_case`).
 TORCH_CASES = ("demo", "vgg16")
 # Paper-scale studies: classes per network; each class x target layer has 16 cells.
-STUDY_CLASSES = {"alexnet": 50, "vgg16": 8, "mobilenet_v2": 8, "resnet101": 8}
 IMAGES_PER_CLASS = 50
 # Probe rows per cell: the target class and 10 other classes (HConfig others='random-10').
 PROBE_ROWS = 11 * IMAGES_PER_CLASS
@@ -358,9 +358,6 @@ def probe_cell_seconds(n_units: int, n_target: int = IMAGES_PER_CLASS,
 
 # The widest layer whose probe stage is timed (550 rows of float32: 640 MB); the stages of wider
 # targets are extrapolated linearly in units from the two widest timed.
-PROBE_WIDTH_CAP = 300_000
-
-
 def probe_case(net, log: Callable[[str], None]) -> dict:
     """Seconds of one pair's grid and probe stages for every default target, as `run_h_study`
     runs them: its sweep's stages (the shared-memory block, the held-out fold probe beside the

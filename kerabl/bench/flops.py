@@ -23,7 +23,6 @@ from typing import Callable, Sequence
 import numpy as np
 
 from kerabl.graph import tail_model
-from kerabl.masks import cell_masks, n_units
 
 
 SEED = 0
@@ -256,6 +255,9 @@ def shortcut_flops(model, cut, n_dropped: int = 1) -> int:
 
 # Random equal-size cells each timed layer runs (a 4 x 4 grid's count).
 GRID_CELLS = 16
+# The classes of each paper network's study, and the widest probe cell the bench times.
+STUDY_CLASSES = {"alexnet": 50, "vgg16": 8, "mobilenet_v2": 8, "resnet101": 8}
+PROBE_WIDTH_CAP = 300_000
 
 
 def timed(fn: Callable[[], object], repeats: int = 1) -> tuple[object, float]:
@@ -271,32 +273,3 @@ def timed(fn: Callable[[], object], repeats: int = 1) -> tuple[object, float]:
         value = fn()
         times.append(time.perf_counter() - start)
     return value, min(times)
-
-
-def ablator_shape(model, layer: str) -> tuple[int, ...]:
-    """The target layer's output shape without the batch axis.
-
-    Example:
-        ablator_shape(load_network("demo").model, "conv_5")   # (4, 4, 128)
-    """
-    return tuple(int(d) for d in model.get_layer(layer).output.shape[1:])
-
-
-def random_cells(n_units: int, n_cells: int, seed: int) -> list[np.ndarray]:
-    """`n_cells` equal-count groups of a random permutation of the units (timing stand-ins for
-    grid cells: the engines' cost does not depend on which units a cell holds).
-
-    Example:
-        [len(c) for c in random_cells(10, 4, seed=0)]   # [3, 3, 2, 2]
-    """
-    return np.array_split(np.random.default_rng(seed).permutation(n_units), n_cells)
-
-
-def sample_masks(net, layer: str, n: int) -> np.ndarray:
-    """Element masks of the first `n` of `GRID_CELLS` random equal-size cells of `layer`.
-
-    Example:
-        masks = sample_masks(load_network("demo"), "conv_5", 4)   # (4, 4, 4, 128)
-    """
-    cells = random_cells(n_units(net.model, layer, "element"), GRID_CELLS, SEED)
-    return cell_masks(ablator_shape(net.model, layer), cells[:n], "element")

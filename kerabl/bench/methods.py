@@ -14,7 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from kerabl.bench.flops import GRID_CELLS, SEED, sample_masks
+from kerabl.bench.cells import sample_masks
+from kerabl.bench.flops import GRID_CELLS, SEED
 from kerabl.replacement import METHODS, Replacement, draw_donors, mean_output
 
 

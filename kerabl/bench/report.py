@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kerabl.bench.cases import GRID_CELLS, PROBE_WIDTH_CAP, STUDY_CLASSES
+from kerabl.bench.flops import GRID_CELLS, PROBE_WIDTH_CAP, STUDY_CLASSES
 
 
 def fast_cell_over_targets(h: dict) -> float:
