@@ -22,25 +22,12 @@ from __future__ import annotations
 
 import math
 
-from kerabl.errors import KerablError
 from kerabl.lite import BN_EPSILON, HEAD, LITE_EXTRA, STEM, lite_blocks
-
-
-def import_torch():
-    """`import torch`, or a `KerablError` naming the `kerabl[lite]` extra.
-
-    Example:
-        torch = import_torch()   # KerablError 'pip install "kerabl[lite]"' without it
-    """
-    try:
-        import torch
-    except ImportError:
-        raise KerablError(LITE_EXTRA) from None
-    return torch
+from kerabl.torch_models import import_torch
 
 
 def _classes():
-    torch = import_torch()
+    torch = import_torch(LITE_EXTRA)
     nn, F = torch.nn, torch.nn.functional
 
     class SameConv2d(nn.Conv2d):

@@ -330,8 +330,9 @@ def keras_to_torch(name: str, model) -> dict[str, np.ndarray]:
 # Files
 
 
-def import_torch():
-    """`import torch`, or a `KerablError` naming the `kerabl[torch]` extra.
+def import_torch(missing: str = TORCH_EXTRA):
+    """`import torch`, or a `KerablError` saying `missing` (default: install the `kerabl[torch]`
+    extra; the EfficientNet-Lite port names `kerabl[lite]`).
 
     Example:
         torch = import_torch()   # KerablError "... pip install kerabl[torch]" without it
@@ -339,7 +340,7 @@ def import_torch():
     try:
         import torch
     except ImportError:
-        raise KerablError(TORCH_EXTRA) from None
+        raise KerablError(missing) from None
     return torch
 
 
