@@ -33,6 +33,7 @@ from kerabl.imagenet import is_paper_layout
 from kerabl.lock import output_lock
 from kerabl.options import (H_OPTIONS, INPUT_OPTIONS, Ablation, AblationOpt, FitsOpt,
                             ProgressOpt, Protocol, ShardOpt, Unit, UnitOpt, with_options)
+from kerabl.replacement import check_method
 from kerabl.slurm import shard_of
 from kerabl.space import no_space_file, no_space_line
 from kerabl.validate import (check_at_least, check_listed_once, check_output_file,
@@ -395,9 +396,7 @@ def units(
     progress: ProgressOpt = True, **options,
 ) -> None:
     """The Z study: single-unit ablation, unit attributes, greedy and random-direction baselines."""
-    if ablation is Ablation.all:
-        raise KerablError("--ablation all runs the three methods in `kerabl reproduce` only: "
-                          "pass zero, mean or resample")
+    check_method(ablation.value)   # "all" is reproduce's: one line, before any file
     options["ablation"] = ablation
     _check_inputs(options, study=True)
     check_at_least(greedy_steps, 1, "--greedy-steps")

@@ -37,6 +37,9 @@ def check_method(method: str) -> str:
         check_method("mean")     # "mean"
         check_method("noise")    # KerablError: unknown ablation 'noise': use zero, mean or resample
     """
+    if method == "all":      # `kerabl reproduce --ablation all` runs each of the three
+        raise KerablError("--ablation all runs the three methods in `kerabl reproduce` only: "
+                          "pass zero, mean or resample")
     if method not in METHODS:
         raise KerablError(f"unknown ablation {method!r}: use zero, mean or resample")
     return method

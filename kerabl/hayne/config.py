@@ -188,9 +188,6 @@ class HConfig:
         if self.probe_objective not in OBJECTIVES:
             raise KerablError(f"unknown probe objective {self.probe_objective!r}: "
                               f"use one of {', '.join(OBJECTIVES)}")
-        if self.ablation == "all":
-            raise KerablError("--ablation all runs the three methods in `kerabl reproduce` only: "
-                              "pass zero, mean or resample")
         check_method(self.ablation)
         for name, allowed in (("other_images", OTHER_IMAGES), ("means", MEANS),
                               ("empty_cells", EMPTY_CELLS)):
