@@ -265,9 +265,13 @@ def _study_config(options: dict, probe_fits: int) -> HConfig:
     config = HConfig.from_options({**options, "probe_fits": probe_fits}, options["protocol"],
                                   network=options["model"])
     if options["protocol"] is Protocol.authors:
-        listed = ", ".join([f"{k}={v}" for k, v in config.changes().items()]
+        yours = config.not_the_authors(options["model"])
+        listed = ", ".join([f"{k}={v}" for k, v in config.changes().items() if k not in yours]
                            + [f"{k}={v}" for k, v in _authors_inputs(options).items()])
         typer.echo(f"protocol authors ({options['model']}): {listed}", err=True)
+        if yours:
+            changed = ", ".join(f"{k}={v} (protocol: {t})" for k, (v, t) in yours.items())
+            typer.echo(f"your options change the protocol's choices: {changed}", err=True)
     return config
 
 

@@ -642,5 +642,10 @@ def test_protocol_authors_is_the_authors_mobilenet_v2_script(tiny_paper, tmp_pat
     printed = _authors_run(tiny_paper, out, "--model", "mobilenet_v2", "--weights", "random",
                            "--alpha", 0.35, "--layers", "Conv_1_bn")
     assert "preprocess=mobilenet_v2_authors" in printed and "probe_objective=unpenalised" in printed
+    first, changed = [line for line in printed.splitlines()
+                      if line.startswith(("protocol authors", "your options change"))]
+    assert "probe_fits" not in first       # the options given are not listed as the authors'
+    assert changed == ("your options change the protocol's choices: probe_fits=2 (protocol: 200), "
+                       "heldout_folds=2 (protocol: 5)")
     res = _check_run_against_authors(tiny_paper, out, authors_probe_fit_unpenalised)
     assert res.config["preprocess"] == res.config["ranks_preprocess"] == "mobilenet_v2_authors"

@@ -229,6 +229,16 @@ class HConfig:
         default = HConfig()
         return {k: v for k, v in dataclasses.asdict(self).items() if v != getattr(default, k)}
 
+    def not_the_authors(self, network: str = "alexnet") -> dict:
+        """The fields whose values differ from `HConfig.authors(network)`'s, each as (this
+        config's value, the authors'): what a run under `--protocol authors` changed.
+
+        Example:
+            HConfig.authors("alexnet", probe_fits=10).not_the_authors()   # {'probe_fits': (10, 200)}
+        """
+        theirs = dataclasses.asdict(HConfig.authors(network))
+        return {k: (v, theirs[k]) for k, v in dataclasses.asdict(self).items() if v != theirs[k]}
+
 
 def option_help(name: str) -> str:
     """The command-line help of `HConfig` field `name`.
