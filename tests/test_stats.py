@@ -97,3 +97,19 @@ def test_summary_has_the_test_and_intervals():
     assert corr["pearson_interval"][0] <= corr["pearson_r"] <= corr["pearson_interval"][1]
     assert "highest_probe_fold" not in out      # no fold probe stored in this table
     json.dumps(out)
+
+
+def test_correlation_interval_stays_inside_minus_one_one_with_two_classes():
+    # two classes, the correlation strong in one and absent in the other: on the r scale the
+    # t interval of the bootstrap (t(0.975, 1) = 12.7) reached past 1
+    rng = np.random.default_rng(1)
+    deficit = rng.normal(size=(2, 2, 16))
+    res = synthetic(lambda s, m: s, C=2)
+    res.deficit = deficit
+    res.probe = np.stack([deficit[0] + 0.05 * rng.normal(size=(2, 16)), rng.normal(size=(2, 16))])
+    res.done[:] = True
+    corr = probe_deficit_correlation(res, n_boot=200)
+    for name, estimate in (("pearson", corr["pearson_r"]), ("spearman", corr["spearman_rho"])):
+        low, high = corr[f"{name}_interval"]
+        assert -1 <= low < estimate < high <= 1, (name, low, estimate, high)
+    assert high - low > 0.5                      # two classes: wide, not a point

@@ -120,9 +120,10 @@ def probe_deficit_correlation(res, metric: str = "probe", *, n_boot: int = N_BOO
             for rows, _ in _class_bootstrap(t["class"][ok], n_boot, seed)]
     n_classes = int(np.unique(t["class"][ok]).size)
     return {"metric": metric, "pearson_r": float(pr), "pearson_p": float(pp),
-            "pearson_interval": _interval(pr, [b[0] for b in boot], n_classes),
+            "pearson_interval": _correlation_interval(pr, [b[0] for b in boot], n_classes),
             "spearman_rho": float(sr), "spearman_p": float(sp),
-            "spearman_interval": _interval(sr, [b[1] for b in boot], n_classes), "n": int(x.size),
+            "spearman_interval": _correlation_interval(sr, [b[1] for b in boot], n_classes),
+            "n": int(x.size),
             "n_boot": int(n_boot)}
 
 
@@ -175,6 +176,16 @@ def _interval(estimate: float, values: list, n_classes: int) -> list[float]:
         return [float("nan"), float("nan")]
     half = stats.t.ppf(0.975, n_classes - 1) * np.sqrt(n_classes / (n_classes - 1)) * v.std(ddof=1)
     return [float(estimate - half), float(estimate + half)]
+
+
+def _correlation_interval(estimate: float, values: list, n_classes: int) -> list[float]:
+    """`_interval` of a correlation on Fisher's z = atanh(r) scale, mapped back by tanh, so that
+    it stays inside (-1, 1) (on the r scale, few classes gave e.g. [-0.910, 1.196])."""
+    def z(r):
+        return np.arctanh(np.clip(np.asarray(r, dtype=np.float64), -1 + 1e-9, 1 - 1e-9))
+
+    low, high = _interval(float(z(estimate)), list(z(values)), n_classes)
+    return [float(np.tanh(low)), float(np.tanh(high))]
 
 
 _COEFS = ("selectivity", "magnitude", "selectivity_x_magnitude")
