@@ -117,6 +117,23 @@ def check_free_space(path: str | os.PathLike, need: int, what: str, advice: str)
                           f"free on {mount_point(path)}: {advice}")
 
 
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can have without swapping (Linux's MemAvailable, which
+    counts the reclaimable page cache); None where /proc/meminfo does not say.
+
+    Example:
+        available_memory()   # e.g. 15032385536
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 # free space a write must leave: HDF5 writes metadata beside the data (and a flush of its cache
 # on a full disk can crash the process)
 WRITE_MARGIN_BYTES = 1 << 20

@@ -297,3 +297,23 @@ def test_an_unreadable_h_partial_is_discarded_with_a_word_a_final_file_is_not(tm
     path.write_bytes(path.read_bytes()[:3000])
     with pytest.raises(KerablError, match="is damaged .*: delete it and rerun"):
         HResultsWriter(path, config=CONFIG, **LAYOUT)
+
+
+def test_a_pair_too_large_for_the_memory_stops_before_the_cache(images, tmp_path, monkeypatch):
+    import kerabl.hayne.study as study
+
+    monkeypatch.setattr(study, "available_memory", lambda: 100_000)
+    result = invoke("study", *inputs(images), *FAST, "--out", tmp_path / "out", "--no-progress")
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    # 18 images (3 classes x 6), conv_1's 32 x 32 x 16 element units, float32
+    assert line == ("error: a class x layer pair holds 1.18 MB of activations (18 images x 16384 "
+                    "units of conv_1) and 100 kB of memory is available: free memory, record "
+                    "channel units (--unit channel), study fewer or later layers (--layers), or "
+                    "take the other images from the studied classes only (--other-images studied)")
+    assert not (tmp_path / "out" / "activations.h5").exists()
+    assert not list((tmp_path / "out").glob("*.partial"))
+
+    monkeypatch.setattr(study, "available_memory", lambda: None)     # not known: no check
+    result = invoke("study", *inputs(images), *FAST, "--out", tmp_path / "out", "--no-progress")
+    assert result.exit_code == 0, result.output

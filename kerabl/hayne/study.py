@@ -41,7 +41,7 @@ from kerabl.nested import flat_network, from_paths, layer_paths
 from kerabl.progress import progress_bar
 from kerabl.recompute import RecomputedActivations
 from kerabl.replacement import ZERO, Replacement, draw_donors, mean_output
-from kerabl.space import check_room
+from kerabl.space import available_memory, check_room, human_bytes
 from kerabl.validate import check_grid_fits, check_study_images
 
 def ranks_preprocess(network, config: HConfig) -> str:
@@ -136,6 +136,8 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     writer_args["config"]["contents"] = contents_digest(files)
     check_grid_fits(tuple(config.grid), dict(zip(layers, writer_args["n_units"])))
     check_cache_room(network, imageset, layers, config, cache_path, cache)
+    check_pair_memory(Sweep(network, imageset, layers, config, None),
+                      dict(zip(layers, writer_args["n_units"])), log)
     writer = HResultsWriter(out_dir / results_name(shard), shard=shard, log=log,
                             contents_note=note, **writer_args)
     if writer.complete:
@@ -167,6 +169,37 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
 
 
 CACHE_MODES = ("file", "none")
+# a pair's peak memory over its activations block (the grid's means, probe and srs columns):
+# 11.2 GB at an 8.0 GB block, ResNet-50's widest layer with every other image of 2,500
+PAIR_MEMORY_FACTOR = 1.4
+
+
+def check_pair_memory(sweep: "Sweep", n_units: dict[str, int],
+                      log: Callable[[str], None] = print) -> int:
+    """Stop with one line, before anything is computed, when the largest class x layer pair
+    would not fit in the available memory (a process the kernel kills for memory says
+    nothing); say the need when it is over 1 GB. Returns the bytes of the largest pair's
+    activations (`n_units`: units per layer).
+
+    Example:
+        check_pair_memory(Sweep(net, images, layers, config, None), {"conv2_block1_out": 802816})
+        # KerablError: a class x layer pair holds 8.03 GB of activations (2500 images x 802816
+        # units of conv2_block1_out) and 6.2 GB of memory is available: ...
+    """
+    rows = max(len(s["target_rows"]) + len(s["other_rows"]) for s in
+               (sweep.start_class(ci, forward=False) for ci in range(len(sweep.imageset.classes))))
+    layer = max(n_units, key=n_units.get)
+    need, have = rows * n_units[layer] * 4, available_memory()
+    what = (f"a class x layer pair holds {human_bytes(need)} of activations ({rows} images x "
+            f"{n_units[layer]} units of {layer})")
+    if have is not None and need * PAIR_MEMORY_FACTOR > have:
+        raise KerablError(f"{what} and {human_bytes(have)} of memory is available: free memory, "
+                          "record channel units (--unit channel), study fewer or later layers "
+                          "(--layers), or take the other images from the studied classes only "
+                          "(--other-images studied)")
+    if need > 1e9:
+        log(f"{what}; {human_bytes(have) if have is not None else 'unknown'} of memory available")
+    return need
 
 
 def check_cache_room(network, imageset, layers: Sequence[str], config: HConfig, cache_path,
