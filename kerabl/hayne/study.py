@@ -169,8 +169,8 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
 
 
 CACHE_MODES = ("file", "none")
-# a pair's peak memory over its activations block (the grid's means, probe and srs columns):
-# 11.2 GB at an 8.0 GB block, ResNet-50's widest layer with every other image of 2,500
+# a pair's peak memory over its activations block (the grid's means, the probe and srs columns;
+# a ResNet-50 pair with an 8.0 GB block was killed for memory at 11.2 GB)
 PAIR_MEMORY_FACTOR = 1.4
 
 
