@@ -253,9 +253,14 @@ def bench(
     quick: Annotated[bool, typer.Option(help="Demo cases only.")] = False,
     images: Annotated[Optional[Path], typer.Option(
         help="The paper's image set (a folder with images/); without it only the demo runs.")] = None,
+    cases: Annotated[Optional[str], typer.Option(
+        help="Run only these cases, comma-separated (demo, alexnet, vgg16, mobilenet_v2, "
+             "resnet101, efficientnet_lite0); default: all.")] = None,
 ) -> None:
     """Measure the fast engine against the authors' procedure and the machine's matmul floor."""
-    import_tensorflow()   # quietly, before the models
-    from kerabl.bench import run_bench
+    from kerabl.bench import bench_cases, run_bench
 
-    run_bench(out, quick=quick, root=images)
+    names = None if cases is None else [n.strip() for n in cases.split(",") if n.strip()]
+    bench_cases(names, quick)   # a bad name fails in one line, before TensorFlow starts
+    import_tensorflow()   # quietly, before the models
+    run_bench(out, quick=quick, root=images, cases=names)

@@ -6,7 +6,7 @@
   torchvision needed), softmax out.
 - `hook_points(name, net)`: Keras layer name -> the torch module whose output is that layer's.
 - `torch_from_keras(name, keras_model)`: the torch module with the Keras model's weights.
-- `split_at(net, module)`: a plain port as the head up to a hook point and the tail after it.
+- `split_at(net, module)`: a plain or Lite port as the head up to a hook point and the tail after it.
 - `TorchAblator(net, module)`: forward passes with a 0/1 mask multiplied into one module's output
   by a forward hook, the way a PyTorch port ablates; under mean or resample ablation the removed
   units take the stored means or the stored donor images' outputs (`kerabl.replacement`).
@@ -36,7 +36,7 @@ from kerabl.models import load_network
 from kerabl.progress import progress_bar
 from kerabl.store import write_csv_atomic
 from kerabl.torch_models import RESNET50_STAGES, TORCH_MODELS, import_torch, keras_to_torch
-from kerabl.torch_lite import lite_hook_points, lite_torch
+from kerabl.torch_lite import lite_hook_points, lite_split_at, lite_torch
 
 PORT_CSV = "port.csv"
 KERAS_CSV = "kerabl.csv"
@@ -207,16 +207,20 @@ def hook_points(name: str, net, keras_model) -> dict[str, object]:
 
 
 def split_at(net, module):
-    """(head, tail) torch modules of a plain port (demo, vgg16, alexnet_torchvision): the network
-    up to and including `module`, and the rest to the softmax (`head` then `tail` = `net`).
+    """(head, tail) torch modules of a plain port (demo, vgg16, alexnet_torchvision) or a Lite
+    port (`kerabl.torch_lite.lite_split_at`, at a block output): the network up to and including
+    `module`, and the rest to the softmax (`head` then `tail` = `net`).
 
     Example:
         head, tail = split_at(net, hook_points("vgg16", net, model)["block4_conv3"])
         probs = tail(head(x) * mask)        # one cell: the head's output could be kept
     """
     nn = import_torch().nn
+    if hasattr(net, "_blocks"):
+        return lite_split_at(net, module)
     if not hasattr(net, "features"):
-        raise KerablError("split_at needs a plain port (features, avgpool, classifier)")
+        raise KerablError("split_at needs a plain port (features, avgpool, classifier) or a "
+                          "Lite port")
     modules = [*net.features, net.avgpool, nn.Flatten(1), *net.classifier, net.softmax]
     at = next((i for i, m in enumerate(modules) if m is module), None)
     if at is None:

