@@ -314,6 +314,12 @@ def test_a_pair_too_large_for_the_memory_stops_before_the_cache(images, tmp_path
     assert not (tmp_path / "out" / "activations.h5").exists()
     assert not list((tmp_path / "out").glob("*.partial"))
 
+    monkeypatch.setattr(study, "available_memory", lambda: 1)
+    result = invoke("study", *inputs(images), *FAST, "--out", tmp_path / "out", "--no-progress",
+                    "--shard", "6/7")        # pairs k = class * 7 + layer: the 7th layer only
+    assert result.exit_code == 2, result.output
+    assert "(18 images x 64 units of dense_2)" in result.output.strip().splitlines()[-1]
+
     monkeypatch.setattr(study, "available_memory", lambda: None)     # not known: no check
     result = invoke("study", *inputs(images), *FAST, "--out", tmp_path / "out", "--no-progress")
     assert result.exit_code == 0, result.output

@@ -35,7 +35,7 @@ from kerabl.hayne.logistic import single_threaded
 from kerabl.hayne.pools import (bounded_map, pool_note, probe_pool, worker_count,  # noqa: F401
                                 worker_pool)
 from kerabl.hayne.probes import heldout_probe_score, paper_probe_loss, rsa_scores
-from kerabl.hayne.results import HResultsWriter
+from kerabl.hayne.results import HResultsWriter, shard_pairs
 from kerabl.hayne.shared import SharedBlock, resolve
 from kerabl.nested import flat_network, from_paths, layer_paths
 from kerabl.progress import progress_bar
@@ -137,7 +137,7 @@ def run_h_study(network, imageset, out_dir, *, layers: Sequence[str] | None = No
     check_grid_fits(tuple(config.grid), dict(zip(layers, writer_args["n_units"])))
     check_cache_room(network, imageset, layers, config, cache_path, cache)
     check_pair_memory(Sweep(network, imageset, layers, config, None),
-                      dict(zip(layers, writer_args["n_units"])), log)
+                      dict(zip(layers, writer_args["n_units"])), log, shard)
     writer = HResultsWriter(out_dir / results_name(shard), shard=shard, log=log,
                             contents_note=note, **writer_args)
     if writer.complete:
@@ -175,20 +175,24 @@ PAIR_MEMORY_FACTOR = 1.4
 
 
 def check_pair_memory(sweep: "Sweep", n_units: dict[str, int],
-                      log: Callable[[str], None] = print) -> int:
+                      log: Callable[[str], None] = print,
+                      shard: tuple[int, int] | None = None) -> int:
     """Stop with one line, before anything is computed, when the largest class x layer pair
-    would not fit in the available memory (a process the kernel kills for memory says
-    nothing); say the need when it is over 1 GB. Returns the bytes of the largest pair's
-    activations (`n_units`: units per layer).
+    (of `shard`'s pairs) would not fit in the available memory (a process the kernel kills for
+    memory says nothing); say the need when it is over 1 GB. Returns the bytes of the largest
+    pair's activations (`n_units`: units per layer, in the sweep's layer order).
 
     Example:
         check_pair_memory(Sweep(net, images, layers, config, None), {"conv2_block1_out": 802816})
         # KerablError: a class x layer pair holds 8.03 GB of activations (2500 images x 802816
         # units of conv2_block1_out) and 6.2 GB of memory is available: ...
     """
+    pairs = shard_pairs(len(sweep.imageset.classes), len(sweep.layers), shard)
+    if not pairs:
+        return 0
     rows = max(len(s["target_rows"]) + len(s["other_rows"]) for s in
-               (sweep.start_class(ci, forward=False) for ci in range(len(sweep.imageset.classes))))
-    layer = max(n_units, key=n_units.get)
+               (sweep.start_class(ci, forward=False) for ci in sorted({ci for ci, _ in pairs})))
+    layer = max({sweep.layers[li] for _, li in pairs}, key=n_units.get)
     need, have = rows * n_units[layer] * 4, available_memory()
     what = (f"a class x layer pair holds {human_bytes(need)} of activations ({rows} images x "
             f"{n_units[layer]} units of {layer})")
